@@ -1,0 +1,208 @@
+"""Reading and writing checkpoints.
+
+``.safetensors`` files describe themselves: the architecture lives in the metadata
+header (``geopath.arch``, ``geopath.arch_kwargs`` as JSON). ``.pt``/``.pth`` state
+dicts are read with ``torch.load(weights_only=True)``; a file that needs pickle is
+refused unless the caller opts in with ``trust_pickle=True`` (``--trust-pickle``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import __version__
+from ._atomic import atomic_path, sha256_file
+from .archs import build_model
+from .errors import CheckpointError, UsageError
+
+META_PREFIX = "geopath."
+SAFETENSORS_EXT = {".safetensors"}
+TORCH_EXT = {".pt", ".pth", ".bin", ".ckpt"}
+
+
+@dataclass
+class Checkpoint:
+    model: nn.Module
+    arch: str
+    arch_kwargs: dict[str, Any]
+    path: Path | None = None
+    sha256: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def data(self) -> str | None:
+        """The data set the network was trained on, if recorded."""
+        return self.metadata.get(META_PREFIX + "data")
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises several types for corrupt headers
+        raise CheckpointError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0]})") from None
+    return tensors, meta
+
+
+def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(obj, nn.Module):
+        obj = obj.state_dict()
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model_state_dict", "model"):
+            if key in obj and isinstance(obj[key], (dict, nn.Module)):
+                return _unwrap_state_dict(obj[key], path)
+        tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        if tensors and len(tensors) == len(obj):
+            # strip the prefix DataParallel / torch.compile add
+            for prefix in ("module.", "_orig_mod."):
+                if all(k.startswith(prefix) for k in tensors):
+                    tensors = {k[len(prefix):]: v for k, v in tensors.items()}
+            return tensors
+    raise CheckpointError(f"{path}: no state dict of tensors found in this file")
+
+
+def _read_torch(path: Path, trust_pickle: bool) -> dict[str, torch.Tensor]:
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if not trust_pickle:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe pickle content"
+            raise CheckpointError(
+                f"{path}: refused to unpickle arbitrary objects ({first[:120]}); "
+                "re-save it as a plain state dict, or pass --trust-pickle if you trust its source"
+            ) from None
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=False)
+        except Exception as e2:
+            raise CheckpointError(f"{path}: cannot be read ({type(e2).__name__}: {e2})") from None
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({msg[:160]})") from None
+    return _unwrap_state_dict(obj, path)
+
+
+def read_tensors(path: str | Path, trust_pickle: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a checkpoint file, with one-line errors for bad files."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a directory, expected a checkpoint file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: checkpoint file is empty")
+    suffix = path.suffix.lower()
+    if suffix in SAFETENSORS_EXT:
+        return _read_safetensors(path)
+    if suffix in TORCH_EXT:
+        return _read_torch(path, trust_pickle), {}
+    raise CheckpointError(f"{path}: unknown checkpoint extension {suffix!r} (use .safetensors, .pt or .pth)")
+
+
+def _fit_report(model: nn.Module, tensors: dict[str, torch.Tensor]) -> str | None:
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in tensors]
+    unexpected = [k for k in tensors if k not in expected]
+    wrong = [
+        f"{k} {tuple(tensors[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in tensors and tuple(tensors[k].shape) != tuple(v.shape)
+    ]
+
+    def few(xs):
+        return ", ".join(xs[:3]) + (f" (+{len(xs) - 3} more)" if len(xs) > 3 else "")
+
+    parts = []
+    if missing:
+        parts.append(f"missing keys: {few(missing)}")
+    if unexpected:
+        parts.append(f"unexpected keys: {few(unexpected)}")
+    if wrong:
+        parts.append(f"shape mismatch (checkpoint vs model): {few(wrong)}")
+    return "; ".join(parts) or None
+
+
+def check_finite(tensors: dict[str, torch.Tensor], where: str) -> None:
+    for k, v in tensors.items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise CheckpointError(f"{where}: tensor {k!r} contains NaN or Inf values")
+
+
+def load_checkpoint(
+    path: str | Path,
+    arch: str | None = None,
+    arch_kwargs: dict[str, Any] | None = None,
+    trust_pickle: bool = False,
+) -> Checkpoint:
+    """Build the model a checkpoint describes (or ``arch``) and load its weights."""
+    path = Path(path)
+    tensors, meta = read_tensors(path, trust_pickle=trust_pickle)
+    if arch is None:
+        arch = meta.get(META_PREFIX + "arch")
+        if arch is None:
+            raise UsageError(f"{path}: the file does not name its architecture; pass --arch (e.g. --arch mlp)")
+        if arch_kwargs is None:
+            try:
+                arch_kwargs = json.loads(meta.get(META_PREFIX + "arch_kwargs", "{}"))
+            except json.JSONDecodeError:
+                raise CheckpointError(f"{path}: metadata geopath.arch_kwargs is not valid JSON") from None
+    arch_kwargs = dict(arch_kwargs or {})
+    model = build_model(arch, arch_kwargs)
+    report = _fit_report(model, tensors)
+    if report:
+        raise CheckpointError(f"{path}: does not fit architecture {arch!r}: {report}")
+    check_finite(tensors, str(path))
+    model.load_state_dict(tensors, strict=True)
+    model.eval()
+    return Checkpoint(model, arch, arch_kwargs, path, sha256_file(path), meta)
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: nn.Module,
+    arch: str,
+    arch_kwargs: dict[str, Any] | None = None,
+    step: int | None = None,
+    parent_sha256: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Write a self-describing safetensors file atomically (temp, fsync, rename)."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    check_finite(tensors, f"refusing to write {path}")
+    meta = {
+        META_PREFIX + "arch": arch,
+        META_PREFIX + "arch_kwargs": json.dumps(arch_kwargs or {}, sort_keys=True),
+        META_PREFIX + "version": __version__,
+        META_PREFIX + "format": "1",
+    }
+    if step is not None:
+        meta[META_PREFIX + "step"] = str(int(step))
+    if parent_sha256:
+        meta[META_PREFIX + "parent_sha256"] = parent_sha256
+    for k, v in (extra or {}).items():
+        meta[META_PREFIX + k] = v if isinstance(v, str) else json.dumps(v)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+
+
+def sparsity_of(model: nn.Module, names: list[str] | None = None) -> float:
+    """Fraction of exact zeros among the given parameters (default: all weights of Linear/Conv)."""
+    from .targets import prunable_parameters
+
+    params = dict(model.named_parameters())
+    names = names or prunable_parameters(model)
+    total = sum(params[n].numel() for n in names)
+    zeros = sum(int((params[n] == 0).sum()) for n in names)
+    return zeros / total if total else math.nan

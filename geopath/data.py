@@ -1,0 +1,206 @@
+"""Data sets as in-memory tensors.
+
+``--data`` accepts ``mnist``, ``fashion-mnist``, ``cifar10``, a ``PATH.npz`` (arrays
+``x`` and ``y``; uint8 images NHWC or NCHW, or float arrays) or an image folder
+(torchvision ``ImageFolder`` layout). Named sets are looked for, in order, under
+``--data-root``, ``$GEOPATH_DATA_ROOT``, ``./data``, ``../shared/data`` and
+``~/.cache/geopath/data``, in torchvision's layout (``MNIST/raw/…``,
+``FashionMNIST/raw/…``) or, for CIFAR-10, as ``cifar10/{train,train_20k,test}.npz``.
+Nothing is downloaded unless ``download=True``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import DataError
+
+NAMED = {
+    "mnist": {"folder": "MNIST", "mean": (0.1307,), "std": (0.3081,)},
+    "fashion-mnist": {"folder": "FashionMNIST", "mean": (0.2860,), "std": (0.3530,)},
+    "cifar10": {"folder": "cifar10", "mean": (0.4914, 0.4822, 0.4465), "std": (0.2470, 0.2435, 0.2616)},
+}
+ALIASES = {"fmnist": "fashion-mnist", "fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist", "cifar-10": "cifar10"}
+SPLITS = ("train", "test")
+
+
+@dataclass
+class Dataset:
+    """Inputs ``x`` (float, N×C×H×W or N×D) and integer labels ``y`` held in memory."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    name: str
+    split: str
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def head(self, n: int | None) -> "Dataset":
+        if n is None or n >= len(self):
+            return self
+        return Dataset(self.x[:n], self.y[:n], self.name, self.split)
+
+    def to(self, device) -> "Dataset":
+        return Dataset(self.x.to(device), self.y.to(device), self.name, self.split)
+
+
+def candidate_roots(data_root: str | os.PathLike | None = None) -> list[Path]:
+    roots = []
+    if data_root:
+        roots.append(Path(data_root))
+    if os.environ.get("GEOPATH_DATA_ROOT"):
+        roots.append(Path(os.environ["GEOPATH_DATA_ROOT"]))
+    roots += [Path("data"), Path("../shared/data"), Path.home() / ".cache" / "geopath" / "data"]
+    seen, out = set(), []
+    for r in roots:
+        key = str(r.expanduser().resolve())
+        if key not in seen:
+            seen.add(key)
+            out.append(r.expanduser())
+    return out
+
+
+def canonical_name(name: str) -> str:
+    key = name.strip().lower()
+    return ALIASES.get(key, key)
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 8 or data[0] != 0 or data[1] != 0:
+        raise DataError(f"{path}: not an IDX file")
+    dtype_code, ndim = data[2], data[3]
+    if dtype_code != 0x08:
+        raise DataError(f"{path}: unsupported IDX element type 0x{dtype_code:02x}")
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if arr.size != int(np.prod(dims)):
+        raise DataError(f"{path}: truncated IDX file")
+    return arr.reshape(dims)
+
+
+def _find_idx(folder: Path, stem: str) -> Path | None:
+    for cand in (folder / "raw" / stem, folder / "raw" / (stem + ".gz"), folder / stem, folder / (stem + ".gz")):
+        if cand.is_file():
+            return cand
+    return None
+
+
+def _normalise(x: np.ndarray, mean, std) -> torch.Tensor:
+    t = torch.from_numpy(np.array(x, copy=True)).float().div_(255.0)
+    if t.ndim == 3:
+        t = t.unsqueeze(1)
+    elif t.ndim == 4 and t.shape[-1] in (1, 3) and t.shape[1] not in (1, 3):
+        t = t.permute(0, 3, 1, 2).contiguous()
+    m = torch.tensor(mean).view(1, -1, 1, 1)
+    s = torch.tensor(std).view(1, -1, 1, 1)
+    return (t - m) / s
+
+
+def _load_named(name: str, split: str, roots: list[Path], download: bool) -> Dataset:
+    spec = NAMED[name]
+    for root in roots:
+        folder = root / spec["folder"]
+        if name == "cifar10":
+            files = ["test.npz"] if split == "test" else ["train.npz", "train_20k.npz"]
+            for fname in files:
+                if (folder / fname).is_file():
+                    ds = load_npz(folder / fname, split, mean=spec["mean"], std=spec["std"])
+                    ds.name = name
+                    return ds
+            continue
+        prefix = "t10k" if split == "test" else "train"
+        img = _find_idx(folder, f"{prefix}-images-idx3-ubyte")
+        lab = _find_idx(folder, f"{prefix}-labels-idx1-ubyte")
+        if img and lab:
+            x, y = _read_idx(img), _read_idx(lab)
+            if len(x) != len(y):
+                raise DataError(f"{folder}: {len(x)} images but {len(y)} labels")
+            return Dataset(_normalise(x, spec["mean"], spec["std"]), torch.from_numpy(y.astype(np.int64)), name, split)
+    if download and name != "cifar10":
+        return _download(name, split, roots[0], spec)
+    searched = ", ".join(str(r) for r in roots)
+    raise DataError(
+        f"data set {name!r} ({split}) not found offline; searched {searched} "
+        f"(set --data-root or GEOPATH_DATA_ROOT to a folder holding {spec['folder']}/)"
+    )
+
+
+def _download(name: str, split: str, root: Path, spec) -> Dataset:
+    import torchvision
+
+    cls = torchvision.datasets.MNIST if name == "mnist" else torchvision.datasets.FashionMNIST
+    try:
+        cls(str(root), train=(split == "train"), download=True)
+    except Exception as e:  # network errors come in many types
+        raise DataError(f"could not download {name!r} into {root}: {str(e).splitlines()[0]}") from None
+    return _load_named(name, split, [root], download=False)
+
+
+def load_npz(path: Path, split: str = "train", mean=None, std=None) -> Dataset:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if "x" not in f or "y" not in f:
+                raise DataError(f"{path}: an .npz data set needs arrays 'x' and 'y' (found {sorted(f.files)})")
+            x, y = f["x"], f["y"]
+    except DataError:
+        raise
+    except Exception as e:
+        raise DataError(f"{path}: not a readable .npz file ({str(e).splitlines()[0]})") from None
+    if len(x) != len(y):
+        raise DataError(f"{path}: {len(x)} inputs but {len(y)} labels")
+    if x.dtype == np.uint8:
+        channels = x.shape[-1] if x.ndim == 4 and x.shape[-1] in (1, 3) else (x.shape[1] if x.ndim == 4 else 1)
+        xt = _normalise(x, mean or (0.5,) * channels, std or (0.5,) * channels)
+    else:
+        xt = torch.from_numpy(np.ascontiguousarray(x)).float()
+    return Dataset(xt, torch.from_numpy(np.asarray(y).astype(np.int64)).reshape(-1), str(path), split)
+
+
+def _load_image_folder(path: Path, split: str) -> Dataset:
+    import torchvision
+    from torchvision import transforms
+
+    try:
+        ds = torchvision.datasets.ImageFolder(str(path), transform=transforms.ToTensor())
+    except Exception as e:
+        raise DataError(f"{path}: not a usable image folder ({str(e).splitlines()[0]})") from None
+    xs, ys = zip(*[ds[i] for i in range(len(ds))])
+    x = torch.stack(xs)
+    return Dataset((x - 0.5) / 0.5, torch.tensor(ys, dtype=torch.int64), str(path), split)
+
+
+def load_dataset(name: str, split: str = "train", data_root=None, download: bool = False) -> Dataset:
+    """Load a data set split into memory (see module docstring for accepted names)."""
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r} (use train or test)")
+    key = canonical_name(name)
+    if key in NAMED:
+        return _load_named(key, split, candidate_roots(data_root), download)
+    path = Path(name).expanduser()
+    if path.suffix == ".npz":
+        if not path.is_file():
+            raise DataError(f"{path}: no such .npz data file")
+        return load_npz(path, split)
+    if path.is_dir():
+        return _load_image_folder(path, split)
+    known = ", ".join(NAMED)
+    raise DataError(f"unknown data set {name!r} (use one of {known}, a PATH.npz or an image folder)")
+
+
+def batches(ds: Dataset, batch_size: int, generator: torch.Generator | None = None, shuffle: bool = False):
+    """Yield (x, y) mini-batches; a permutation from ``generator`` when shuffling."""
+    n = len(ds)
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    for i in range(0, n, batch_size):
+        idx = order[i : i + batch_size]
+        yield ds.x[idx], ds.y[idx]

@@ -1,0 +1,64 @@
+"""Accuracy, loss and BatchNorm statistics of a model on a data set."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .data import Dataset
+
+
+@dataclass
+class Evaluation:
+    accuracy: float
+    loss: float
+    samples: int
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, ds: Dataset, batch_size: int = 2048, device="cpu") -> Evaluation:
+    """Top-1 accuracy and mean cross-entropy, in eval mode, deterministically."""
+    was_training = model.training
+    model.eval()
+    correct, loss, n = 0, 0.0, 0
+    for i in range(0, len(ds), batch_size):
+        x = ds.x[i:i + batch_size].to(device)
+        y = ds.y[i:i + batch_size].to(device)
+        logits = model(x)
+        loss += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+        correct += int((logits.argmax(-1) == y).sum())
+        n += len(y)
+    model.train(was_training)
+    return Evaluation(correct / max(n, 1), loss / max(n, 1), n)
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+@torch.no_grad()
+def recompute_batchnorm(model: nn.Module, ds: Dataset, batch_size: int = 256, max_samples: int = 10000, device="cpu") -> bool:
+    """Re-estimate BatchNorm running statistics with the current weights.
+
+    Uses a cumulative average (``momentum=None``) over up to ``max_samples`` inputs.
+    Returns ``False`` (and changes nothing) for a model without BatchNorm.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return False
+    saved = [(m, m.momentum) for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    was_training = model.training
+    model.train()
+    n = min(len(ds), max_samples)
+    for i in range(0, n, batch_size):
+        model(ds.x[i:min(i + batch_size, n)].to(device))
+    for m, mom in saved:
+        m.momentum = mom
+    model.train(was_training)
+    model.eval()
+    return True

@@ -1,0 +1,122 @@
+"""The pull-back metric ``g(w) = mean_i J_iᵀ H_i J_i`` as a matrix-free operator.
+
+``J_i`` is the Jacobian of the network's outputs (logits) for input ``i`` with
+respect to the weights. Two choices of the output-space matrix ``H_i``:
+
+* ``MetricKind.LOGITS`` — ``H = I``: the plain pull-back of the Euclidean metric on
+  logits, ``g = JᵀJ`` (the source paper's metric).
+* ``MetricKind.FISHER`` — ``H = diag(p) − ppᵀ`` with ``p = softmax(z)``: the Fisher
+  information / generalized Gauss-Newton matrix of the softmax cross-entropy.
+
+A product ``g·u`` is one forward-mode JVP (``J u``) followed by one reverse-mode
+VJP (``Jᵀ(H J u)``), both through :mod:`torch.func`; ``J`` is never built. The
+forward pass and VJP closure of each micro-batch are computed once when the
+operator is created and reused for every product (CG calls it many times).
+
+BatchNorm and Dropout: products are taken with the module in **eval mode** —
+BatchNorm normalises with its running statistics (buffers held fixed) and Dropout
+is off — so the metric describes the deterministic function that is deployed.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Sequence
+
+import torch
+from torch import nn
+from torch.func import functional_call, jvp, vjp
+
+from ._params import ParamSpace, buffers_of
+from .operators import LinearOperator
+
+
+class MetricKind(str, Enum):
+    """Which output-space metric is pulled back to weight space."""
+
+    LOGITS = "logits"
+    """``JᵀJ`` on the logits (the paper's choice)."""
+    FISHER = "fisher"
+    """Softmax Fisher / GGN: ``Jᵀ(diag p − ppᵀ)J``."""
+
+
+def _output_hessian_product(kind: MetricKind, logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    if kind is MetricKind.LOGITS:
+        return u
+    p = torch.softmax(logits, dim=-1)
+    return p * u - p * (p * u).sum(dim=-1, keepdim=True)
+
+
+def output_residual(kind: MetricKind, logits: torch.Tensor, anchor_logits: torch.Tensor) -> torch.Tensor:
+    """Gradient w.r.t. the logits of the functional distance to the anchor outputs.
+
+    LOGITS: ``z − z0`` (of ``½‖z − z0‖²``); FISHER: ``softmax(z) − softmax(z0)``
+    (of ``KL(p0 ‖ p)``). Its output Hessian is exactly the ``H`` of the metric, so
+    ``θᵀgθ + 2θᵀJᵀr`` is the Gauss-Newton model of twice that distance.
+    """
+    if kind is MetricKind.LOGITS:
+        return logits - anchor_logits
+    return torch.softmax(logits, dim=-1) - torch.softmax(anchor_logits, dim=-1)
+
+
+def output_distance(kind: MetricKind, logits: torch.Tensor, anchor_logits: torch.Tensor) -> torch.Tensor:
+    """Mean per-sample functional distance (twice the loss whose gradient is above)."""
+    if kind is MetricKind.LOGITS:
+        return ((logits - anchor_logits) ** 2).sum(-1).mean()
+    logp = torch.log_softmax(logits, -1)
+    logp0 = torch.log_softmax(anchor_logits, -1)
+    return 2 * (logp0.exp() * (logp0 - logp)).sum(-1).mean()
+
+
+class MetricOperator(LinearOperator):
+    """``g(w)`` averaged over the samples of one or more micro-batches of inputs."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        space: ParamSpace,
+        w: torch.Tensor,
+        inputs: torch.Tensor | Sequence[torch.Tensor],
+        kind: MetricKind | str = MetricKind.LOGITS,
+    ):
+        super().__init__(space.n, w.dtype, w.device)
+        self.model, self.space = model, space
+        self.kind = MetricKind(kind)
+        self.micro_batches = [inputs] if isinstance(inputs, torch.Tensor) else list(inputs)
+        self.num_samples = sum(int(x.shape[0]) for x in self.micro_batches)
+        if self.num_samples == 0:
+            raise ValueError("the metric needs at least one input sample")
+        self.params = space.unflatten(w.detach())
+        self.buffers = buffers_of(model)
+        model.eval()
+        self._cache = []
+        for x in self.micro_batches:
+            logits, vjp_fn = vjp(self._f(x), self.params)
+            self._cache.append((x, logits.detach(), vjp_fn))
+
+    def _f(self, x):
+        def f(params):
+            return functional_call(self.model, (params, self.buffers), (x,))
+
+        return f
+
+    @property
+    def logits(self) -> list[torch.Tensor]:
+        return [z for _, z, _ in self._cache]
+
+    def _matvec(self, u: torch.Tensor) -> torch.Tensor:
+        tangent = self.space.unflatten(u)
+        total = torch.zeros_like(u)
+        for x, logits, vjp_fn in self._cache:
+            _, ju = jvp(self._f(x), (self.params,), (tangent,))
+            (grads,) = vjp_fn(_output_hessian_product(self.kind, logits, ju))
+            total += self.space.flatten(grads)
+        return total / self.num_samples
+
+    def rmatvec_outputs(self, cotangents: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``mean_i J_iᵀ c_i`` for per-sample output cotangents (one per micro-batch)."""
+        total = torch.zeros(self.n, dtype=self.dtype, device=self.device)
+        for (_, _, vjp_fn), c in zip(self._cache, cotangents):
+            (grads,) = vjp_fn(c)
+            total += self.space.flatten(grads)
+        return total / self.num_samples

@@ -1,0 +1,78 @@
+"""The trace of a run: one row per recorded step, in ``trace.csv`` and ``trace.jsonl``.
+
+Rows are appended and fsynced one at a time, so a reader sees whole rows only;
+on ``--resume`` the rows after the last saved checkpoint are dropped (rewritten
+atomically) before the run continues.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from pathlib import Path
+
+from ._atomic import write_text_atomic
+
+COLUMNS = (
+    "step", "t", "distance", "length", "drift", "train_accuracy", "test_accuracy", "test_loss",
+    "sparsity", "sample_passes", "epochs", "wall_time", "landed_at", "checkpoint",
+)
+
+
+def _fmt(v):
+    if isinstance(v, float):
+        return "" if math.isnan(v) else repr(v)
+    return "" if v is None else str(v)
+
+
+class Trace:
+    def __init__(self, run_dir: str | os.PathLike):
+        self.dir = Path(run_dir)
+        self.csv_path = self.dir / "trace.csv"
+        self.jsonl_path = self.dir / "trace.jsonl"
+
+    def create(self) -> None:
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerow(COLUMNS)
+        write_text_atomic(self.csv_path, buf.getvalue())
+        write_text_atomic(self.jsonl_path, "")
+
+    def append(self, row: dict) -> None:
+        row = {k: row.get(k) for k in COLUMNS}
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerow([_fmt(row[k]) for k in COLUMNS])
+        clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+        for path, text in ((self.csv_path, buf.getvalue()), (self.jsonl_path, json.dumps(clean) + "\n")):
+            with open(path, "a") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+
+    def rows(self) -> list[dict]:
+        if not self.jsonl_path.exists():
+            return []
+        out = []
+        for line in self.jsonl_path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a torn last line from a crash: everything before it is whole
+        return out
+
+    def keep(self, rows: list[dict]) -> None:
+        """Rewrite both files with exactly ``rows`` (used when resuming)."""
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(COLUMNS)
+        for r in rows:
+            w.writerow([_fmt(r.get(k)) if r.get(k) is not None else "" for k in COLUMNS])
+        write_text_atomic(self.csv_path, buf.getvalue())
+        write_text_atomic(self.jsonl_path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def read_csv(path: str | os.PathLike) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
