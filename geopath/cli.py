@@ -17,7 +17,7 @@ import typer
 
 from . import __version__
 from .config import MaskMode, SparsifyConfig, read_yaml, resolve
-from .errors import EXIT_THRESHOLD, EXIT_USAGE, GeopathError
+from .errors import EXIT_THRESHOLD, EXIT_USAGE, GeopathError, UsageError
 from .geodesic import Anchor
 from .metric import MetricKind
 from .targets import MaskScope
@@ -141,7 +141,9 @@ def sparsify(
 
         if resume:
             if out is None:
-                raise GeopathError("--resume needs --out pointing at the interrupted run")
+                raise UsageError("--resume needs --out pointing at the interrupted run")
+            if not (Path(out) / "config.yaml").is_file():
+                raise UsageError(f"{out}: nothing to resume (no config.yaml)")
             cfg = resolve(SparsifyConfig, read_yaml(Path(out) / "config.yaml"), {})
         else:
             from .archs import parse_arch_kwargs
@@ -334,6 +336,10 @@ def train_cmd(
 
 def main() -> None:
     """Console-script entry point: typer's usage errors exit with 2, ours as documented."""
+    import warnings
+
+    # deprecation notices from inside torch are not actionable for a geopath user
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.")
     try:
         app(standalone_mode=True)
     except SystemExit as e:

@@ -3,8 +3,8 @@
 ``--data`` accepts ``mnist``, ``fashion-mnist``, ``cifar10``, a ``PATH.npz`` (arrays
 ``x`` and ``y``; uint8 images NHWC or NCHW, or float arrays) or an image folder
 (torchvision ``ImageFolder`` layout). Named sets are looked for, in order, under
-``--data-root``, ``$GEOPATH_DATA_ROOT``, ``./data``, ``../shared/data`` and
-``~/.cache/geopath/data``, in torchvision's layout (``MNIST/raw/…``,
+``--data-root`` (or ``$GEOPATH_DATA_ROOT``) alone when given, otherwise ``./data``,
+``../shared/data`` and ``~/.cache/geopath/data``, in torchvision's layout (``MNIST/raw/…``,
 ``FashionMNIST/raw/…``) or, for CIFAR-10, as ``cifar10/{train,train_20k,test}.npz``.
 Nothing is downloaded unless ``download=True``.
 """
@@ -52,12 +52,12 @@ class Dataset:
 
 
 def candidate_roots(data_root: str | os.PathLike | None = None) -> list[Path]:
-    roots = []
-    if data_root:
-        roots.append(Path(data_root))
-    if os.environ.get("GEOPATH_DATA_ROOT"):
-        roots.append(Path(os.environ["GEOPATH_DATA_ROOT"]))
-    roots += [Path("data"), Path("../shared/data"), Path.home() / ".cache" / "geopath" / "data"]
+    """Where named data sets are looked for: an explicit root (flag, else environment) alone,
+    otherwise the default locations."""
+    explicit = data_root or os.environ.get("GEOPATH_DATA_ROOT")
+    if explicit:
+        return [Path(explicit).expanduser()]
+    roots = [Path("data"), Path("../shared/data"), Path.home() / ".cache" / "geopath" / "data"]
     seen, out = set(), []
     for r in roots:
         key = str(r.expanduser().resolve())

@@ -1,0 +1,227 @@
+"""Bad input ends in one line on stderr and the documented exit code; nothing half-written."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from geopath.archs import build_model
+from geopath.checkpoint import save_checkpoint
+
+from ._helpers import FAST, SAMPLE, geopath, needs_mnist, one_error_line
+
+
+def _no_final(out):
+    assert not (out / "final.safetensors").exists()
+    assert not (out / "summary.json").exists()
+
+
+@pytest.mark.parametrize(
+    "make, needle",
+    [
+        (lambda p: None, "no such checkpoint"),
+        (lambda p: p.write_bytes(b""), "empty"),
+        (lambda p: p.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json"), "not a readable safetensors"),
+        (lambda p: p.write_bytes(SAMPLE.read_bytes()[:5000]), "not a readable safetensors"),
+    ],
+    ids=["missing", "empty", "corrupt-header", "truncated"],
+)
+def test_bad_checkpoint_files(tmp_path, make, needle):
+    ck = tmp_path / "model.safetensors"
+    make(ck)
+    proc = geopath("sparsify", ck, "-o", tmp_path / "out", "--data", "mnist")
+    assert proc.returncode == 2
+    assert needle in one_error_line(proc)
+    _no_final(tmp_path / "out")
+
+
+def test_pickle_only_pt_is_refused(tmp_path):
+    import argparse
+    import collections
+
+    ck = tmp_path / "model.pt"
+    # an arbitrary object beside the weights: loading it needs full pickle
+    torch.save({"state_dict": build_model("mlp").state_dict(), "args": argparse.Namespace(lr=0.1)}, ck)
+    proc = geopath("inspect", ck)
+    assert proc.returncode == 2
+    assert "--trust-pickle" in one_error_line(proc)
+    # a plain state dict loads with weights_only=True
+    plain = tmp_path / "plain.pt"
+    torch.save(collections.OrderedDict(build_model("mlp").state_dict()), plain)
+    ok = geopath("inspect", plain, "--json")
+    assert ok.returncode == 0, ok.stderr
+    assert len(json.loads(ok.stdout)["tensors"]) == 6
+
+
+def test_pt_without_arch_needs_arch(tmp_path):
+    plain = tmp_path / "plain.pt"
+    torch.save(build_model("mlp").state_dict(), plain)
+    proc = geopath("eval", plain, "--data", "mnist")
+    assert proc.returncode == 2
+    assert "--arch" in one_error_line(proc)
+
+
+def test_architecture_mismatch(tmp_path):
+    plain = tmp_path / "plain.pt"
+    torch.save(build_model("mlp", {"hidden": [200, 100]}).state_dict(), plain)
+    proc = geopath("eval", plain, "--arch", "mlp", "--data", "mnist")
+    assert proc.returncode == 2
+    line = one_error_line(proc)
+    assert "does not fit architecture" in line and "layers.0.weight" in line
+
+
+def test_unknown_keys(tmp_path):
+    sd = build_model("mlp").state_dict()
+    sd["extra.weight"] = torch.zeros(3)
+    ck = tmp_path / "x.safetensors"
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(ck), metadata={"geopath.arch": "mlp"})
+    proc = geopath("eval", ck, "--data", "mnist")
+    assert proc.returncode == 2
+    assert "unexpected keys: extra.weight" in one_error_line(proc)
+
+
+def test_unknown_architecture(tmp_path):
+    plain = tmp_path / "plain.pt"
+    torch.save(build_model("mlp").state_dict(), plain)
+    proc = geopath("eval", plain, "--arch", "resnet9000", "--data", "mnist")
+    assert proc.returncode == 2
+    assert "unknown architecture" in one_error_line(proc)
+
+
+def test_nan_weights(tmp_path):
+    model = build_model("mlp")
+    sd = model.state_dict()
+    ck = tmp_path / "nan.safetensors"
+    sd["layers.0.weight"][0, 0] = math.nan
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(ck),
+              metadata={"geopath.arch": "mlp", "geopath.data": "mnist"})
+    proc = geopath("sparsify", ck, "-o", tmp_path / "out")
+    assert proc.returncode == 2
+    assert "NaN" in one_error_line(proc)
+    _no_final(tmp_path / "out")
+
+
+@needs_mnist
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--data", "imagenet-42"], "unknown data set"),
+        (["--data", "mnist", "--data-root", "EMPTY"], "not found offline"),
+        (["--sparsity", "1.0"], "--sparsity must be in [0, 1)"),
+        (["--sparsity", "-0.1"], "--sparsity must be in [0, 1)"),
+        (["--step-size", "0"], "--step-size must be > 0"),
+        (["--step-size", "-1"], "--step-size must be > 0"),
+        (["--structured", "layers.9:3"], "not a Linear or Conv layer"),
+        (["--structured", "layers.0:999"], "cannot remove 999"),
+    ],
+)
+def test_bad_options(tmp_path, args, needle):
+    (tmp_path / "empty").mkdir()
+    args = [str(tmp_path / "empty") if a == "EMPTY" else a for a in args]
+    proc = geopath("sparsify", SAMPLE, "-o", tmp_path / "out", *args)
+    assert proc.returncode == 2, proc.stderr
+    assert needle in one_error_line(proc)
+    _no_final(tmp_path / "out")
+
+
+def test_empty_data_root_names_roots(tmp_path, monkeypatch):
+    from geopath.data import load_dataset
+    from geopath.errors import DataError
+
+    monkeypatch.setenv("GEOPATH_DATA_ROOT", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match=str(tmp_path)):
+        load_dataset("fashion-mnist", "train", data_root=tmp_path)
+
+
+def test_usage_error_from_typer_is_2(tmp_path):
+    proc = geopath("sparsify", SAMPLE, "-o", tmp_path / "o", "--sparsity", "lots")
+    assert proc.returncode == 2
+
+
+def test_config_unknown_key(tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("sparsity: 0.5\nspasity: 0.9\n")
+    proc = geopath("sparsify", SAMPLE, "-o", tmp_path / "out", "--config", cfg)
+    assert proc.returncode == 2
+    assert "unknown option(s) in config file: spasity" in one_error_line(proc)
+
+
+def test_config_bad_value(tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("metric: euclid\n")
+    proc = geopath("sparsify", SAMPLE, "-o", tmp_path / "out", "--config", cfg)
+    assert proc.returncode == 2
+    assert "one of logits, fisher" in one_error_line(proc)
+
+
+def test_non_empty_output_dir(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    proc = geopath("sparsify", SAMPLE, "-o", out)
+    assert proc.returncode == 2
+    assert "--overwrite" in one_error_line(proc)
+    assert (out / "keep.txt").read_text() == "precious"
+
+
+def test_output_dir_not_writable(tmp_path):
+    import os
+
+    if os.geteuid() == 0:
+        # root ignores permissions; use a path under a regular file instead
+        blocker = tmp_path / "file"
+        blocker.write_text("")
+        out = blocker / "out"
+    else:
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        out = ro / "out"
+    proc = geopath("sparsify", SAMPLE, "-o", out)
+    assert proc.returncode == 2
+    one_error_line(proc)
+
+
+def test_resume_without_run(tmp_path):
+    proc = geopath("sparsify", "-o", tmp_path / "nothing", "--resume")
+    assert proc.returncode == 2
+    assert "nothing to resume" in one_error_line(proc)
+
+
+@needs_mnist
+def test_min_accuracy_gate_exit_3(tmp_path):
+    out = tmp_path / "out"
+    proc = geopath("sparsify", SAMPLE, "-o", out, "--sparsity", "0.5", *FAST, "--min-accuracy", "0.9999", "--json")
+    assert proc.returncode == 3, proc.stderr
+    assert "below --min-accuracy" in one_error_line(proc)
+    result = json.loads(proc.stdout.splitlines()[-1])
+    assert result["event"] == "result" and result["passed"] is False
+    # the run itself completed: the files are there
+    assert (out / "final.safetensors").exists()
+
+
+@needs_mnist
+def test_eval_and_inspect_json(tmp_path):
+    proc = geopath("eval", SAMPLE, "--size", "1000", "--json")
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(proc.stdout)
+    assert res["samples"] == 1000 and 0.9 < res["accuracy"] <= 1.0 and res["sparsity"] == 0.0
+    info = json.loads(geopath("inspect", SAMPLE, "--json").stdout)
+    assert info["metadata"]["geopath.arch"] == "mlp"
+    assert info["parameters"] == 784 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10
+
+
+def test_save_refuses_nan(tmp_path):
+    from geopath.errors import CheckpointError
+
+    model = build_model("mlp")
+    with torch.no_grad():
+        model.layers[0].weight[0, 0] = float("inf")
+    with pytest.raises(CheckpointError):
+        save_checkpoint(tmp_path / "x.safetensors", model, "mlp")
+    assert not list(tmp_path.iterdir())  # no temp file left behind
