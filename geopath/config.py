@@ -55,10 +55,10 @@ class SparsifyConfig:
     structured: str | None = None  # "LAYER:COUNT,..." removes whole filters/neurons instead
     # step
     beta: float = 1.0
-    step_size: float | None = None  # ε bound on θᵀθ; default (2·d0/steps)²
+    step_size: float | None = None  # ε bound on θᵀθ; default (4·d0/steps)²
     steps: int = 50  # planned approach steps (sets the default step size)
     max_steps: int | None = None  # approach steps at most (default 3·steps)
-    settle_steps: int = 60
+    settle_steps: int = 150
     tol: float = 0.03
     cg_iters: int = 5
     cg_rtol: float = 1e-4
@@ -66,7 +66,7 @@ class SparsifyConfig:
     metric: MetricKind = MetricKind.LOGITS
     method: TRMethod = TRMethod.STEIHAUG
     anchor: Anchor = Anchor.START
-    batch_size: int = 256
+    batch_size: int = 128
     micro_batch: int | None = None
     # run
     save_every: int = 10

@@ -40,6 +40,8 @@ class Anchor(str, Enum):
     """The starting network's outputs: drift along the path is corrected each step."""
     NONE = "none"
     """Only the local metric at the current point (the paper's step as written)."""
+    LABELS = "labels"
+    """The metric inputs' labels: the linear term is the cross-entropy gradient ``Jᵀ(p − y)``."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,7 @@ def geodesic_step(
     cfg: StepConfig,
     anchor_logits: list[torch.Tensor] | None = None,
     keep: torch.Tensor | None = None,
+    labels: list[torch.Tensor] | None = None,
 ) -> StepInfo:
     """Compute one step ``θ`` from ``w`` (``w`` itself is not changed).
 
@@ -84,9 +87,15 @@ def geodesic_step(
     passes = PASS_FORWARD * n_samples
     b = cfg.beta * target.direction(w)
     drift = 0.0
+    residuals = None
     if cfg.anchor is Anchor.START and anchor_logits is not None:
         residuals = [output_residual(cfg.metric, z, z0) for z, z0 in zip(G.logits, anchor_logits)]
         drift = float(sum(output_distance(cfg.metric, z, z0) * len(z) for z, z0 in zip(G.logits, anchor_logits)) / n_samples)
+    elif cfg.anchor is Anchor.LABELS and labels is not None:
+        residuals = [torch.softmax(z, -1) - torch.nn.functional.one_hot(y, z.shape[-1]).to(z.dtype)
+                     for z, y in zip(G.logits, labels)]
+        drift = float(sum(torch.nn.functional.cross_entropy(z, y, reduction="sum") for z, y in zip(G.logits, labels)) / n_samples)
+    if residuals is not None:
         b = b - 2.0 * G.rmatvec_outputs(residuals)
         passes += PASS_VJP * n_samples
     A = 2.0 * G if cfg.damping <= 0 else 2.0 * (G + cfg.damping * Identity(G.n, G.dtype, G.device))

@@ -10,6 +10,7 @@ uninterrupted one would have taken.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import signal
 import time
@@ -23,7 +24,7 @@ from ._params import ParamSpace, load_vector, model_vector
 from .data import Dataset
 from .errors import NumericalError
 from .evaluate import recompute_batchnorm
-from .geodesic import PASS_FORWARD, StepConfig, geodesic_step
+from .geodesic import PASS_FORWARD, Anchor, StepConfig, geodesic_step
 from .rundir import RunWriter
 from .targets import Target
 
@@ -37,6 +38,7 @@ class PathConfig:
     micro_batch: int | None = None
     tol: float = 0.01  # land (project) when distance ≤ tol · starting distance
     settle_steps: int = 0  # steps taken on the target after landing, restricted to it
+    settle_step_size: float | None = None  # ε for those steps (default: the approach ε)
     seed: int = 0
 
 
@@ -49,12 +51,12 @@ class PathState:
     landed_at: int | None = None  # step at which the path reached the target
 
 
-def metric_batch(ds: Dataset, step: int, cfg: PathConfig, device) -> list[torch.Tensor]:
+def metric_batch(ds: Dataset, step: int, cfg: PathConfig, device) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The inputs (and labels) of step ``step``, split into micro-batches."""
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
     idx = torch.randperm(len(ds), generator=gen)[: cfg.batch_size]
-    x = ds.x[idx].to(device)
     mb = cfg.micro_batch or cfg.batch_size
-    return list(torch.split(x, mb))
+    return list(torch.split(ds.x[idx].to(device), mb)), list(torch.split(ds.y[idx].to(device), mb))
 
 
 class Interrupted(Exception):
@@ -150,18 +152,23 @@ def walk(
             if stop.hit:
                 raise Interrupted(f"interrupted after step {step}")
             step += 1
-            x = metric_batch(metric_data, step, cfg, device)
-            with torch.no_grad():
-                z0 = [anchor(xb) for xb in x]
+            x, y = metric_batch(metric_data, step, cfg, device)
+            z0 = None
+            if cfg.step.anchor is Anchor.START:
+                with torch.no_grad():
+                    z0 = [anchor(xb) for xb in x]
             keep = target.free() if landed_at is not None else None
-            info = geodesic_step(model, space, w, x, target, cfg.step, anchor_logits=z0, keep=keep)
+            step_cfg = cfg.step
+            if landed_at is not None and cfg.settle_step_size:
+                step_cfg = dataclasses.replace(step_cfg, step_size=cfg.settle_step_size)
+            info = geodesic_step(model, space, w, x, target, step_cfg, anchor_logits=z0, keep=keep, labels=y)
             if not bool(torch.isfinite(info.theta).all()):
                 raise NumericalError(f"step {step}: the solver produced a non-finite step (try a smaller --step-size)")
             w = w + info.theta
             last_drift = info.drift
             state.step, state.landed_at = step, landed_at
             state.length += info.metric_length
-            state.sample_passes += info.sample_passes + PASS_FORWARD * sum(len(b) for b in x)
+            state.sample_passes += info.sample_passes + (PASS_FORWARD * sum(len(b) for b in x) if z0 else 0.0)
             if step % cfg.save_every == 0:
                 load_vector(model, space, w)
                 record(step, model, writer.step_path(step), last_drift)

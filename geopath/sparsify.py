@@ -84,7 +84,7 @@ def run_sparsify(
     target = build_target(cfg, model, space, w0)
     d0 = target.distance(w0)
     max_steps = cfg.max_steps or 3 * cfg.steps
-    step_size = cfg.step_size or max((2.0 * d0 / cfg.steps) ** 2, 1e-12)
+    step_size = cfg.step_size or max((4.0 * d0 / cfg.steps) ** 2, 1e-12)
     cfg = dataclasses.replace(cfg, data=data_name, step_size=step_size, max_steps=max_steps,
                               arch=ck.arch, arch_kwargs=ck.arch_kwargs)
     try:
