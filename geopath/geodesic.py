@@ -55,6 +55,11 @@ class StepConfig:
     method: TRMethod = TRMethod.STEIHAUG
     anchor: Anchor = Anchor.START
 
+    def __post_init__(self):  # accept plain strings from library callers
+        object.__setattr__(self, "metric", MetricKind(self.metric))
+        object.__setattr__(self, "method", TRMethod(self.method))
+        object.__setattr__(self, "anchor", Anchor(self.anchor))
+
 
 @dataclass
 class StepInfo:

@@ -41,7 +41,7 @@ class MetricKind(str, Enum):
 
 
 def _output_hessian_product(kind: MetricKind, logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    if kind is MetricKind.LOGITS:
+    if MetricKind(kind) is MetricKind.LOGITS:
         return u
     p = torch.softmax(logits, dim=-1)
     return p * u - p * (p * u).sum(dim=-1, keepdim=True)
@@ -54,14 +54,14 @@ def output_residual(kind: MetricKind, logits: torch.Tensor, anchor_logits: torch
     (of ``KL(p0 ‖ p)``). Its output Hessian is exactly the ``H`` of the metric, so
     ``θᵀgθ + 2θᵀJᵀr`` is the Gauss-Newton model of twice that distance.
     """
-    if kind is MetricKind.LOGITS:
+    if MetricKind(kind) is MetricKind.LOGITS:
         return logits - anchor_logits
     return torch.softmax(logits, dim=-1) - torch.softmax(anchor_logits, dim=-1)
 
 
 def output_distance(kind: MetricKind, logits: torch.Tensor, anchor_logits: torch.Tensor) -> torch.Tensor:
     """Mean per-sample functional distance (twice the loss whose gradient is above)."""
-    if kind is MetricKind.LOGITS:
+    if MetricKind(kind) is MetricKind.LOGITS:
         return ((logits - anchor_logits) ** 2).sum(-1).mean()
     logp = torch.log_softmax(logits, -1)
     logp0 = torch.log_softmax(anchor_logits, -1)

@@ -166,7 +166,7 @@ class StructuredTarget(HyperplaneTarget):
     """Whole output units (conv filters / linear neurons) of named layers set to zero.
 
     ``counts`` maps a layer name to how many of its units go: the units with the
-    smallest L2 norm of their incoming weights at the start. A unit's group is its
+    smallest L2 norm of their weights and bias at the start. A unit's group is its
     weight row, its bias entry, and the weight and bias of the BatchNorm channel
     that directly follows the layer (so the removed channel outputs exactly zero).
     """

@@ -127,7 +127,9 @@ def multiplier_step(
     Ax0 = A.matvec(x0)
     products += 1
     resid = float(torch.linalg.vector_norm(Ax0 - b))
-    if float(torch.linalg.vector_norm(x0)) <= radius and resid <= 1e3 * rtol * bnorm:
+    if float(torch.linalg.vector_norm(x0)) <= radius:
+        # inside the ball: the (possibly truncated) CG iterate is a descent step, since CG
+        # from 0 decreases the quadratic monotonically; converged, it is the exact answer
         return TRResult(x0, Ax0, products, False)
 
     # φ(λ) = 1/‖θ(λ)‖ − 1/radius is increasing in λ; φ(λ_hi) ≥ 0 for λ_hi = ‖b‖/radius.
@@ -159,11 +161,16 @@ def multiplier_step(
             if side == -1:
                 f_hi /= 2
             side = -1
-    # land exactly on the boundary (the CG tolerance leaves a tiny mismatch)
-    x = x * (radius / float(torch.linalg.vector_norm(x)))
+    # never leave the ball. Shrinking a descent iterate of a convex quadratic with q(0) = 0
+    # is always safe (q(sx) ≤ s·q(x) < 0 for 0 < s ≤ 1); growing it is done only when the
+    # search converged onto the boundary, to remove the CG tolerance's tiny mismatch
+    xnorm = float(torch.linalg.vector_norm(x))
+    if xnorm > radius or abs(xnorm - radius) <= 1e-3 * radius:
+        x = x * (radius / xnorm)
+        xnorm = radius
     Ax = A.matvec(x)
     products += 1
-    return TRResult(x, Ax, products, True, multiplier=lam)
+    return TRResult(x, Ax, products, abs(xnorm - radius) <= 1e-6 * radius, multiplier=lam)
 
 
 def trust_region_step(

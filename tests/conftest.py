@@ -177,6 +177,21 @@ def dense_tr():
 
 
 @pytest.fixture
+def single_thread():
+    """Run a test with one intra-op thread, restoring the previous setting afterwards.
+
+    The models are tiny: a thread pool buys nothing and, on a loaded machine, makes a
+    conv backward pass ~100× slower. Test modules opt in with ``pytestmark``.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture
 def rng():
     """A seeded torch generator for test data (float64 tensors are drawn explicitly)."""
     return torch.Generator().manual_seed(12345)

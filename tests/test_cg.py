@@ -9,6 +9,8 @@ import torch
 from geopath.cg import cg
 from geopath.operators import DenseOperator, Identity
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 D = torch.float64
 
 

@@ -9,6 +9,8 @@ from torch.autograd.functional import hessian
 from geopath._params import ParamSpace, model_vector
 from geopath.metric import MetricKind, MetricOperator, output_distance, output_residual
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 D = torch.float64
 KINDS = ["logits", "fisher"]
 

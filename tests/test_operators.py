@@ -15,6 +15,8 @@ from geopath.operators import (
     SumOperator,
 )
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 D = torch.float64
 N = 7
 

@@ -13,6 +13,8 @@ from geopath.metric import MetricOperator
 from geopath.operators import DenseOperator
 from geopath.trust_region import TRMethod, multiplier_step, steihaug_cg, trust_region_step
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 D = torch.float64
 
 
@@ -91,6 +93,37 @@ def test_steihaug_negative_curvature_goes_to_boundary(rng):
     torch.testing.assert_close(res.A_theta, A @ res.theta, rtol=0, atol=1e-10)
 
 
+def test_steihaug_negative_curvature_after_interior_step():
+    """The ``pᵀAp ≤ 0`` exit taken at the second iteration, from a non-zero interior iterate."""
+    A = torch.diag(torch.tensor([-1.0, 3.0], dtype=D))
+    b = torch.tensor([0.1, 1.0], dtype=D)
+    radius = 1.0
+    # first step: bᵀAb > 0 and the CG point stays inside; second direction has pᵀAp < 0
+    alpha = float(b @ b) / float(b @ A @ b)
+    r = b - alpha * (A @ b)
+    p = r + float(r @ r) / float(b @ b) * b
+    assert float(b @ A @ b) > 0 and alpha * float(b.norm()) < radius and float(p @ A @ p) < 0
+    res = steihaug_cg(DenseOperator(A), b, radius, max_iters=10)
+    assert res.on_boundary and res.iterations == 2
+    assert abs(float(res.theta.norm()) - radius) <= 1e-12
+    torch.testing.assert_close(res.A_theta, A @ res.theta, rtol=0, atol=1e-12)
+    # the exit point is x₁ + τp with τ > 0
+    x1 = alpha * b
+    tau = float((res.theta - x1) @ p) / float(p @ p)
+    assert tau > 0
+    torch.testing.assert_close(res.theta, x1 + tau * p, rtol=0, atol=1e-12)
+    assert _q(A, b, res.theta) <= _q(A, b, _cauchy(A, b, radius))
+
+
+def test_steihaug_negative_curvature_at_first_step():
+    A = torch.diag(torch.tensor([-1.0, 2.0, 5.0], dtype=D))
+    b = torch.tensor([0.5, 0.0, 0.0], dtype=D)
+    res = steihaug_cg(DenseOperator(A), b, 0.3)
+    assert res.on_boundary and res.iterations == 1
+    torch.testing.assert_close(res.theta, torch.tensor([0.3, 0.0, 0.0], dtype=D), rtol=0, atol=1e-15)
+    torch.testing.assert_close(res.A_theta, A @ res.theta, rtol=0, atol=1e-15)
+
+
 @pytest.mark.parametrize("radius", [1e-3, 0.1, 3.0])
 def test_steihaug_rank_deficient_metric_lands_on_boundary(metric2g, rng, radius):
     A, dense = metric2g
@@ -161,7 +194,7 @@ def test_multiplier_rank_deficient_metric(metric2g, rng, dense_tr, radius):
 
 
 def test_multiplier_rank_deficient_b_in_range_interior(metric2g, dense_tr):
-    """``b`` in the range of ``A`` and a large radius: the minimum-norm-free interior solve."""
+    """``b`` in the range of a singular ``A`` and a large radius: an interior solution of ``Aθ = b``."""
     A, dense = metric2g
     theta_true = dense @ torch.linspace(-1, 1, A.n, dtype=D)  # in the range of A
     b = dense @ theta_true
@@ -169,6 +202,24 @@ def test_multiplier_rank_deficient_b_in_range_interior(metric2g, dense_tr):
     res = multiplier_step(A, b, radius, max_iters=10 * A.n, rtol=1e-12)
     assert not res.on_boundary
     torch.testing.assert_close(dense @ res.theta, b, rtol=0, atol=1e-7 * float(b.norm()))
+
+
+def test_multiplier_truncated_cg_interior_never_worse_than_zero_step():
+    """With geopath's default CG budget (10 iterations, rtol 1e-4) on an interior problem.
+
+    Any trust-region step must not increase ``½θᵀAθ − bᵀθ`` above its value at θ = 0;
+    Steihaug with the same budget gives a descent step (checked below).
+    """
+    n = 40
+    g = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=D))
+    A = (q * torch.logspace(-2, 2, n, dtype=D)) @ q.T
+    b = torch.randn(n, generator=g, dtype=D)
+    radius = 1.5 * float(torch.linalg.solve(A, b).norm())  # the exact solution is interior
+    st = steihaug_cg(DenseOperator(A), b, radius, max_iters=10, rtol=1e-4)
+    assert _q(A, b, st.theta) < 0
+    res = multiplier_step(DenseOperator(A), b, radius, max_iters=10, rtol=1e-4)
+    assert _q(A, b, res.theta) <= 0.0
 
 
 def test_multiplier_zero_rhs_and_bad_radius(rng):
