@@ -17,7 +17,7 @@ import typer
 
 from . import __version__
 from .config import MaskMode, SparsifyConfig, read_yaml, resolve
-from .errors import EXIT_THRESHOLD, EXIT_USAGE, GeopathError, UsageError
+from .errors import EXIT_THRESHOLD, GeopathError, UsageError
 from .geodesic import Anchor
 from .metric import MetricKind
 from .targets import MaskScope
@@ -93,35 +93,35 @@ DEBUG_OPT = typer.Option(False, "--debug", help="Show tracebacks for errors.")
 def sparsify(
     checkpoint: Optional[Path] = typer.Argument(None, help="Trained network (.safetensors, .pt, .pth)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (must be empty)."),
-    sparsity: Optional[float] = typer.Option(None, help="Fraction of weights to zero, in [0, 1). [default: 0.7]"),
+    sparsity: Optional[float] = typer.Option(None, help="Fraction of weights to zero, in [0, 1). \\[default: 0.7]"),
     structured: Optional[str] = typer.Option(None, help="Remove whole units instead: LAYER:COUNT[,LAYER:COUNT] (e.g. features.0:50)."),
-    scope: Optional[MaskScope] = typer.Option(None, help="Unstructured: global or per-layer magnitude. [default: global]"),
-    mask: Optional[MaskMode] = typer.Option(None, help="Unstructured mask fixed at the start or re-chosen each step. [default: fixed]"),
+    scope: Optional[MaskScope] = typer.Option(None, help="Unstructured: global or per-layer magnitude. \\[default: global]"),
+    mask: Optional[MaskMode] = typer.Option(None, help="Unstructured mask fixed at the start or re-chosen each step. \\[default: fixed]"),
     layers: Optional[list[str]] = typer.Option(None, "--layer", help="Prune only these parameters (repeatable, e.g. layers.0.weight)."),
-    data: Optional[str] = typer.Option(None, help="Inputs for the metric: mnist, fashion-mnist, cifar10, PATH.npz or an image folder. [default: the checkpoint's]"),
-    eval_data: Optional[str] = typer.Option(None, help="Labelled test set for accuracy. [default: --data]"),
+    data: Optional[str] = typer.Option(None, help="Inputs for the metric: mnist, fashion-mnist, cifar10, PATH.npz or an image folder. \\[default: the checkpoint's]"),
+    eval_data: Optional[str] = typer.Option(None, help="Labelled test set for accuracy. \\[default: --data]"),
     data_root: Optional[str] = typer.Option(None, envvar="GEOPATH_DATA_ROOT", help="Folder with the data sets (torchvision layout)."),
     metric_size: Optional[int] = typer.Option(None, help="Use only the first N metric inputs."),
     eval_size: Optional[int] = typer.Option(None, help="Evaluate on the first N test samples."),
     arch: Optional[str] = typer.Option(None, help="Architecture if the file does not name one: mlp, lenet5, vgg11, torchvision:NAME, module:Class."),
     arch_kwargs: Optional[str] = typer.Option(None, help="Architecture keyword arguments as a JSON object."),
     trust_pickle: Optional[bool] = typer.Option(None, "--trust-pickle", help="Allow unpickling a .pt file (only for files you trust)."),
-    beta: Optional[float] = typer.Option(None, help="Pull towards the target, β. [default: 1.0]"),
-    step_size: Optional[float] = typer.Option(None, help="Trust region ε, the bound on θᵀθ per step. [default: (4·d0/steps)², d0 = starting distance]"),
-    steps: Optional[int] = typer.Option(None, help="Planned steps to reach the target (sets the default step size). [default: 50]"),
-    max_steps: Optional[int] = typer.Option(None, help="Approach steps at most before landing. [default: 3·steps]"),
-    settle_steps: Optional[int] = typer.Option(None, help="Steps on the target after landing. [default: 150]"),
-    tol: Optional[float] = typer.Option(None, help="Land when the distance is below tol × the starting distance. [default: 0.03]"),
-    cg_iters: Optional[int] = typer.Option(None, help="CG iterations per step. [default: 5]"),
-    damping: Optional[float] = typer.Option(None, help="Damping λ: the metric becomes g + λI. [default: 0]"),
-    metric: Optional[MetricKind] = typer.Option(None, help="Output metric pulled back: logits (JᵀJ) or fisher. [default: logits]"),
-    method: Optional[TRMethod] = typer.Option(None, help="Trust-region solver. [default: steihaug]"),
-    anchor: Optional[Anchor] = typer.Option(None, help="Measure functional change against the start network or only locally. [default: start]"),
-    batch_size: Optional[int] = typer.Option(None, help="Metric batch size. [default: 128]"),
+    beta: Optional[float] = typer.Option(None, help="Pull towards the target, β. \\[default: 1.0]"),
+    step_size: Optional[float] = typer.Option(None, help="Trust region ε, the bound on θᵀθ per step. \\[default: (4·d0/steps)², d0 = starting distance]"),
+    steps: Optional[int] = typer.Option(None, help="Planned steps to reach the target (sets the default step size). \\[default: 50]"),
+    max_steps: Optional[int] = typer.Option(None, help="Approach steps at most before landing. \\[default: 3·steps]"),
+    settle_steps: Optional[int] = typer.Option(None, help="Steps on the target after landing. \\[default: 150]"),
+    tol: Optional[float] = typer.Option(None, help="Land when the distance is below tol × the starting distance. \\[default: 0.03]"),
+    cg_iters: Optional[int] = typer.Option(None, help="CG iterations per step. \\[default: 5]"),
+    damping: Optional[float] = typer.Option(None, help="Damping λ: the metric becomes g + λI. \\[default: 0]"),
+    metric: Optional[MetricKind] = typer.Option(None, help="Output metric pulled back: logits (JᵀJ) or fisher. \\[default: logits]"),
+    method: Optional[TRMethod] = typer.Option(None, help="Trust-region solver. \\[default: steihaug]"),
+    anchor: Optional[Anchor] = typer.Option(None, help="Measure functional change against the start network or only locally. \\[default: start]"),
+    batch_size: Optional[int] = typer.Option(None, help="Metric batch size. \\[default: 128]"),
     micro_batch: Optional[int] = typer.Option(None, help="Split metric batches into micro-batches of this size."),
-    save_every: Optional[int] = typer.Option(None, help="Save a network and a trace row every K steps. [default: 10]"),
-    seed: Optional[int] = typer.Option(None, help="Random seed. [default: 0]"),
-    device: Optional[str] = typer.Option(None, help="cpu or cuda. [default: cpu]"),
+    save_every: Optional[int] = typer.Option(None, help="Save a network and a trace row every K steps. \\[default: 10]"),
+    seed: Optional[int] = typer.Option(None, help="Random seed. \\[default: 0]"),
+    device: Optional[str] = typer.Option(None, help="cpu or cuda. \\[default: cpu]"),
     min_accuracy: Optional[float] = typer.Option(None, help="Exit with code 3 if the final test accuracy is below this."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML file of options; flags override it."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output directory."),
@@ -154,11 +154,7 @@ def sparsify(
         return _run_with_progress(lambda **kw: run_sparsify(cfg, overwrite=overwrite, resume=resume, **kw),
                                   as_json, progress)
 
-    try:
-        summary = _guard(go, debug)
-    except GeopathError as e:  # usage problems raised before _guard's scope
-        _err(str(e))
-        raise typer.Exit(EXIT_USAGE)
+    summary = _guard(go, debug)
     if as_json:
         _emit({"event": "result", **summary}, True)
     else:
@@ -203,7 +199,7 @@ def _run_with_progress(run, as_json: bool, progress: bool):
 @app.command("eval")
 def eval_cmd(
     checkpoint: Path = typer.Argument(..., help="Network to evaluate."),
-    data: Optional[str] = typer.Option(None, help="Labelled data set. [default: the checkpoint's]"),
+    data: Optional[str] = typer.Option(None, help="Labelled data set. \\[default: the checkpoint's]"),
     split: str = typer.Option("test", help="train or test."),
     data_root: Optional[str] = typer.Option(None, envvar="GEOPATH_DATA_ROOT"),
     size: Optional[int] = typer.Option(None, help="Only the first N samples."),

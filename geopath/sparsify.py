@@ -6,6 +6,7 @@ the path engine (:func:`geopath.path.walk`), and summarise.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from typing import Any, Callable
@@ -77,8 +78,8 @@ def run_sparsify(
     test_data = load_dataset(cfg.eval_data or data_name, "test", cfg.data_root).head(cfg.eval_size)
     train_eval = metric_data.head(cfg.train_eval_size) if cfg.train_eval_size else None
 
+    anchor = copy.deepcopy(ck.model).to(device)  # the starting network, kept frozen
     model = ck.model.to(device)
-    anchor = load_checkpoint(cfg.checkpoint, cfg.arch, cfg.arch_kwargs, cfg.trust_pickle).model.to(device)
     space = ParamSpace.of(model)
     w0 = model_vector(model, space)
     target = build_target(cfg, model, space, w0)
