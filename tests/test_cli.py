@@ -225,3 +225,24 @@ def test_save_refuses_nan(tmp_path):
     with pytest.raises(CheckpointError):
         save_checkpoint(tmp_path / "x.safetensors", model, "mlp")
     assert not list(tmp_path.iterdir())  # no temp file left behind
+
+
+@needs_mnist
+def test_train_then_eval_lenet(tmp_path):
+    out = tmp_path / "lenet.safetensors"
+    proc = geopath("train", "--arch", "lenet5", "--data", "mnist", "--size", "1024", "--epochs", "1", "-o", out, "--json")
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(proc.stdout)
+    ev = json.loads(geopath("eval", out, "--json").stdout)  # data set and arch come from the file
+    assert ev["data"] == "mnist" and ev["accuracy"] == pytest.approx(res["test_accuracy"], abs=1e-12)
+    again = geopath("train", "--arch", "lenet5", "--size", "64", "-o", out)
+    assert again.returncode == 2 and "--overwrite" in one_error_line(again)
+
+
+def test_torchvision_and_entry_point_architectures():
+    from geopath.archs import build_model
+
+    net = build_model("torchvision:resnet18", {"num_classes": 7})
+    assert net.eval()(torch.zeros(1, 3, 32, 32)).shape == (1, 7)
+    mlp = build_model("geopath.archs:MLP", {"hidden": [8]})
+    assert mlp(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
