@@ -31,12 +31,17 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def sparse_parameters(cfg: SparsifyConfig, model) -> list[str]:
+    """The parameters whose sparsity is the goal: ``--layer`` names, or every Linear/Conv weight."""
+    return list(cfg.layers) if cfg.layers else prunable_parameters(model)
+
+
 def build_target(cfg: SparsifyConfig, model, space: ParamSpace, w0: torch.Tensor) -> Target:
     counts = parse_structured(cfg.structured)
     if counts:
         return StructuredTarget(model, space, w0, counts)
-    params = list(cfg.layers) if cfg.layers else prunable_parameters(model)
-    return MagnitudeTarget(space, w0, cfg.sparsity, params, cfg.scope, dynamic=cfg.mask is MaskMode.DYNAMIC)
+    return MagnitudeTarget(space, w0, cfg.sparsity, sparse_parameters(cfg, model), cfg.scope,
+                           dynamic=cfg.mask is MaskMode.DYNAMIC)
 
 
 def _resume_state(writer: RunWriter, parent_sha: str) -> tuple[PathState, dict[str, torch.Tensor]]:
@@ -105,7 +110,7 @@ def run_sparsify(
     if on_start:
         on_start(cfg, max_steps + cfg.settle_steps)
 
-    sparse_names = list(cfg.layers) if cfg.layers else prunable_parameters(model)
+    sparse_names = sparse_parameters(cfg, model)
 
     def evaluate_row(net) -> dict:
         ev = evaluate(net, test_data, device=device)

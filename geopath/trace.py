@@ -68,7 +68,7 @@ class Trace:
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(COLUMNS)
         for r in rows:
-            w.writerow([_fmt(r.get(k)) if r.get(k) is not None else "" for k in COLUMNS])
+            w.writerow([_fmt(r.get(k)) for k in COLUMNS])
         write_text_atomic(self.csv_path, buf.getvalue())
         write_text_atomic(self.jsonl_path, "".join(json.dumps(r) + "\n" for r in rows))
 
