@@ -15,9 +15,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from enum import Enum
+from typing import Sequence
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from ._params import ParamSpace
 from .metric import MetricKind, MetricOperator, output_distance, output_residual
@@ -42,6 +44,8 @@ class Anchor(str, Enum):
     """Only the local metric at the current point (the paper's step as written)."""
     LABELS = "labels"
     """The metric inputs' labels: the linear term is the cross-entropy gradient ``Jᵀ(p − y)``."""
+    ENDPOINTS = "endpoints"
+    """Outputs blended from the start and the target network by the path's progress (connect)."""
 
 
 @dataclass(frozen=True)
@@ -52,12 +56,12 @@ class StepConfig:
     cg_rtol: float = 1e-4
     damping: float = 0.0
     metric: MetricKind = MetricKind.LOGITS
-    method: TRMethod = TRMethod.STEIHAUG
+    solver: TRMethod = TRMethod.STEIHAUG
     anchor: Anchor = Anchor.START
 
     def __post_init__(self):  # accept plain strings from library callers
         object.__setattr__(self, "metric", MetricKind(self.metric))
-        object.__setattr__(self, "method", TRMethod(self.method))
+        object.__setattr__(self, "solver", TRMethod(self.solver))
         object.__setattr__(self, "anchor", Anchor(self.anchor))
 
 
@@ -71,11 +75,42 @@ class StepInfo:
     sample_passes: float
 
 
+@dataclass
+class MetricBatch:
+    """One source of metric inputs for a step (one task's data, say).
+
+    ``inputs`` are micro-batches; ``anchor_logits`` (same split) are the outputs the
+    step keeps with ``anchor="start"``; ``labels`` are used with ``anchor="labels"``.
+    A step over several batches uses ``g = Σ_s ω_s g_s`` with weights ``ω_s`` normalised
+    to sum to one, so one batch or many give metrics of the same scale.
+    """
+
+    inputs: list[torch.Tensor]
+    anchor_logits: list[torch.Tensor] | None = None
+    labels: list[torch.Tensor] | None = None
+    weight: float = 1.0
+
+
+def _residuals(cfg: StepConfig, G: MetricOperator, batch: MetricBatch):
+    """Output residuals ``r`` and the mean distance they are the gradient of, or ``(None, 0)``."""
+    if cfg.anchor in (Anchor.START, Anchor.ENDPOINTS) and batch.anchor_logits is not None:
+        pairs = list(zip(G.logits, batch.anchor_logits))
+        res = [output_residual(cfg.metric, z, z0) for z, z0 in pairs]
+        dist = sum(float(output_distance(cfg.metric, z, z0)) * len(z) for z, z0 in pairs)
+        return res, dist / G.num_samples
+    if cfg.anchor is Anchor.LABELS and batch.labels is not None:
+        pairs = list(zip(G.logits, batch.labels))
+        res = [torch.softmax(z, -1) - F.one_hot(y, z.shape[-1]).to(z.dtype) for z, y in pairs]
+        dist = sum(float(F.cross_entropy(z, y, reduction="sum")) for z, y in pairs)
+        return res, dist / G.num_samples
+    return None, 0.0
+
+
 def geodesic_step(
     model: nn.Module,
     space: ParamSpace,
     w: torch.Tensor,
-    inputs: list[torch.Tensor],
+    batches: Sequence[MetricBatch] | list[torch.Tensor],
     target: Target,
     cfg: StepConfig,
     anchor_logits: list[torch.Tensor] | None = None,
@@ -84,39 +119,42 @@ def geodesic_step(
 ) -> StepInfo:
     """Compute one step ``θ`` from ``w`` (``w`` itself is not changed).
 
+    ``batches`` are :class:`MetricBatch` sources, or — for one source — its list of
+    input micro-batches with ``anchor_logits``/``labels`` given alongside.
     ``keep`` (bool, optional) restricts the step to those coordinates: the problem
     is solved with ``P A P`` and ``P b``, so the other coordinates stay exactly put.
     """
-    G = MetricOperator(model, space, w, inputs, cfg.metric)
-    n_samples = G.num_samples
-    passes = PASS_FORWARD * n_samples
+    if batches and isinstance(batches[0], torch.Tensor):
+        batches = [MetricBatch(list(batches), anchor_logits, labels)]
+    total_weight = sum(bt.weight for bt in batches)
     b = cfg.beta * target.direction(w)
-    drift = 0.0
-    residuals = None
-    if cfg.anchor is Anchor.START and anchor_logits is not None:
-        residuals = [output_residual(cfg.metric, z, z0) for z, z0 in zip(G.logits, anchor_logits)]
-        drift = float(sum(output_distance(cfg.metric, z, z0) * len(z) for z, z0 in zip(G.logits, anchor_logits)) / n_samples)
-    elif cfg.anchor is Anchor.LABELS and labels is not None:
-        residuals = [torch.softmax(z, -1) - torch.nn.functional.one_hot(y, z.shape[-1]).to(z.dtype)
-                     for z, y in zip(G.logits, labels)]
-        drift = float(sum(torch.nn.functional.cross_entropy(z, y, reduction="sum") for z, y in zip(G.logits, labels)) / n_samples)
-    if residuals is not None:
-        b = b - 2.0 * G.rmatvec_outputs(residuals)
-        passes += PASS_VJP * n_samples
+    G = None
+    drift, passes, parts = 0.0, 0.0, []
+    for bt in batches:
+        Gs = MetricOperator(model, space, w, bt.inputs, cfg.metric)
+        omega = bt.weight / total_weight
+        parts.append(Gs)
+        G = omega * Gs if G is None else G + omega * Gs
+        passes += PASS_FORWARD * Gs.num_samples
+        residuals, dist = _residuals(cfg, Gs, bt)
+        if residuals is not None:
+            b = b - 2.0 * omega * Gs.rmatvec_outputs(residuals)
+            passes += PASS_VJP * Gs.num_samples
+            drift += omega * dist
     A = 2.0 * G if cfg.damping <= 0 else 2.0 * (G + cfg.damping * Identity(G.n, G.dtype, G.device))
     if keep is not None:
         A = RestrictedOperator(A, keep)
         b = b * keep
-    res = trust_region_step(A, b, math.sqrt(cfg.step_size), cfg.method, cfg.cg_iters, cfg.cg_rtol)
+    res = trust_region_step(A, b, math.sqrt(cfg.step_size), cfg.solver, cfg.cg_iters, cfg.cg_rtol)
     theta_g_theta = res.curvature / 2.0
     if cfg.damping > 0:
         theta_g_theta -= cfg.damping * float(torch.dot(res.theta, res.theta))
-    passes += PASS_MATVEC * n_samples * G.matvecs
+    passes += sum(PASS_MATVEC * Gs.num_samples * Gs.matvecs for Gs in parts)
     return StepInfo(
         theta=res.theta,
         metric_length=math.sqrt(max(theta_g_theta, 0.0)),
         drift=drift,
-        products=G.matvecs,
+        products=max(Gs.matvecs for Gs in parts),
         on_boundary=res.on_boundary,
         sample_passes=passes,
     )

@@ -1,20 +1,25 @@
 """The path engine: step → (every K steps) write checkpoint → append trace row.
 
-Job-agnostic: a job supplies the model, a :class:`~geopath.targets.Target`, the
-metric inputs, an ``evaluate(model) -> dict`` callback and a
+Job-agnostic: a job supplies the model, a :class:`~geopath.targets.Target`, one or
+more :class:`MetricSource` (the inputs whose function the path keeps, each with
+the network whose outputs anchor it), an ``evaluate(model) -> dict`` callback and a
 :class:`~geopath.rundir.RunWriter`. Metric batches are drawn from a generator
-seeded by ``(seed, step)``, so a resumed run repeats exactly the steps an
+seeded by ``(seed, step, source)``, so a resumed run repeats exactly the steps an
 uninterrupted one would have taken.
+
+Every trace row carries the engine's state (step, length, passes, wall time,
+landing step, milestone), so :meth:`PathState.from_row` resumes any job from
+any row that has a checkpoint.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import signal
 import time
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Callable
 
 import torch
@@ -24,9 +29,28 @@ from ._params import ParamSpace, load_vector, model_vector
 from .data import Dataset
 from .errors import NumericalError
 from .evaluate import recompute_batchnorm
-from .geodesic import PASS_FORWARD, Anchor, StepConfig, geodesic_step
+from .geodesic import PASS_FORWARD, Anchor, MetricBatch, StepConfig, geodesic_step
 from .rundir import RunWriter
 from .targets import Target
+
+
+class Combine(str, Enum):
+    """How several metric sources (e.g. two tasks' inputs) enter a step."""
+
+    SUM = "sum"
+    """Every step uses the weighted mean of all sources' metrics."""
+    ALTERNATE = "alternate"
+    """Step ``k`` uses source ``k mod S`` alone (cheaper steps)."""
+
+
+@dataclass
+class MetricSource:
+    """Inputs whose function the path keeps, and the network whose outputs anchor them."""
+
+    data: Dataset
+    anchor: nn.Module | None = None  # None: the starting network
+    name: str = "a"
+    weight: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -36,10 +60,16 @@ class PathConfig:
     save_every: int = 10
     batch_size: int = 256
     micro_batch: int | None = None
-    tol: float = 0.01  # land (project) when distance ≤ tol · starting distance
+    tol: float = 0.01  # reach the target when distance ≤ tol · starting distance
+    land: bool = True  # on reaching it (or at max_steps) project onto the target; False: stop where the path is
     settle_steps: int = 0  # steps taken on the target after landing, restricted to it
     settle_step_size: float | None = None  # ε for those steps (default: the approach ε)
+    combine: Combine = Combine.SUM
+    milestones: int = 0  # also record when progress t first reaches k/milestones (k = 1..milestones-1)
     seed: int = 0
+
+    def __post_init__(self):  # accept plain strings from library callers
+        object.__setattr__(self, "combine", Combine(self.combine))
 
 
 @dataclass
@@ -49,11 +79,33 @@ class PathState:
     sample_passes: float = 0.0
     wall_time: float = 0.0
     landed_at: int | None = None  # step at which the path reached the target
+    milestone: int = 0  # last milestone recorded
+    landing_gap: float | None = None  # distance to the target when the approach ended
+
+    @classmethod
+    def from_row(cls, row: dict) -> "PathState":
+        return cls(step=int(row["step"]), length=float(row["length"]), sample_passes=float(row["sample_passes"]),
+                   wall_time=float(row["wall_time"]), landed_at=row.get("landed_at"),
+                   milestone=int(row.get("milestone") or 0), landing_gap=row.get("landing_gap"))
 
 
-def metric_batch(ds: Dataset, step: int, cfg: PathConfig, device) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """The inputs (and labels) of step ``step``, split into micro-batches."""
-    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+@dataclass
+class WalkResult:
+    model: nn.Module
+    final: dict  # the endpoint's trace row
+    state: PathState
+    d0: float  # distance from the start to the target
+    approach_end: torch.Tensor | None = None  # where the approach ended, before landing projected it
+
+    @property
+    def landing_gap(self) -> float:
+        """Distance to the target when the approach ended (the jump a landing made)."""
+        return float(self.state.landing_gap or 0.0)
+
+
+def metric_batch(ds: Dataset, step: int, cfg: PathConfig, device, source: int = 0) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The inputs (and labels) of step ``step`` from source ``source``, split into micro-batches."""
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step + 7_919 * source)
     idx = torch.randperm(len(ds), generator=gen)[: cfg.batch_size]
     mb = cfg.micro_batch or cfg.batch_size
     return list(torch.split(ds.x[idx].to(device), mb)), list(torch.split(ds.y[idx].to(device), mb))
@@ -86,10 +138,27 @@ class _StopFlag:
             signal.signal(sig, old)
 
 
+def _step_batches(sources: list[MetricSource], step: int, cfg: PathConfig, device) -> tuple[list[MetricBatch], float]:
+    """The metric batches of one step and the forward passes spent on anchor outputs."""
+    chosen = list(enumerate(sources))
+    if cfg.combine is Combine.ALTERNATE:
+        chosen = [chosen[(step - 1) % len(chosen)]]
+    out, passes = [], 0.0
+    for i, src in chosen:
+        x, y = metric_batch(src.data, step, cfg, device, source=i)
+        z0 = None
+        if cfg.step.anchor in (Anchor.START, Anchor.ENDPOINTS):
+            with torch.no_grad():
+                z0 = [src.anchor(xb) for xb in x]
+            passes += PASS_FORWARD * sum(len(xb) for xb in x)
+        out.append(MetricBatch(x, z0, y, src.weight))
+    return out, passes
+
+
 def walk(
     model: nn.Module,
     target: Target,
-    metric_data: Dataset,
+    sources: Dataset | list[MetricSource],
     cfg: PathConfig,
     evaluate: Callable[[nn.Module], dict],
     writer: RunWriter,
@@ -98,35 +167,64 @@ def walk(
     device: str | torch.device = "cpu",
     on_row: Callable[[dict], None] | None = None,
     bn_data: Dataset | None = None,
-) -> tuple[nn.Module, dict]:
-    """Walk ``model`` to ``target``; returns the endpoint model and its trace row.
+    bn_each_record: bool = False,
+    hold: torch.Tensor | None = None,
+    final_path: str = "final.safetensors",
+    extra: dict | None = None,
+    before_step: Callable[[torch.Tensor, float], None] | None = None,
+    record_start: bool | None = None,
+    epoch_size: int | None = None,
+) -> WalkResult:
+    """Walk ``model`` to ``target``; returns the endpoint model, its trace row and the state.
 
-    ``anchor`` is the starting network (its outputs anchor the functional change);
-    ``state`` continues a resumed run from a saved step.
+    ``anchor`` is the starting network (its outputs anchor the functional change on
+    sources that name no anchor of their own); ``state`` continues a resumed run or
+    the previous leg of a chain. ``bn_data``: re-estimate BatchNorm statistics at the
+    endpoint, or at every recorded network with ``bn_each_record``. ``hold`` (bool)
+    marks coordinates that do not move before landing. ``extra`` is merged into every
+    trace row (e.g. the leg of a chain). ``before_step(w, t)`` is called before each
+    step with the current weights and progress ``t = 1 − distance/d0`` (anchors that
+    depend on progress update themselves there). A step-0 row is written when
+    ``record_start`` (default: when no ``state`` is given). The trace's ``epochs`` are
+    sample passes over ``epoch_size`` (default: the sources' inputs together).
     """
     space = ParamSpace.of(model)
     anchor = anchor if anchor is not None else copy.deepcopy(model)
     anchor.eval()
+    if isinstance(sources, Dataset):
+        sources = [MetricSource(sources)]
+    sources = [dataclasses.replace(s, anchor=s.anchor if s.anchor is not None else anchor) for s in sources]
+    for s in sources:
+        s.anchor.eval()
+    epoch_size = max(epoch_size or sum(len(s.data) for s in sources), 1)
     w = model_vector(model, space).to(device)
-    w0 = model_vector(anchor, space).to(device)
-    d0 = target.distance(w0)
-    state = state or PathState()
+    d0 = target.distance(model_vector(anchor, space).to(device))
+    record_start = state is None if record_start is None else record_start
+    state = dataclasses.replace(state) if state is not None else PathState()
     tic = time.perf_counter() - state.wall_time
 
-    def record(step: int, net: nn.Module, path, drift: float = 0.0) -> dict:
+    def progress(vec: torch.Tensor) -> float:
+        return 1.0 if d0 == 0 else max(0.0, 1.0 - target.distance(vec) / d0)
+
+    def record(step: int, net: nn.Module, path, drift: float = 0.0, **tags) -> dict:
+        if bn_data is not None and bn_each_record:
+            recompute_batchnorm(net, bn_data, device=device)
         vec = model_vector(net, space)
-        dist = target.distance(vec)
         row = {
             "step": step,
-            "t": 1.0 if d0 == 0 else max(0.0, 1.0 - dist / d0),
-            "distance": dist,
+            **(extra or {}),
+            "t": progress(vec),
+            "distance": target.distance(vec),
             "length": state.length,
             "drift": drift,
             "sample_passes": state.sample_passes,
-            "epochs": state.sample_passes / max(len(metric_data), 1),
+            "epochs": state.sample_passes / epoch_size,
             **evaluate(net),
             "wall_time": time.perf_counter() - tic,
             "landed_at": state.landed_at,
+            "milestone": state.milestone,
+            "landing_gap": state.landing_gap,
+            **tags,
             "checkpoint": writer.save_network(path, net, step),
         }
         writer.trace.append(row)
@@ -134,48 +232,63 @@ def walk(
             on_row(row)
         return row
 
-    if state.step == 0:
-        record(0, model, writer.step_path(0))
+    if record_start:
+        record(state.step, model, writer.step_path(state.step))
 
     last_drift = 0.0
     landed_at = state.landed_at
+    approach_end = None
     with _StopFlag() as stop:
         step = state.step
         while True:
             if landed_at is None:
                 target.refresh(w)
-                if target.distance(w) <= cfg.tol * d0 or step >= cfg.max_steps:
+                dist = target.distance(w)
+                if dist <= cfg.tol * d0 or step >= cfg.max_steps:
                     landed_at = step  # land: from here on the path stays on the target
-                    w = target.project(w)
-            if landed_at is not None and (step - landed_at >= cfg.settle_steps or target.free() is None):
+                    state.landing_gap = dist
+                    approach_end = w.clone()
+                    if cfg.land:
+                        w = target.project(w)
+            if landed_at is not None and (not cfg.land or step - landed_at >= cfg.settle_steps
+                                          or target.free() is None):
                 break
             if stop.hit:
                 raise Interrupted(f"interrupted after step {step}")
             step += 1
-            x, y = metric_batch(metric_data, step, cfg, device)
-            z0 = None
-            if cfg.step.anchor is Anchor.START:
-                with torch.no_grad():
-                    z0 = [anchor(xb) for xb in x]
-            keep = target.free() if landed_at is not None else None
+            if before_step is not None:
+                before_step(w, progress(w))
+            batches, anchor_passes = _step_batches(sources, step, cfg, device)
+            if landed_at is not None:
+                keep = target.free()
+            else:
+                keep = None if hold is None else ~hold
             step_cfg = cfg.step
             if landed_at is not None and cfg.settle_step_size:
                 step_cfg = dataclasses.replace(step_cfg, step_size=cfg.settle_step_size)
-            info = geodesic_step(model, space, w, x, target, step_cfg, anchor_logits=z0, keep=keep, labels=y)
+            info = geodesic_step(model, space, w, batches, target, step_cfg, keep=keep)
             if not bool(torch.isfinite(info.theta).all()):
                 raise NumericalError(f"step {step}: the solver produced a non-finite step (try a smaller --step-size)")
             w = w + info.theta
             last_drift = info.drift
             state.step, state.landed_at = step, landed_at
             state.length += info.metric_length
-            state.sample_passes += info.sample_passes + (PASS_FORWARD * sum(len(b) for b in x) if z0 else 0.0)
-            if step % cfg.save_every == 0:
+            state.sample_passes += info.sample_passes + anchor_passes
+            due = step % cfg.save_every == 0
+            if cfg.milestones > 1 and landed_at is None:
+                k = int(progress(w) * cfg.milestones + 1e-9)
+                if state.milestone < k < cfg.milestones:
+                    state.milestone = k
+                    due = True
+            if due:
                 load_vector(model, space, w)
                 record(step, model, writer.step_path(step), last_drift)
-    # the endpoint: exactly on the target
-    load_vector(model, space, target.project(w))
-    if bn_data is not None:
+    # the endpoint: exactly on the target when landing, else where the path stopped
+    load_vector(model, space, target.project(w) if cfg.land else w)
+    if bn_data is not None and not bn_each_record:  # (record() re-estimates them otherwise)
         recompute_batchnorm(model, bn_data, device=device)
-    state.step = step
-    final = record(step, model, writer.out / "final.safetensors", last_drift)
-    return model, final
+    state.step, state.landed_at = step, landed_at
+    if cfg.milestones > 1:
+        state.milestone = cfg.milestones
+    final = record(step, model, writer.out / final_path, last_drift)
+    return WalkResult(model, final, state, d0, approach_end)

@@ -7,7 +7,8 @@ A target answers four questions about a point ``w`` of weight space:
 * ``project(w)`` — the nearest point of the target (the path's endpoint);
 * ``refresh(w)`` — a hook called before each step (dynamic masks re-choose here).
 
-The sparse targets are hyperplanes ``{w : w[mask] = 0}``: ``v(w) = P(w) − w``.
+The sparse targets are hyperplanes ``{w : w[mask] = 0}``: ``v(w) = P(w) − w``. A
+:class:`NetworkTarget` is a single point, a second network ``w_B``: ``v(w) = w_B − w``.
 """
 
 from __future__ import annotations
@@ -57,27 +58,63 @@ class Target:
 
 
 class HyperplaneTarget(Target):
-    """``{w : w[mask] = 0}`` for a boolean ``mask`` over the flat weight vector."""
+    """``{w : w[mask] = values[mask]}`` for a boolean ``mask`` over the flat weight vector.
+
+    ``values`` defaults to zero (a sparse hyperplane). ``free`` are the coordinates
+    that may move once the path is on the target (default: those off the mask); a
+    transition that restores units pins them to their old values for the approach and
+    frees them again on the target.
+    """
 
     name = "hyperplane"
 
-    def __init__(self, mask: torch.Tensor):
+    def __init__(self, mask: torch.Tensor, values: torch.Tensor | None = None, free: torch.Tensor | None = None):
         self.mask = mask.bool()
+        self.values = None if values is None else values.detach().clone()
+        self._free = None if free is None else free.bool()
+
+    def _c(self, w):
+        return torch.zeros_like(w) if self.values is None else self.values.to(w)
 
     def direction(self, w):
-        return torch.where(self.mask, -w, torch.zeros_like(w))
+        return torch.where(self.mask, self._c(w) - w, torch.zeros_like(w))
 
     def distance(self, w):
-        return float(torch.linalg.vector_norm(w[self.mask]))
+        return float(torch.linalg.vector_norm((w - self._c(w))[self.mask]))
 
     def project(self, w):
-        return torch.where(self.mask, torch.zeros_like(w), w)
+        return torch.where(self.mask, self._c(w), w)
 
     def free(self):
-        return ~self.mask
+        return ~self.mask if self._free is None else self._free
 
     def describe(self):
         return {"target": self.name, "masked": int(self.mask.sum())}
+
+
+class NetworkTarget(Target):
+    """A second network ``w_B`` of the same architecture: ``v(w) = w_B − w``.
+
+    ``merge`` walks toward it without landing (the path's networks serve both tasks on
+    the way); ``connect`` lands on it exactly (the path ends at the second optimum).
+    """
+
+    name = "network"
+
+    def __init__(self, w_target: torch.Tensor):
+        self.w = w_target.detach().clone()
+
+    def direction(self, w):
+        return self.w.to(w) - w
+
+    def distance(self, w):
+        return float(torch.linalg.vector_norm(w - self.w.to(w)))
+
+    def project(self, w):
+        return self.w.to(w).clone()
+
+    def describe(self):
+        return {"target": self.name, "parameters": int(self.w.numel())}
 
 
 class MaskScope(str, Enum):
@@ -162,48 +199,60 @@ def _following_batchnorm(model: nn.Module, layer_name: str, channels: int) -> st
     return None
 
 
+def unit_groups(model: nn.Module, space: ParamSpace, layer: str, batchnorm: bool = True) -> list[torch.Tensor]:
+    """Flat indices of each output unit of ``layer`` (a conv filter or a linear neuron).
+
+    A unit's group is its weight row, its bias entry and (``batchnorm=True``) the weight
+    and bias of the BatchNorm channel that directly follows the layer, so a unit whose
+    group is zero outputs exactly zero. Units are ranked by the norm of the group
+    without the BatchNorm channel.
+    """
+    m = dict(model.named_modules()).get(layer)
+    if not isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        raise UsageError(f"{layer!r} is not a Linear or Conv layer of this model")
+    slices = space.slices()
+    units = m.weight.shape[0]
+    wsl = slices[f"{layer}.weight"]
+    fan = (wsl.stop - wsl.start) // units
+    per_unit = [f"{layer}.bias"]
+    bn = _following_batchnorm(model, layer, units) if batchnorm else None
+    if bn:
+        per_unit += [f"{bn}.weight", f"{bn}.bias"]
+    extra = [slices[p].start for p in per_unit if p in slices]
+    return [torch.cat([torch.arange(wsl.start + i * fan, wsl.start + (i + 1) * fan),
+                       torch.tensor([s + i for s in extra], dtype=torch.long)]) for i in range(units)]
+
+
+def unit_norms(groups: list[torch.Tensor], w: torch.Tensor) -> torch.Tensor:
+    """Squared L2 norm of each unit's group in ``w``."""
+    return torch.stack([w[g].pow(2).sum() for g in groups])
+
+
 class StructuredTarget(HyperplaneTarget):
     """Whole output units (conv filters / linear neurons) of named layers set to zero.
 
     ``counts`` maps a layer name to how many of its units go: the units with the
-    smallest L2 norm of their weights and bias at the start. A unit's group is its
-    weight row, its bias entry, and the weight and bias of the BatchNorm channel
-    that directly follows the layer (so the removed channel outputs exactly zero).
+    smallest L2 norm of their group (see :func:`unit_groups`) at the start, so the
+    removed channel outputs exactly zero.
     """
 
     name = "structured"
 
     def __init__(self, model: nn.Module, space: ParamSpace, w0: torch.Tensor, counts: dict[str, int]):
-        modules = dict(model.named_modules())
-        slices = space.slices()
         mask = torch.zeros_like(w0, dtype=torch.bool)
         self.counts, self.removed = dict(counts), {}
         for layer, k in counts.items():
-            m = modules.get(layer)
-            if not isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-                raise UsageError(f"--structured: {layer!r} is not a Linear or Conv layer of this model")
-            units = m.weight.shape[0]
-            if not 0 <= k < units:
-                raise UsageError(f"--structured: cannot remove {k} of the {units} units of {layer!r}")
-            wsl = slices[f"{layer}.weight"]
-            rows = w0[wsl].view(units, -1)
-            groups = [(f"{layer}.weight", lambda i: (wsl.start + i * rows.shape[1], wsl.start + (i + 1) * rows.shape[1]))]
-            norms = rows.pow(2).sum(1)
-            for pname in (f"{layer}.bias",):
-                if pname in slices:
-                    norms = norms + w0[slices[pname]].pow(2)
+            try:
+                groups = unit_groups(model, space, layer)
+            except UsageError as e:
+                raise UsageError(f"--structured: {e}") from None
+            if not 0 <= k < len(groups):
+                raise UsageError(f"--structured: cannot remove {k} of the {len(groups)} units of {layer!r}")
+            norms = unit_norms(unit_groups(model, space, layer, batchnorm=False), w0)
             chosen = torch.topk(norms, k, largest=False).indices.sort().values.tolist() if k else []
             self.removed[layer] = chosen
-            extra = [f"{layer}.bias"]
-            bn = _following_batchnorm(model, layer, units)
-            if bn:
-                extra += [f"{bn}.weight", f"{bn}.bias"]
             for i in chosen:
-                a, b = groups[0][1](i)
-                mask[a:b] = True
-                for pname in extra:
-                    if pname in slices:
-                        mask[slices[pname].start + i] = True
+                mask[groups[i].to(mask.device)] = True
         super().__init__(mask)
 
     def describe(self):

@@ -32,7 +32,7 @@ def _setup(case):
 
 def _cfg(n, **kw):
     base = dict(beta=0.7, step_size=1e-3, cg_iters=3 * n, cg_rtol=1e-12, damping=0.0,
-                metric=MetricKind.LOGITS, method=TRMethod.MULTIPLIER, anchor=Anchor.NONE)
+                metric=MetricKind.LOGITS, solver=TRMethod.MULTIPLIER, anchor=Anchor.NONE)
     base.update(kw)
     return StepConfig(**base)
 
@@ -113,7 +113,7 @@ def test_keep_restricts_step_exactly(mlp_case, method, dense_jacobian, dense_met
     model, space, w, x, chunks, target = _setup(mlp_case)
     keep = torch.rand(space.n, generator=torch.Generator().manual_seed(3)) < 0.6
     assert (target.mask & keep).any() and (~keep).any()
-    cfg = _cfg(space.n, method=method, step_size=1e-2)
+    cfg = _cfg(space.n, solver=method, step_size=1e-2)
     info = geodesic_step(model, space, w, chunks, target, cfg, keep=keep)
     assert torch.all(info.theta[~keep] == 0)
     assert float(info.theta @ info.theta) <= cfg.step_size * (1 + 1e-8)
@@ -167,8 +167,8 @@ def test_damped_step_and_metric_length(mlp_case, dense_jacobian, dense_metric, d
 def test_string_config_values_behave_like_enums(mlp_case):
     model, space, w, x, chunks, target = _setup(mlp_case)
     z0 = _perturbed_anchor_logits(model, space, w, chunks)
-    enum_cfg = _cfg(space.n, anchor=Anchor.START, metric=MetricKind.LOGITS, method=TRMethod.MULTIPLIER)
-    str_cfg = _cfg(space.n, anchor="start", metric="logits", method="multiplier")
+    enum_cfg = _cfg(space.n, anchor=Anchor.START, metric=MetricKind.LOGITS, solver=TRMethod.MULTIPLIER)
+    str_cfg = _cfg(space.n, anchor="start", metric="logits", solver="multiplier")
     a = geodesic_step(model, space, w, chunks, target, enum_cfg, anchor_logits=z0)
     b = geodesic_step(model, space, w, chunks, target, str_cfg, anchor_logits=z0)
     assert b.drift == pytest.approx(a.drift, rel=1e-12)
