@@ -7,27 +7,29 @@ error, 3 the run finished but missed ``--min-accuracy``, 130 interrupted.
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import math
 import sys
+import types
+import typing
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from . import __version__
-from .config import MaskMode, SparsifyConfig, read_yaml, resolve
+from .config import ConnectConfig, MergeConfig, SparsifyConfig, TransitionConfig
 from .errors import EXIT_THRESHOLD, GeopathError, UsageError
-from .geodesic import Anchor
-from .metric import MetricKind
-from .targets import MaskScope
-from .trust_region import TRMethod
 
 EXIT_INTERRUPTED = 130
 
 app = typer.Typer(
     name="geopath",
-    help="Move trained networks along geodesics of weight space: sparsify, evaluate, inspect, train.",
+    help="Move trained networks along geodesics of weight space: sparsify, merge, connect, transition; "
+         "compare with peers; evaluate, inspect, train.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -69,9 +71,23 @@ def _guard(fn, debug: bool):
 
 
 def _fmt(v) -> str:
+    if v is None:
+        return "-"
     if isinstance(v, float):
         return "-" if math.isnan(v) else f"{v:.4f}"
     return str(v)
+
+
+def _cell(key: str, v) -> str:
+    """A table cell: passes as whole numbers, seconds to 0.1, other floats to 4 places."""
+    if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v)):
+        if key == "sample_passes":
+            return f"{v:,.0f}"
+        if key == "wall_time":
+            return f"{v:.1f}"
+        if key == "epochs":
+            return f"{v:.2f}"
+    return _fmt(v)
 
 
 def _version(value: bool):
@@ -89,83 +105,210 @@ JSON_OPT = typer.Option(False, "--json", help="Machine-readable output: one JSON
 DEBUG_OPT = typer.Option(False, "--debug", help="Show tracebacks for errors.")
 
 
-@app.command()
-def sparsify(
-    checkpoint: Optional[Path] = typer.Argument(None, help="Trained network (.safetensors, .pt, .pth)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (must be empty)."),
-    sparsity: Optional[float] = typer.Option(None, help="Fraction of weights to zero, in [0, 1). \\[default: 0.7]"),
-    structured: Optional[str] = typer.Option(None, help="Remove whole units instead: LAYER:COUNT[,LAYER:COUNT] (e.g. features.0:50)."),
-    scope: Optional[MaskScope] = typer.Option(None, help="Unstructured: global or per-layer magnitude. \\[default: global]"),
-    mask: Optional[MaskMode] = typer.Option(None, help="Unstructured mask fixed at the start or re-chosen each step. \\[default: fixed]"),
-    layers: Optional[list[str]] = typer.Option(None, "--layer", help="Prune only these parameters (repeatable, e.g. layers.0.weight)."),
-    data: Optional[str] = typer.Option(None, help="Inputs for the metric: mnist, fashion-mnist, cifar10, PATH.npz or an image folder. \\[default: the checkpoint's]"),
-    eval_data: Optional[str] = typer.Option(None, help="Labelled test set for accuracy. \\[default: --data]"),
-    data_root: Optional[str] = typer.Option(None, envvar="GEOPATH_DATA_ROOT", help="Folder with the data sets (torchvision layout)."),
-    metric_size: Optional[int] = typer.Option(None, help="Use only the first N metric inputs."),
-    eval_size: Optional[int] = typer.Option(None, help="Evaluate on the first N test samples."),
-    arch: Optional[str] = typer.Option(None, help="Architecture if the file does not name one: mlp, lenet5, vgg11, torchvision:NAME, module:Class."),
-    arch_kwargs: Optional[str] = typer.Option(None, help="Architecture keyword arguments as a JSON object."),
-    trust_pickle: Optional[bool] = typer.Option(None, "--trust-pickle", help="Allow unpickling a .pt file (only for files you trust)."),
-    beta: Optional[float] = typer.Option(None, help="Pull towards the target, β. \\[default: 1.0]"),
-    step_size: Optional[float] = typer.Option(None, help="Trust region ε, the bound on θᵀθ per step. \\[default: (4·d0/steps)², d0 = starting distance]"),
-    steps: Optional[int] = typer.Option(None, help="Planned steps to reach the target (sets the default step size). \\[default: 50]"),
-    max_steps: Optional[int] = typer.Option(None, help="Approach steps at most before landing. \\[default: 3·steps]"),
-    settle_steps: Optional[int] = typer.Option(None, help="Steps on the target after landing. \\[default: 150]"),
-    tol: Optional[float] = typer.Option(None, help="Land when the distance is below tol × the starting distance. \\[default: 0.03]"),
-    cg_iters: Optional[int] = typer.Option(None, help="CG iterations per step. \\[default: 5]"),
-    damping: Optional[float] = typer.Option(None, help="Damping λ: the metric becomes g + λI. \\[default: 0]"),
-    metric: Optional[MetricKind] = typer.Option(None, help="Output metric pulled back: logits (JᵀJ) or fisher. \\[default: logits]"),
-    method: Optional[TRMethod] = typer.Option(None, help="Trust-region solver. \\[default: steihaug]"),
-    anchor: Optional[Anchor] = typer.Option(None, help="Measure functional change against the start network or only locally. \\[default: start]"),
-    batch_size: Optional[int] = typer.Option(None, help="Metric batch size. \\[default: 128]"),
-    micro_batch: Optional[int] = typer.Option(None, help="Split metric batches into micro-batches of this size."),
-    save_every: Optional[int] = typer.Option(None, help="Save a network and a trace row every K steps. \\[default: 10]"),
-    seed: Optional[int] = typer.Option(None, help="Random seed. \\[default: 0]"),
-    device: Optional[str] = typer.Option(None, help="cpu or cuda. \\[default: cpu]"),
-    min_accuracy: Optional[float] = typer.Option(None, help="Exit with code 3 if the final test accuracy is below this."),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML file of options; flags override it."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output directory."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --out with its saved config."),
-    as_json: bool = JSON_OPT,
-    debug: bool = DEBUG_OPT,
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr (only on a terminal)."),
-):
-    """Walk a trained network to a sparse network along a geodesic."""
-    flags = {k: v for k, v in locals().items() if k in SparsifyConfig.__dataclass_fields__}
-    flags["checkpoint"] = str(checkpoint) if checkpoint else None
-    flags["out"] = str(out) if out else None
-    flags["layers"] = list(layers) if layers else None
+# --------------------------------------------------------------------------- job commands
+#
+# The flags of sparsify/merge/connect/transition are generated from the fields of
+# their config dataclasses (geopath.config), so flags and config files cannot drift.
 
-    def go():
-        from .sparsify import run_sparsify
 
-        if resume:
-            if out is None:
-                raise UsageError("--resume needs --out pointing at the interrupted run")
-            if not (Path(out) / "config.yaml").is_file():
-                raise UsageError(f"{out}: nothing to resume (no config.yaml)")
-            cfg = resolve(SparsifyConfig, read_yaml(Path(out) / "config.yaml"), {})
+def _annotation(tp):
+    """The flag type typer sees for a config field's type (everything optional: None = not given)."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    base = args[0] if typing.get_origin(tp) in (typing.Union, types.UnionType) else tp
+    if base is dict or base is typing.Any or typing.get_origin(base) is dict:
+        return Optional[str]
+    if base is list or typing.get_origin(base) is list:
+        return Optional[list[str]]
+    return Optional[base]
+
+
+def _default_text(f: dataclasses.Field) -> str:
+    meta = f.metadata
+    if meta.get("default_help"):
+        return meta["default_help"]
+    default = f.default if f.default is not dataclasses.MISSING else None
+    if default is None or default is False or default == "":
+        return ""
+    return str(default.value if isinstance(default, Enum) else default)
+
+
+def _panel(cls, name: str) -> str:
+    """The --help panel of a config field: the job's own options first, then the shared ones."""
+    from .config import WalkOptions
+
+    if name in cls.__dict__.get("__annotations__", {}):
+        return "Job options"
+    return "Geodesic step" if name in WalkOptions.__dict__.get("__annotations__", {}) else "Run"
+
+
+def _job_parameters(cls) -> list[inspect.Parameter]:
+    hints = typing.get_type_hints(cls)
+    params = []
+    order = {"Job options": 0, "Geodesic step": 1, "Run": 2}
+    for f in sorted(dataclasses.fields(cls), key=lambda f: order[_panel(cls, f.name)]):
+        meta = f.metadata
+        if not meta.get("cli", True):
+            continue
+        ann = _annotation(hints[f.name])
+        if meta.get("arg"):
+            default = typer.Argument(None, help=meta["help"], show_default=False)
         else:
-            from .archs import parse_arch_kwargs
+            decls = [meta.get("flag") or "--" + f.name.replace("_", "-")]
+            if meta.get("short"):
+                decls.append(meta["short"])
+            text = _default_text(f)
+            help_text = meta["help"] + (f" \\[default: {text}]" if text else "")
+            extra = {"envvar": "GEOPATH_DATA_ROOT"} if f.name == "data_root" else {}
+            default = typer.Option(None, *decls, help=help_text, show_default=False,
+                                   rich_help_panel=_panel(cls, f.name), **extra)
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=ann))
+    panel = {"rich_help_panel": "Run"}
+    common = [
+        ("config", Optional[Path], typer.Option(None, "--config", help="YAML file of options; flags override it.",
+                                                **panel)),
+        ("overwrite", bool, typer.Option(False, "--overwrite", help="Replace a non-empty output directory.", **panel)),
+        ("resume", bool, typer.Option(False, "--resume", help="Continue the interrupted run in --out with its saved "
+                                                              "options.", **panel)),
+        ("as_json", bool, typer.Option(False, "--json", help="Machine-readable output: one JSON object per line on "
+                                                             "stdout.", **panel)),
+        ("debug", bool, typer.Option(False, "--debug", help="Show tracebacks for errors.", **panel)),
+        ("progress", bool, typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr (only on a "
+                                                                                "terminal).", **panel)),
+    ]
+    params += [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=a) for n, a, d in common]
+    return params
 
-            if arch_kwargs is not None:
-                flags["arch_kwargs"] = parse_arch_kwargs(arch_kwargs)
-            cfg = resolve(SparsifyConfig, read_yaml(config), flags)
-        return _run_with_progress(lambda **kw: run_sparsify(cfg, overwrite=overwrite, resume=resume, **kw),
-                                  as_json, progress)
 
-    summary = _guard(go, debug)
-    if as_json:
-        _emit({"event": "result", **summary}, True)
-    else:
-        typer.echo(f"final network:   {Path(summary['out']) / summary['final']}")
-        typer.echo(f"test accuracy:   {_fmt(summary['test_accuracy'])} (start {_fmt(summary['dense_test_accuracy'])})")
-        typer.echo(f"sparsity:        {_fmt(summary['sparsity'])}")
-        typer.echo(f"path length:     {_fmt(summary['length'])}   steps: {summary['step']}   "
-                   f"epochs of data: {summary['epochs']:.2f}")
-    if not summary["passed"]:
-        _err(f"final test accuracy {summary['test_accuracy']:.4f} is below --min-accuracy {summary['min_accuracy']}")
-        raise typer.Exit(EXIT_THRESHOLD)
+def _flags(cls, given: dict) -> dict:
+    """Flag values → config values (JSON objects parsed, paths as strings; None = not given)."""
+    from .archs import parse_arch_kwargs
+
+    hints = typing.get_type_hints(cls)
+    flags = {}
+    for f in dataclasses.fields(cls):
+        v = given.get(f.name)
+        if v is None:
+            continue
+        tp = hints[f.name]
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        base = args[0] if typing.get_origin(tp) in (typing.Union, types.UnionType) else tp
+        if base is dict:
+            v = parse_arch_kwargs(v) if f.name == "arch_kwargs" else _json_object(v, f.name)
+        elif isinstance(v, (list, tuple)):
+            v = list(v) or None
+        flags[f.name] = v
+    return flags
+
+
+def _json_object(text: str, name: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UsageError(f"--{name.replace('_', '-')} is not valid JSON: {e.msg}") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"--{name.replace('_', '-')} must be a JSON object")
+    return value
+
+
+RESUME_MAY_CHANGE = {"out", "device", "data_root"}  # where the run is, and what it runs on
+
+
+def _make_job_command(name: str, cls, runner: str, printer, help_text: str):
+    def command(**kw):
+        as_json, debug, progress = kw.pop("as_json"), kw.pop("debug"), kw.pop("progress")
+        config, overwrite, resume = kw.pop("config"), kw.pop("overwrite"), kw.pop("resume")
+
+        def go():
+            import importlib
+
+            from .config import read_yaml, resolve
+
+            flags = _flags(cls, kw)
+            if resume:
+                out = flags.get("out")
+                if out is None:
+                    raise UsageError("--resume needs --out pointing at the interrupted run")
+                if not (Path(out) / "config.yaml").is_file():
+                    raise UsageError(f"{out}: nothing to resume (no config.yaml)")
+                extra = ["--" + k.replace("_", "-") for k in sorted(set(flags) - RESUME_MAY_CHANGE)]
+                extra += ["--config"] if config else []
+                if extra:
+                    raise UsageError(f"--resume continues with the run's saved options; drop {', '.join(extra)}")
+                cfg = resolve(cls, read_yaml(Path(out) / "config.yaml"), flags)
+            else:
+                cfg = resolve(cls, read_yaml(config), flags)
+            module, _, fn = runner.partition(":")
+            run = getattr(importlib.import_module(module), fn)
+            return _run_with_progress(lambda **k: run(cfg, overwrite=overwrite, resume=resume, **k), as_json, progress)
+
+        summary = _guard(go, debug)
+        if as_json:
+            _emit({"event": "result", **summary}, True)
+        else:
+            printer(summary)
+        if not summary.get("passed", True):
+            _err(f"{summary['gated_on']} {summary['gated_value']:.4f} is below --min-accuracy {summary['min_accuracy']}")
+            raise typer.Exit(EXIT_THRESHOLD)
+
+    params = _job_parameters(cls)
+    command.__signature__ = inspect.Signature(params)
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    command.__doc__ = help_text
+    command.__name__ = name
+    app.command(name)(command)
+
+
+def _print_sparsify(s: dict) -> None:
+    typer.echo(f"final network:   {Path(s['out']) / s['final']}")
+    typer.echo(f"test accuracy:   {_fmt(s['test_accuracy'])} (start {_fmt(s['dense_test_accuracy'])})")
+    typer.echo(f"sparsity:        {_fmt(s['sparsity'])}")
+    typer.echo(f"path length:     {_fmt(s['length'])}   steps: {s['step']}   epochs of data: {s['epochs']:.2f}")
+
+
+def _print_merge(s: dict) -> None:
+    b, st = s["best"], s["start"]
+    typer.echo(f"best network:    {Path(s['out']) / s['best_file']} (step {b['step']}, {s['select']} on "
+               f"{s['selected_on']})")
+    typer.echo(f"test accuracy:   A {_fmt(b['test_accuracy_a'])} (start {_fmt(st['test_accuracy_a'])})   "
+               f"B {_fmt(b['test_accuracy_b'])} (start {_fmt(st['test_accuracy_b'])})")
+    typer.echo(f"pareto front:    {s['pareto_size']} networks ({Path(s['out']) / 'pareto.json'})")
+    typer.echo(f"path length:     {_fmt(s['length'])}   steps: {s['step']}   epochs of data: {s['epochs']:.2f}")
+
+
+def _print_connect(s: dict) -> None:
+    typer.echo(f"path:            {Path(s['out']) / 'points'}/ ({s['evaluated_points']} networks evaluated)")
+    typer.echo(f"endpoints:       A {_fmt(s['test_accuracy_a'])}   B {_fmt(s['test_accuracy_b'])} test accuracy")
+    typer.echo(f"along the path:  min accuracy {_fmt(s['min_test_accuracy'])}   accuracy barrier "
+               f"{_fmt(s['accuracy_barrier'])}   loss barrier {_fmt(s['loss_barrier'])}")
+    typer.echo(f"path length:     {_fmt(s['length'])}   steps: {s['step']}   epochs of data: {s['epochs']:.2f}")
+    if not s["reached"]:
+        typer.echo("note:            the approach stopped short of B; the landing segment was evaluated too "
+                   "(rows marked jump)")
+
+
+def _print_transition(s: dict) -> None:
+    typer.echo(f"start:           test accuracy {_fmt(s['start_test_accuracy'])}")
+    for leg in s["legs"]:
+        typer.echo(f"leg {leg['leg']} {leg['name']:<10} test accuracy {_fmt(leg['test_accuracy'])}   units off "
+                   f"{leg['units_off']}   sparsity {_fmt(leg['sparsity'])}   step {leg['step']}   "
+                   f"-> {Path(s['out']) / leg['file']}")
+    typer.echo(f"final network:   {Path(s['out']) / s['final']}   epochs of data: {s['epochs']:.2f}")
+
+
+_make_job_command("sparsify", SparsifyConfig, "geopath.sparsify:run_sparsify", _print_sparsify,
+                  "Walk a trained network to a sparse network along a geodesic.")
+_make_job_command("merge", MergeConfig, "geopath.merge:run_merge", _print_merge,
+                  "Walk from network A toward network B (another task) and keep the networks that serve both.")
+_make_job_command("connect", ConnectConfig, "geopath.connect:run_connect", _print_connect,
+                  "Find a low-loss path between two trained networks of the same architecture.")
+_make_job_command("transition", TransitionConfig, "geopath.transition:run_transition", _print_transition,
+                  "Walk through a chain of hyperplanes (units off and on again), each leg a geodesic.")
+
+
+def _progress_info(row: dict) -> str:
+    parts = [f"{k.replace('test_accuracy', 'acc')} {row[k]:.4f}" for k in
+             ("test_accuracy", "test_accuracy_a", "test_accuracy_b") if isinstance(row.get(k), float)]
+    return "  ".join(parts + [f"dist {row['distance']:.3g}"])
 
 
 def _run_with_progress(run, as_json: bool, progress: bool):
@@ -187,13 +330,42 @@ def _run_with_progress(run, as_json: bool, progress: bool):
         task = bar.add_task("walk", total=None, info="")
 
         def on_start(cfg, total):
-            bar.update(task, total=total)
+            bar.update(task, total=total or None)
 
         def on_row(row):
-            bar.update(task, completed=row["step"],
-                       info=f"acc {row['test_accuracy']:.4f} dist {row['distance']:.3g}")
+            bar.update(task, completed=row["step"], info=_progress_info(row))
 
         return run(on_row=on_row, on_start=on_start)
+
+
+@app.command()
+def compare(
+    runs: list[Path] = typer.Argument(..., help="Run directories (each with a summary.json)."),
+    as_json: bool = JSON_OPT,
+    debug: bool = DEBUG_OPT,
+):
+    """One table of finished runs (geodesic and peers) side by side."""
+
+    def go():
+        from .compare import load_runs
+
+        return load_runs(runs)
+
+    table = _guard(go, debug)
+    if as_json:
+        for row in table.rows:
+            _emit(row, True)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if not console.is_terminal:  # a pipe or a file: never truncate
+        console = Console(width=max(200, 12 * len(table.columns) + 20))
+    t = Table(*table.columns)
+    for row in table.rows:
+        t.add_row(*[_cell(c, row.get(c)) for c in table.columns])
+    console.print(t)
 
 
 @app.command("eval")
@@ -217,7 +389,7 @@ def eval_cmd(
         from .checkpoint import load_checkpoint, sparsity_of
         from .data import load_dataset
         from .evaluate import evaluate
-        from .sparsify import resolve_device
+        from .job import resolve_device
 
         dev = resolve_device(device)
         ck = load_checkpoint(checkpoint, arch, parse_arch_kwargs(arch_kwargs) if arch_kwargs else None, trust_pickle)
@@ -300,7 +472,7 @@ def train_cmd(
         from .data import load_dataset
         from .errors import UsageError
         from .evaluate import evaluate
-        from .sparsify import resolve_device
+        from .job import resolve_device
         from .train import train
 
         if out.exists() and not overwrite:

@@ -1,16 +1,21 @@
 """Run options: one frozen dataclass per job, filled from defaults < YAML < flags.
 
 ``--config run.yaml`` gives values, flags override them, and the fully resolved
-options are written to ``OUT/config.yaml`` (so ``geopath sparsify --config
+options are written to ``OUT/config.yaml`` (so ``geopath JOB --config
 OUT/config.yaml`` repeats a run). Unknown keys and wrong types are usage errors.
+
+Each field carries its help text; :mod:`geopath.cli` builds every command's flags
+from these classes, so the config file and the flags cannot drift apart.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
-from dataclasses import dataclass, fields
+import warnings
+from dataclasses import dataclass, field, fields
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -20,8 +25,21 @@ import yaml
 from .errors import UsageError
 from .geodesic import Anchor
 from .metric import MetricKind
+from .path import Combine
 from .targets import MaskScope
 from .trust_region import TRMethod
+
+
+def opt(default, help: str, *, arg: bool = False, flag: str | None = None, short: str | None = None,
+        default_help: str | None = None, cli: bool = True):
+    """A config field with its command-line help (``arg``: a positional argument)."""
+    meta = {"help": help, "arg": arg, "flag": flag, "short": short, "default_help": default_help, "cli": cli}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# --------------------------------------------------------------------------- choices
 
 
 class MaskMode(str, Enum):
@@ -33,70 +51,95 @@ class MaskMode(str, Enum):
     """Re-chosen from the current magnitudes before every step."""
 
 
-@dataclass(frozen=True)
-class SparsifyConfig:
-    checkpoint: str = ""
-    out: str = ""
-    arch: str | None = None
-    arch_kwargs: dict | None = None
-    trust_pickle: bool = False
-    # data
-    data: str | None = None  # metric inputs (train split); default: the checkpoint's data set
-    eval_data: str | None = None  # labelled test split for accuracy; default: same data set
-    data_root: str | None = None
-    metric_size: int | None = None  # use only the first N metric inputs
-    eval_size: int | None = None  # evaluate on the first N test samples
-    train_eval_size: int = 5000  # train accuracy on the first N metric inputs (0: off)
-    # target
-    sparsity: float = 0.7
-    scope: MaskScope = MaskScope.GLOBAL
-    mask: MaskMode = MaskMode.FIXED
-    layers: list | None = None  # parameter names to prune (default: all Linear/Conv weights)
-    structured: str | None = None  # "LAYER:COUNT,..." removes whole filters/neurons instead
-    # step
-    beta: float = 1.0
-    step_size: float | None = None  # ε bound on θᵀθ; default (4·d0/steps)²
-    steps: int = 50  # planned approach steps (sets the default step size)
-    max_steps: int | None = None  # approach steps at most (default 3·steps)
-    settle_steps: int = 150
-    tol: float = 0.03
-    cg_iters: int = 5
-    cg_rtol: float = 1e-4
-    damping: float = 0.0
-    metric: MetricKind = MetricKind.LOGITS
-    method: TRMethod = TRMethod.STEIHAUG
-    anchor: Anchor = Anchor.START
-    batch_size: int = 128
-    micro_batch: int | None = None
-    # run
-    save_every: int = 10
-    seed: int = 0
-    device: str = "cpu"
-    min_accuracy: float | None = None
+class SparsifyMethod(str, Enum):
+    """How ``sparsify`` reaches the sparse network."""
 
-    def validate(self) -> "SparsifyConfig":
-        if not self.checkpoint:
-            raise UsageError("a checkpoint is required")
+    GEODESIC = "geodesic"
+    """geopath: a geodesic to the sparse hyperplane."""
+    PRUNE_FINETUNE = "prune-finetune"
+    """Peer: one-shot magnitude pruning, then masked SGD fine-tuning."""
+    ITERATIVE_PRUNE = "iterative-prune"
+    """Peer: prune a little, fine-tune, repeat (iterative prune-and-retrain)."""
+
+
+class MergeMethod(str, Enum):
+    """How ``merge`` moves from network A toward network B."""
+
+    GEODESIC = "geodesic"
+    """geopath: a geodesic from A toward B on the chosen functional manifold(s)."""
+    AVERAGE = "average"
+    """Peer: weight averaging ``(1 − α) w_A + α w_B`` over a sweep of α."""
+    FISHER = "fisher"
+    """Peer: Fisher-weighted averaging (diagonal Fisher of each task) over a sweep of α."""
+    EWC = "ewc"
+    """Peer: train A on task B with an elastic weight consolidation penalty."""
+
+
+class Manifold(str, Enum):
+    """Whose function a merge path keeps (where its metric batches come from)."""
+
+    A = "a"
+    """Task A's inputs, anchored to network A's outputs."""
+    B = "b"
+    """Task B's inputs, anchored to network B's outputs."""
+    BOTH = "both"
+    """Both: A's inputs anchored to A, B's inputs anchored to B (see --combine)."""
+
+
+class Head(str, Enum):
+    """How the two tasks of a merge share the output layer."""
+
+    SHARED = "shared"
+    """The same outputs serve both tasks (each task's labels index them)."""
+    SPLIT = "split"
+    """One 2C-way head: task A's classes are 0..C-1, task B's are C..2C-1."""
+
+
+class SelectRule(str, Enum):
+    """Which network of a merge path is reported and saved as ``best.safetensors``."""
+
+    MAX_MIN = "max-min"
+    """The largest worse-of-both-tasks accuracy."""
+    MEAN = "mean"
+    """The largest mean accuracy over both tasks."""
+    PARETO = "pareto"
+    """The Pareto-optimal network nearest the ideal point (best A, best B)."""
+
+
+class ConnectMethod(str, Enum):
+    """How ``connect`` builds a path from network A to network B."""
+
+    GEODESIC = "geodesic"
+    """geopath: a geodesic that keeps the endpoints' function, landing exactly on B."""
+    LINEAR = "linear"
+    """Peer: the straight line ``(1 − t) w_A + t w_B``."""
+    BEZIER = "bezier"
+    """Peer: a quadratic Bezier curve whose middle point is trained (Garipov et al. 2018)."""
+
+
+# --------------------------------------------------------------------------- options
+
+
+@dataclass(frozen=True)
+class CommonOptions:
+    out: str = opt("", "Output directory (must be empty unless --overwrite/--resume).", flag="--out", short="-o")
+    arch: str | None = opt(None, "Architecture if a file does not name one: mlp, lenet5, vgg11, torchvision:NAME, "
+                                 "module:Class.")
+    arch_kwargs: dict | None = opt(None, "Architecture keyword arguments as a JSON object.")
+    trust_pickle: bool = opt(False, "Allow unpickling a .pt file (only for files you trust).")
+    data_root: str | None = opt(None, "Folder with the data sets (torchvision layout); also $GEOPATH_DATA_ROOT.",
+                                default_help="$GEOPATH_DATA_ROOT, ./data, ../shared/data")
+    eval_size: int | None = opt(None, "Evaluate on the first N test samples.", default_help="all")
+    save_every: int = opt(10, "Save a network and a trace row every K steps.")
+    seed: int = opt(0, "Random seed.")
+    device: str = opt("cpu", "cpu or cuda.")
+    min_accuracy: float | None = opt(None, "Exit with code 3 if the run's headline accuracy is below this.")
+
+    def validate(self):
         if not self.out:
             raise UsageError("an output directory is required (-o/--out)")
-        if not 0.0 <= self.sparsity < 1.0:
-            raise UsageError(f"--sparsity must be in [0, 1), got {self.sparsity}")
-        if self.step_size is not None and not self.step_size > 0:
-            raise UsageError(f"--step-size must be > 0, got {self.step_size}")
-        for name in ("steps", "cg_iters", "batch_size", "save_every"):
-            if getattr(self, name) < 1:
-                raise UsageError(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(self, name)}")
-        for name in ("settle_steps", "train_eval_size"):
-            if getattr(self, name) < 0:
-                raise UsageError(f"--{name.replace('_', '-')} must be ≥ 0")
-        for name in ("max_steps", "micro_batch", "metric_size", "eval_size"):
-            v = getattr(self, name)
-            if v is not None and v < 1:
-                raise UsageError(f"--{name.replace('_', '-')} must be ≥ 1, got {v}")
-        if not self.beta > 0:
-            raise UsageError(f"--beta must be > 0, got {self.beta}")
-        if self.damping < 0 or not 0 < self.tol < 1:
-            raise UsageError("--damping must be ≥ 0 and --tol in (0, 1)")
+        _positive(self, "save_every")
+        _positive_or_none(self, "eval_size")
         if self.min_accuracy is not None and not 0 <= self.min_accuracy <= 1:
             raise UsageError(f"--min-accuracy must be in [0, 1], got {self.min_accuracy}")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -111,14 +154,199 @@ class SparsifyConfig:
         return out
 
 
-def _coerce(cls, name: str, tp, value):
+@dataclass(frozen=True)
+class WalkOptions(CommonOptions):
+    """Options of a geodesic walk, shared by every job."""
+
+    metric_size: int | None = opt(None, "Use only the first N metric inputs (train split).", default_help="all")
+    beta: float = opt(1.0, "Pull towards the target, β.")
+    step_size: float | None = opt(None, "Trust region ε, the bound on θᵀθ per step.",
+                                  default_help="set from the starting distance and --steps")
+    steps: int = opt(50, "Planned steps (sets the default step size).")
+    max_steps: int | None = opt(None, "Approach steps at most.", default_help="a multiple of --steps")
+    tol: float = opt(0.03, "The target is reached when the distance is below tol × the starting distance.")
+    cg_iters: int = opt(5, "CG iterations per step.")
+    cg_rtol: float = opt(1e-4, "Relative residual at which CG stops early.")
+    damping: float = opt(0.0, "Damping λ: the metric becomes g + λI.")
+    metric: MetricKind = opt(MetricKind.LOGITS, "Output metric pulled back: logits (JᵀJ) or fisher.")
+    solver: TRMethod = opt(TRMethod.STEIHAUG, "Trust-region solver.")
+    anchor: Anchor = opt(Anchor.START, "What functional change is measured against: the start network's outputs, "
+                                       "the endpoints' blended outputs (connect), the labels, or only locally.")
+    batch_size: int = opt(128, "Metric batch size.")
+    micro_batch: int | None = opt(None, "Split metric batches into micro-batches of this size.")
+    lr: float = opt(0.05, "Learning rate of the training-based peers (SGD, momentum 0.9, cosine decay).")
+
+    def validate(self):
+        super().validate()
+        if self.step_size is not None and not self.step_size > 0:
+            raise UsageError(f"--step-size must be > 0, got {self.step_size}")
+        for name in ("steps", "cg_iters", "batch_size"):
+            _positive(self, name)
+        for name in ("max_steps", "micro_batch", "metric_size"):
+            _positive_or_none(self, name)
+        if not self.beta > 0:
+            raise UsageError(f"--beta must be > 0, got {self.beta}")
+        if self.damping < 0:
+            raise UsageError(f"--damping must be ≥ 0, got {self.damping}")
+        if not 0 < self.tol < 1:
+            raise UsageError(f"--tol must be in (0, 1), got {self.tol}")
+        if not self.lr > 0:
+            raise UsageError(f"--lr must be > 0, got {self.lr}")
+        return self
+
+
+@dataclass(frozen=True)
+class SparsifyConfig(WalkOptions):
+    checkpoint: str = opt("", "Trained network (.safetensors, .pt, .pth).", arg=True)
+    method: SparsifyMethod = opt(SparsifyMethod.GEODESIC, "geodesic (geopath) or a peer to compare against.")
+    data: str | None = opt(None, "Inputs for the metric: mnist, fashion-mnist, cifar10, PATH.npz or an image folder.",
+                           default_help="the checkpoint's")
+    eval_data: str | None = opt(None, "Labelled test set for accuracy.", default_help="--data")
+    train_eval_size: int = opt(5000, "Train accuracy on the first N metric inputs (0: off).")
+    sparsity: float = opt(0.7, "Fraction of weights to zero, in [0, 1).")
+    scope: MaskScope = opt(MaskScope.GLOBAL, "Unstructured: global or per-layer magnitude.")
+    mask: MaskMode = opt(MaskMode.FIXED, "Unstructured mask fixed at the start or re-chosen each step.")
+    layers: list | None = opt(None, "Prune only these parameters (repeatable, e.g. layers.0.weight).", flag="--layer")
+    structured: str | None = opt(None, "Remove whole units instead: LAYER:COUNT[,LAYER:COUNT] (e.g. features.0:50).")
+    settle_steps: int = opt(150, "Steps on the target after landing.")
+    finetune_epochs: float | None = opt(None, "Peers: epochs of fine-tuning.",
+                                        default_help="5; the bench gives geopath's passes")
+    rounds: int = opt(5, "iterative-prune: pruning rounds (sparsity grows geometrically).")
+
+    def validate(self):
+        super().validate()
+        if not self.checkpoint:
+            raise UsageError("a checkpoint is required")
+        if not 0.0 <= self.sparsity < 1.0:
+            raise UsageError(f"--sparsity must be in [0, 1), got {self.sparsity}")
+        for name in ("settle_steps", "train_eval_size"):
+            _non_negative(self, name)
+        _positive(self, "rounds")
+        if self.finetune_epochs is not None and self.finetune_epochs < 0:
+            raise UsageError(f"--finetune-epochs must be ≥ 0, got {self.finetune_epochs}")
+        return self
+
+
+@dataclass(frozen=True)
+class MergeConfig(WalkOptions):
+    checkpoint: str = opt("", "Network A (first task; the path starts here).", arg=True)
+    checkpoint_b: str = opt("", "Network B (second task; the path walks toward it).", arg=True)
+    method: MergeMethod = opt(MergeMethod.GEODESIC, "geodesic (geopath) or a peer to compare against.")
+    data_a: str | None = opt(None, "Task A's data set.", default_help="the one A records")
+    data_b: str | None = opt(None, "Task B's data set.", default_help="the one B records")
+    val_size: int = opt(5000, "Hold out the last N training samples of each task to select the best network "
+                              "(0: select on the test sets).")
+    head: Head = opt(Head.SHARED, "shared outputs, or split: one 2C-way head with B's classes shifted by C.")
+    manifold: Manifold = opt(Manifold.BOTH, "Whose function the path keeps: a, b or both.")
+    combine: Combine = opt(Combine.SUM, "With --manifold both: sum both metrics each step, or alternate.")
+    weight_b: float = opt(1.0, "Weight of task B's metric relative to A's (--manifold both).")
+    select: SelectRule = opt(SelectRule.MAX_MIN, "Which network along the path is reported and saved as best.")
+    steps: int = opt(600, "Steps of the walk (it does not land on B).")
+    points: int = opt(21, "average/fisher: α values swept from 0 to 1.")
+    epochs: float = opt(5.0, "ewc: epochs of training on task B.")
+    ewc_lambda: float = opt(100.0, "ewc: strength of the penalty ½λ Σ F_A (w − w_A)².")
+    fisher_samples: int = opt(2000, "fisher/ewc: samples used to estimate each diagonal Fisher.")
+
+    def validate(self):
+        super().validate()
+        if not self.checkpoint or not self.checkpoint_b:
+            raise UsageError("two checkpoints are required: geopath merge A B")
+        _non_negative(self, "val_size")
+        for name in ("points", "fisher_samples"):
+            _positive(self, name)
+        if self.points < 2:
+            raise UsageError("--points must be ≥ 2")
+        if not self.weight_b > 0 or not self.epochs > 0 or self.ewc_lambda < 0:
+            raise UsageError("--weight-b and --epochs must be > 0 and --ewc-lambda ≥ 0")
+        return self
+
+
+@dataclass(frozen=True)
+class ConnectConfig(WalkOptions):
+    checkpoint: str = opt("", "Network A (the path starts here).", arg=True)
+    checkpoint_b: str = opt("", "Network B, same architecture (the path ends exactly here).", arg=True)
+    method: ConnectMethod = opt(ConnectMethod.GEODESIC, "geodesic (geopath) or a peer to compare against.")
+    data: str | None = opt(None, "Data set of both networks (metric inputs: train split).",
+                           default_help="the one A records")
+    eval_data: str | None = opt(None, "Labelled test set for loss and accuracy.", default_help="--data")
+    train_eval_size: int = opt(0, "Also report train loss on the first N metric inputs (0: off).")
+    anchor: Anchor = opt(Anchor.ENDPOINTS, "What functional change is measured against (see sparsify --help); "
+                                           "endpoints: A's and B's outputs blended by the path's progress.")
+    beta: float = opt(0.3, "Pull towards B, β.")
+    steps: int = opt(300, "Planned steps (sets the default step size).")
+    tol: float = opt(0.01, "Land on B (the rest is a straight segment) when the distance is below tol × ‖w_A − w_B‖.")
+    points: int = opt(11, "Networks saved evenly spaced along the path (in points/), endpoints included.")
+    align: bool = opt(False, "First permute B's units to match A (weight matching); B's function is unchanged.")
+    epochs: float = opt(5.0, "bezier: epochs of training the curve's middle point.")
+    bn_samples: int = opt(2000, "Samples used to re-estimate BatchNorm statistics at each evaluated point.")
+
+    def validate(self):
+        super().validate()
+        if not self.checkpoint or not self.checkpoint_b:
+            raise UsageError("two checkpoints are required: geopath connect A B")
+        _non_negative(self, "train_eval_size")
+        _positive(self, "bn_samples")
+        if self.points < 2:
+            raise UsageError("--points must be ≥ 2")
+        if not self.epochs > 0:
+            raise UsageError("--epochs must be > 0")
+        return self
+
+
+@dataclass(frozen=True)
+class TransitionConfig(WalkOptions):
+    checkpoint: str = opt("", "Trained network the chain starts from.", arg=True)
+    plan: Any = opt(None, "YAML file of legs (see docs/transitions.md); a run's config.yaml holds the legs inline.")
+    data: str | None = opt(None, "Inputs for the metric.", default_help="the checkpoint's")
+    eval_data: str | None = opt(None, "Labelled test set for accuracy.", default_help="--data")
+    train_eval_size: int = opt(0, "Train accuracy on the first N metric inputs (0: off).")
+    settle_steps: int = opt(100, "Steps on each leg's hyperplane after landing (a leg may override it).")
+
+    def validate(self):
+        super().validate()
+        if not self.checkpoint:
+            raise UsageError("a checkpoint is required")
+        if self.plan is None:
+            raise UsageError("--plan is required (a YAML file of legs)")
+        for name in ("settle_steps", "train_eval_size"):
+            _non_negative(self, name)
+        return self
+
+
+JOB_CONFIGS = {"sparsify": SparsifyConfig, "merge": MergeConfig, "connect": ConnectConfig,
+               "transition": TransitionConfig}
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _positive(cfg, name):
+    if getattr(cfg, name) < 1:
+        raise UsageError(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(cfg, name)}")
+
+
+def _positive_or_none(cfg, name):
+    v = getattr(cfg, name)
+    if v is not None and v < 1:
+        raise UsageError(f"--{name.replace('_', '-')} must be ≥ 1, got {v}")
+
+
+def _non_negative(cfg, name):
+    if getattr(cfg, name) < 0:
+        raise UsageError(f"--{name.replace('_', '-')} must be ≥ 0, got {getattr(cfg, name)}")
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _coerce(name: str, tp, value):
     """Convert a YAML/flag value to the field's type, or raise a one-line usage error."""
-    if value is None:
-        return None
+    if value is None or tp is Any:
+        return value
     origin = typing.get_origin(tp)
     args = [a for a in typing.get_args(tp) if a is not type(None)]
     if origin in (typing.Union, types.UnionType):
-        return _coerce(cls, name, args[0], value)
+        return _coerce(name, args[0], value)
     try:
         if isinstance(tp, type) and issubclass(tp, Enum):
             return tp(value.value if isinstance(value, Enum) else value)
@@ -133,9 +361,12 @@ def _coerce(cls, name: str, tp, value):
         if tp is float:
             if isinstance(value, bool):
                 raise ValueError
-            return float(value)
+            value = float(value)
+            if math.isnan(value):
+                raise ValueError
+            return value
         if tp is str:
-            if not isinstance(value, (str, int, float)):
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
                 raise ValueError
             return str(value)
         if tp is dict or origin is dict:
@@ -144,7 +375,7 @@ def _coerce(cls, name: str, tp, value):
             return value
         if tp is list or origin is list:
             return [str(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
-    except ValueError:
+    except (ValueError, TypeError):
         pass
     choices = ""
     if isinstance(tp, type) and issubclass(tp, Enum):
@@ -160,7 +391,7 @@ def read_yaml(path: str | Path | None) -> dict[str, Any]:
         raise UsageError(f"{path}: no such config file")
     try:
         data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise UsageError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if data is None:
         return {}
@@ -169,13 +400,24 @@ def read_yaml(path: str | Path | None) -> dict[str, Any]:
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
+def _legacy(cls, values: dict[str, Any]) -> dict[str, Any]:
+    """Keys renamed since 0.1.0: ``method: steihaug|multiplier`` is now ``solver``."""
+    method = values.get("method")
+    if isinstance(method, str) and method in {m.value for m in TRMethod} and "solver" not in values:
+        warnings.warn("config key 'method' for the trust-region solver is now 'solver'", stacklevel=3)
+        values = {**values, "solver": method}
+        del values["method"]
+    return values
+
+
 def resolve(cls, yaml_values: dict[str, Any], flags: dict[str, Any]):
     """defaults < YAML < flags (flags that are ``None`` were not given)."""
+    yaml_values = _legacy(cls, yaml_values)
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(yaml_values) - set(known))
     if unknown:
         raise UsageError(f"unknown option(s) in config file: {', '.join(unknown)}")
     hints = typing.get_type_hints(cls)
     merged = {**yaml_values, **{k: v for k, v in flags.items() if v is not None}}
-    values = {k: _coerce(cls, k, hints[k], v) for k, v in merged.items()}
+    values = {k: _coerce(k, hints[k], v) for k, v in merged.items()}
     return dataclasses.replace(cls(), **values).validate()

@@ -2,7 +2,7 @@
 
     OUT/config.yaml                 fully resolved configuration
     OUT/steps/step_NNNNN.safetensors every K-th network on the path (step 0 = start)
-    OUT/trace.csv, OUT/trace.jsonl  one row per saved network
+    OUT/trace.csv, OUT/trace.jsonl  one row per saved network (the job's columns; jsonl has all)
     OUT/final.safetensors           the endpoint, written only when the run completed
     OUT/summary.json                the final row plus run facts, written last
     OUT/manifest.json               every file with its sha256, written last
@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 from torch import nn
 
-from ._atomic import sha256_file, write_text_atomic
+from ._atomic import atomic_path, sha256_file, write_text_atomic
 from .checkpoint import save_checkpoint
 from .errors import UsageError
 from .trace import Trace
@@ -56,10 +56,11 @@ def prepare_output(out: str | os.PathLike, overwrite: bool, resume: bool) -> Pat
 class RunWriter:
     """Writes checkpoints, trace rows and closing files of one run."""
 
-    def __init__(self, out: Path, arch: str, arch_kwargs: dict, parent_sha256: str | None, job: str, data: str | None):
+    def __init__(self, out: Path, arch: str, arch_kwargs: dict, parent_sha256: str | None, job: str, data: str | None,
+                 columns: tuple[str, ...] | None = None):
         self.out, self.arch, self.arch_kwargs = Path(out), arch, arch_kwargs
         self.parent_sha256, self.job, self.data = parent_sha256, job, data
-        self.trace = Trace(self.out)
+        self.trace = Trace(self.out, columns) if columns else Trace(self.out)
 
     def write_config(self, config: dict[str, Any]) -> None:
         write_text_atomic(self.out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
@@ -71,6 +72,16 @@ class RunWriter:
         save_checkpoint(path, model, self.arch, self.arch_kwargs, step=step, parent_sha256=self.parent_sha256,
                         extra={"job": self.job, **({"data": self.data} if self.data else {})})
         return str(path.relative_to(self.out))
+
+    def write_json(self, name: str, obj: Any) -> None:
+        write_text_atomic(self.out / name, json.dumps(obj, indent=2, default=str) + "\n")
+
+    def copy_network(self, rel_src: str, name: str) -> None:
+        """Copy a saved network (e.g. the selected step) to ``OUT/name``, atomically."""
+        import shutil
+
+        with atomic_path(self.out / name) as tmp:
+            shutil.copyfile(self.out / rel_src, tmp)
 
     def finish(self, summary: dict[str, Any]) -> None:
         write_text_atomic(self.out / "summary.json", json.dumps(summary, indent=2) + "\n")

@@ -1,34 +1,33 @@
 """The ``sparsify`` job: walk a trained network to a sparse hyperplane.
 
 Glue only: load the checkpoint and data, build the target, hand everything to
-the path engine (:func:`geopath.path.walk`), and summarise.
+the path engine (:func:`geopath.path.walk`) — or, with ``--method``, to a peer
+from :mod:`geopath.baselines` — and summarise.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 from typing import Any, Callable
 
 import torch
 
-from ._params import ParamSpace, load_vector, model_vector
-from .checkpoint import META_PREFIX, load_checkpoint, read_tensors, sparsity_of
-from .config import MaskMode, SparsifyConfig
-from .data import load_dataset
-from .errors import CheckpointError, UsageError
+from . import baselines, job
+from ._params import ParamSpace, model_vector
+from .checkpoint import sparsity_of
+from .config import MaskMode, SparsifyConfig, SparsifyMethod
 from .evaluate import evaluate, has_batchnorm
-from .geodesic import StepConfig
-from .path import PathConfig, PathState, walk
+from .geodesic import Anchor, StepConfig
+from .errors import UsageError
+from .path import PathConfig, walk
 from .rundir import RunWriter, prepare_output
 from .targets import MagnitudeTarget, StructuredTarget, Target, parse_structured, prunable_parameters
+from .trace import columns
 
-
-def resolve_device(name: str) -> torch.device:
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError("--device cuda requested but no CUDA device is available")
-    return torch.device(name)
+COLUMNS = columns("train_accuracy", "test_accuracy", "test_loss", "sparsity")
+HEADLINE = ["test_accuracy", "sparsity", "epochs", "wall_time"]
+DEFAULT_FINETUNE_EPOCHS = 5.0
 
 
 def sparse_parameters(cfg: SparsifyConfig, model) -> list[str]:
@@ -44,24 +43,9 @@ def build_target(cfg: SparsifyConfig, model, space: ParamSpace, w0: torch.Tensor
                            dynamic=cfg.mask is MaskMode.DYNAMIC)
 
 
-def _resume_state(writer: RunWriter, parent_sha: str) -> tuple[PathState, dict[str, torch.Tensor]]:
-    rows = writer.trace.rows()
-    for i in range(len(rows) - 1, -1, -1):
-        r = rows[i]
-        ck = writer.out / str(r.get("checkpoint") or "")
-        if not str(r.get("checkpoint", "")).startswith("steps/") or not ck.is_file():
-            continue
-        try:
-            tensors, meta = read_tensors(ck)
-        except CheckpointError:
-            continue
-        if meta.get(META_PREFIX + "parent_sha256") != parent_sha:
-            raise UsageError(f"{writer.out}: the run was started from a different checkpoint file")
-        writer.trace.keep(rows[: i + 1])
-        state = PathState(step=int(r["step"]), length=float(r["length"]), sample_passes=float(r["sample_passes"]),
-                          wall_time=float(r["wall_time"]), landed_at=r.get("landed_at"))
-        return state, tensors
-    raise UsageError(f"{writer.out}: no complete step to resume from; start again with --overwrite")
+def step_config(cfg, step_size: float) -> StepConfig:
+    return StepConfig(beta=cfg.beta, step_size=step_size, cg_iters=cfg.cg_iters, cg_rtol=cfg.cg_rtol,
+                      damping=cfg.damping, metric=cfg.metric, solver=cfg.solver, anchor=cfg.anchor)
 
 
 def run_sparsify(
@@ -69,21 +53,22 @@ def run_sparsify(
     overwrite: bool = False,
     resume: bool = False,
     on_row: Callable[[dict], None] | None = None,
-    on_start: Callable[[SparsifyConfig, int], None] | None = None,
+    on_start: Callable[[Any, int], None] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) a sparsify job; returns the summary also written to ``summary.json``."""
+    if cfg.anchor is Anchor.ENDPOINTS:
+        raise UsageError("--anchor endpoints is for connect; sparsify takes start, labels or none")
     out = prepare_output(cfg.out, overwrite, resume)
-    device = resolve_device(cfg.device)
+    device = job.resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    ck = load_checkpoint(cfg.checkpoint, cfg.arch, cfg.arch_kwargs, cfg.trust_pickle)
-    data_name = cfg.data or ck.data
-    if not data_name:
-        raise UsageError("the checkpoint does not record its data set; pass --data (e.g. --data mnist)")
-    metric_data = load_dataset(data_name, "train", cfg.data_root).head(cfg.metric_size)
-    test_data = load_dataset(cfg.eval_data or data_name, "test", cfg.data_root).head(cfg.eval_size)
+    ck = job.load(cfg, cfg.checkpoint)
+    data_name = job.data_name(cfg.data, ck, "--data")
+    metric_data = job.load_split(data_name, "train", cfg, cfg.metric_size)
+    test_data = job.load_split(cfg.eval_data or data_name, "test", cfg, cfg.eval_size)
     train_eval = metric_data.head(cfg.train_eval_size) if cfg.train_eval_size else None
+    job.check_inputs(ck.model.to(device), test_data, device)
 
-    anchor = copy.deepcopy(ck.model).to(device)  # the starting network, kept frozen
+    anchor = job.frozen_copy(ck.model, device)  # the starting network, kept frozen
     model = ck.model.to(device)
     space = ParamSpace.of(model)
     w0 = model_vector(model, space)
@@ -91,25 +76,11 @@ def run_sparsify(
     d0 = target.distance(w0)
     max_steps = cfg.max_steps or 3 * cfg.steps
     step_size = cfg.step_size or max((4.0 * d0 / cfg.steps) ** 2, 1e-12)
+    finetune_epochs = DEFAULT_FINETUNE_EPOCHS if cfg.finetune_epochs is None else cfg.finetune_epochs
     cfg = dataclasses.replace(cfg, data=data_name, step_size=step_size, max_steps=max_steps,
-                              arch=ck.arch, arch_kwargs=ck.arch_kwargs)
-    try:
-        _ = ck.model(test_data.x[:2].to(device))
-    except Exception as e:
-        raise UsageError(f"the network cannot take inputs of shape {tuple(test_data.x.shape[1:])} "
-                         f"from {test_data.name}: {str(e).splitlines()[0]}") from None
+                              finetune_epochs=finetune_epochs, arch=ck.arch, arch_kwargs=ck.arch_kwargs)
 
-    writer = RunWriter(out, ck.arch, ck.arch_kwargs, ck.sha256, "sparsify", data_name)
-    state = None
-    if resume:
-        state, tensors = _resume_state(writer, ck.sha256)
-        model.load_state_dict(tensors)
-    else:
-        writer.write_config(cfg.to_dict())
-        writer.trace.create()
-    if on_start:
-        on_start(cfg, max_steps + cfg.settle_steps)
-
+    writer = RunWriter(out, ck.arch, ck.arch_kwargs, ck.sha256, "sparsify", data_name, COLUMNS)
     sparse_names = sparse_parameters(cfg, model)
 
     def evaluate_row(net) -> dict:
@@ -118,26 +89,60 @@ def run_sparsify(
         row["train_accuracy"] = evaluate(net, train_eval, device=device).accuracy if train_eval else math.nan
         return row
 
-    pcfg = PathConfig(
-        step=StepConfig(beta=cfg.beta, step_size=step_size, cg_iters=cfg.cg_iters, cg_rtol=cfg.cg_rtol,
-                        damping=cfg.damping, metric=cfg.metric, method=cfg.method, anchor=cfg.anchor),
-        max_steps=max_steps, save_every=cfg.save_every, batch_size=cfg.batch_size,
-        micro_batch=cfg.micro_batch, tol=cfg.tol, settle_steps=cfg.settle_steps, seed=cfg.seed,
-    )
-    model, final = walk(model, target, metric_data, pcfg, evaluate_row, writer, anchor=anchor, state=state,
-                        device=device, on_row=on_row, bn_data=metric_data if has_batchnorm(model) else None)
+    bn_data = metric_data if has_batchnorm(model) else None
+    if cfg.method is SparsifyMethod.GEODESIC:
+        state = None
+        if resume:
+            state, tensors, _ = job.resume_state(writer, ck.sha256)
+            model.load_state_dict(tensors)
+        else:
+            writer.write_config(cfg.to_dict())
+            writer.trace.create()
+        if on_start:
+            on_start(cfg, max_steps + cfg.settle_steps)
+        pcfg = PathConfig(step=step_config(cfg, step_size), max_steps=max_steps, save_every=cfg.save_every,
+                          batch_size=cfg.batch_size, micro_batch=cfg.micro_batch, tol=cfg.tol,
+                          settle_steps=cfg.settle_steps, seed=cfg.seed)
+        result = walk(model, target, metric_data, pcfg, evaluate_row, writer, anchor=anchor, state=state,
+                      device=device, on_row=on_row, bn_data=bn_data)
+        final = result.final
+    else:
+        if resume:
+            raise UsageError("--resume continues geodesic runs; re-run a peer method with --overwrite")
+        writer.write_config(cfg.to_dict())
+        writer.trace.create()
+        record = job.Recorder(writer, evaluate_row, len(metric_data), on_row, bn_data, device)
+        if on_start:
+            on_start(cfg, 0)
+        passes = int(round(finetune_epochs * len(metric_data)))
+        if cfg.method is SparsifyMethod.PRUNE_FINETUNE:
+            baselines.prune_finetune(model, target, metric_data, passes, batch_size=cfg.batch_size, lr=cfg.lr,
+                                     seed=cfg.seed, device=device, record=record, records=_records(cfg))
+        else:
+            if not isinstance(target, MagnitudeTarget) or target.dynamic:
+                raise UsageError("--method iterative-prune needs unstructured magnitude sparsity with a fixed mask")
+            target = baselines.iterative_prune(model, target, metric_data, passes, rounds=cfg.rounds,
+                                               batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, device=device,
+                                               record=record, records=_records(cfg))
+        final = record.rows[-1]
     start = writer.trace.rows()[0]
     summary = {
         "job": "sparsify",
+        "method": cfg.method.value,
         "out": str(out),
         "final": "final.safetensors",
+        "headline": HEADLINE,
         "dense_test_accuracy": start["test_accuracy"],
         **{k: final[k] for k in ("step", "test_accuracy", "test_loss", "train_accuracy", "sparsity",
                                   "length", "sample_passes", "epochs", "wall_time")},
         "target": target.describe() if not isinstance(target, MagnitudeTarget) else
         {k: v for k, v in target.describe().items() if k != "parameters"},
-        "min_accuracy": cfg.min_accuracy,
-        "passed": cfg.min_accuracy is None or final["test_accuracy"] >= cfg.min_accuracy,
     }
+    job.gate(summary, final["test_accuracy"], cfg.min_accuracy, "test_accuracy")
     writer.finish(summary)
     return summary
+
+
+def _records(cfg: SparsifyConfig) -> int:
+    """How many trace rows a training-based peer writes (about as many as a geodesic run)."""
+    return max(2, (3 * cfg.steps + cfg.settle_steps) // cfg.save_every)

@@ -16,10 +16,13 @@ from pathlib import Path
 
 from ._atomic import write_text_atomic
 
-COLUMNS = (
-    "step", "t", "distance", "length", "drift", "train_accuracy", "test_accuracy", "test_loss",
-    "sparsity", "sample_passes", "epochs", "wall_time", "landed_at", "checkpoint",
-)
+# the columns of every job's trace.csv; a job adds its own in the middle (trace.jsonl has all keys)
+HEAD = ("step", "t", "distance", "length", "drift")
+TAIL = ("sample_passes", "epochs", "wall_time", "landed_at", "checkpoint")
+
+
+def columns(*job_columns: str) -> tuple[str, ...]:
+    return HEAD + tuple(job_columns) + TAIL
 
 
 def _fmt(v):
@@ -29,21 +32,21 @@ def _fmt(v):
 
 
 class Trace:
-    def __init__(self, run_dir: str | os.PathLike):
+    def __init__(self, run_dir: str | os.PathLike, columns: tuple[str, ...] = columns()):
         self.dir = Path(run_dir)
+        self.columns = tuple(columns)
         self.csv_path = self.dir / "trace.csv"
         self.jsonl_path = self.dir / "trace.jsonl"
 
     def create(self) -> None:
         buf = io.StringIO()
-        csv.writer(buf, lineterminator="\n").writerow(COLUMNS)
+        csv.writer(buf, lineterminator="\n").writerow(self.columns)
         write_text_atomic(self.csv_path, buf.getvalue())
         write_text_atomic(self.jsonl_path, "")
 
     def append(self, row: dict) -> None:
-        row = {k: row.get(k) for k in COLUMNS}
         buf = io.StringIO()
-        csv.writer(buf, lineterminator="\n").writerow([_fmt(row[k]) for k in COLUMNS])
+        csv.writer(buf, lineterminator="\n").writerow([_fmt(row.get(k)) for k in self.columns])
         clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
         for path, text in ((self.csv_path, buf.getvalue()), (self.jsonl_path, json.dumps(clean) + "\n")):
             with open(path, "a") as f:
@@ -66,9 +69,9 @@ class Trace:
         """Rewrite both files with exactly ``rows`` (used when resuming)."""
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(COLUMNS)
+        w.writerow(self.columns)
         for r in rows:
-            w.writerow([_fmt(r.get(k)) for k in COLUMNS])
+            w.writerow([_fmt(r.get(k)) for k in self.columns])
         write_text_atomic(self.csv_path, buf.getvalue())
         write_text_atomic(self.jsonl_path, "".join(json.dumps(r) + "\n" for r in rows))
 

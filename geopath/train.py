@@ -37,8 +37,15 @@ def train(
     device="cpu",
     on_epoch: Callable[[int, float], None] | None = None,
     max_passes: int | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+    penalty: Callable[[], torch.Tensor] | None = None,
 ) -> TrainStats:
-    """Train with cross-entropy; cosine learning-rate decay over the whole run."""
+    """Train with cross-entropy; cosine learning-rate decay over the whole run.
+
+    ``on_step(step, passes)`` is called after every optimizer step (the model is in
+    train mode; a caller that evaluates must restore it). ``penalty()`` is added to
+    every batch's loss (e.g. an EWC term).
+    """
     model.to(device)
     space = ParamSpace.of(model)
     keep = None if mask is None else (~mask.bool()).to(device)
@@ -62,8 +69,9 @@ def train(
                 break
             x, y = x.to(device), y.to(device)
             loss = nn.functional.cross_entropy(model(x), y)
+            total = loss + penalty() if penalty is not None else loss
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            total.backward()
             opt.step()
             sched.step()
             if keep is not None:
@@ -71,6 +79,9 @@ def train(
             step += 1
             passes += len(y)
             last_loss = float(loss.detach())
+            if on_step is not None:
+                on_step(step, passes)
+                model.train()
         epoch += 1
         if on_epoch:
             on_epoch(epoch, last_loss)

@@ -1,0 +1,183 @@
+"""What every job shares: device, checkpoints, data checks, resuming, closing a run.
+
+A job module (``sparsify``, ``merge``, ``connect``, ``transition``) is glue: it reads
+its options, builds a target and metric sources, hands them to the path engine
+(:func:`geopath.path.walk`) or to a peer method, and summarises. The steps they all
+take live here so each job reads as its own recipe.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._params import ParamSpace, model_vector
+from .checkpoint import META_PREFIX, Checkpoint, load_checkpoint, read_tensors
+from .data import Dataset, load_dataset
+from .errors import CheckpointError, UsageError
+from .evaluate import evaluate
+from .path import PathState
+from .rundir import RunWriter
+
+
+def resolve_device(name: str) -> torch.device:
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("--device cuda requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def load(cfg, path: str) -> Checkpoint:
+    """Load one checkpoint with the run's architecture options."""
+    return load_checkpoint(path, cfg.arch, cfg.arch_kwargs, cfg.trust_pickle)
+
+
+def load_pair(cfg) -> tuple[Checkpoint, Checkpoint]:
+    """Networks A and B of a two-network job; they must have the same parameter shapes."""
+    a, b = load(cfg, cfg.checkpoint), load(cfg, cfg.checkpoint_b)
+    same_arch(a, b)
+    return a, b
+
+
+def same_arch(a: Checkpoint, b: Checkpoint, hint: str = "") -> None:
+    """Raise a one-line usage error unless ``a`` and ``b`` have the same tensors and shapes."""
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    if list(sa) != list(sb):
+        only_a = [k for k in sa if k not in sb][:3]
+        only_b = [k for k in sb if k not in sa][:3]
+        raise UsageError(f"{a.path} and {b.path} are different architectures "
+                         f"(only in A: {only_a or '-'}; only in B: {only_b or '-'}){hint}")
+    for k in sa:
+        if sa[k].shape != sb[k].shape:
+            raise UsageError(f"{a.path} and {b.path} differ in shape: {k} is {tuple(sa[k].shape)} in A "
+                             f"but {tuple(sb[k].shape)} in B{hint}")
+
+
+def data_name(cfg_value: str | None, ck: Checkpoint, flag: str) -> str:
+    name = cfg_value or ck.data
+    if not name:
+        raise UsageError(f"{ck.path} does not record its data set; pass {flag} (e.g. {flag} mnist)")
+    return name
+
+
+def split_train(ds: Dataset, val_size: int) -> tuple[Dataset, Dataset | None]:
+    """(metric inputs, held-out validation): the last ``val_size`` samples are held out."""
+    if val_size <= 0:
+        return ds, None
+    if val_size >= len(ds):
+        raise UsageError(f"--val-size {val_size} leaves no training samples of {ds.name} ({len(ds)} in all)")
+    n = len(ds) - val_size
+    return (Dataset(ds.x[:n], ds.y[:n], ds.name, ds.split),
+            Dataset(ds.x[n:], ds.y[n:], ds.name, "val"))
+
+
+def load_split(name: str, split: str, cfg, size: int | None = None) -> Dataset:
+    return load_dataset(name, split, cfg.data_root).head(size)
+
+
+def check_inputs(model: nn.Module, ds: Dataset, device, what: str = "the network") -> None:
+    """A one-line usage error when ``model`` cannot take ``ds``'s inputs."""
+    try:
+        with torch.no_grad():
+            out = model.eval()(ds.x[:2].to(device))
+    except Exception as e:
+        raise UsageError(f"{what} cannot take inputs of shape {tuple(ds.x.shape[1:])} from {ds.name}: "
+                         f"{str(e).splitlines()[0]}") from None
+    classes = int(ds.y.max()) + 1 if len(ds) else 0
+    if out.ndim != 2 or out.shape[1] < classes:
+        raise UsageError(f"{what} has {tuple(out.shape[1:])} outputs but {ds.name} has {classes} classes")
+
+
+def task_metrics(net: nn.Module, ds: Dataset | None, device, prefix: str, suffix: str = "") -> dict[str, float]:
+    """``{prefix}accuracy{suffix}``/``{prefix}loss{suffix}`` on ``ds`` (NaN when absent)."""
+    if ds is None:
+        return {f"{prefix}accuracy{suffix}": math.nan, f"{prefix}loss{suffix}": math.nan}
+    ev = evaluate(net, ds, device=device)
+    return {f"{prefix}accuracy{suffix}": ev.accuracy, f"{prefix}loss{suffix}": ev.loss}
+
+
+def resume_state(writer: RunWriter, parent_sha: str | None, accept=lambda rel: rel.startswith("steps/")
+                 ) -> tuple[PathState, dict[str, torch.Tensor], dict]:
+    """The state, weights and trace row of the last complete step of an interrupted run.
+
+    Rows after it are dropped from the trace; ``accept(relative_path)`` says which
+    saved networks may be resumed from (default: the path's steps).
+    """
+    rows = writer.trace.rows()
+    for i in range(len(rows) - 1, -1, -1):
+        r = rows[i]
+        rel = str(r.get("checkpoint") or "")
+        ck = writer.out / rel
+        if not rel or not accept(rel) or not ck.is_file():
+            continue
+        try:
+            tensors, meta = read_tensors(ck)
+        except CheckpointError:
+            continue
+        if parent_sha is not None and meta.get(META_PREFIX + "parent_sha256") != parent_sha:
+            raise UsageError(f"{writer.out}: the run was started from a different checkpoint file")
+        writer.trace.keep(rows[: i + 1])
+        return PathState.from_row(r), tensors, r
+    raise UsageError(f"{writer.out}: no complete step to resume from; start again with --overwrite")
+
+
+def frozen_copy(model: nn.Module, device) -> nn.Module:
+    """A copy of ``model`` in eval mode (an anchor: only ever called under ``no_grad``)."""
+    return copy.deepcopy(model).to(device).eval()
+
+
+class Recorder:
+    """Writes trace rows for the peer methods, in the same format as the path engine.
+
+    ``recorder(step, model, sample_passes, t=..., distance=...)`` saves the network as
+    ``steps/step_NNNNN.safetensors`` (``name=``: ``steps/NAME.safetensors``; ``final=True``:
+    ``final.safetensors``),
+    evaluates it and appends the row. Peers have no metric length: it is NaN.
+    """
+
+    def __init__(self, writer: RunWriter, evaluate_fn, epoch_size: int, on_row=None, bn_data: Dataset | None = None,
+                 device="cpu"):
+        import time
+
+        self.writer, self.evaluate, self.epoch_size = writer, evaluate_fn, max(int(epoch_size), 1)
+        self.on_row, self.bn_data, self.device = on_row, bn_data, device
+        self._tic = time.perf_counter()
+        self.rows: list[dict] = []
+
+    def __call__(self, step: int, model: nn.Module, sample_passes: float, t: float = math.nan,
+                 distance: float = math.nan, final: bool = False, name: str | None = None, **tags) -> dict:
+        import time
+
+        from .evaluate import recompute_batchnorm
+
+        if self.bn_data is not None:
+            recompute_batchnorm(model, self.bn_data, device=self.device)
+        if final:
+            path = self.writer.out / "final.safetensors"
+        else:
+            path = self.writer.out / "steps" / f"{name}.safetensors" if name else self.writer.step_path(step)
+        row = {"step": step, "t": t, "distance": distance, "length": math.nan, "drift": math.nan,
+               "sample_passes": float(sample_passes), "epochs": sample_passes / self.epoch_size,
+               **self.evaluate(model), "wall_time": time.perf_counter() - self._tic, "landed_at": None, **tags,
+               "checkpoint": self.writer.save_network(path, model, step)}
+        self.writer.trace.append(row)
+        self.rows.append(row)
+        if self.on_row:
+            self.on_row(row)
+        return row
+
+
+def vector(model: nn.Module) -> torch.Tensor:
+    return model_vector(model, ParamSpace.of(model))
+
+
+def gate(summary: dict[str, Any], value: float, min_accuracy: float | None, what: str) -> dict[str, Any]:
+    """Add the ``--min-accuracy`` verdict to a summary (the CLI exits 3 when it failed)."""
+    summary["min_accuracy"] = min_accuracy
+    summary["gated_value"] = value
+    summary["gated_on"] = what
+    summary["passed"] = min_accuracy is None or (not math.isnan(value) and value >= min_accuracy)
+    return summary
