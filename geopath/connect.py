@@ -1,0 +1,210 @@
+"""The ``connect`` job: a low-loss path between two trained networks of one architecture.
+
+Glue only. The geodesic walks from A to B (:func:`geopath.path.walk` toward a
+:class:`~geopath.targets.NetworkTarget`, landing exactly on B) while keeping the
+function of the *endpoints*: with ``--anchor endpoints`` (the default) each step's
+outputs are anchored to ``(1 − t)·f_A + t·f_B``, the two networks' logits blended by
+the path's progress ``t = 1 − ‖w − w_B‖/‖w_A − w_B‖`` (:class:`BlendedAnchor`), so
+the function moves from A's to B's as the weights do. Peers from
+:mod:`geopath.baselines`: the linear path and a trained quadratic Bezier curve.
+
+Every evaluated network gets fresh BatchNorm statistics first (mode connectivity's
+classic pitfall). The trace holds test loss and accuracy along the path; the summary
+the barriers; ``points/`` the ``--points`` networks evenly spaced in ``t``. If the
+approach stops short of B (``--max-steps``), the straight landing segment is
+evaluated too, so a jump can never hide a barrier.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from . import baselines, job
+from ._params import ParamSpace, load_vector, model_vector
+from .config import ConnectConfig, ConnectMethod
+from .errors import UsageError
+from .evaluate import has_batchnorm, recompute_batchnorm
+from .geodesic import Anchor
+from .path import MetricSource, PathConfig, walk
+from .rundir import RunWriter, prepare_output
+from .sparsify import step_config
+from .targets import NetworkTarget
+from .trace import columns
+
+COLUMNS = columns("test_accuracy", "test_loss", "train_loss", "alpha", "segment")
+HEADLINE = ["min_test_accuracy", "accuracy_barrier", "loss_barrier", "epochs", "wall_time"]
+STEP_SCALE = 2.0  # default ε = (STEP_SCALE · d0 / steps)²
+JUMP_POINTS = 5  # interior points evaluated on a landing segment
+
+
+class BlendedAnchor(nn.Module):
+    """Outputs ``(1 − t)·a(x) + t·b(x)``; the path engine sets ``t`` before every step."""
+
+    def __init__(self, a: nn.Module, b: nn.Module):
+        super().__init__()
+        self.a, self.b, self.t = a, b, 0.0
+
+    def forward(self, x):
+        if self.t <= 0.0:
+            return self.a(x)
+        if self.t >= 1.0:
+            return self.b(x)
+        return (1.0 - self.t) * self.a(x) + self.t * self.b(x)
+
+
+def run_connect(
+    cfg: ConnectConfig,
+    overwrite: bool = False,
+    resume: bool = False,
+    on_row: Callable[[dict], None] | None = None,
+    on_start: Callable[[Any, int], None] | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) a connect job; returns the summary also written to ``summary.json``."""
+    out = prepare_output(cfg.out, overwrite, resume)
+    device = job.resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    a, b = job.load_pair(cfg)
+    data_name = job.data_name(cfg.data, a, "--data")
+    metric = job.load_split(data_name, "train", cfg, cfg.metric_size)
+    test = job.load_split(cfg.eval_data or data_name, "test", cfg, cfg.eval_size)
+    train_eval = metric.head(cfg.train_eval_size) if cfg.train_eval_size else None
+    job.check_inputs(a.model.to(device), test, device, "network A")
+    model_a, model_b = a.model.to(device).eval(), b.model.to(device).eval()
+    bn_data = metric.head(cfg.bn_samples) if has_batchnorm(model_a) else None
+    if cfg.align:
+        from .alignment import check_permutation_invariance, weight_matching
+
+        check_permutation_invariance(model_a, test.x[:8].to(device), seed=cfg.seed)
+        aligned, _ = weight_matching(model_a, model_a.state_dict(), model_b.state_dict(), seed=cfg.seed)
+        model_b.load_state_dict(aligned)
+    space = ParamSpace.of(model_a)
+    w_a, w_b = model_vector(model_a, space), model_vector(model_b, space)
+    d0 = float(torch.linalg.vector_norm(w_b - w_a))
+    max_steps = cfg.max_steps or 4 * cfg.steps
+    step_size = cfg.step_size or max((STEP_SCALE * d0 / cfg.steps) ** 2, 1e-12)
+    cfg = dataclasses.replace(cfg, data=data_name, step_size=step_size, max_steps=max_steps, arch=a.arch,
+                              arch_kwargs=a.arch_kwargs)
+    writer = RunWriter(out, a.arch, a.arch_kwargs, a.sha256, "connect", data_name, COLUMNS)
+
+    def evaluate_row(net) -> dict:
+        row = job.task_metrics(net, test, device, "test_")
+        row["train_loss"] = job.task_metrics(net, train_eval, device, "train_")["train_loss"]
+        return row
+
+    model = copy.deepcopy(model_a)
+    if cfg.method is ConnectMethod.GEODESIC:
+        state = None
+        if resume:
+            state, tensors, _ = job.resume_state(writer, a.sha256)
+            model.load_state_dict(tensors)
+        else:
+            writer.write_config(cfg.to_dict())
+            writer.trace.create()
+        if on_start:
+            on_start(cfg, max_steps)
+        blend = BlendedAnchor(model_a, model_b)
+        src = MetricSource(metric, anchor=blend if cfg.anchor is Anchor.ENDPOINTS else model_a)
+        pcfg = PathConfig(step=step_config(cfg, step_size), max_steps=max_steps, save_every=cfg.save_every,
+                          batch_size=cfg.batch_size, micro_batch=cfg.micro_batch, tol=cfg.tol, land=True,
+                          milestones=cfg.points - 1, seed=cfg.seed)
+        result = walk(model, NetworkTarget(w_b), [src], pcfg, evaluate_row, writer, anchor=model_a, state=state,
+                      device=device, on_row=on_row, bn_data=bn_data, bn_each_record=True,
+                      before_step=lambda w, t: setattr(blend, "t", t))
+        if result.approach_end is not None and result.landing_gap > cfg.tol * d0:
+            _evaluate_jump(model, space, result.approach_end, w_b, result.final, writer, evaluate_row, bn_data,
+                           device, on_row)
+        reached = (result.state.landing_gap or 0.0) <= cfg.tol * d0
+    else:
+        if resume:
+            raise UsageError("--resume continues geodesic runs; re-run a peer method with --overwrite")
+        writer.write_config(cfg.to_dict())
+        writer.trace.create()
+        if on_start:
+            on_start(cfg, 0)
+        record = job.Recorder(writer, evaluate_row, len(metric), on_row, bn_data, device)
+        ts = [i / (cfg.points - 1) for i in range(cfg.points)]
+        if cfg.method is ConnectMethod.LINEAR:
+            baselines.interpolate(model, w_a, w_b, ts, record)
+        else:
+            passes = int(round(cfg.epochs * len(metric)))
+            theta = baselines.bezier(model, w_a, w_b, metric, passes, batch_size=cfg.batch_size, lr=cfg.lr,
+                                     seed=cfg.seed, device=device)
+            for i, t in enumerate(ts):
+                w = baselines.bezier_point(w_a, theta, w_b, t)
+                load_vector(model, space, w)
+                record(i, model, passes, t=t, distance=float(torch.linalg.vector_norm(w_b - w)), alpha=t,
+                       final=i == len(ts) - 1)
+        reached = True
+    return _finish(cfg, writer, out, reached, d0)
+
+
+def _evaluate_jump(model, space, start, end, final_row, writer, evaluate_row, bn_data, device, on_row):
+    """Evaluate interior points of the straight landing segment ``start → end`` (rows tagged ``jump``)."""
+    net = copy.deepcopy(model)
+    for k in range(1, JUMP_POINTS + 1):
+        s = k / (JUMP_POINTS + 1)
+        load_vector(net, space, (1 - s) * start + s * end)
+        if bn_data is not None:
+            recompute_batchnorm(net, bn_data, device=device)
+        row = {**final_row, "t": math.nan, "distance": float(torch.linalg.vector_norm(end - ((1 - s) * start + s * end))),
+               **evaluate_row(net), "segment": "jump", "wall_time": final_row["wall_time"],
+               "checkpoint": writer.save_network(writer.out / "steps" / f"jump_{k:02d}.safetensors", net,
+                                                 final_row["step"])}
+        writer.trace.append(row)
+        if on_row:
+            on_row(row)
+
+
+def _points(rows: list[dict], n: int) -> list[dict]:
+    """The ``n`` rows nearest to ``t = k/(n−1)``, endpoints exactly (rows off the path excluded)."""
+    on_path = [r for r in rows if r.get("segment") != "jump" and r.get("t") is not None]
+    out = [on_path[0]]
+    for k in range(1, n - 1):
+        goal = k / (n - 1)
+        out.append(min(on_path, key=lambda r: (abs(r["t"] - goal), r["step"])))
+    out.append(on_path[-1])
+    return out
+
+
+def _finish(cfg: ConnectConfig, writer: RunWriter, out, reached: bool, d0: float) -> dict[str, Any]:
+    rows = writer.trace.rows()
+    start, end = rows[0], next(r for r in reversed(rows) if r.get("segment") != "jump")
+    points = _points(rows, cfg.points)
+    for i, r in enumerate(points):
+        writer.copy_network(r["checkpoint"], f"points/point_{i:02d}.safetensors")
+    keep = ("step", "t", "test_accuracy", "test_loss", "checkpoint")
+    writer.write_json("points.json", [{**{k: r.get(k) for k in keep}, "file": f"points/point_{i:02d}.safetensors"}
+                                      for i, r in enumerate(points)])
+    losses = [r["test_loss"] for r in rows]
+    accs = [r["test_accuracy"] for r in rows]
+    end_loss = 0.5 * (start["test_loss"] + end["test_loss"])
+    worse_end = min(start["test_accuracy"], end["test_accuracy"])
+    summary = {
+        "job": "connect",
+        "method": cfg.method.value,
+        "out": str(out),
+        "final": "final.safetensors",
+        "headline": HEADLINE,
+        "aligned": cfg.align,
+        "reached": reached,
+        "evaluated_points": len(rows),
+        "distance_ab": d0,
+        "test_accuracy_a": start["test_accuracy"],
+        "test_accuracy_b": end["test_accuracy"],
+        "test_loss_a": start["test_loss"],
+        "test_loss_b": end["test_loss"],
+        "min_test_accuracy": min(accs),
+        "max_test_loss": max(losses),
+        "loss_barrier": max(losses) - end_loss,
+        "accuracy_barrier": worse_end - min(accs),
+        **{k: end[k] for k in ("step", "length", "sample_passes", "epochs", "wall_time")},
+    }
+    job.gate(summary, summary["min_test_accuracy"], cfg.min_accuracy, "min_test_accuracy")
+    writer.finish(summary)
+    return summary

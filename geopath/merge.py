@@ -1,0 +1,283 @@
+"""The ``merge`` job: from network A (task A) toward network B (task B), recording
+every network on the way, to find networks that serve both tasks.
+
+Glue only. :func:`prepare` loads both networks and all data splits and settles the
+output head; the geodesic (:func:`geopath.path.walk` toward a
+:class:`~geopath.targets.NetworkTarget`, without landing) or a peer from
+:mod:`geopath.baselines` produces the trace; :mod:`geopath.selection` picks the
+reported network and the Pareto front.
+
+Heads. ``--head shared``: both networks have the same outputs and each task's
+labels index them (the network is not told which task an input is from).
+``--head split``: one head with task A's classes first and task B's after them
+(B's labels are shifted by A's class count); networks with one task's classes each
+are widened first — A's new rows (B's classes) get zero weights and a bias below
+every logit A gives on its own inputs, and likewise for B — so both start with
+their old predictions, and accuracy is taken over all outputs.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from . import baselines, job
+from ._params import ParamSpace, model_vector
+from .archs import build_model
+from .config import Head, Manifold, MergeConfig, MergeMethod
+from .data import Dataset
+from .errors import UsageError
+from .evaluate import has_batchnorm
+from .geodesic import Anchor
+from .path import MetricSource, PathConfig, walk
+from .rundir import RunWriter, prepare_output
+from .selection import pareto_front, select
+from .sparsify import step_config
+from .targets import NetworkTarget
+from .trace import columns
+
+COLUMNS = columns("test_accuracy_a", "test_accuracy_b", "test_loss_a", "test_loss_b", "val_accuracy_a",
+                  "val_accuracy_b", "alpha")
+HEADLINE = ["test_accuracy_a", "test_accuracy_b", "min_test_accuracy", "epochs", "wall_time"]
+STEP_SCALE = 3.0  # default ε = (STEP_SCALE · d0 / steps)²: the walk covers ~3 × the A–B distance
+
+
+@dataclass
+class Tasks:
+    """Everything a merge needs, head settled: both networks and every data split."""
+
+    model_a: nn.Module
+    model_b: nn.Module
+    arch: str
+    arch_kwargs: dict
+    sha_a: str
+    data_a: str
+    data_b: str
+    metric_a: Dataset
+    metric_b: Dataset
+    val_a: Dataset | None
+    val_b: Dataset | None
+    test_a: Dataset
+    test_b: Dataset
+    offset_b: int  # added to task B's labels (split head)
+
+
+def _shift(ds: Dataset | None, offset: int) -> Dataset | None:
+    if ds is None or offset == 0:
+        return ds
+    return Dataset(ds.x, ds.y + offset, ds.name, ds.split)
+
+
+def _outputs(model: nn.Module, ds: Dataset, device) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(ds.x[:512].to(device))
+
+
+def _widen(ck, probe: Dataset, classes_a: int, classes_b: int, first: bool, device) -> nn.Module:
+    """``ck``'s network with a (classes_a + classes_b)-way head; its own rows first or last."""
+    total = classes_a + classes_b
+    try:
+        wide = build_model(ck.arch, {**ck.arch_kwargs, "num_classes": total})
+    except UsageError:
+        raise UsageError(f"--head split: architecture {ck.arch!r} takes no num_classes argument; train both "
+                         f"networks with {total} outputs (B's labels shifted by {classes_a}) instead") from None
+    old, new = ck.model.state_dict(), wide.state_dict()
+    if list(old) != list(new):
+        raise UsageError(f"--head split: {ck.arch!r} with num_classes={total} is not the same network with a wider head")
+    low = float(_outputs(ck.model, probe, device).min()) - 1.0
+    own = slice(0, classes_a) if first else slice(classes_a, total)
+    for k in new:
+        if old[k].shape == new[k].shape:
+            new[k] = old[k].clone()
+            continue
+        if old[k].shape[1:] != new[k].shape[1:] or (old[k].shape[0], new[k].shape[0]) != (own.stop - own.start, total):
+            raise UsageError(f"--head split: {k} changes from {tuple(old[k].shape)} to {tuple(new[k].shape)}, "
+                             "not like an output layer")
+        filled = torch.zeros_like(new[k]) if new[k].ndim > 1 else torch.full_like(new[k], low)
+        filled[own] = old[k]
+        new[k] = filled
+    wide.load_state_dict(new)
+    return wide.to(device).eval()
+
+
+def prepare(cfg: MergeConfig, device) -> Tasks:
+    a, b = job.load(cfg, cfg.checkpoint), job.load(cfg, cfg.checkpoint_b)
+    data_a = job.data_name(cfg.data_a, a, "--data-a")
+    data_b = job.data_name(cfg.data_b, b, "--data-b")
+    train_a, val_a = job.split_train(job.load_split(data_a, "train", cfg), cfg.val_size)
+    train_b, val_b = job.split_train(job.load_split(data_b, "train", cfg), cfg.val_size)
+    train_a, train_b = train_a.head(cfg.metric_size), train_b.head(cfg.metric_size)
+    test_a = job.load_split(data_a, "test", cfg, cfg.eval_size)
+    test_b = job.load_split(data_b, "test", cfg, cfg.eval_size)
+    if train_a.x.shape[1:] != train_b.x.shape[1:]:
+        raise UsageError(f"task A's inputs {tuple(train_a.x.shape[1:])} and task B's {tuple(train_b.x.shape[1:])} "
+                         "differ; one network cannot take both")
+    classes_a, classes_b = int(train_a.y.max()) + 1, int(train_b.y.max()) + 1
+    model_a, model_b = a.model.to(device), b.model.to(device)
+    for ck, ds, name in ((a, test_a, "A"), (b, test_b, "B")):
+        try:
+            _outputs(ck.model, ds, device)
+        except Exception as e:
+            raise UsageError(f"network {name} ({ck.path}) cannot take inputs of shape {tuple(ds.x.shape[1:])} "
+                             f"from {ds.name}: {str(e).splitlines()[0]}") from None
+    out_a = _outputs(model_a, train_a, device).shape[1]
+    out_b = _outputs(model_b, train_b, device).shape[1]
+    arch_kwargs = a.arch_kwargs
+    offset = 0
+    if cfg.head is Head.SHARED:
+        job.same_arch(a, b, hint="; networks with different output heads: use --head split")
+        if out_a < max(classes_a, classes_b):
+            raise UsageError(f"--head shared: the networks have {out_a} outputs but the tasks have {classes_a} and "
+                             f"{classes_b} classes; use --head split")
+    else:
+        offset = classes_a
+        if out_a == out_b == classes_a + classes_b:
+            job.same_arch(a, b)
+        elif out_a == classes_a and out_b == classes_b:
+            job.same_arch(a, b, hint="; --head split widens networks of the same architecture only")
+            model_a = _widen(a, train_a, classes_a, classes_b, True, device)
+            model_b = _widen(b, train_b, classes_a, classes_b, False, device)
+            arch_kwargs = {**a.arch_kwargs, "num_classes": classes_a + classes_b}
+        else:
+            raise UsageError(f"--head split: A has {out_a} outputs and B {out_b}; expected {classes_a} and "
+                             f"{classes_b} (geopath widens them) or {classes_a + classes_b} each (B's classes "
+                             f"from {classes_a})")
+    return Tasks(model_a, model_b, a.arch, arch_kwargs, a.sha256, data_a, data_b, train_a, _shift(train_b, offset),
+                 val_a, _shift(val_b, offset), test_a, _shift(test_b, offset), offset)
+
+
+class BothTasks:
+    """``evaluate(model)`` for a merge row: test accuracy/loss and validation accuracy on both tasks."""
+
+    def __init__(self, tasks: Tasks, device):
+        self.tasks, self.device = tasks, device
+
+    def __call__(self, net: nn.Module) -> dict:
+        t, d = self.tasks, self.device
+        row = {**job.task_metrics(net, t.test_a, d, "test_", "_a"), **job.task_metrics(net, t.test_b, d, "test_", "_b")}
+        row["val_accuracy_a"] = job.task_metrics(net, t.val_a, d, "val_", "_a")["val_accuracy_a"]
+        row["val_accuracy_b"] = job.task_metrics(net, t.val_b, d, "val_", "_b")["val_accuracy_b"]
+        return row
+
+
+def sources(cfg: MergeConfig, tasks: Tasks) -> list[MetricSource]:
+    a = MetricSource(tasks.metric_a, anchor=tasks.model_a, name="a", weight=1.0)
+    b = MetricSource(tasks.metric_b, anchor=tasks.model_b, name="b", weight=cfg.weight_b)
+    return {Manifold.A: [a], Manifold.B: [b], Manifold.BOTH: [a, b]}[cfg.manifold]
+
+
+def run_merge(
+    cfg: MergeConfig,
+    overwrite: bool = False,
+    resume: bool = False,
+    on_row: Callable[[dict], None] | None = None,
+    on_start: Callable[[Any, int], None] | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) a merge job; returns the summary also written to ``summary.json``."""
+    if cfg.anchor is Anchor.ENDPOINTS:
+        raise UsageError("--anchor endpoints is for connect; merge takes start, labels or none")
+    out = prepare_output(cfg.out, overwrite, resume)
+    device = job.resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    tasks = prepare(cfg, device)
+    space = ParamSpace.of(tasks.model_a)
+    w_a, w_b = model_vector(tasks.model_a, space), model_vector(tasks.model_b, space)
+    d0 = float(torch.linalg.vector_norm(w_b - w_a))
+    max_steps = cfg.max_steps or cfg.steps
+    step_size = cfg.step_size or max((STEP_SCALE * d0 / cfg.steps) ** 2, 1e-12)
+    cfg = dataclasses.replace(cfg, data_a=tasks.data_a, data_b=tasks.data_b, step_size=step_size, max_steps=max_steps,
+                              arch=tasks.arch, arch_kwargs=tasks.arch_kwargs)
+    writer = RunWriter(out, tasks.arch, tasks.arch_kwargs, tasks.sha_a, "merge", tasks.data_a, COLUMNS)
+    evaluate_row = BothTasks(tasks, device)
+    model = copy.deepcopy(tasks.model_a)
+    bn_data = tasks.metric_a if has_batchnorm(model) else None
+    epoch_size = len(tasks.metric_a) + len(tasks.metric_b)  # "epochs" count both tasks' training data
+
+    if cfg.method is MergeMethod.GEODESIC:
+        state = None
+        if resume:
+            state, tensors, _ = job.resume_state(writer, tasks.sha_a)
+            model.load_state_dict(tensors)
+        else:
+            writer.write_config(cfg.to_dict())
+            writer.trace.create()
+        if on_start:
+            on_start(cfg, max_steps)
+        pcfg = PathConfig(step=step_config(cfg, step_size), max_steps=max_steps, save_every=cfg.save_every,
+                          batch_size=cfg.batch_size, micro_batch=cfg.micro_batch, tol=cfg.tol, land=False,
+                          combine=cfg.combine, seed=cfg.seed)
+        walk(model, NetworkTarget(w_b), sources(cfg, tasks), pcfg, evaluate_row, writer, anchor=tasks.model_a,
+             state=state, device=device, on_row=on_row, bn_data=bn_data, epoch_size=epoch_size)
+    else:
+        if resume:
+            raise UsageError("--resume continues geodesic runs; re-run a peer method with --overwrite")
+        writer.write_config(cfg.to_dict())
+        writer.trace.create()
+        if on_start:
+            on_start(cfg, 0)
+        _run_peer(cfg, tasks, model, w_a, w_b, job.Recorder(writer, evaluate_row, epoch_size, on_row, bn_data, device),
+                  device)
+    return _finish(cfg, writer, out)
+
+
+def _run_peer(cfg: MergeConfig, tasks: Tasks, model: nn.Module, w_a, w_b, record: job.Recorder, device) -> None:
+    alphas = [i / (cfg.points - 1) for i in range(cfg.points)]
+    if cfg.method is MergeMethod.AVERAGE:
+        baselines.interpolate(model, w_a, w_b, alphas, record)
+        return
+    f_a = baselines.fisher_diag(tasks.model_a, tasks.metric_a, cfg.fisher_samples, seed=cfg.seed, device=device)
+    fisher_passes = min(cfg.fisher_samples, len(tasks.metric_a))
+    if cfg.method is MergeMethod.FISHER:
+        f_b = baselines.fisher_diag(tasks.model_b, tasks.metric_b, cfg.fisher_samples, seed=cfg.seed + 1,
+                                    device=device)
+        fisher_passes += min(cfg.fisher_samples, len(tasks.metric_b))
+        baselines.fisher_merge(model, w_a, w_b, f_a, f_b, alphas, record, passes=fisher_passes)
+        return
+    passes = int(round(cfg.epochs * len(tasks.metric_b)))
+    baselines.ewc(model, w_a, f_a, tasks.metric_b, passes, cfg.ewc_lambda, w_b=w_b, batch_size=cfg.batch_size,
+                  lr=cfg.lr, seed=cfg.seed, device=device, record=record,
+                  records=max(2, cfg.steps // cfg.save_every), passes_before=fisher_passes)
+
+
+def _finish(cfg: MergeConfig, writer: RunWriter, out) -> dict[str, Any]:
+    rows = writer.trace.rows()
+    on_val = cfg.val_size > 0
+    ka, kb = ("val_accuracy_a", "val_accuracy_b") if on_val else ("test_accuracy_a", "test_accuracy_b")
+    best = select(rows, cfg.select, ka, kb)
+    front = pareto_front(rows, ka, kb)
+    keep = ("step", "t", "distance", "test_accuracy_a", "test_accuracy_b", "val_accuracy_a", "val_accuracy_b",
+            "alpha", "checkpoint")
+    writer.write_json("pareto.json", {"selected_on": "val" if on_val else "test", "front": [
+        {k: r.get(k) for k in keep} for r in front]})
+    writer.copy_network(best["checkpoint"], "best.safetensors")
+    final, start = rows[-1], rows[0]
+
+    def pick(r):
+        return {k: r.get(k) for k in ("step", "t", "distance", "test_accuracy_a", "test_accuracy_b", "test_loss_a",
+                                       "test_loss_b", "val_accuracy_a", "val_accuracy_b", "alpha", "checkpoint")}
+
+    summary = {
+        "job": "merge",
+        "method": cfg.method.value,
+        "out": str(out),
+        "final": "final.safetensors",
+        "best_file": "best.safetensors",
+        "headline": HEADLINE,
+        "select": cfg.select.value,
+        "selected_on": "val" if on_val else "test",
+        "start": pick(start),
+        "best": pick(best),
+        "test_accuracy_a": best["test_accuracy_a"],
+        "test_accuracy_b": best["test_accuracy_b"],
+        "min_test_accuracy": min(best["test_accuracy_a"], best["test_accuracy_b"]),
+        "pareto_size": len(front),
+        **{k: final[k] for k in ("step", "length", "sample_passes", "epochs", "wall_time")},
+    }
+    job.gate(summary, summary["min_test_accuracy"], cfg.min_accuracy, "min_test_accuracy")
+    writer.finish(summary)
+    return summary

@@ -1,0 +1,297 @@
+"""The ``transition`` job: a chain of hyperplanes, each leg a geodesic (dynamic transitions).
+
+A plan is a list of legs; each changes which units or weights are switched off::
+
+    legs:
+      - name: C2
+        remove: {features.0: 50}       # 50 more filters of features.0 off
+      - name: C3
+        remove: {classifier: 4}        # 4 neurons of the classifier off (the 50 filters stay off)
+      - name: C4
+        restore: {features.0: 30}      # 30 of the removed filters back on
+        settle_steps: 200              # per-leg overrides: steps, max_steps, settle_steps, step_size, beta
+      - name: C5
+        sparsity: 0.5                  # unstructured: 50 % of all Linear/Conv weights off
+
+``remove`` switches off the units with the smallest weight norm among those still on
+(at the leg's start); ``restore`` switches back on the most recently removed units
+of that layer; ``sparsity`` sets the unstructured magnitude level (0 lifts it).
+Every leg walks from where the previous one ended to its hyperplane, keeping the
+*starting* network's function, then settles on it. A zeroed unit has a zero
+Jacobian (ReLU′(0) = 0), so a restored weight could never move again by itself:
+a restore leg pulls restored weights back to their values in the starting network
+during its approach, and frees them on the hyperplane ("the path may move them
+again").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import yaml
+
+from . import job
+from ._params import ParamSpace, model_vector
+from .checkpoint import read_tensors, sparsity_of
+from .config import TransitionConfig
+from .errors import UsageError
+from .evaluate import evaluate, has_batchnorm
+from .path import PathConfig, PathState, walk
+from .rundir import RunWriter, prepare_output
+from .sparsify import step_config
+from .targets import HyperplaneTarget, MagnitudeTarget, prunable_parameters, unit_groups, unit_norms
+from .trace import columns
+
+COLUMNS = columns("leg", "leg_name", "train_accuracy", "test_accuracy", "test_loss", "sparsity", "units_off")
+HEADLINE = ["test_accuracy", "sparsity", "units_off", "epochs", "wall_time"]
+LEG_KEYS = {"name", "remove", "restore", "sparsity", "steps", "max_steps", "settle_steps", "step_size", "beta"}
+
+
+@dataclass(frozen=True)
+class Leg:
+    name: str
+    remove: dict[str, int] = field(default_factory=dict)
+    restore: dict[str, int] = field(default_factory=dict)
+    sparsity: float | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name}
+        if self.remove:
+            out["remove"] = dict(self.remove)
+        if self.restore:
+            out["restore"] = dict(self.restore)
+        if self.sparsity is not None:
+            out["sparsity"] = self.sparsity
+        return {**out, **self.overrides}
+
+
+def _counts(value, where: str) -> dict[str, int]:
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise UsageError(f"{where}: expected a mapping LAYER: COUNT")
+    out = {}
+    for k, v in value.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise UsageError(f"{where}: {k}: {v!r} is not a whole number ≥ 0")
+        out[k] = v
+    return out
+
+
+def parse_plan(plan: Any) -> list[Leg]:
+    """Legs from a plan: a path to a YAML file, or its contents (a list, or ``{legs: [...]}``)."""
+    src = "plan"
+    if isinstance(plan, (str, Path)):
+        path = Path(plan)
+        if not path.is_file():
+            raise UsageError(f"{path}: no such plan file")
+        try:
+            plan = yaml.safe_load(path.read_text())
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise UsageError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        src = str(path)
+    if isinstance(plan, dict):
+        unknown = sorted(set(plan) - {"legs"})
+        if unknown:
+            raise UsageError(f"{src}: unknown key(s) {', '.join(map(str, unknown))} (a plan has 'legs')")
+        plan = plan.get("legs")
+    if not isinstance(plan, list) or not plan:
+        raise UsageError(f"{src}: a plan needs a non-empty list of legs")
+    legs = []
+    for i, raw in enumerate(plan, 1):
+        where = f"{src}: leg {i}"
+        if not isinstance(raw, dict):
+            raise UsageError(f"{where}: expected a mapping")
+        unknown = sorted(set(map(str, raw)) - LEG_KEYS)
+        if unknown:
+            raise UsageError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(LEG_KEYS))})")
+        sparsity = raw.get("sparsity")
+        if sparsity is not None and (isinstance(sparsity, bool) or not isinstance(sparsity, (int, float))
+                                     or not 0 <= sparsity < 1):
+            raise UsageError(f"{where}: sparsity must be in [0, 1), got {sparsity!r}")
+        leg = Leg(name=str(raw.get("name", f"leg{i}")), remove=_counts(raw.get("remove", {}), f"{where}: remove"),
+                  restore=_counts(raw.get("restore", {}), f"{where}: restore"),
+                  sparsity=None if sparsity is None else float(sparsity),
+                  overrides={k: raw[k] for k in ("steps", "max_steps", "settle_steps", "step_size", "beta") if k in raw})
+        if not (leg.remove or leg.restore or leg.sparsity is not None):
+            raise UsageError(f"{where}: a leg needs remove, restore or sparsity")
+        legs.append(leg)
+    return legs
+
+
+@dataclass
+class Switchboard:
+    """Which units are off (per layer, in removal order) and the unstructured sparsity level."""
+
+    removed: dict[str, list[int]] = field(default_factory=dict)
+    sparsity: float = 0.0
+
+    def apply(self, leg: Leg, model, space: ParamSpace, w: torch.Tensor) -> None:
+        for layer, k in leg.restore.items():
+            have = self.removed.get(layer, [])
+            if k > len(have):
+                raise UsageError(f"leg {leg.name!r}: cannot restore {k} units of {layer!r}, only {len(have)} are off")
+            self.removed[layer] = have[: len(have) - k]
+        for layer, k in leg.remove.items():
+            try:
+                groups = unit_groups(model, space, layer, batchnorm=False)
+            except UsageError as e:
+                raise UsageError(f"leg {leg.name!r}: {e}") from None
+            off = set(self.removed.get(layer, []))
+            on = [i for i in range(len(groups)) if i not in off]
+            if k > len(on) - 1:
+                raise UsageError(f"leg {leg.name!r}: cannot remove {k} more units of {layer!r} ({len(on)} are on; "
+                                 "one must stay)")
+            norms = unit_norms([groups[i] for i in on], w)
+            chosen = [on[i] for i in torch.argsort(norms, stable=True)[:k].tolist()]
+            self.removed[layer] = self.removed.get(layer, []) + chosen
+        if leg.sparsity is not None:
+            self.sparsity = leg.sparsity
+
+    def mask(self, model, space: ParamSpace, w: torch.Tensor) -> torch.Tensor:
+        """The coordinates held at zero: removed units' groups, then magnitude sparsity."""
+        mask = torch.zeros_like(w, dtype=torch.bool)
+        for layer, units in self.removed.items():
+            groups = unit_groups(model, space, layer)
+            for i in units:
+                mask[groups[i].to(mask.device)] = True
+        if self.sparsity > 0:
+            w_off = torch.where(mask, torch.zeros_like(w), w)
+            mask |= MagnitudeTarget(space, w_off, self.sparsity, prunable_parameters(model)).mask
+        return mask
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"removed": {k: list(v) for k, v in self.removed.items()}, "sparsity": self.sparsity}
+
+
+def leg_target(prev_mask: torch.Tensor, mask: torch.Tensor, w_start: torch.Tensor) -> HyperplaneTarget:
+    """The leg's hyperplane: ``mask`` at zero; weights coming back on pulled to ``w_start``, then freed."""
+    restored = prev_mask & ~mask
+    values = torch.where(restored, w_start, torch.zeros_like(w_start))
+    return HyperplaneTarget(mask | restored, values=values, free=~mask)
+
+
+def run_transition(
+    cfg: TransitionConfig,
+    overwrite: bool = False,
+    resume: bool = False,
+    on_row: Callable[[dict], None] | None = None,
+    on_start: Callable[[Any, int], None] | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) a chain of legs; returns the summary also written to ``summary.json``."""
+    legs = parse_plan(cfg.plan)
+    out = prepare_output(cfg.out, overwrite, resume)
+    device = job.resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    ck = job.load(cfg, cfg.checkpoint)
+    data_name = job.data_name(cfg.data, ck, "--data")
+    metric = job.load_split(data_name, "train", cfg, cfg.metric_size)
+    test = job.load_split(cfg.eval_data or data_name, "test", cfg, cfg.eval_size)
+    train_eval = metric.head(cfg.train_eval_size) if cfg.train_eval_size else None
+    job.check_inputs(ck.model.to(device), test, device)
+    anchor = job.frozen_copy(ck.model, device)
+    model = ck.model.to(device)
+    space = ParamSpace.of(model)
+    w_start = model_vector(model, space)
+    # validate the whole plan against the model before walking (a typo fails now, not hours later)
+    dry = Switchboard()
+    for leg in legs:
+        dry.apply(leg, model, space, w_start)
+    cfg = dataclasses.replace(cfg, plan=[leg.to_dict() for leg in legs], data=data_name, arch=ck.arch,
+                              arch_kwargs=ck.arch_kwargs)
+    writer = RunWriter(out, ck.arch, ck.arch_kwargs, ck.sha256, "transition", data_name, COLUMNS)
+    layers = sorted({layer for leg in legs for layer in (*leg.remove, *leg.restore)})
+
+    def evaluate_row(net) -> dict:
+        ev = evaluate(net, test, device=device)
+        return {"test_accuracy": ev.accuracy, "test_loss": ev.loss, "sparsity": sparsity_of(net),
+                "train_accuracy": evaluate(net, train_eval, device=device).accuracy if train_eval else math.nan,
+                "units_off": units_off(net, layers)}
+
+    board, done, state = Switchboard(), [], None
+    if resume:
+        done = json.loads((out / "legs.json").read_text()) if (out / "legs.json").is_file() else []
+        listed = {d["file"] for d in done}
+        state, tensors, row = job.resume_state(writer, ck.sha256, accept=lambda rel: rel.startswith("steps/")
+                                               or rel in listed)
+        model.load_state_dict(tensors)
+        if row["checkpoint"] in listed:  # a completed leg: the next one starts from its endpoint
+            done = done[: int(row["leg"])]
+            state = dataclasses.replace(state, landed_at=None, milestone=0, landing_gap=None)
+        else:
+            done = done[: int(row.get("leg", 1)) - 1]
+        if done:
+            board = Switchboard({k: list(v) for k, v in done[-1]["switchboard"]["removed"].items()},
+                                done[-1]["switchboard"]["sparsity"])
+    else:
+        writer.write_config(cfg.to_dict())
+        writer.trace.create()
+    if on_start:
+        on_start(cfg, sum(_leg_budget(cfg, leg)[0] + _leg_budget(cfg, leg)[1] for leg in legs))
+
+    bn_data = metric if has_batchnorm(model) else None
+    for i in range(len(done), len(legs)):
+        leg = legs[i]
+        w_leg = w_start if i == 0 else space.flatten(read_tensors(out / done[-1]["file"])[0]).to(device)
+        prev_mask = board.mask(model, space, w_leg)
+        board.apply(leg, model, space, w_leg)
+        target = leg_target(prev_mask, board.mask(model, space, w_leg), w_start)
+        max_steps, settle = _leg_budget(cfg, leg)
+        step_size = leg.overrides.get("step_size", cfg.step_size)
+        if step_size is None:
+            steps = int(leg.overrides.get("steps", cfg.steps))
+            step_size = max((4.0 * target.distance(w_leg) / steps) ** 2, 1e-12)
+        step = step_config(dataclasses.replace(cfg, beta=float(leg.overrides.get("beta", cfg.beta))), float(step_size))
+        leg_start = done[-1]["step"] if done else 0
+        pcfg = PathConfig(step=step, max_steps=leg_start + max_steps, save_every=cfg.save_every,
+                          batch_size=cfg.batch_size, micro_batch=cfg.micro_batch, tol=cfg.tol, settle_steps=settle,
+                          seed=cfg.seed)
+        result = walk(model, target, metric, pcfg, evaluate_row, writer, anchor=anchor, state=state, device=device,
+                      on_row=on_row, bn_data=bn_data, record_start=(i == 0 and state is None),
+                      extra={"leg": i + 1, "leg_name": leg.name},
+                      final_path=f"legs/leg_{i + 1:02d}_{_safe(leg.name)}.safetensors")
+        done.append({"leg": i + 1, "name": leg.name, "file": result.final["checkpoint"], **leg.to_dict(),
+                     "switchboard": board.to_dict(), **{k: result.final[k] for k in
+                     ("step", "test_accuracy", "test_loss", "sparsity", "units_off", "epochs")}})
+        writer.write_json("legs.json", done)
+        state = dataclasses.replace(result.state, landed_at=None, milestone=0, landing_gap=None)
+    writer.copy_network(done[-1]["file"], "final.safetensors")
+    final = writer.trace.rows()[-1]
+    summary = {
+        "job": "transition",
+        "method": "geodesic",
+        "out": str(out),
+        "final": "final.safetensors",
+        "headline": HEADLINE,
+        "legs": [{k: d[k] for k in ("leg", "name", "step", "test_accuracy", "sparsity", "units_off", "epochs", "file")}
+                 for d in done],
+        "start_test_accuracy": writer.trace.rows()[0]["test_accuracy"],
+        **{k: final[k] for k in ("step", "test_accuracy", "test_loss", "sparsity", "units_off", "length",
+                                  "sample_passes", "epochs", "wall_time")},
+    }
+    job.gate(summary, summary["test_accuracy"], cfg.min_accuracy, "test_accuracy")
+    writer.finish(summary)
+    return summary
+
+
+def _leg_budget(cfg: TransitionConfig, leg: Leg) -> tuple[int, int]:
+    """(approach steps at most, settle steps) of a leg."""
+    steps = int(leg.overrides.get("steps", cfg.steps))
+    return int(leg.overrides.get("max_steps", cfg.max_steps or 3 * steps)), int(leg.overrides.get("settle_steps",
+                                                                                                   cfg.settle_steps))
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)[:40] or "leg"
+
+
+def units_off(model, layers: list[str]) -> int:
+    """Units of ``layers`` whose whole group (weights, bias, BatchNorm channel) is exactly zero."""
+    space = ParamSpace.of(model)
+    w = model_vector(model, space)
+    return sum(int((w[g] == 0).all()) for layer in layers for g in unit_groups(model, space, layer))

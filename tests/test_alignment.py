@@ -1,0 +1,285 @@
+"""Permutation alignment (weight matching): function kept, planted permutations found, optimality."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+from geopath._params import ParamSpace, model_vector
+from geopath.alignment import chain_layers, check_permutation_invariance, weight_matching
+from geopath.archs import MLP, VGG11, LeNet5
+from geopath.errors import UsageError
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+D = torch.float64
+
+
+class ConvBNNet(nn.Module):
+    """Conv2d(1→4, 3×3) → BatchNorm2d → ReLU → flatten (4×2×2) → Linear(16→3), for 1×4×4 inputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.bn(self.conv(x))).flatten(1))
+
+
+class ResidualNet(nn.Module):
+    """Linear → (h + relu(Linear(h))) → Linear: not a chain (the skip ties two layers' permutations)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(6, 5)
+        self.block = nn.Linear(5, 5)
+        self.out = nn.Linear(5, 3)
+
+    def forward(self, x):
+        h = self.inp(x)
+        return self.out(h + torch.relu(self.block(h)))
+
+
+class TwoBranchNet(nn.Module):
+    """Two Linear layers reading the same input, concatenated: the second one's inputs (6) are not a multiple of 4."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(6, 4)
+        self.b = nn.Linear(6, 4)
+        self.out = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.out(torch.cat([self.a(x), self.b(x)], dim=1))
+
+
+class DepthwiseNet(nn.Module):
+    """Conv2d(1→4, 1×1) → depthwise Conv2d(4→4, groups=4) → flatten → Linear(16→3), for 1×2×2 inputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.point = nn.Conv2d(1, 4, 1)
+        self.depth = nn.Conv2d(4, 4, 1, groups=4)
+        self.fc = nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.depth(torch.relu(self.point(x)))).flatten(1))
+
+
+# name → (factory, per-sample input shape)
+ARCHS = {
+    "mlp": (lambda: MLP(in_features=6, hidden=(5, 4), num_classes=3), (6,)),
+    "lenet5": (lambda: LeNet5(), (1, 28, 28)),
+    "vgg11": (lambda: VGG11(width=0.125), (3, 32, 32)),
+    "conv_bn": (ConvBNNet, (1, 4, 4)),
+}
+
+# Hand-written oracle of what permuting each hidden layer means, independent of the module under test:
+# per hidden layer, (tensors whose dim 0 is the layer's units, next layer's weight, inputs per unit there).
+ATTACHED = {
+    "mlp": [(["layers.0.weight", "layers.0.bias"], "layers.1.weight", 1),
+            (["layers.1.weight", "layers.1.bias"], "layers.2.weight", 1)],
+    "lenet5": [(["conv1.weight", "conv1.bias"], "conv2.weight", 1),
+               (["conv2.weight", "conv2.bias"], "fc1.weight", 25),
+               (["fc1.weight", "fc1.bias"], "fc2.weight", 1),
+               (["fc2.weight", "fc2.bias"], "fc3.weight", 1)],
+    "conv_bn": [(["conv.weight", "conv.bias", "bn.weight", "bn.bias", "bn.running_mean", "bn.running_var"],
+                 "fc.weight", 4)],
+}
+
+
+def _make(arch: str, seed: int) -> nn.Module:
+    """Model ``arch`` initialised with ``seed``, in float64, with non-trivial BatchNorm running statistics."""
+    factory, shape = ARCHS[arch]
+    torch.manual_seed(seed)
+    model = factory().to(D)
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        model.train()
+        with torch.no_grad():
+            for _ in range(3):
+                model(torch.randn(8, *shape, dtype=D) * 2 + 0.5)
+    return model.eval()
+
+
+def _inputs(arch: str, n: int = 5) -> torch.Tensor:
+    g = torch.Generator().manual_seed(99)
+    return torch.randn((n, *ARCHS[arch][1]), generator=g, dtype=D)
+
+
+@torch.no_grad()
+def _outputs(model: nn.Module, state: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    m = copy.deepcopy(model)
+    m.load_state_dict(state)
+    return m.eval()(x)
+
+
+def _plant(arch: str, state: dict[str, torch.Tensor], perms: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with hidden layer k's unit i replaced by its unit ``perms[k][i]`` (per :data:`ATTACHED`)."""
+    out = {k: v.clone() for k, v in state.items()}
+    for (rows, nxt, per_unit), perm in zip(ATTACHED[arch], perms):
+        for key in rows:
+            out[key] = out[key][perm]
+        w = out[nxt]
+        out[nxt] = w.unflatten(1, (len(perm), per_unit))[:, perm].flatten(1, 2)
+    return out
+
+
+def _random_perms(arch: str, state: dict[str, torch.Tensor], g: torch.Generator) -> list[torch.Tensor]:
+    return [torch.randperm(state[rows[0]].shape[0], generator=g) for rows, _, _ in ATTACHED[arch]]
+
+
+def _objective(model: nn.Module, a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """Σ over parameters of <A, B> (buffers such as running statistics excluded)."""
+    return sum(float((a[n].to(D) * b[n].to(D)).sum()) for n, _ in model.named_parameters())
+
+
+# --------------------------------------------------------------------------- function preserved
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_aligned_network_computes_the_same_function(arch):
+    model_a, model_b = _make(arch, 0), _make(arch, 1)
+    state_a, state_b = model_a.state_dict(), model_b.state_dict()
+    before = {k: v.clone() for k, v in state_b.items()}
+    aligned, perms = weight_matching(model_a, state_a, state_b)
+
+    layers = chain_layers(model_a)
+    assert sorted(perms) == sorted(layer.name for layer in layers[:-1])
+    for layer in layers[:-1]:
+        p = perms[layer.name]
+        assert p.dtype == torch.long and torch.equal(p.sort().values, torch.arange(layer.out_units))
+    assert any(not torch.equal(p, torch.arange(len(p))) for p in perms.values())  # something moved
+
+    x = _inputs(arch)
+    assert not torch.allclose(_outputs(model_a, state_a, x), _outputs(model_a, state_b, x), atol=1e-3)
+    torch.testing.assert_close(_outputs(model_a, aligned, x), _outputs(model_a, state_b, x), rtol=1e-9, atol=1e-10)
+    assert all(torch.equal(state_b[k], before[k]) for k in before)  # B itself untouched
+    for key in (k for k in aligned if k.endswith("num_batches_tracked")):
+        assert torch.equal(aligned[key], state_b[key])
+
+
+# --------------------------------------------------------------------------- planted permutations
+
+
+@pytest.mark.parametrize("arch", sorted(ATTACHED))
+def test_planted_permutations_are_undone_exactly(arch):
+    model = _make(arch, 0)
+    state_a = model.state_dict()
+    planted = _random_perms(arch, state_a, torch.Generator().manual_seed(7))
+    state_b = _plant(arch, state_a, planted)
+    x = _inputs(arch)
+    # the oracle really is a symmetry, and B really differs from A
+    torch.testing.assert_close(_outputs(model, state_b, x), _outputs(model, state_a, x), rtol=1e-9, atol=1e-10)
+    assert not all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+
+    aligned, perms = weight_matching(model, state_a, state_b)
+    for key in state_a:
+        assert torch.equal(aligned[key], state_a[key]), key
+    for layer, q in zip(chain_layers(model)[:-1], planted):
+        assert torch.equal(perms[layer.name], torch.argsort(q)), layer.name
+
+
+# --------------------------------------------------------------------------- objective
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_matching_beats_the_identity_and_random_permutations(seed):
+    model = _make("mlp", 0)
+    state_a, state_b = model.state_dict(), _make("mlp", seed).state_dict()
+    aligned, _ = weight_matching(model, state_a, state_b)
+
+    space = ParamSpace.of(model)
+    w = {name: space.flatten(s) for name, s in (("a", state_a), ("b", state_b), ("aligned", aligned))}
+    assert torch.linalg.vector_norm(w["a"] - w["aligned"]) < torch.linalg.vector_norm(w["a"] - w["b"])
+    best = _objective(model, state_a, aligned)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(20):
+        shuffled = _plant("mlp", state_b, _random_perms("mlp", state_b, g))
+        assert best >= _objective(model, state_a, shuffled) - 1e-12
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_one_hidden_layer_matches_brute_force(seed):
+    def make(s):
+        torch.manual_seed(s)
+        return MLP(in_features=5, hidden=(4,), num_classes=3).to(D)
+
+    model = make(seed)
+    state_a, state_b = model.state_dict(), make(seed + 10).state_dict()
+
+    def permuted(perm):
+        out = dict(state_b)
+        for key in ("layers.0.weight", "layers.0.bias"):
+            out[key] = state_b[key][perm]
+        out["layers.1.weight"] = state_b["layers.1.weight"][:, perm]
+        return out
+
+    scores = {p: _objective(model, state_a, permuted(torch.tensor(p))) for p in itertools.permutations(range(4))}
+    best = max(scores, key=scores.get)
+    aligned, perms = weight_matching(model, state_a, state_b)
+    assert perms["layers.0"].tolist() == list(best)
+    assert _objective(model, state_a, aligned) == pytest.approx(scores[best], rel=1e-12)
+
+
+def test_model_vector_of_aligned_state_is_a_permutation_of_b():
+    model_a, model_b = _make("lenet5", 0), _make("lenet5", 1)
+    aligned, _ = weight_matching(model_a, model_a.state_dict(), model_b.state_dict())
+    loaded = copy.deepcopy(model_b)
+    loaded.load_state_dict(aligned)
+    space = ParamSpace.of(model_b)
+    w_b, w_aligned = model_vector(model_b, space), model_vector(loaded, space)
+    assert not torch.equal(w_b, w_aligned)
+    assert torch.equal(w_b.sort().values, w_aligned.sort().values)
+
+
+def test_states_that_do_not_fit_the_model_are_refused():
+    model = _make("mlp", 0)
+    state = model.state_dict()
+    broken = {k: v for k, v in state.items() if k != "layers.1.bias"}
+    with pytest.raises(UsageError, match="layers.1.bias"):
+        weight_matching(model, state, broken)
+
+
+# --------------------------------------------------------------------------- chain check
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_chain_networks_pass_the_invariance_check(arch):
+    model = _make(arch, 3).train()
+    check_permutation_invariance(model, _inputs(arch))
+    assert model.training and next(model.parameters()).dtype == D  # the caller's model is left as it was
+
+
+@pytest.mark.parametrize("factory, shape", [(ResidualNet, (6,)), (TwoBranchNet, (6,)), (DepthwiseNet, (1, 2, 2))])
+def test_non_chain_networks_are_refused(factory, shape):
+    torch.manual_seed(0)
+    model = factory()
+    with pytest.raises(UsageError, match=f"--align supports chain networks .*; {factory.__name__} is not one"):
+        check_permutation_invariance(model, torch.randn(4, *shape))
+
+
+@pytest.mark.parametrize("factory, message", [(TwoBranchNet, "'b' takes 6 inputs, not a whole multiple of the 4"),
+                                              (DepthwiseNet, "'depth' is a grouped convolution")])
+def test_chain_layers_rejects_layers_it_cannot_pair(factory, message):
+    with pytest.raises(UsageError, match=message):
+        chain_layers(factory())
+
+
+def test_chain_layers_lenet5_and_vgg11():
+    lenet = chain_layers(LeNet5())
+    assert [(c.name, c.out_units, c.expand, c.batchnorm) for c in lenet] == [
+        ("conv1", 6, 1, None), ("conv2", 16, 1, None), ("fc1", 120, 25, None), ("fc2", 84, 1, None),
+        ("fc3", 10, 1, None)]
+
+    vgg = chain_layers(VGG11(width=0.125))
+    assert [c.name for c in vgg] == [f"features.{i}" for i in (0, 4, 8, 11, 15, 18, 22, 25)] + ["classifier"]
+    assert [c.batchnorm for c in vgg] == [f"features.{i}" for i in (1, 5, 9, 12, 16, 19, 23, 26)] + [None]
+    assert [c.out_units for c in vgg] == [8, 16, 32, 32, 64, 64, 64, 64, 10]
+    assert all(c.expand == 1 for c in vgg)
+    assert all(c.batchnorm is None for c in chain_layers(VGG11(width=0.125, batch_norm=False)))
