@@ -242,7 +242,9 @@ def bezier(model: nn.Module, w_a: torch.Tensor, w_b: torch.Tensor, ds: Dataset, 
     theta = (0.5 * (w_a + w_b)).clone().requires_grad_(True)
     buffers = {n: b for n, b in model.named_buffers()}
     opt = torch.optim.SGD([theta], lr=lr, momentum=0.9)
-    steps = max(1, sample_passes // batch_size)
+    steps = int(sample_passes) // batch_size
+    if steps == 0:
+        return theta.detach()
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     gen = torch.Generator().manual_seed(seed)
     model.train()

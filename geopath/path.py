@@ -40,7 +40,7 @@ class Combine(str, Enum):
     SUM = "sum"
     """Every step uses the weighted mean of all sources' metrics."""
     ALTERNATE = "alternate"
-    """Step ``k`` uses source ``k mod S`` alone (cheaper steps)."""
+    """Step ``k`` (numbered from 1) uses source ``(k − 1) mod S`` alone (cheaper steps)."""
 
 
 @dataclass
@@ -174,6 +174,7 @@ def walk(
     before_step: Callable[[torch.Tensor, float], None] | None = None,
     record_start: bool | None = None,
     epoch_size: int | None = None,
+    origin: torch.Tensor | None = None,
 ) -> WalkResult:
     """Walk ``model`` to ``target``; returns the endpoint model, its trace row and the state.
 
@@ -186,7 +187,9 @@ def walk(
     step with the current weights and progress ``t = 1 − distance/d0`` (anchors that
     depend on progress update themselves there). A step-0 row is written when
     ``record_start`` (default: when no ``state`` is given). The trace's ``epochs`` are
-    sample passes over ``epoch_size`` (default: the sources' inputs together).
+    sample passes over ``epoch_size`` (default: the sources' inputs together). Progress
+    is measured from ``origin`` (default: the anchor's weights); a leg of a chain passes
+    the point where the leg began.
     """
     space = ParamSpace.of(model)
     anchor = anchor if anchor is not None else copy.deepcopy(model)
@@ -198,10 +201,14 @@ def walk(
         s.anchor.eval()
     epoch_size = max(epoch_size or sum(len(s.data) for s in sources), 1)
     w = model_vector(model, space).to(device)
-    d0 = target.distance(model_vector(anchor, space).to(device))
+    d0 = target.distance((origin if origin is not None else model_vector(anchor, space)).to(device))
     record_start = state is None if record_start is None else record_start
     state = dataclasses.replace(state) if state is not None else PathState()
     tic = time.perf_counter() - state.wall_time
+
+    def _clock() -> float:
+        state.wall_time = time.perf_counter() - tic
+        return state.wall_time
 
     def progress(vec: torch.Tensor) -> float:
         return 1.0 if d0 == 0 else max(0.0, 1.0 - target.distance(vec) / d0)
@@ -220,7 +227,7 @@ def walk(
             "sample_passes": state.sample_passes,
             "epochs": state.sample_passes / epoch_size,
             **evaluate(net),
-            "wall_time": time.perf_counter() - tic,
+            "wall_time": _clock(),
             "landed_at": state.landed_at,
             "milestone": state.milestone,
             "landing_gap": state.landing_gap,
@@ -283,8 +290,12 @@ def walk(
             if due:
                 load_vector(model, space, w)
                 record(step, model, writer.step_path(step), last_drift)
-    # the endpoint: exactly on the target when landing, else where the path stopped
-    load_vector(model, space, target.project(w) if cfg.land else w)
+    # the endpoint: on the target when landing (coordinates the target frees keep their settled
+    # values), else where the path stopped
+    if cfg.land:
+        free = target.free()
+        w = target.project(w) if free is None else torch.where(free.to(w.device), w, target.project(w))
+    load_vector(model, space, w)
     if bn_data is not None and not bn_each_record:  # (record() re-estimates them otherwise)
         recompute_batchnorm(model, bn_data, device=device)
     state.step, state.landed_at = step, landed_at

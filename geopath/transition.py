@@ -114,6 +114,7 @@ def parse_plan(plan: Any) -> list[Leg]:
         if sparsity is not None and (isinstance(sparsity, bool) or not isinstance(sparsity, (int, float))
                                      or not 0 <= sparsity < 1):
             raise UsageError(f"{where}: sparsity must be in [0, 1), got {sparsity!r}")
+        _check_overrides(raw, where)
         leg = Leg(name=str(raw.get("name", f"leg{i}")), remove=_counts(raw.get("remove", {}), f"{where}: remove"),
                   restore=_counts(raw.get("restore", {}), f"{where}: restore"),
                   sparsity=None if sparsity is None else float(sparsity),
@@ -124,6 +125,17 @@ def parse_plan(plan: Any) -> list[Leg]:
     return legs
 
 
+def _check_overrides(raw: dict, where: str) -> None:
+    for key, low in (("steps", 1), ("max_steps", 1), ("settle_steps", 0)):
+        v = raw.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):
+            raise UsageError(f"{where}: {key} must be a whole number ≥ {low}, got {v!r}")
+    for key in ("step_size", "beta"):
+        v = raw.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0):
+            raise UsageError(f"{where}: {key} must be a number > 0, got {v!r}")
+
+
 @dataclass
 class Switchboard:
     """Which units are off (per layer, in removal order) and the unstructured sparsity level."""
@@ -132,37 +144,53 @@ class Switchboard:
     sparsity: float = 0.0
 
     def apply(self, leg: Leg, model, space: ParamSpace, w: torch.Tensor) -> None:
+        """Switch units off and on as ``leg`` says (all or nothing: a bad leg changes nothing)."""
+        removed = {k: list(v) for k, v in self.removed.items()}
         for layer, k in leg.restore.items():
-            have = self.removed.get(layer, [])
+            have = removed.get(layer, [])
             if k > len(have):
                 raise UsageError(f"leg {leg.name!r}: cannot restore {k} units of {layer!r}, only {len(have)} are off")
-            self.removed[layer] = have[: len(have) - k]
+            removed[layer] = have[: len(have) - k]
         for layer, k in leg.remove.items():
             try:
                 groups = unit_groups(model, space, layer, batchnorm=False)
             except UsageError as e:
                 raise UsageError(f"leg {leg.name!r}: {e}") from None
-            off = set(self.removed.get(layer, []))
+            off = set(removed.get(layer, []))
             on = [i for i in range(len(groups)) if i not in off]
             if k > len(on) - 1:
                 raise UsageError(f"leg {leg.name!r}: cannot remove {k} more units of {layer!r} ({len(on)} are on; "
                                  "one must stay)")
             norms = unit_norms([groups[i] for i in on], w)
             chosen = [on[i] for i in torch.argsort(norms, stable=True)[:k].tolist()]
-            self.removed[layer] = self.removed.get(layer, []) + chosen
+            removed[layer] = removed.get(layer, []) + chosen
+        self.removed = removed
         if leg.sparsity is not None:
             self.sparsity = leg.sparsity
 
-    def mask(self, model, space: ParamSpace, w: torch.Tensor) -> torch.Tensor:
-        """The coordinates held at zero: removed units' groups, then magnitude sparsity."""
-        mask = torch.zeros_like(w, dtype=torch.bool)
+    def unit_mask(self, model, space: ParamSpace, like: torch.Tensor) -> torch.Tensor:
+        """The coordinates of the switched-off units' groups."""
+        mask = torch.zeros_like(like, dtype=torch.bool)
         for layer, units in self.removed.items():
             groups = unit_groups(model, space, layer)
             for i in units:
                 mask[groups[i].to(mask.device)] = True
+        return mask
+
+    def mask(self, model, space: ParamSpace, w: torch.Tensor, revive: torch.Tensor | None = None,
+             w_start: torch.Tensor | None = None) -> torch.Tensor:
+        """The coordinates held at zero: switched-off units, then magnitude sparsity.
+
+        The magnitude part is chosen from ``w`` with switched-off units at zero and the
+        ``revive`` coordinates (units just switched back on, still zero in ``w``) at their
+        ``w_start`` values, so units coming back on are not picked as the smallest weights.
+        """
+        mask = self.unit_mask(model, space, w)
         if self.sparsity > 0:
-            w_off = torch.where(mask, torch.zeros_like(w), w)
-            mask |= MagnitudeTarget(space, w_off, self.sparsity, prunable_parameters(model)).mask
+            w_eff = torch.where(mask, torch.zeros_like(w), w)
+            if revive is not None:
+                w_eff = torch.where(revive, w_start, w_eff)
+            mask |= MagnitudeTarget(space, w_eff, self.sparsity, prunable_parameters(model)).mask
         return mask
 
     def to_dict(self) -> dict[str, Any]:
@@ -238,9 +266,10 @@ def run_transition(
     for i in range(len(done), len(legs)):
         leg = legs[i]
         w_leg = w_start if i == 0 else space.flatten(read_tensors(out / done[-1]["file"])[0]).to(device)
-        prev_mask = board.mask(model, space, w_leg)
+        prev_mask, prev_units = board.mask(model, space, w_leg), board.unit_mask(model, space, w_leg)
         board.apply(leg, model, space, w_leg)
-        target = leg_target(prev_mask, board.mask(model, space, w_leg), w_start)
+        revive = prev_units & ~board.unit_mask(model, space, w_leg)
+        target = leg_target(prev_mask, board.mask(model, space, w_leg, revive, w_start), w_start)
         max_steps, settle = _leg_budget(cfg, leg)
         step_size = leg.overrides.get("step_size", cfg.step_size)
         if step_size is None:
@@ -252,7 +281,7 @@ def run_transition(
                           batch_size=cfg.batch_size, micro_batch=cfg.micro_batch, tol=cfg.tol, settle_steps=settle,
                           seed=cfg.seed)
         result = walk(model, target, metric, pcfg, evaluate_row, writer, anchor=anchor, state=state, device=device,
-                      on_row=on_row, bn_data=bn_data, record_start=(i == 0 and state is None),
+                      on_row=on_row, bn_data=bn_data, record_start=(i == 0 and state is None), origin=w_leg,
                       extra={"leg": i + 1, "leg_name": leg.name},
                       final_path=f"legs/leg_{i + 1:02d}_{_safe(leg.name)}.safetensors")
         done.append({"leg": i + 1, "name": leg.name, "file": result.final["checkpoint"], **leg.to_dict(),
