@@ -368,6 +368,32 @@ def compare(
     console.print(t)
 
 
+@app.command()
+def plot(
+    runs: list[Path] = typer.Argument(..., help="Run directories (each with trace.jsonl and summary.json)."),
+    out: Path = typer.Option(..., "--out", "-o", help="PNG file to write."),
+    x: str = typer.Option("t", "--x", help="Horizontal axis: t, step, epochs, sample_passes, length or wall_time."),
+    kind: str = typer.Option("path", "--kind", help="path: accuracy, distance and length along the runs; tasks: "
+                                                    "task-A vs task-B accuracy of merge runs."),
+    title: Optional[str] = typer.Option(None, "--title", help="Figure title."),
+    label: Optional[list[str]] = typer.Option(None, "--label", help="Legend label per run (repeatable, in order)."),
+    as_json: bool = JSON_OPT,
+    debug: bool = DEBUG_OPT,
+):
+    """Plot accuracy / distance to the target / metric length along one or more runs."""
+
+    def go():
+        from .plot import plot_runs
+
+        return plot_runs(runs, out, x=x, kind=kind, title=title, labels=label)
+
+    path = _guard(go, debug)
+    if as_json:
+        _emit({"out": str(path)}, True)
+    else:
+        typer.echo(f"wrote {path}")
+
+
 @app.command("eval")
 def eval_cmd(
     checkpoint: Path = typer.Argument(..., help="Network to evaluate."),

@@ -135,6 +135,11 @@ class CommonOptions:
     device: str = opt("cpu", "cpu or cuda.")
     min_accuracy: float | None = opt(None, "Exit with code 3 if the run's headline accuracy is below this.")
 
+    def __post_init__(self):  # library callers may pass plain strings for choices
+        for name, tp in typing.get_type_hints(type(self)).items():
+            if isinstance(tp, type) and issubclass(tp, Enum) and not isinstance(getattr(self, name), tp):
+                object.__setattr__(self, name, _coerce(name, tp, getattr(self, name)))
+
     def validate(self):
         if not self.out:
             raise UsageError("an output directory is required (-o/--out)")
@@ -272,7 +277,7 @@ class ConnectConfig(WalkOptions):
     train_eval_size: int = opt(0, "Also report train loss on the first N metric inputs (0: off).")
     anchor: Anchor = opt(Anchor.ENDPOINTS, "What functional change is measured against (see sparsify --help); "
                                            "endpoints: A's and B's outputs blended by the path's progress.")
-    beta: float = opt(0.3, "Pull towards B, β.")
+    beta: float = opt(0.5, "Pull towards B, β.")
     steps: int = opt(300, "Planned steps (sets the default step size).")
     tol: float = opt(0.01, "Land on B (the rest is a straight segment) when the distance is below tol × ‖w_A − w_B‖.")
     points: int = opt(11, "Networks saved evenly spaced along the path (in points/), endpoints included.")

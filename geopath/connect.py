@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 from typing import Any, Callable
 
 import torch
@@ -117,8 +116,8 @@ def run_connect(
                       device=device, on_row=on_row, bn_data=bn_data, bn_each_record=True,
                       before_step=lambda w, t: setattr(blend, "t", t))
         if result.approach_end is not None and result.landing_gap > cfg.tol * d0:
-            _evaluate_jump(model, space, result.approach_end, w_b, result.final, writer, evaluate_row, bn_data,
-                           device, on_row)
+            _evaluate_jump(model, space, result.approach_end, w_b, d0, result.final, writer, evaluate_row,
+                           bn_data, device, on_row)
         reached = (result.state.landing_gap or 0.0) <= cfg.tol * d0
     else:
         if resume:
@@ -144,16 +143,18 @@ def run_connect(
     return _finish(cfg, writer, out, reached, d0)
 
 
-def _evaluate_jump(model, space, start, end, final_row, writer, evaluate_row, bn_data, device, on_row):
+def _evaluate_jump(model, space, start, end, d0, final_row, writer, evaluate_row, bn_data, device, on_row):
     """Evaluate interior points of the straight landing segment ``start → end`` (rows tagged ``jump``)."""
     net = copy.deepcopy(model)
     for k in range(1, JUMP_POINTS + 1):
         s = k / (JUMP_POINTS + 1)
-        load_vector(net, space, (1 - s) * start + s * end)
+        w = (1 - s) * start + s * end
+        load_vector(net, space, w)
         if bn_data is not None:
             recompute_batchnorm(net, bn_data, device=device)
-        row = {**final_row, "t": math.nan, "distance": float(torch.linalg.vector_norm(end - ((1 - s) * start + s * end))),
-               **evaluate_row(net), "segment": "jump", "wall_time": final_row["wall_time"],
+        dist = float(torch.linalg.vector_norm(end - w))
+        row = {**final_row, "t": 1.0 - dist / d0, "distance": dist, **evaluate_row(net), "segment": "jump",
+               "wall_time": final_row["wall_time"],
                "checkpoint": writer.save_network(writer.out / "steps" / f"jump_{k:02d}.safetensors", net,
                                                  final_row["step"])}
         writer.trace.append(row)

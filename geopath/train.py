@@ -14,6 +14,7 @@ from torch import nn
 
 from ._params import ParamSpace, load_vector, model_vector
 from .data import Dataset, batches
+from .errors import NumericalError
 
 
 @dataclass
@@ -70,6 +71,9 @@ def train(
             x, y = x.to(device), y.to(device)
             loss = nn.functional.cross_entropy(model(x), y)
             total = loss + penalty() if penalty is not None else loss
+            if not bool(torch.isfinite(total)):
+                raise NumericalError(f"training diverged at step {step + 1} (the loss is {float(total)}); "
+                                     "try a smaller --lr")
             opt.zero_grad(set_to_none=True)
             total.backward()
             opt.step()
