@@ -529,15 +529,28 @@ def train_cmd(
 
 
 def main() -> None:
-    """Console-script entry point: typer's usage errors exit with 2, ours as documented."""
+    """Console-script entry point: every usage error is one ``Error:`` line and exit code 2."""
     import warnings
 
     # deprecation notices from inside torch are not actionable for a geopath user
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.")
     try:
-        app(standalone_mode=True)
-    except SystemExit as e:
-        sys.exit(e.code)
+        code = app(standalone_mode=False)
+    except typer.Exit as e:
+        code = e.exit_code
+    except typer.Abort:
+        _err("interrupted")
+        code = EXIT_INTERRUPTED
+    except Exception as e:
+        # the parser's own errors (bad option, bad choice, missing argument) carry exit_code 2 and a
+        # format_message(); they come from typer's bundled click, matched by shape, not by a private import
+        if not (hasattr(e, "format_message") and isinstance(getattr(e, "exit_code", None), int)):
+            raise
+        ctx = getattr(e, "ctx", None)
+        hint = f" (see geopath {ctx.info_name} --help)" if ctx is not None and ctx.parent is not None else ""
+        _err(" ".join(e.format_message().split()) + hint)
+        code = e.exit_code
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -244,7 +244,7 @@ class MergeConfig(WalkOptions):
     head: Head = opt(Head.SHARED, "shared outputs, or split: one 2C-way head with B's classes shifted by C.")
     manifold: Manifold = opt(Manifold.BOTH, "Whose function the path keeps: a, b or both.")
     combine: Combine = opt(Combine.SUM, "With --manifold both: sum both metrics each step, or alternate.")
-    weight_b: float = opt(1.0, "Weight of task B's metric relative to A's (--manifold both).")
+    weight_b: float = opt(2.0, "Weight of task B's metric relative to A's (--manifold both).")
     select: SelectRule = opt(SelectRule.MAX_MIN, "Which network along the path is reported and saved as best.")
     steps: int = opt(600, "Steps of the walk (it does not land on B).")
     points: int = opt(21, "average/fisher: α values swept from 0 to 1.")

@@ -163,13 +163,17 @@ def _evaluate_jump(model, space, start, end, d0, final_row, writer, evaluate_row
 
 
 def _points(rows: list[dict], n: int) -> list[dict]:
-    """The ``n`` rows nearest to ``t = k/(n−1)``, endpoints exactly (rows off the path excluded)."""
-    on_path = [r for r in rows if r.get("segment") != "jump" and r.get("t") is not None]
-    out = [on_path[0]]
+    """The ``n`` rows nearest to ``t = k/(n−1)``: the start, interior points, the end.
+
+    The landing segment's rows (``segment = jump``) are on the path too and take part.
+    """
+    on_path = [r for r in rows if r.get("t") is not None]
+    end = next(r for r in reversed(rows) if r.get("segment") != "jump")
+    out = [rows[0]]
     for k in range(1, n - 1):
         goal = k / (n - 1)
         out.append(min(on_path, key=lambda r: (abs(r["t"] - goal), r["step"])))
-    out.append(on_path[-1])
+    out.append(end)
     return out
 
 

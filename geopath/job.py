@@ -74,6 +74,14 @@ def split_train(ds: Dataset, val_size: int) -> tuple[Dataset, Dataset | None]:
             Dataset(ds.x[n:], ds.y[n:], ds.name, "val"))
 
 
+def mix(datasets: list[Dataset], total: int) -> Dataset:
+    """The first ``total / len(datasets)`` samples of each data set, together (e.g. BatchNorm data)."""
+    each = max(1, total // len(datasets))
+    parts = [d.head(each) for d in datasets]
+    return Dataset(torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts]), "+".join(d.name for d in parts),
+                   parts[0].split)
+
+
 def load_split(name: str, split: str, cfg, size: int | None = None) -> Dataset:
     return load_dataset(name, split, cfg.data_root).head(size)
 

@@ -44,7 +44,8 @@ from .trace import columns
 COLUMNS = columns("test_accuracy_a", "test_accuracy_b", "test_loss_a", "test_loss_b", "val_accuracy_a",
                   "val_accuracy_b", "alpha")
 HEADLINE = ["test_accuracy_a", "test_accuracy_b", "min_test_accuracy", "epochs", "wall_time"]
-STEP_SCALE = 3.0  # default ε = (STEP_SCALE · d0 / steps)²: the walk covers ~3 × the A–B distance
+STEP_SCALE = 5.0  # default ε = (STEP_SCALE · d0 / steps)²: the walk may cover ~5 × the A–B distance
+BN_SAMPLES = 4000  # images (half from each task) for BatchNorm statistics
 
 
 @dataclass
@@ -54,7 +55,8 @@ class Tasks:
     model_a: nn.Module
     model_b: nn.Module
     arch: str
-    arch_kwargs: dict
+    arch_kwargs: dict  # of the path's networks (a widened head has more classes)
+    source_arch_kwargs: dict  # of the checkpoints as given (what config.yaml records)
     sha_a: str
     data_a: str
     data_b: str
@@ -147,7 +149,7 @@ def prepare(cfg: MergeConfig, device) -> Tasks:
             raise UsageError(f"--head split: A has {out_a} outputs and B {out_b}; expected {classes_a} and "
                              f"{classes_b} (geopath widens them) or {classes_a + classes_b} each (B's classes "
                              f"from {classes_a})")
-    return Tasks(model_a, model_b, a.arch, arch_kwargs, a.sha256, data_a, data_b, train_a, _shift(train_b, offset),
+    return Tasks(model_a, model_b, a.arch, arch_kwargs, a.arch_kwargs, a.sha256, data_a, data_b, train_a, _shift(train_b, offset),
                  val_a, _shift(val_b, offset), test_a, _shift(test_b, offset), offset)
 
 
@@ -191,11 +193,12 @@ def run_merge(
     max_steps = cfg.max_steps or cfg.steps
     step_size = cfg.step_size or max((STEP_SCALE * d0 / cfg.steps) ** 2, 1e-12)
     cfg = dataclasses.replace(cfg, data_a=tasks.data_a, data_b=tasks.data_b, step_size=step_size, max_steps=max_steps,
-                              arch=tasks.arch, arch_kwargs=tasks.arch_kwargs)
+                              arch=tasks.arch, arch_kwargs=tasks.source_arch_kwargs)
     writer = RunWriter(out, tasks.arch, tasks.arch_kwargs, tasks.sha_a, "merge", tasks.data_a, COLUMNS)
     evaluate_row = BothTasks(tasks, device)
     model = copy.deepcopy(tasks.model_a)
-    bn_data = tasks.metric_a if has_batchnorm(model) else None
+    # a network for both tasks: BatchNorm statistics from both tasks' inputs, at every evaluated network
+    bn_data = job.mix([tasks.metric_a, tasks.metric_b], BN_SAMPLES) if has_batchnorm(model) else None
     epoch_size = len(tasks.metric_a) + len(tasks.metric_b)  # "epochs" count both tasks' training data
 
     if cfg.method is MergeMethod.GEODESIC:
@@ -212,7 +215,7 @@ def run_merge(
                           batch_size=cfg.batch_size, micro_batch=cfg.micro_batch, tol=cfg.tol, land=False,
                           combine=cfg.combine, seed=cfg.seed)
         walk(model, NetworkTarget(w_b), sources(cfg, tasks), pcfg, evaluate_row, writer, anchor=tasks.model_a,
-             state=state, device=device, on_row=on_row, bn_data=bn_data, epoch_size=epoch_size)
+             state=state, device=device, on_row=on_row, bn_data=bn_data, bn_each_record=True, epoch_size=epoch_size)
     else:
         if resume:
             raise UsageError("--resume continues geodesic runs; re-run a peer method with --overwrite")

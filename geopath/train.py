@@ -72,7 +72,7 @@ def train(
             loss = nn.functional.cross_entropy(model(x), y)
             total = loss + penalty() if penalty is not None else loss
             if not bool(torch.isfinite(total)):
-                raise NumericalError(f"training diverged at step {step + 1} (the loss is {float(total)}); "
+                raise NumericalError(f"training diverged at step {step + 1} (the loss is {float(total.detach())}); "
                                      "try a smaller --lr")
             opt.zero_grad(set_to_none=True)
             total.backward()

@@ -1,0 +1,177 @@
+"""A real transition run on the MNIST MLP: units off (two legs) and half of them on again,
+checked unit by unit; bad plans; resuming in the middle of a leg."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from geopath.checkpoint import load_checkpoint, read_tensors
+from geopath.data import load_dataset
+from geopath.evaluate import evaluate
+
+from ._helpers import (DATA_ROOT, SAMPLE, check_manifest, geopath, interrupt_when, jsonl, needs_mnist,
+                       one_error_line)
+from ._helpers import one_thread_subprocesses  # noqa: F401 (autouse: one thread per run)
+
+pytestmark = needs_mnist
+
+PLAN = {"legs": [{"name": "cut0", "remove": {"layers.0": 100}},
+                 {"name": "cut1", "remove": {"layers.1": 30}},
+                 {"name": "back0", "restore": {"layers.0": 50}}]}
+FAST = ["--data-root", str(DATA_ROOT), "--metric-size", "2000", "--eval-size", "500", "--steps", "10",
+        "--settle-steps", "3", "--batch-size", "64", "--cg-iters", "3", "--save-every", "5"]
+LEG_FILES = ["legs/leg_01_cut0.safetensors", "legs/leg_02_cut1.safetensors", "legs/leg_03_back0.safetensors"]
+
+
+def _dead(tensors, layer) -> set[int]:
+    """Units of ``layer`` whose weight row and bias are exactly zero."""
+    w, b = tensors[f"{layer}.weight"], tensors[f"{layer}.bias"]
+    return {int(i) for i in torch.nonzero((w == 0).all(1) & (b == 0)).flatten()}
+
+
+def _smallest_units(tensors, layer, k, exclude=()) -> set[int]:
+    norms = tensors[f"{layer}.weight"].pow(2).sum(1) + tensors[f"{layer}.bias"].pow(2)
+    order = [int(i) for i in torch.argsort(norms, stable=True) if int(i) not in set(exclude)]
+    return set(order[:k])
+
+
+@pytest.fixture(scope="module")
+def plan_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("plan") / "plan.yaml"
+    path.write_text(yaml.safe_dump(PLAN, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, plan_file):
+    out = tmp_path_factory.mktemp("transition") / "out"
+    proc = geopath("transition", SAMPLE, "--plan", plan_file, "-o", out, *FAST, "--json")
+    assert proc.returncode == 0, proc.stderr
+    return out, [json.loads(l) for l in proc.stdout.splitlines()]
+
+
+def test_writes_legs_and_run_files(run):
+    out, lines = run
+    for name in ("config.yaml", "trace.csv", "trace.jsonl", "final.safetensors", "legs.json", "summary.json",
+                 "manifest.json"):
+        assert (out / name).is_file(), name
+    assert sorted(str(p.relative_to(out)) for p in (out / "legs").iterdir()) == LEG_FILES
+    assert (out / "final.safetensors").read_bytes() == (out / LEG_FILES[-1]).read_bytes()
+    check_manifest(out)
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["plan"] == PLAN["legs"] and cfg["data"] == "mnist" and cfg["arch"] == "mlp"  # the plan inline
+    rows = jsonl(out / "trace.jsonl")
+    assert [l["event"] for l in lines] == ["step"] * len(rows) + ["result"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert [l["file"] for l in summary["legs"]] == LEG_FILES
+    assert summary["start_test_accuracy"] == rows[0]["test_accuracy"]
+    assert summary["test_accuracy"] == rows[-1]["test_accuracy"] > 0.9
+
+
+def test_units_switched_off_and_on_leg_by_leg(run):
+    out, _ = run
+    start, _ = read_tensors(SAMPLE)
+    legs = [read_tensors(out / f)[0] for f in LEG_FILES]
+    removed = json.loads((out / "legs.json").read_text())
+    # leg 1: exactly the 100 smallest units of layers.0 are off, nothing in layers.1
+    off0 = _dead(legs[0], "layers.0")
+    assert len(off0) == 100 and not _dead(legs[0], "layers.1")
+    assert off0 == _smallest_units(start, "layers.0", 100)
+    assert off0 == set(removed[0]["switchboard"]["removed"]["layers.0"])
+    # leg 2: the same 100 stay off, plus the 30 smallest units of layers.1 at the leg's start
+    off1 = _dead(legs[1], "layers.1")
+    assert _dead(legs[1], "layers.0") == off0 and len(off1) == 30
+    assert off1 == _smallest_units(legs[0], "layers.1", 30)
+    assert off1 == set(removed[1]["switchboard"]["removed"]["layers.1"])
+    # leg 3: 50 of layers.0 come back (the most recently removed); 50 stay off, a subset of the 100
+    still = _dead(legs[2], "layers.0")
+    assert len(still) == 50 and still < off0
+    order = removed[0]["switchboard"]["removed"]["layers.0"]
+    assert still == set(order[:50]) == set(removed[2]["switchboard"]["removed"]["layers.0"])
+    assert _dead(legs[2], "layers.1") == off1
+    back = sorted(off0 - still)
+    assert bool((legs[2]["layers.0.weight"][back].abs().sum(1) > 0).all())  # the restored units live again
+    # ... pulled back to their values in the starting network, then freed (they moved only a little)
+    rel = torch.linalg.vector_norm(legs[2]["layers.0.weight"][back] - start["layers.0.weight"][back]) \
+        / torch.linalg.vector_norm(start["layers.0.weight"][back])
+    assert 0 < float(rel) < 0.1
+    # the rest of the network is dense: no other weight was zeroed
+    assert int((legs[2]["layers.2.weight"] == 0).sum()) == 0
+
+
+def test_trace_rows_carry_legs_and_match_legs_json(run):
+    out, _ = run
+    rows = jsonl(out / "trace.jsonl")
+    legs = json.loads((out / "legs.json").read_text())
+    assert [r["leg"] for r in rows] == sorted(r["leg"] for r in rows) and {r["leg"] for r in rows} == {1, 2, 3}
+    names = {1: "cut0", 2: "cut1", 3: "back0"}
+    assert all(r["leg_name"] == names[r["leg"]] for r in rows)
+    assert rows[0]["step"] == 0 and rows[0]["leg"] == 1 and rows[0]["units_off"] == 0
+    assert [r["step"] for r in rows] == sorted(r["step"] for r in rows)
+    assert [d["units_off"] for d in legs] == [100, 130, 80]
+    for d in legs:
+        last = [r for r in rows if r["leg"] == d["leg"]][-1]
+        assert last["checkpoint"] == d["file"] == LEG_FILES[d["leg"] - 1]
+        assert (d["name"], d["step"], d["test_accuracy"], d["units_off"]) == (last["leg_name"], last["step"],
+                                                                               last["test_accuracy"], last["units_off"])
+    assert legs[0]["remove"] == {"layers.0": 100} and legs[2]["restore"] == {"layers.0": 50}
+    test = load_dataset("mnist", "test", DATA_ROOT).head(500)
+    for r in rows:  # every saved network gives its row's numbers
+        tensors, meta = read_tensors(out / r["checkpoint"])
+        assert len(_dead(tensors, "layers.0")) + len(_dead(tensors, "layers.1")) == r["units_off"]
+        assert meta["geopath.step"] == str(r["step"])
+    for r in rows[:: max(1, len(rows) // 5)] + [rows[-1]]:
+        assert evaluate(load_checkpoint(out / r["checkpoint"]).model, test).accuracy == pytest.approx(
+            r["test_accuracy"], abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    "plan, needle",
+    [
+        ({"legs": [{"remove": {"layers.0": 5}, "settle": 3}]}, "unknown key(s) settle"),
+        ({"legs": [{"remove": {"layers.0": 5}}, {"restore": {"layers.0": 6}}]}, "cannot restore 6 units"),
+        ({"legs": [{"remove": {"layers.7": 5}}]}, "'layers.7' is not a Linear or Conv layer"),
+        ({"legs": [{"remove": {"layers.1": 100}}]}, "cannot remove 100 more units"),
+    ],
+    ids=["unknown-key", "restore-too-many", "unknown-layer", "remove-all"],
+)
+def test_bad_plans_fail_before_any_step(tmp_path, plan, needle):
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump(plan))
+    out = tmp_path / "out"
+    proc = geopath("transition", SAMPLE, "--plan", path, "-o", out, *FAST)
+    assert proc.returncode == 2, proc.stderr
+    assert needle in one_error_line(proc)
+    assert not (out / "steps").exists() and not (out / "trace.jsonl").exists()
+    assert not (out / "config.yaml").exists() and not (out / "final.safetensors").exists()
+
+
+def test_resume_in_the_middle_of_leg_two(run, plan_file, tmp_path):
+    full, _ = run
+    out = tmp_path / "out"
+    rc, err, hit = interrupt_when(["transition", SAMPLE, "--plan", plan_file, "-o", out, *FAST, "--json"],
+                                  lambda r: r.get("leg") == 2 and r["checkpoint"].startswith("steps/"))
+    assert hit is not None and rc == 130, err
+    assert "--resume" in err and "Traceback" not in err
+    legs = json.loads((out / "legs.json").read_text())
+    assert [d["leg"] for d in legs] == [1]  # stopped inside leg 2
+    assert jsonl(out / "trace.jsonl")[-1]["leg"] == 2 and not (out / LEG_FILES[1]).exists()
+    resumed = geopath("transition", "-o", out, "--resume", "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    a, _ = read_tensors(full / "final.safetensors")
+    b, _ = read_tensors(out / "final.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    for k in ("layers.0", "layers.1"):
+        assert _dead(a, k) == _dead(b, k)
+    la, lb = (json.loads((d / "legs.json").read_text()) for d in (full, out))
+    assert [(d["file"], d["step"], d["units_off"], d["switchboard"]) for d in la] == \
+           [(d["file"], d["step"], d["units_off"], d["switchboard"]) for d in lb]
+    ra, rb = jsonl(full / "trace.jsonl"), jsonl(out / "trace.jsonl")
+    assert [(r["step"], r["leg"]) for r in ra] == [(r["step"], r["leg"]) for r in rb]
+    assert [r["test_accuracy"] for r in ra] == [r["test_accuracy"] for r in rb]
+    check_manifest(out)
