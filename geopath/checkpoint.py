@@ -21,7 +21,7 @@ from torch import nn
 from . import __version__
 from ._atomic import atomic_path, sha256_file
 from .archs import build_model
-from .errors import CheckpointError, UsageError
+from .errors import CheckpointError, StorageError, UsageError
 
 META_PREFIX = "geopath."
 SAFETENSORS_EXT = {".safetensors"}
@@ -194,7 +194,13 @@ def save_checkpoint(
     for k, v in (extra or {}).items():
         meta[META_PREFIX + k] = v if isinstance(v, str) else json.dumps(v)
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+        try:
+            save_file(tensors, str(tmp), metadata=meta)
+        except OSError:
+            raise
+        except Exception as e:  # safetensors reports I/O failures as its own error type
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise StorageError(f"{path}: cannot write the checkpoint ({first[:200]})") from None
 
 
 def sparsity_of(model: nn.Module, names: list[str] | None = None) -> float:

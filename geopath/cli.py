@@ -111,10 +111,15 @@ DEBUG_OPT = typer.Option(False, "--debug", help="Show tracebacks for errors.")
 # their config dataclasses (geopath.config), so flags and config files cannot drift.
 
 
+def _base_type(tp):
+    """``X`` of ``X | None``; other types as they are."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    return args[0] if typing.get_origin(tp) in (typing.Union, types.UnionType) else tp
+
+
 def _annotation(tp):
     """The flag type typer sees for a config field's type (everything optional: None = not given)."""
-    args = [a for a in typing.get_args(tp) if a is not type(None)]
-    base = args[0] if typing.get_origin(tp) in (typing.Union, types.UnionType) else tp
+    base = _base_type(tp)
     if base is dict or base is typing.Any or typing.get_origin(base) is dict:
         return Optional[str]
     if base is list or typing.get_origin(base) is list:
@@ -189,9 +194,7 @@ def _flags(cls, given: dict) -> dict:
         v = given.get(f.name)
         if v is None:
             continue
-        tp = hints[f.name]
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        base = args[0] if typing.get_origin(tp) in (typing.Union, types.UnionType) else tp
+        base = _base_type(hints[f.name])
         if base is dict:
             v = parse_arch_kwargs(v) if f.name == "arch_kwargs" else _json_object(v, f.name)
         elif isinstance(v, (list, tuple)):
@@ -394,6 +397,33 @@ def plot(
         typer.echo(f"wrote {path}")
 
 
+@app.command()
+def verify(
+    run: Path = typer.Argument(..., help="A finished run directory."),
+    as_json: bool = JSON_OPT,
+    debug: bool = DEBUG_OPT,
+):
+    """Check a run's files against its manifest.json (exit 3 if any is missing or changed)."""
+
+    def go():
+        from .rundir import verify_run
+
+        return verify_run(run)
+
+    res = _guard(go, debug)
+    if as_json:
+        _emit(res, True)
+    else:
+        typer.echo(f"{res['run']}: {res['files']} files, {len(res['missing'])} missing, {len(res['changed'])} "
+                   f"changed, {len(res['unlisted'])} not in the manifest")
+        for kind in ("missing", "changed", "unlisted"):
+            for name in res[kind]:
+                typer.echo(f"  {kind}: {name}")
+    if not res["ok"]:
+        _err(f"{run}: the run's files do not match its manifest")
+        raise typer.Exit(EXIT_THRESHOLD)
+
+
 @app.command("eval")
 def eval_cmd(
     checkpoint: Path = typer.Argument(..., help="Network to evaluate."),
@@ -435,8 +465,8 @@ def eval_cmd(
             typer.echo(f"{k + ':':<11}{_fmt(v)}")
 
 
-@app.command()
-def inspect(
+@app.command("inspect")
+def inspect_cmd(
     checkpoint: Path = typer.Argument(..., help="Checkpoint to describe."),
     trust_pickle: bool = typer.Option(False, "--trust-pickle"),
     as_json: bool = JSON_OPT,
@@ -528,12 +558,29 @@ def train_cmd(
         typer.echo(f"wrote {res['out']}: test accuracy {res['test_accuracy']:.4f} on {res['data']}")
 
 
+def _sigterm_interrupts() -> None:
+    """SIGTERM stops the program like Ctrl-C: temp files are removed, the exit code is 130.
+
+    (A geodesic walk catches both itself, finishes its step and leaves a resumable run.)
+    """
+    import signal
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        pass
+
+
 def main() -> None:
     """Console-script entry point: every usage error is one ``Error:`` line and exit code 2."""
     import warnings
 
     # deprecation notices from inside torch are not actionable for a geopath user
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.")
+    _sigterm_interrupts()
     try:
         code = app(standalone_mode=False)
     except typer.Exit as e:

@@ -24,7 +24,7 @@ import yaml
 
 from .errors import UsageError
 from .geodesic import Anchor
-from .metric import MetricKind
+from .metric import BNStats, MetricKind
 from .path import Combine
 from .targets import MaskScope
 from .trust_region import TRMethod
@@ -170,6 +170,8 @@ class WalkOptions(CommonOptions):
     steps: int = opt(50, "Planned steps (sets the default step size).")
     max_steps: int | None = opt(None, "Approach steps at most.", default_help="a multiple of --steps")
     tol: float = opt(0.03, "The target is reached when the distance is below tol × the starting distance.")
+    beta_growth: float = opt(1.0, "Past --steps approach steps, β is multiplied by this factor per --steps steps "
+                                  "(a path that stalls is pulled on harder; 1: constant β).")
     cg_iters: int = opt(5, "CG iterations per step.")
     cg_rtol: float = opt(1e-4, "Relative residual at which CG stops early.")
     damping: float = opt(0.0, "Damping λ: the metric becomes g + λI.")
@@ -179,18 +181,27 @@ class WalkOptions(CommonOptions):
                                        "the endpoints' blended outputs (connect), the labels, or only locally.")
     batch_size: int = opt(128, "Metric batch size.")
     micro_batch: int | None = opt(None, "Split metric batches into micro-batches of this size.")
+    bn_stats: BNStats = opt(BNStats.BATCH, "BatchNorm in metric products: the batch's own statistics (the function "
+                                           "with fresh running statistics) or the stored running statistics.")
+    bn_samples: int = opt(2000, "Samples used to re-estimate BatchNorm statistics at every evaluated network.")
     lr: float = opt(0.05, "Learning rate of the training-based peers (SGD, momentum 0.9, cosine decay).")
+
+    ENDPOINTS_ANCHOR = False  # --anchor endpoints needs two endpoint networks (connect)
 
     def validate(self):
         super().validate()
+        if self.anchor is Anchor.ENDPOINTS and not self.ENDPOINTS_ANCHOR:
+            raise UsageError("--anchor endpoints is for connect; this job takes start, labels or none")
         if self.step_size is not None and not self.step_size > 0:
             raise UsageError(f"--step-size must be > 0, got {self.step_size}")
-        for name in ("steps", "cg_iters", "batch_size"):
+        for name in ("steps", "cg_iters", "batch_size", "bn_samples"):
             _positive(self, name)
         for name in ("max_steps", "micro_batch", "metric_size"):
             _positive_or_none(self, name)
         if not self.beta > 0:
             raise UsageError(f"--beta must be > 0, got {self.beta}")
+        if not self.beta_growth >= 1:
+            raise UsageError(f"--beta-growth must be ≥ 1, got {self.beta_growth}")
         if self.damping < 0:
             raise UsageError(f"--damping must be ≥ 0, got {self.damping}")
         if not 0 < self.tol < 1:
@@ -280,17 +291,19 @@ class ConnectConfig(WalkOptions):
     beta: float = opt(0.5, "Pull towards B, β.")
     steps: int = opt(300, "Planned steps (sets the default step size).")
     tol: float = opt(0.01, "Land on B (the rest is a straight segment) when the distance is below tol × ‖w_A − w_B‖.")
+    beta_growth: float = opt(4.0, "Past --steps approach steps, β is multiplied by this factor per --steps steps, "
+                                  "so a path that stalls still reaches B (1: constant β).")
     points: int = opt(11, "Networks saved evenly spaced along the path (in points/), endpoints included.")
     align: bool = opt(False, "First permute B's units to match A (weight matching); B's function is unchanged.")
     epochs: float = opt(5.0, "bezier: epochs of training the curve's middle point.")
-    bn_samples: int = opt(2000, "Samples used to re-estimate BatchNorm statistics at each evaluated point.")
+
+    ENDPOINTS_ANCHOR = True
 
     def validate(self):
         super().validate()
         if not self.checkpoint or not self.checkpoint_b:
             raise UsageError("two checkpoints are required: geopath connect A B")
         _non_negative(self, "train_eval_size")
-        _positive(self, "bn_samples")
         if self.points < 2:
             raise UsageError("--points must be ≥ 2")
         if not self.epochs > 0:
@@ -346,8 +359,12 @@ def _non_negative(cfg, name):
 
 def _coerce(name: str, tp, value):
     """Convert a YAML/flag value to the field's type, or raise a one-line usage error."""
-    if value is None or tp is Any:
+    if tp is Any:
         return value
+    if value is None:
+        if type(None) in typing.get_args(tp):
+            return None
+        raise UsageError(f"option {name!r}: a value is required (got null)")
     origin = typing.get_origin(tp)
     args = [a for a in typing.get_args(tp) if a is not type(None)]
     if origin in (typing.Union, types.UnionType):

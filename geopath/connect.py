@@ -27,7 +27,6 @@ from torch import nn
 from . import baselines, job
 from ._params import ParamSpace, load_vector, model_vector
 from .config import ConnectConfig, ConnectMethod
-from .errors import UsageError
 from .evaluate import has_batchnorm, recompute_batchnorm
 from .geodesic import Anchor
 from .path import MetricSource, PathConfig, walk
@@ -97,21 +96,16 @@ def run_connect(
         return row
 
     model = copy.deepcopy(model_a)
+    state = job.begin(writer, cfg, model, a.sha256, resume, resumable=cfg.method is ConnectMethod.GEODESIC)
     if cfg.method is ConnectMethod.GEODESIC:
-        state = None
-        if resume:
-            state, tensors, _ = job.resume_state(writer, a.sha256)
-            model.load_state_dict(tensors)
-        else:
-            writer.write_config(cfg.to_dict())
-            writer.trace.create()
         if on_start:
             on_start(cfg, max_steps)
         blend = BlendedAnchor(model_a, model_b)
         src = MetricSource(metric, anchor=blend if cfg.anchor is Anchor.ENDPOINTS else model_a)
         pcfg = PathConfig(step=step_config(cfg, step_size), max_steps=max_steps, save_every=cfg.save_every,
                           batch_size=cfg.batch_size, micro_batch=cfg.micro_batch, tol=cfg.tol, land=True,
-                          milestones=cfg.points - 1, seed=cfg.seed)
+                          milestones=cfg.points - 1, beta_growth=cfg.beta_growth, grow_after=cfg.steps,
+                          grow_every=cfg.steps, seed=cfg.seed)
         result = walk(model, NetworkTarget(w_b), [src], pcfg, evaluate_row, writer, anchor=model_a, state=state,
                       device=device, on_row=on_row, bn_data=bn_data, bn_each_record=True,
                       before_step=lambda w, t: setattr(blend, "t", t))
@@ -120,10 +114,6 @@ def run_connect(
                            bn_data, device, on_row)
         reached = (result.state.landing_gap or 0.0) <= cfg.tol * d0
     else:
-        if resume:
-            raise UsageError("--resume continues geodesic runs; re-run a peer method with --overwrite")
-        writer.write_config(cfg.to_dict())
-        writer.trace.create()
         if on_start:
             on_start(cfg, 0)
         record = job.Recorder(writer, evaluate_row, len(metric), on_row, bn_data, device)

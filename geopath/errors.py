@@ -32,5 +32,9 @@ class DataError(UsageError):
     """A data set that is unknown or cannot be found offline."""
 
 
+class StorageError(GeopathError):
+    """A file could not be written (disk full, file too large, read-only or no permission)."""
+
+
 class NumericalError(GeopathError):
     """NaN/Inf weights or a solver breakdown that could not be recovered."""

@@ -19,10 +19,11 @@ from typing import Sequence
 
 import torch
 from torch import nn
+from torch.func import functional_call
 from torch.nn import functional as F
 
-from ._params import ParamSpace
-from .metric import MetricKind, MetricOperator, output_distance, output_residual
+from ._params import ParamSpace, buffers_of
+from .metric import BNStats, MetricKind, MetricOperator, bn_statistics, output_distance, output_residual
 from .operators import Identity, RestrictedOperator
 from .targets import Target
 from .trust_region import TRMethod, trust_region_step
@@ -58,11 +59,22 @@ class StepConfig:
     metric: MetricKind = MetricKind.LOGITS
     solver: TRMethod = TRMethod.STEIHAUG
     anchor: Anchor = Anchor.START
+    bn_stats: BNStats = BNStats.BATCH
 
     def __post_init__(self):  # accept plain strings from library callers
+        object.__setattr__(self, "bn_stats", BNStats(self.bn_stats))
         object.__setattr__(self, "metric", MetricKind(self.metric))
         object.__setattr__(self, "solver", TRMethod(self.solver))
         object.__setattr__(self, "anchor", Anchor(self.anchor))
+
+
+@dataclass
+class Probe:
+    """A few of the step's inputs with reference outputs, to check the step's real effect."""
+
+    inputs: torch.Tensor
+    reference: torch.Tensor  # anchor outputs (anchored steps) or the outputs at the step's start
+    before: float  # functional distance of the outputs at the step's start to ``reference``
 
 
 @dataclass
@@ -73,6 +85,38 @@ class StepInfo:
     products: int
     on_boundary: bool
     sample_passes: float
+    probe: Probe | None = None
+
+
+PROBE_SAMPLES = 64
+JUMP_FACTOR = 4.0
+
+
+def step_fault(model: nn.Module, space: ParamSpace, w: torch.Tensor, info: StepInfo, metric: MetricKind,
+               bn_stats: BNStats | str = BNStats.BATCH) -> str | None:
+    """Why a step must not be taken, or ``None``.
+
+    A step is refused when it is not finite, or when it moves the probe inputs' outputs
+    much further from their reference than its metric length allows: under the
+    linearisation the distance after the step is at most ``(√before + √(θᵀgθ))²``; more
+    than ``JUMP_FACTOR`` times that is a sharp, unmodelled change (a breakdown of the
+    local model, a NaN, an exploding unit). Costs one forward pass on the probe.
+    """
+    if not bool(torch.isfinite(info.theta).all()) or not math.isfinite(info.metric_length):
+        return "the solver produced a non-finite step"
+    if info.probe is None:
+        return None
+    p = info.probe
+    with torch.no_grad(), bn_statistics(model, bn_stats):
+        out = functional_call(model, (space.unflatten(w + info.theta), buffers_of(model)), (p.inputs,))
+    after = float(output_distance(metric, out, p.reference))
+    bound = JUMP_FACTOR * (math.sqrt(max(p.before, 0.0)) + info.metric_length) ** 2
+    if not math.isfinite(after):
+        return "the step makes the network's outputs non-finite"
+    if after > bound + 1e-9 * (1.0 + p.before):
+        return (f"the step changes the function sharply (distance {p.before:.3g} -> {after:.3g}, "
+                f"the local model allows {bound / JUMP_FACTOR:.3g})")
+    return None
 
 
 @dataclass
@@ -129,9 +173,9 @@ def geodesic_step(
     total_weight = sum(bt.weight for bt in batches)
     b = cfg.beta * target.direction(w)
     G = None
-    drift, passes, parts = 0.0, 0.0, []
+    drift, passes, parts, probe = 0.0, 0.0, [], None
     for bt in batches:
-        Gs = MetricOperator(model, space, w, bt.inputs, cfg.metric)
+        Gs = MetricOperator(model, space, w, bt.inputs, cfg.metric, cfg.bn_stats)
         omega = bt.weight / total_weight
         parts.append(Gs)
         G = omega * Gs if G is None else G + omega * Gs
@@ -141,6 +185,8 @@ def geodesic_step(
             b = b - 2.0 * omega * Gs.rmatvec_outputs(residuals)
             passes += PASS_VJP * Gs.num_samples
             drift += omega * dist
+        if probe is None:
+            probe = _probe(cfg, Gs, bt)
     A = 2.0 * G if cfg.damping <= 0 else 2.0 * (G + cfg.damping * Identity(G.n, G.dtype, G.device))
     if keep is not None:
         A = RestrictedOperator(A, keep)
@@ -150,6 +196,7 @@ def geodesic_step(
     if cfg.damping > 0:
         theta_g_theta -= cfg.damping * float(torch.dot(res.theta, res.theta))
     passes += sum(PASS_MATVEC * Gs.num_samples * Gs.matvecs for Gs in parts)
+    passes += PASS_FORWARD * len(probe.inputs)  # the check in step_fault
     return StepInfo(
         theta=res.theta,
         metric_length=math.sqrt(max(theta_g_theta, 0.0)),
@@ -157,4 +204,18 @@ def geodesic_step(
         products=max(Gs.matvecs for Gs in parts),
         on_boundary=res.on_boundary,
         sample_passes=passes,
+        probe=probe,
     )
+
+
+def _probe(cfg: StepConfig, G: MetricOperator, batch: MetricBatch) -> Probe:
+    # with batch statistics an output depends on its whole micro-batch: probe all of it
+    k = None if cfg.bn_stats is BNStats.BATCH and _has_batchnorm(G.model) else PROBE_SAMPLES
+    x, z = batch.inputs[0][:k], G.logits[0][:k]
+    anchored = cfg.anchor in (Anchor.START, Anchor.ENDPOINTS) and batch.anchor_logits is not None
+    ref = batch.anchor_logits[0][:k] if anchored else z
+    return Probe(x, ref.detach(), float(output_distance(cfg.metric, z, ref)) if anchored else 0.0)
+
+
+def _has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())

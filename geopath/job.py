@@ -132,6 +132,20 @@ def resume_state(writer: RunWriter, parent_sha: str | None, accept=lambda rel: r
     raise UsageError(f"{writer.out}: no complete step to resume from; start again with --overwrite")
 
 
+def begin(writer: RunWriter, cfg, model: nn.Module, parent_sha: str | None, resume: bool,
+          resumable: bool = True) -> PathState | None:
+    """Start a run's files; or, resuming, load its last complete step into ``model`` and return its state."""
+    if resume:
+        if not resumable:
+            raise UsageError("--resume continues geodesic runs; re-run a peer method with --overwrite")
+        state, tensors, _ = resume_state(writer, parent_sha)
+        model.load_state_dict(tensors)
+        return state
+    writer.write_config(cfg.to_dict())
+    writer.trace.create()
+    return None
+
+
 def frozen_copy(model: nn.Module, device) -> nn.Module:
     """A copy of ``model`` in eval mode (an anchor: only ever called under ``no_grad``)."""
     return copy.deepcopy(model).to(device).eval()

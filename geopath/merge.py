@@ -33,7 +33,6 @@ from .config import Head, Manifold, MergeConfig, MergeMethod
 from .data import Dataset
 from .errors import UsageError
 from .evaluate import has_batchnorm
-from .geodesic import Anchor
 from .path import MetricSource, PathConfig, walk
 from .rundir import RunWriter, prepare_output
 from .selection import pareto_front, select
@@ -45,7 +44,6 @@ COLUMNS = columns("test_accuracy_a", "test_accuracy_b", "test_loss_a", "test_los
                   "val_accuracy_b", "alpha")
 HEADLINE = ["test_accuracy_a", "test_accuracy_b", "min_test_accuracy", "epochs", "wall_time"]
 STEP_SCALE = 5.0  # default ε = (STEP_SCALE · d0 / steps)²: the walk may cover ~5 × the A–B distance
-BN_SAMPLES = 4000  # images (half from each task) for BatchNorm statistics
 
 
 @dataclass
@@ -181,8 +179,6 @@ def run_merge(
     on_start: Callable[[Any, int], None] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) a merge job; returns the summary also written to ``summary.json``."""
-    if cfg.anchor is Anchor.ENDPOINTS:
-        raise UsageError("--anchor endpoints is for connect; merge takes start, labels or none")
     out = prepare_output(cfg.out, overwrite, resume)
     device = job.resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -198,29 +194,20 @@ def run_merge(
     evaluate_row = BothTasks(tasks, device)
     model = copy.deepcopy(tasks.model_a)
     # a network for both tasks: BatchNorm statistics from both tasks' inputs, at every evaluated network
-    bn_data = job.mix([tasks.metric_a, tasks.metric_b], BN_SAMPLES) if has_batchnorm(model) else None
+    bn_data = job.mix([tasks.metric_a, tasks.metric_b], cfg.bn_samples) if has_batchnorm(model) else None
     epoch_size = len(tasks.metric_a) + len(tasks.metric_b)  # "epochs" count both tasks' training data
 
+    state = job.begin(writer, cfg, model, tasks.sha_a, resume, resumable=cfg.method is MergeMethod.GEODESIC)
     if cfg.method is MergeMethod.GEODESIC:
-        state = None
-        if resume:
-            state, tensors, _ = job.resume_state(writer, tasks.sha_a)
-            model.load_state_dict(tensors)
-        else:
-            writer.write_config(cfg.to_dict())
-            writer.trace.create()
         if on_start:
             on_start(cfg, max_steps)
         pcfg = PathConfig(step=step_config(cfg, step_size), max_steps=max_steps, save_every=cfg.save_every,
                           batch_size=cfg.batch_size, micro_batch=cfg.micro_batch, tol=cfg.tol, land=False,
-                          combine=cfg.combine, seed=cfg.seed)
+                          combine=cfg.combine, beta_growth=cfg.beta_growth, grow_after=cfg.steps, grow_every=cfg.steps,
+                          seed=cfg.seed)
         walk(model, NetworkTarget(w_b), sources(cfg, tasks), pcfg, evaluate_row, writer, anchor=tasks.model_a,
              state=state, device=device, on_row=on_row, bn_data=bn_data, bn_each_record=True, epoch_size=epoch_size)
     else:
-        if resume:
-            raise UsageError("--resume continues geodesic runs; re-run a peer method with --overwrite")
-        writer.write_config(cfg.to_dict())
-        writer.trace.create()
         if on_start:
             on_start(cfg, 0)
         _run_peer(cfg, tasks, model, w_a, w_b, job.Recorder(writer, evaluate_row, epoch_size, on_row, bn_data, device),

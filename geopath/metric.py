@@ -13,15 +13,22 @@ VJP (``Jᵀ(H J u)``), both through :mod:`torch.func`; ``J`` is never built. The
 forward pass and VJP closure of each micro-batch are computed once when the
 operator is created and reused for every product (CG calls it many times).
 
-BatchNorm and Dropout: products are taken with the module in **eval mode** —
-BatchNorm normalises with its running statistics (buffers held fixed) and Dropout
-is off — so the metric describes the deterministic function that is deployed.
+BatchNorm (``BNStats``): by default (``batch``) every BatchNorm layer normalises with the
+statistics of the micro-batch itself, without reading or updating its running
+statistics: the function the weights compute once running statistics are re-estimated
+for them (geopath re-estimates them at every recorded network). ``running`` uses the
+stored running statistics instead, held fixed — the function of the *old* statistics,
+which drifts away from the real one as the weights move (measured: 10 % of the way
+between two CIFAR-10 VGGs, 50 % test accuracy with the old statistics, 74 % with fresh
+ones). Dropout is always off. Either way ``torch.func`` never meets a BatchNorm that
+updates buffers.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from enum import Enum
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -38,6 +45,41 @@ class MetricKind(str, Enum):
     """``JᵀJ`` on the logits (the paper's choice)."""
     FISHER = "fisher"
     """Softmax Fisher / GGN: ``Jᵀ(diag p − ppᵀ)J``."""
+
+
+class BNStats(str, Enum):
+    """Which statistics BatchNorm layers normalise with in metric products and anchors."""
+
+    BATCH = "batch"
+    """The micro-batch's own statistics (the function with freshly estimated running statistics)."""
+    RUNNING = "running"
+    """The stored running statistics, held fixed while the weights move."""
+
+
+@contextmanager
+def bn_statistics(model: nn.Module, mode: BNStats | str) -> Iterator[None]:
+    """Within the block, ``model`` is in eval mode and its BatchNorm layers use ``mode``'s statistics.
+
+    ``batch``: each BatchNorm is put in training mode with ``track_running_stats`` off, so
+    it normalises with the batch's statistics and neither reads nor writes its running
+    statistics. The modules' modes and flags are restored afterwards.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved_training, saved = model.training, [(m, m.training, m.track_running_stats) for m in bns]
+    model.eval()
+    if BNStats(mode) is BNStats.BATCH:
+        for m in bns:
+            m.train()
+            m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m, training, track in saved:
+            m.train(training)
+            m.track_running_stats = track
+        model.train(saved_training)
+        for m, training, _ in saved:  # model.train() above also reset the children
+            m.train(training)
 
 
 def _output_hessian_product(kind: MetricKind, logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -78,21 +120,23 @@ class MetricOperator(LinearOperator):
         w: torch.Tensor,
         inputs: torch.Tensor | Sequence[torch.Tensor],
         kind: MetricKind | str = MetricKind.LOGITS,
+        bn_stats: BNStats | str = BNStats.BATCH,
     ):
         super().__init__(space.n, w.dtype, w.device)
         self.model, self.space = model, space
         self.kind = MetricKind(kind)
+        self.bn_stats = BNStats(bn_stats)
         self.micro_batches = [inputs] if isinstance(inputs, torch.Tensor) else list(inputs)
         self.num_samples = sum(int(x.shape[0]) for x in self.micro_batches)
         if self.num_samples == 0:
             raise ValueError("the metric needs at least one input sample")
         self.params = space.unflatten(w.detach())
         self.buffers = buffers_of(model)
-        model.eval()
         self._cache = []
-        for x in self.micro_batches:
-            logits, vjp_fn = vjp(self._f(x), self.params)
-            self._cache.append((x, logits.detach(), vjp_fn))
+        with bn_statistics(model, self.bn_stats):
+            for x in self.micro_batches:
+                logits, vjp_fn = vjp(self._f(x), self.params)
+                self._cache.append((x, logits.detach(), vjp_fn))
 
     def _f(self, x):
         def f(params):
@@ -107,10 +151,11 @@ class MetricOperator(LinearOperator):
     def _matvec(self, u: torch.Tensor) -> torch.Tensor:
         tangent = self.space.unflatten(u)
         total = torch.zeros_like(u)
-        for x, logits, vjp_fn in self._cache:
-            _, ju = jvp(self._f(x), (self.params,), (tangent,))
-            (grads,) = vjp_fn(_output_hessian_product(self.kind, logits, ju))
-            total += self.space.flatten(grads)
+        with bn_statistics(self.model, self.bn_stats):
+            for x, logits, vjp_fn in self._cache:
+                _, ju = jvp(self._f(x), (self.params,), (tangent,))
+                (grads,) = vjp_fn(_output_hessian_product(self.kind, logits, ju))
+                total += self.space.flatten(grads)
         return total / self.num_samples
 
     def rmatvec_outputs(self, cotangents: Sequence[torch.Tensor]) -> torch.Tensor:

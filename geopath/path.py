@@ -29,7 +29,8 @@ from ._params import ParamSpace, load_vector, model_vector
 from .data import Dataset
 from .errors import NumericalError
 from .evaluate import recompute_batchnorm
-from .geodesic import PASS_FORWARD, Anchor, MetricBatch, StepConfig, geodesic_step
+from .geodesic import PASS_FORWARD, Anchor, MetricBatch, StepConfig, geodesic_step, step_fault
+from .metric import bn_statistics
 from .rundir import RunWriter
 from .targets import Target
 
@@ -66,6 +67,9 @@ class PathConfig:
     settle_step_size: float | None = None  # ε for those steps (default: the approach ε)
     combine: Combine = Combine.SUM
     milestones: int = 0  # also record when progress t first reaches k/milestones (k = 1..milestones-1)
+    beta_growth: float = 1.0  # after step grow_after, β grows by this factor every grow_every approach steps
+    grow_after: int = 0
+    grow_every: int = 1
     seed: int = 0
 
     def __post_init__(self):  # accept plain strings from library callers
@@ -81,12 +85,14 @@ class PathState:
     landed_at: int | None = None  # step at which the path reached the target
     milestone: int = 0  # last milestone recorded
     landing_gap: float | None = None  # distance to the target when the approach ended
+    retries: int = 0  # steps solved again with a smaller radius after a numerical fault
 
     @classmethod
     def from_row(cls, row: dict) -> "PathState":
         return cls(step=int(row["step"]), length=float(row["length"]), sample_passes=float(row["sample_passes"]),
                    wall_time=float(row["wall_time"]), landed_at=row.get("landed_at"),
-                   milestone=int(row.get("milestone") or 0), landing_gap=row.get("landing_gap"))
+                   milestone=int(row.get("milestone") or 0), landing_gap=row.get("landing_gap"),
+                   retries=int(row.get("retries") or 0))
 
 
 @dataclass
@@ -148,11 +154,38 @@ def _step_batches(sources: list[MetricSource], step: int, cfg: PathConfig, devic
         x, y = metric_batch(src.data, step, cfg, device, source=i)
         z0 = None
         if cfg.step.anchor in (Anchor.START, Anchor.ENDPOINTS):
-            with torch.no_grad():
+            with torch.no_grad(), bn_statistics(src.anchor, cfg.step.bn_stats):  # the same function as the metric's
                 z0 = [src.anchor(xb) for xb in x]
             passes += PASS_FORWARD * sum(len(xb) for xb in x)
         out.append(MetricBatch(x, z0, y, src.weight))
     return out, passes
+
+
+SHRINKS = 4  # a faulty step is solved again with radius /2, /4, /8, /16 before giving up
+
+
+def _safe_step(model, space, w, batches, target, cfg: StepConfig, keep, step: int, state: PathState):
+    """One step, solved again with a smaller trust radius after a numerical fault.
+
+    Faults: the solver breaks down (non-finite curvature), the step is not finite, or it
+    changes the function far more than its local model allows (:func:`step_fault`).
+    Returns the accepted step and the sample passes of every attempt.
+    """
+    passes = 0.0
+    for attempt in range(SHRINKS + 1):
+        try:
+            info = geodesic_step(model, space, w, batches, target, cfg, keep=keep)
+            passes += info.sample_passes
+            reason = step_fault(model, space, w, info, cfg.metric, cfg.bn_stats)
+        except FloatingPointError as e:
+            info, reason = None, str(e)
+        if reason is None:
+            return info, passes
+        if attempt < SHRINKS:
+            state.retries += 1
+            cfg = dataclasses.replace(cfg, step_size=cfg.step_size / 4.0)
+    raise NumericalError(f"step {step}: {reason}, also with a {2 ** SHRINKS}× smaller radius; nothing was "
+                         "written for it (start again with --overwrite and a smaller --step-size)")
 
 
 def walk(
@@ -231,6 +264,7 @@ def walk(
             "landed_at": state.landed_at,
             "milestone": state.milestone,
             "landing_gap": state.landing_gap,
+            "retries": state.retries,
             **tags,
             "checkpoint": writer.save_network(path, net, step),
         }
@@ -271,16 +305,17 @@ def walk(
             else:
                 keep = None if hold is None else ~hold
             step_cfg = cfg.step
+            if landed_at is None and cfg.beta_growth != 1.0:
+                over = max(0.0, (step - cfg.grow_after) / cfg.grow_every)
+                step_cfg = dataclasses.replace(step_cfg, beta=step_cfg.beta * cfg.beta_growth ** over)
             if landed_at is not None and cfg.settle_step_size:
                 step_cfg = dataclasses.replace(step_cfg, step_size=cfg.settle_step_size)
-            info = geodesic_step(model, space, w, batches, target, step_cfg, keep=keep)
-            if not bool(torch.isfinite(info.theta).all()):
-                raise NumericalError(f"step {step}: the solver produced a non-finite step (try a smaller --step-size)")
+            info, passes = _safe_step(model, space, w, batches, target, step_cfg, keep, step, state)
             w = w + info.theta
             last_drift = info.drift
             state.step, state.landed_at = step, landed_at
             state.length += info.metric_length
-            state.sample_passes += info.sample_passes + anchor_passes
+            state.sample_passes += passes + anchor_passes
             due = step % cfg.save_every == 0
             if cfg.milestones > 1 and landed_at is None:
                 k = int(progress(w) * cfg.milestones + 1e-9)

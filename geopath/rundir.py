@@ -3,11 +3,13 @@
     OUT/config.yaml                 fully resolved configuration
     OUT/steps/step_NNNNN.safetensors every K-th network on the path (step 0 = start)
     OUT/trace.csv, OUT/trace.jsonl  one row per saved network (the job's columns; jsonl has all)
-    OUT/final.safetensors           the endpoint, written only when the run completed
-    OUT/summary.json                the final row plus run facts, written last
-    OUT/manifest.json               every file with its sha256, written last
+    OUT/final.safetensors           the endpoint: appears only when the run completed
+    OUT/summary.json                the final row plus run facts
+    OUT/manifest.json               every file with its sha256, written last: the run is complete
 
-Every file is written atomically (temp name, fsync, rename).
+Every file is written atomically (temp name, fsync, rename). The endpoint is written as
+``.final.pending.safetensors`` and renamed to ``final.safetensors`` by :meth:`RunWriter.finish`,
+just before the summary and the manifest, so a run that stopped early never has one.
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ def prepare_output(out: str | os.PathLike, overwrite: bool, resume: bool) -> Pat
     if resume:
         if not (out / "config.yaml").is_file():
             raise UsageError(f"{out}: nothing to resume (no config.yaml)")
-        if (out / "final.safetensors").exists():
-            raise UsageError(f"{out}: this run already completed (final.safetensors exists)")
+        if (out / MANIFEST).exists():
+            raise UsageError(f"{out}: this run already completed (manifest.json exists)")
         return out
     if out.exists() and any(out.iterdir()):
         if not overwrite:
@@ -53,6 +55,11 @@ def prepare_output(out: str | os.PathLike, overwrite: bool, resume: bool) -> Pat
     return out
 
 
+FINAL = "final.safetensors"
+PENDING = ".final.pending.safetensors"
+MANIFEST = "manifest.json"
+
+
 class RunWriter:
     """Writes checkpoints, trace rows and closing files of one run."""
 
@@ -68,10 +75,20 @@ class RunWriter:
     def step_path(self, step: int) -> Path:
         return self.out / "steps" / f"step_{step:05d}.safetensors"
 
+    def _target(self, path: Path) -> Path:
+        """Where a file is written now: the endpoint goes to its pending name until :meth:`finish`."""
+        return self.out / PENDING if Path(path) == self.out / FINAL else Path(path)
+
+    def network_file(self, rel: str) -> Path:
+        """A saved network's file, the pending endpoint included."""
+        path = self.out / rel
+        return self.out / PENDING if rel == FINAL and not path.exists() else path
+
     def save_network(self, path: Path, model: nn.Module, step: int) -> str:
-        save_checkpoint(path, model, self.arch, self.arch_kwargs, step=step, parent_sha256=self.parent_sha256,
+        save_checkpoint(self._target(path), model, self.arch, self.arch_kwargs, step=step,
+                        parent_sha256=self.parent_sha256,
                         extra={"job": self.job, **({"data": self.data} if self.data else {})})
-        return str(path.relative_to(self.out))
+        return str(Path(path).relative_to(self.out))
 
     def write_json(self, name: str, obj: Any) -> None:
         write_text_atomic(self.out / name, json.dumps(obj, indent=2, default=str) + "\n")
@@ -80,12 +97,38 @@ class RunWriter:
         """Copy a saved network (e.g. the selected step) to ``OUT/name``, atomically."""
         import shutil
 
-        with atomic_path(self.out / name) as tmp:
-            shutil.copyfile(self.out / rel_src, tmp)
+        with atomic_path(self._target(self.out / name)) as tmp:
+            shutil.copyfile(self.network_file(rel_src), tmp)
 
     def finish(self, summary: dict[str, Any]) -> None:
+        """Complete the run: the endpoint under its real name, then the summary, then the manifest."""
+        if (self.out / PENDING).exists():
+            os.replace(self.out / PENDING, self.out / FINAL)
         write_text_atomic(self.out / "summary.json", json.dumps(summary, indent=2) + "\n")
-        files = sorted(p for p in self.out.rglob("*") if p.is_file() and p.name != "manifest.json"
+        files = sorted(p for p in self.out.rglob("*") if p.is_file() and p.name != MANIFEST
                        and not p.name.startswith("."))
         manifest = {str(p.relative_to(self.out)): sha256_file(p) for p in files}
-        write_text_atomic(self.out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+        write_text_atomic(self.out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+
+
+def verify_run(run: str | os.PathLike) -> dict[str, Any]:
+    """Compare a run's files with its ``manifest.json``: missing, changed and unlisted files."""
+    run = Path(run)
+    path = run / MANIFEST
+    if not run.is_dir():
+        raise UsageError(f"{run}: not a run directory")
+    if not path.is_file():
+        raise UsageError(f"{run}: no manifest.json (the run did not complete)")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(manifest, dict):
+        raise UsageError(f"{path}: not a geopath manifest")
+    missing = sorted(k for k in manifest if not (run / k).is_file())
+    changed = sorted(k for k, digest in manifest.items() if (run / k).is_file() and sha256_file(run / k) != digest)
+    present = {str(p.relative_to(run)) for p in run.rglob("*") if p.is_file() and p.name != MANIFEST
+               and not p.name.startswith(".")}
+    unlisted = sorted(present - set(manifest))
+    return {"run": str(run), "files": len(manifest), "missing": missing, "changed": changed, "unlisted": unlisted,
+            "ok": not (missing or changed or unlisted)}

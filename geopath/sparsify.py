@@ -18,7 +18,7 @@ from ._params import ParamSpace, model_vector
 from .checkpoint import sparsity_of
 from .config import MaskMode, SparsifyConfig, SparsifyMethod
 from .evaluate import evaluate, has_batchnorm
-from .geodesic import Anchor, StepConfig
+from .geodesic import StepConfig
 from .errors import UsageError
 from .path import PathConfig, walk
 from .rundir import RunWriter, prepare_output
@@ -45,7 +45,8 @@ def build_target(cfg: SparsifyConfig, model, space: ParamSpace, w0: torch.Tensor
 
 def step_config(cfg, step_size: float) -> StepConfig:
     return StepConfig(beta=cfg.beta, step_size=step_size, cg_iters=cfg.cg_iters, cg_rtol=cfg.cg_rtol,
-                      damping=cfg.damping, metric=cfg.metric, solver=cfg.solver, anchor=cfg.anchor)
+                      damping=cfg.damping, metric=cfg.metric, solver=cfg.solver, anchor=cfg.anchor,
+                      bn_stats=cfg.bn_stats)
 
 
 def run_sparsify(
@@ -56,8 +57,6 @@ def run_sparsify(
     on_start: Callable[[Any, int], None] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) a sparsify job; returns the summary also written to ``summary.json``."""
-    if cfg.anchor is Anchor.ENDPOINTS:
-        raise UsageError("--anchor endpoints is for connect; sparsify takes start, labels or none")
     out = prepare_output(cfg.out, overwrite, resume)
     device = job.resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -89,28 +88,19 @@ def run_sparsify(
         row["train_accuracy"] = evaluate(net, train_eval, device=device).accuracy if train_eval else math.nan
         return row
 
-    bn_data = metric_data if has_batchnorm(model) else None
+    bn_data = metric_data.head(cfg.bn_samples) if has_batchnorm(model) else None
+    state = job.begin(writer, cfg, model, ck.sha256, resume, resumable=cfg.method is SparsifyMethod.GEODESIC)
     if cfg.method is SparsifyMethod.GEODESIC:
-        state = None
-        if resume:
-            state, tensors, _ = job.resume_state(writer, ck.sha256)
-            model.load_state_dict(tensors)
-        else:
-            writer.write_config(cfg.to_dict())
-            writer.trace.create()
         if on_start:
             on_start(cfg, max_steps + cfg.settle_steps)
         pcfg = PathConfig(step=step_config(cfg, step_size), max_steps=max_steps, save_every=cfg.save_every,
                           batch_size=cfg.batch_size, micro_batch=cfg.micro_batch, tol=cfg.tol,
-                          settle_steps=cfg.settle_steps, seed=cfg.seed)
+                          settle_steps=cfg.settle_steps, beta_growth=cfg.beta_growth, grow_after=cfg.steps, grow_every=cfg.steps,
+                          seed=cfg.seed)
         result = walk(model, target, metric_data, pcfg, evaluate_row, writer, anchor=anchor, state=state,
                       device=device, on_row=on_row, bn_data=bn_data)
         final = result.final
     else:
-        if resume:
-            raise UsageError("--resume continues geodesic runs; re-run a peer method with --overwrite")
-        writer.write_config(cfg.to_dict())
-        writer.trace.create()
         record = job.Recorder(writer, evaluate_row, len(metric_data), on_row, bn_data, device)
         if on_start:
             on_start(cfg, 0)

@@ -14,11 +14,11 @@ import math
 import os
 from pathlib import Path
 
-from ._atomic import write_text_atomic
+from ._atomic import STORAGE_ERRNOS, storage_error, write_text_atomic
 
 # the columns of every job's trace.csv; a job adds its own in the middle (trace.jsonl has all keys)
 HEAD = ("step", "t", "distance", "length", "drift")
-TAIL = ("sample_passes", "epochs", "wall_time", "landed_at", "checkpoint")
+TAIL = ("sample_passes", "epochs", "wall_time", "landed_at", "retries", "checkpoint")
 
 
 def columns(*job_columns: str) -> tuple[str, ...]:
@@ -49,10 +49,15 @@ class Trace:
         csv.writer(buf, lineterminator="\n").writerow([_fmt(row.get(k)) for k in self.columns])
         clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
         for path, text in ((self.csv_path, buf.getvalue()), (self.jsonl_path, json.dumps(clean) + "\n")):
-            with open(path, "a") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
+            try:
+                with open(path, "a") as f:  # one write() per row, then fsync: readers see whole rows
+                    f.write(text)
+                    f.flush()
+                    os.fsync(f.fileno())
+            except OSError as e:
+                if e.errno in STORAGE_ERRNOS:
+                    raise storage_error(path, e) from None
+                raise
 
     def rows(self) -> list[dict]:
         if not self.jsonl_path.exists():

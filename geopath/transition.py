@@ -42,7 +42,7 @@ from .checkpoint import read_tensors, sparsity_of
 from .config import TransitionConfig
 from .errors import UsageError
 from .evaluate import evaluate, has_batchnorm
-from .path import PathConfig, PathState, walk
+from .path import PathConfig, walk
 from .rundir import RunWriter, prepare_output
 from .sparsify import step_config
 from .targets import HyperplaneTarget, MagnitudeTarget, prunable_parameters, unit_groups, unit_norms
@@ -262,7 +262,7 @@ def run_transition(
     if on_start:
         on_start(cfg, sum(_leg_budget(cfg, leg)[0] + _leg_budget(cfg, leg)[1] for leg in legs))
 
-    bn_data = metric if has_batchnorm(model) else None
+    bn_data = metric.head(cfg.bn_samples) if has_batchnorm(model) else None
     for i in range(len(done), len(legs)):
         leg = legs[i]
         w_leg = w_start if i == 0 else space.flatten(read_tensors(out / done[-1]["file"])[0]).to(device)
@@ -272,16 +272,18 @@ def run_transition(
         target = leg_target(prev_mask, board.mask(model, space, w_leg, revive, w_start), w_start)
         max_steps, settle = _leg_budget(cfg, leg)
         step_size = leg.overrides.get("step_size", cfg.step_size)
+        steps = int(leg.overrides.get("steps", cfg.steps))
         if step_size is None:
-            steps = int(leg.overrides.get("steps", cfg.steps))
             step_size = max((4.0 * target.distance(w_leg) / steps) ** 2, 1e-12)
         step = step_config(dataclasses.replace(cfg, beta=float(leg.overrides.get("beta", cfg.beta))), float(step_size))
         leg_start = done[-1]["step"] if done else 0
         pcfg = PathConfig(step=step, max_steps=leg_start + max_steps, save_every=cfg.save_every,
                           batch_size=cfg.batch_size, micro_batch=cfg.micro_batch, tol=cfg.tol, settle_steps=settle,
-                          seed=cfg.seed)
+                          beta_growth=cfg.beta_growth,
+                          grow_after=leg_start + steps, grow_every=steps, seed=cfg.seed)
         result = walk(model, target, metric, pcfg, evaluate_row, writer, anchor=anchor, state=state, device=device,
-                      on_row=on_row, bn_data=bn_data, record_start=(i == 0 and state is None), origin=w_leg,
+                      on_row=on_row, bn_data=bn_data, bn_each_record=True, record_start=(i == 0 and state is None),
+                      origin=w_leg,
                       extra={"leg": i + 1, "leg_name": leg.name},
                       final_path=f"legs/leg_{i + 1:02d}_{_safe(leg.name)}.safetensors")
         done.append({"leg": i + 1, "name": leg.name, "file": result.final["checkpoint"], **leg.to_dict(),

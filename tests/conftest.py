@@ -96,19 +96,34 @@ def bn_case() -> Case:
 # --------------------------------------------------------------------------- dense references
 
 
-def _dense_jacobian(model: nn.Module, space, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Per-sample Jacobians ``J[i] = d logits_i / d w``, shape ``(N, C, n)``, model in eval mode."""
-    model.eval()
+def _dense_jacobian(model: nn.Module, space, w: torch.Tensor, x: torch.Tensor, bn_stats: str = "batch",
+                    chunks: list[int] | None = None) -> torch.Tensor:
+    """Jacobians ``J[i] = d logits_i / d w``, shape ``(N, C, n)``, Dropout off.
+
+    BatchNorm as in the operator: ``batch`` normalises with the statistics of each micro-batch
+    (``chunks``: their sizes; default one micro-batch), ``running`` with the stored ones. With
+    batch statistics an output depends on its whole micro-batch; ``J[i]`` is still the
+    derivative of output ``i`` alone.
+    """
+    from geopath.metric import bn_statistics
+
+    sizes = chunks or [x.shape[0]]
+    parts, start = [], 0
     buffers = {k: b.clone() for k, b in model.named_buffers()}
     params = space.unflatten(w.detach().clone())
+    for size in sizes:
+        xb = x[start:start + size]
+        start += size
 
-    def f(p):
-        return functional_call(model, (p, buffers), (x,))
+        def f(p, xb=xb):
+            return functional_call(model, (p, buffers), (xb,))
 
-    out = f(params)
-    jac = jacrev(f)(params)
-    N, C = out.shape
-    return torch.cat([jac[name].reshape(N, C, -1) for name in space.names], dim=2)
+        with bn_statistics(model, bn_stats):
+            out = f(params)
+            jac = jacrev(f)(params)
+        N, C = out.shape
+        parts.append(torch.cat([jac[name].reshape(N, C, -1) for name in space.names], dim=2))
+    return torch.cat(parts)
 
 
 def _output_hessians(kind: str, logits: torch.Tensor) -> torch.Tensor:

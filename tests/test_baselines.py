@@ -260,7 +260,6 @@ def test_bezier_training_lowers_the_loss_along_the_curve():
     torch.manual_seed(0)
     model = MLP(2, (8,), 2).to(D)
     train(model, ds, epochs=30, batch_size=20, lr=0.1, seed=0)
-    space = ParamSpace.of(model)
     w_a = _vec(model)
     perm = torch.randperm(8, generator=g)
     sd = {k: v.clone() for k, v in model.state_dict().items()}

@@ -10,7 +10,7 @@ import torch
 
 from geopath._params import ParamSpace, load_vector, model_vector
 from geopath.geodesic import Anchor, StepConfig, geodesic_step
-from geopath.metric import MetricKind
+from geopath.metric import MetricKind, bn_statistics
 from geopath.targets import MagnitudeTarget, prunable_parameters
 from geopath.trust_region import TRMethod
 
@@ -54,15 +54,19 @@ def _perturbed_anchor_logits(model, space, w, chunks, scale=0.05):
     return [_eval_logits(anchor, xb) for xb in chunks]
 
 
+@pytest.mark.parametrize("bn_stats", ["batch", "running"])
 @pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.value)
 @pytest.mark.parametrize("eps", [1e-4, 1e-2])
-def test_step_equals_dense_tr_solution(case, kind, eps, dense_jacobian, dense_metric, dense_tr):
+def test_step_equals_dense_tr_solution(case, kind, eps, bn_stats, dense_jacobian, dense_metric, dense_tr):
     model, space, w, x, chunks, target = _setup(case)
-    cfg = _cfg(space.n, metric=kind, step_size=eps)
+    cfg = _cfg(space.n, metric=kind, step_size=eps, bn_stats=bn_stats)
     info = geodesic_step(model, space, w, chunks, target, cfg)
 
-    J = dense_jacobian(model, space, w, x)
-    g = dense_metric(J, _eval_logits(model, x), kind.value)
+    sizes = [len(c) for c in chunks]  # with batch statistics each micro-batch is normalised on its own
+    J = dense_jacobian(model, space, w, x, bn_stats=bn_stats, chunks=sizes)
+    with torch.no_grad(), bn_statistics(model, bn_stats):
+        logits = torch.cat([model(c) for c in chunks])
+    g = dense_metric(J, logits, kind.value)
     b = cfg.beta * target.direction(w)
     theta_ref, lam = dense_tr(2.0 * g, b, math.sqrt(eps))
     assert lam > 0  # the constraint is active (b reaches the null space of g)

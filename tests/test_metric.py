@@ -7,7 +7,7 @@ import torch
 from torch.autograd.functional import hessian
 
 from geopath._params import ParamSpace, model_vector
-from geopath.metric import MetricKind, MetricOperator, output_distance, output_residual
+from geopath.metric import MetricKind, MetricOperator, bn_statistics, output_distance, output_residual
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -23,9 +23,9 @@ def _setup(case):
     return model, space, w, x
 
 
-def _logits(model, x):
-    model.eval()
-    with torch.no_grad():
+def _logits(model, x, bn_stats="batch"):
+    """The operator's forward: Dropout off, BatchNorm on the batch's (or the running) statistics."""
+    with torch.no_grad(), bn_statistics(model, bn_stats):
         return model(x)
 
 
@@ -68,20 +68,35 @@ def test_fisher_metric_equals_mean_JtHJ(case, dense_jacobian, rng):
     torch.testing.assert_close(G.to_dense(), g, rtol=0, atol=1e-8)
 
 
-def test_operator_logits_are_the_eval_mode_forward(case):
+@pytest.mark.parametrize("bn_stats", ["batch", "running"])
+def test_operator_logits_are_the_forward(case, bn_stats):
     model, space, w, x = _setup(case)
     model.train()
-    G = MetricOperator(model, space, w, [x[:1], x[1:]])
-    torch.testing.assert_close(torch.cat(G.logits), _logits(model, x), rtol=0, atol=1e-14)
+    G = MetricOperator(model, space, w, [x[:2], x[2:]], bn_stats=bn_stats)
+    expected = torch.cat([_logits(model, x[:2], bn_stats), _logits(model, x[2:], bn_stats)])
+    torch.testing.assert_close(torch.cat(G.logits), expected, rtol=0, atol=1e-14)
+    assert model.training  # the caller's mode is restored
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_micro_batches_give_the_same_operator(case, kind):
+    """Without batch statistics, splitting a batch changes nothing."""
     model, space, w, x = _setup(case)
-    one = MetricOperator(model, space, w, x, kind=kind).to_dense()
-    split = MetricOperator(model, space, w, [x[:1], x[1:3], x[3:]], kind=kind)
+    one = MetricOperator(model, space, w, x, kind=kind, bn_stats="running").to_dense()
+    split = MetricOperator(model, space, w, [x[:1], x[1:3], x[3:]], kind=kind, bn_stats="running")
     assert split.num_samples == x.shape[0]
     torch.testing.assert_close(split.to_dense(), one, rtol=0, atol=1e-12)
+
+
+def test_batch_statistics_are_per_micro_batch(bn_case, dense_jacobian, rng):
+    """With batch statistics each micro-batch is normalised on its own: the dense reference with the
+    same split agrees, the unsplit one does not."""
+    model, space, w, x = _setup(bn_case)
+    split = MetricOperator(model, space, w, [x[:2], x[2:]]).to_dense()
+    J = dense_jacobian(model, space, w, x, chunks=[2, 2]).reshape(-1, space.n)
+    torch.testing.assert_close(split, J.T @ J / x.shape[0], rtol=0, atol=1e-8)
+    J1 = dense_jacobian(model, space, w, x).reshape(-1, space.n)
+    assert (split - J1.T @ J1 / x.shape[0]).abs().max() > 1e-3
 
 
 def test_rmatvec_outputs_equals_mean_Jt_c(case, dense_jacobian, rng):
@@ -90,7 +105,7 @@ def test_rmatvec_outputs_equals_mean_Jt_c(case, dense_jacobian, rng):
     G = MetricOperator(model, space, w, chunks)
     c = torch.randn(x.shape[0], case.num_classes, generator=rng, dtype=D)
     got = G.rmatvec_outputs([c[:3], c[3:]])
-    J = dense_jacobian(model, space, w, x)
+    J = dense_jacobian(model, space, w, x, chunks=[3, x.shape[0] - 3])
     expected = torch.einsum("nci,nc->i", J, c) / x.shape[0]
     assert expected.abs().max() > 1e-2
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-10)
@@ -160,15 +175,30 @@ def test_bn_buffers_untouched_by_metric(bn_case, rng):
 
 
 def test_bn_metric_uses_running_stats(bn_case, dense_jacobian):
-    """Changing the running statistics changes the operator (it really uses them)."""
+    """With bn_stats=running, changing the running statistics changes the operator (it really uses them)."""
+    model, space, w, x = _setup(bn_case)
+    g1 = MetricOperator(model, space, w, x, bn_stats="running").to_dense()
+    with torch.no_grad():
+        model.bn.running_var.mul_(3.0)
+    g2 = MetricOperator(model, space, w, x, bn_stats="running").to_dense()
+    J2 = dense_jacobian(model, space, w, x, bn_stats="running").reshape(-1, space.n)
+    torch.testing.assert_close(g2, J2.T @ J2 / x.shape[0], rtol=0, atol=1e-8)
+    assert (g1 - g2).abs().max() > 1e-3
+
+
+def test_bn_batch_statistics_ignore_running_stats(bn_case, dense_jacobian):
+    """The default normalises with the batch's statistics: the running ones do not matter, and the
+    operator differs from the running-statistics one."""
     model, space, w, x = _setup(bn_case)
     g1 = MetricOperator(model, space, w, x).to_dense()
     with torch.no_grad():
         model.bn.running_var.mul_(3.0)
+        model.bn.running_mean.add_(1.0)
     g2 = MetricOperator(model, space, w, x).to_dense()
-    J2 = dense_jacobian(model, space, w, x).reshape(-1, space.n)
-    torch.testing.assert_close(g2, J2.T @ J2 / x.shape[0], rtol=0, atol=1e-8)
-    assert (g1 - g2).abs().max() > 1e-3
+    torch.testing.assert_close(g1, g2, rtol=0, atol=0)
+    J = dense_jacobian(model, space, w, x).reshape(-1, space.n)
+    torch.testing.assert_close(g2, J.T @ J / x.shape[0], rtol=0, atol=1e-8)
+    assert (g2 - MetricOperator(model, space, w, x, bn_stats="running").to_dense()).abs().max() > 1e-3
 
 
 def test_empty_inputs_rejected(mlp_case):

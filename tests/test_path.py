@@ -136,7 +136,9 @@ def test_two_source_step_equals_dense_weighted_tr(mlp_case, kind, dense_jacobian
     g = o1 * g1 + o2 * g2
     assert info.metric_length == pytest.approx(math.sqrt(float(info.theta @ g @ info.theta)), rel=1e-8)
     # cost: forward + residual VJP per sample of every source, plus 4/3 per sample per metric product
-    assert info.sample_passes == pytest.approx(10 * (1 / 3 + 2 / 3) + (4 / 3) * 10 * info.products, rel=1e-12)
+    # + one forward over the probe inputs (step_fault's check)
+    assert info.sample_passes == pytest.approx(10 * (1 / 3 + 2 / 3) + (4 / 3) * 10 * info.products
+                                               + len(info.probe.inputs) / 3, rel=1e-12)
     # the weights matter: equal weights give a measurably different step
     A_eq = g1 + g2
     b_eq = cfg.beta * target.direction(w) - (jr1 + jr2)
@@ -327,8 +329,9 @@ def test_land_false_stops_where_the_path_is(tmp_path, monkeypatch):
     assert gap > cfg.tol * res.d0
     torch.testing.assert_close(res.approach_end, _vec(res.model), rtol=0, atol=0)
     assert res.landing_gap == pytest.approx(gap, rel=1e-12)
-    # the saved endpoint is the same network
-    tensors, _ = read_tensors(tmp_path / "final.safetensors")
+    # the saved endpoint is the same network (pending under its real name until the job finishes the run)
+    assert not (tmp_path / "final.safetensors").exists()
+    tensors, _ = read_tensors(writer.network_file("final.safetensors"))
     torch.testing.assert_close(space.flatten(tensors), _vec(res.model), rtol=0, atol=0)
     # steps of ε: the path moved at most 5·√ε
     assert float((_vec(res.model) - model_vector(model, space)).norm()) <= 5 * math.sqrt(1e-3) * (1 + 1e-9)
@@ -351,7 +354,8 @@ def test_land_true_ends_exactly_on_network_target(tmp_path):
     ds = _data()
     cfg = PathConfig(step=StepConfig(step_size=1e-3, cg_iters=10), max_steps=5, save_every=100, batch_size=8,
                      tol=0.01, land=True, settle_steps=4)
-    landed = walk(copy.deepcopy(model), NetworkTarget(w_b), ds, cfg, _no_eval, _writer(tmp_path / "land"))
+    land_writer = _writer(tmp_path / "land")
+    landed = walk(copy.deepcopy(model), NetworkTarget(w_b), ds, cfg, _no_eval, land_writer)
     stopped = walk(copy.deepcopy(model), NetworkTarget(w_b), ds, dataclasses.replace(cfg, land=False), _no_eval,
                    _writer(tmp_path / "stop"))
     assert torch.equal(_vec(landed.model), w_b)  # exactly, bit for bit
@@ -364,6 +368,7 @@ def test_land_true_ends_exactly_on_network_target(tmp_path):
     assert landed.landing_gap == pytest.approx(gap, rel=1e-12)
     assert landed.final["landing_gap"] == pytest.approx(gap, rel=1e-12)
     assert gap > 0.5 * landed.d0  # max_steps stopped the approach well short of the target
+    land_writer.finish({})  # the endpoint appears under its real name when the run is finished
     tensors, _ = read_tensors(tmp_path / "land" / "final.safetensors")
     assert torch.equal(ParamSpace.of(model).flatten(tensors), w_b)
 
