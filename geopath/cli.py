@@ -11,9 +11,11 @@ import dataclasses
 import inspect
 import json
 import math
+import os
 import sys
 import types
 import typing
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Optional
@@ -242,7 +244,9 @@ def _make_job_command(name: str, cls, runner: str, printer, help_text: str):
                 cfg = resolve(cls, read_yaml(config), flags)
             module, _, fn = runner.partition(":")
             run = getattr(importlib.import_module(module), fn)
-            return _run_with_progress(lambda **k: run(cfg, overwrite=overwrite, resume=resume, **k), as_json, progress)
+            with _ranks(cfg.device):
+                return _run_with_progress(lambda **k: run(cfg, overwrite=overwrite, resume=resume, **k), as_json,
+                                          progress)
 
         summary = _guard(go, debug)
         if as_json:
@@ -558,6 +562,23 @@ def train_cmd(
         typer.echo(f"wrote {res['out']}: test accuracy {res['test_accuracy']:.4f} on {res['data']}")
 
 
+@contextmanager
+def _ranks(device: str):
+    """Under ``torchrun``: join the process group for the job; ranks > 0 print nothing on stdout."""
+    from . import distributed
+
+    if not distributed.launched():
+        yield
+        return
+    comm = distributed.setup(device)
+    if not comm.is_main:  # for the rest of the process: rank 0 reports
+        sys.stdout = open(os.devnull, "w")
+    try:
+        yield
+    finally:
+        distributed.teardown()
+
+
 def _sigterm_interrupts() -> None:
     """SIGTERM stops the program like Ctrl-C: temp files are removed, the exit code is 130.
 
@@ -597,7 +618,12 @@ def main() -> None:
         hint = f" (see geopath {ctx.info_name} --help)" if ctx is not None and ctx.parent is not None else ""
         _err(" ".join(e.format_message().split()) + hint)
         code = e.exit_code
-    sys.exit(code if isinstance(code, int) else 0)
+    code = code if isinstance(code, int) else 0
+    from . import distributed
+
+    if distributed.launched():
+        distributed.exit_now(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

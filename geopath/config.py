@@ -180,7 +180,9 @@ class WalkOptions(CommonOptions):
     anchor: Anchor = opt(Anchor.START, "What functional change is measured against: the start network's outputs, "
                                        "the endpoints' blended outputs (connect), the labels, or only locally.")
     batch_size: int = opt(128, "Metric batch size.")
-    micro_batch: int | None = opt(None, "Split metric batches into micro-batches of this size.")
+    micro_batch: int | None = opt(None, "Split metric batches into micro-batches of this size: products are "
+                                     "accumulated over them and only one micro-batch's activations are held "
+                                     "(one more forward pass per product).")
     bn_stats: BNStats = opt(BNStats.BATCH, "BatchNorm in metric products: the batch's own statistics (the function "
                                            "with fresh running statistics) or the stored running statistics.")
     bn_samples: int = opt(2000, "Samples used to re-estimate BatchNorm statistics at every evaluated network.")

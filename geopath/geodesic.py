@@ -60,6 +60,7 @@ class StepConfig:
     solver: TRMethod = TRMethod.STEIHAUG
     anchor: Anchor = Anchor.START
     bn_stats: BNStats = BNStats.BATCH
+    cache: bool = True  # linearise each micro-batch once per step (False: O(one micro-batch) memory)
 
     def __post_init__(self):  # accept plain strings from library callers
         object.__setattr__(self, "bn_stats", BNStats(self.bn_stats))
@@ -141,12 +142,12 @@ def _residuals(cfg: StepConfig, G: MetricOperator, batch: MetricBatch):
         pairs = list(zip(G.logits, batch.anchor_logits))
         res = [output_residual(cfg.metric, z, z0) for z, z0 in pairs]
         dist = sum(float(output_distance(cfg.metric, z, z0)) * len(z) for z, z0 in pairs)
-        return res, dist / G.num_samples
+        return res, G.comm.sum_float(dist) / G.num_samples
     if cfg.anchor is Anchor.LABELS and batch.labels is not None:
         pairs = list(zip(G.logits, batch.labels))
         res = [torch.softmax(z, -1) - F.one_hot(y, z.shape[-1]).to(z.dtype) for z, y in pairs]
         dist = sum(float(F.cross_entropy(z, y, reduction="sum")) for z, y in pairs)
-        return res, dist / G.num_samples
+        return res, G.comm.sum_float(dist) / G.num_samples
     return None, 0.0
 
 
@@ -175,7 +176,7 @@ def geodesic_step(
     G = None
     drift, passes, parts, probe = 0.0, 0.0, [], None
     for bt in batches:
-        Gs = MetricOperator(model, space, w, bt.inputs, cfg.metric, cfg.bn_stats)
+        Gs = MetricOperator(model, space, w, bt.inputs, cfg.metric, cfg.bn_stats, cache=cfg.cache)
         omega = bt.weight / total_weight
         parts.append(Gs)
         G = omega * Gs if G is None else G + omega * Gs
@@ -195,7 +196,8 @@ def geodesic_step(
     theta_g_theta = res.curvature / 2.0
     if cfg.damping > 0:
         theta_g_theta -= cfg.damping * float(torch.dot(res.theta, res.theta))
-    passes += sum(PASS_MATVEC * Gs.num_samples * Gs.matvecs for Gs in parts)
+    passes += sum((PASS_MATVEC + PASS_FORWARD * Gs.forward_passes_per_product) * Gs.num_samples * Gs.matvecs
+                  for Gs in parts)
     passes += PASS_FORWARD * len(probe.inputs)  # the check in step_fault
     return StepInfo(
         theta=res.theta,

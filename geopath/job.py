@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import distributed
 from ._params import ParamSpace, model_vector
 from .checkpoint import META_PREFIX, Checkpoint, load_checkpoint, read_tensors
 from .data import Dataset, load_dataset
@@ -27,6 +28,8 @@ from .rundir import RunWriter
 def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError("--device cuda requested but no CUDA device is available")
+    if name == "cuda" and distributed.launched():  # torchrun: this rank's GPU (set by distributed.setup)
+        return torch.device("cuda", torch.cuda.current_device())
     return torch.device(name)
 
 

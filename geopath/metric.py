@@ -34,6 +34,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, jvp, vjp
 
+from . import distributed
 from ._params import ParamSpace, buffers_of
 from .operators import LinearOperator
 
@@ -111,7 +112,17 @@ def output_distance(kind: MetricKind, logits: torch.Tensor, anchor_logits: torch
 
 
 class MetricOperator(LinearOperator):
-    """``g(w)`` averaged over the samples of one or more micro-batches of inputs."""
+    """``g(w)`` averaged over the samples of one or more micro-batches of inputs.
+
+    ``cache=True`` (default) linearises each micro-batch once, when the operator is built,
+    and reuses the forward pass for every product: fastest, but the activations of *all*
+    micro-batches stay in memory. ``cache=False`` keeps only the outputs and redoes each
+    micro-batch's forward pass inside every product, so memory is the parameters plus the
+    activations of one micro-batch (one more forward pass per product).
+
+    Under ``torchrun`` (:mod:`geopath.distributed`) the inputs are this rank's shard; every
+    product is summed over ranks and divided by the total number of samples.
+    """
 
     def __init__(
         self,
@@ -121,22 +132,32 @@ class MetricOperator(LinearOperator):
         inputs: torch.Tensor | Sequence[torch.Tensor],
         kind: MetricKind | str = MetricKind.LOGITS,
         bn_stats: BNStats | str = BNStats.BATCH,
+        cache: bool = True,
+        comm: distributed.Single | None = None,
     ):
         super().__init__(space.n, w.dtype, w.device)
         self.model, self.space = model, space
         self.kind = MetricKind(kind)
         self.bn_stats = BNStats(bn_stats)
-        self.micro_batches = [inputs] if isinstance(inputs, torch.Tensor) else list(inputs)
-        self.num_samples = sum(int(x.shape[0]) for x in self.micro_batches)
+        self.cache = cache
+        self.comm = comm or distributed.current()
+        self.micro_batches = [x for x in ([inputs] if isinstance(inputs, torch.Tensor) else inputs) if len(x)]
+        self.local_samples = sum(int(x.shape[0]) for x in self.micro_batches)
+        self.num_samples = int(round(self.comm.sum_float(float(self.local_samples))))
         if self.num_samples == 0:
             raise ValueError("the metric needs at least one input sample")
         self.params = space.unflatten(w.detach())
         self.buffers = buffers_of(model)
-        self._cache = []
+        self._logits, self._vjps = [], []
         with bn_statistics(model, self.bn_stats):
             for x in self.micro_batches:
-                logits, vjp_fn = vjp(self._f(x), self.params)
-                self._cache.append((x, logits.detach(), vjp_fn))
+                if cache:
+                    logits, vjp_fn = vjp(self._f(x), self.params)
+                    self._vjps.append(vjp_fn)
+                else:
+                    with torch.no_grad():
+                        logits = self._f(x)(self.params)
+                self._logits.append(logits.detach())
 
     def _f(self, x):
         def f(params):
@@ -146,22 +167,34 @@ class MetricOperator(LinearOperator):
 
     @property
     def logits(self) -> list[torch.Tensor]:
-        return [z for _, z, _ in self._cache]
+        """The outputs at ``w`` of each (local) micro-batch."""
+        return self._logits
+
+    @property
+    def forward_passes_per_product(self) -> int:
+        """Forward passes a product redoes per sample (0 with the cache, 1 without)."""
+        return 0 if self.cache else 1
+
+    def _vjp(self, i: int):
+        if self.cache:
+            return self._vjps[i]
+        return vjp(self._f(self.micro_batches[i]), self.params)[1]
 
     def _matvec(self, u: torch.Tensor) -> torch.Tensor:
         tangent = self.space.unflatten(u)
         total = torch.zeros_like(u)
         with bn_statistics(self.model, self.bn_stats):
-            for x, logits, vjp_fn in self._cache:
+            for i, (x, logits) in enumerate(zip(self.micro_batches, self._logits)):
                 _, ju = jvp(self._f(x), (self.params,), (tangent,))
-                (grads,) = vjp_fn(_output_hessian_product(self.kind, logits, ju))
+                (grads,) = self._vjp(i)(_output_hessian_product(self.kind, logits, ju))
                 total += self.space.flatten(grads)
-        return total / self.num_samples
+        return self.comm.sum_(total) / self.num_samples
 
     def rmatvec_outputs(self, cotangents: Sequence[torch.Tensor]) -> torch.Tensor:
-        """``mean_i J_iᵀ c_i`` for per-sample output cotangents (one per micro-batch)."""
+        """``mean_i J_iᵀ c_i`` for per-sample output cotangents (one per local micro-batch)."""
         total = torch.zeros(self.n, dtype=self.dtype, device=self.device)
-        for (_, _, vjp_fn), c in zip(self._cache, cotangents):
-            (grads,) = vjp_fn(c)
-            total += self.space.flatten(grads)
-        return total / self.num_samples
+        with bn_statistics(self.model, self.bn_stats):
+            for i, c in enumerate(cotangents):
+                (grads,) = self._vjp(i)(c)
+                total += self.space.flatten(grads)
+        return self.comm.sum_(total) / self.num_samples

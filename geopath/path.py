@@ -25,6 +25,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from . import distributed
 from ._params import ParamSpace, load_vector, model_vector
 from .data import Dataset
 from .errors import NumericalError
@@ -113,6 +114,7 @@ def metric_batch(ds: Dataset, step: int, cfg: PathConfig, device, source: int = 
     """The inputs (and labels) of step ``step`` from source ``source``, split into micro-batches."""
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step + 7_919 * source)
     idx = torch.randperm(len(ds), generator=gen)[: cfg.batch_size]
+    idx = idx[distributed.current().shard(len(idx))]  # under torchrun: this rank's share of the batch
     mb = cfg.micro_batch or cfg.batch_size
     return list(torch.split(ds.x[idx].to(device), mb)), list(torch.split(ds.y[idx].to(device), mb))
 
@@ -156,7 +158,7 @@ def _step_batches(sources: list[MetricSource], step: int, cfg: PathConfig, devic
         if cfg.step.anchor in (Anchor.START, Anchor.ENDPOINTS):
             with torch.no_grad(), bn_statistics(src.anchor, cfg.step.bn_stats):  # the same function as the metric's
                 z0 = [src.anchor(xb) for xb in x]
-            passes += PASS_FORWARD * sum(len(xb) for xb in x)
+            passes += PASS_FORWARD * distributed.current().sum_float(sum(len(xb) for xb in x))
         out.append(MetricBatch(x, z0, y, src.weight))
     return out, passes
 
@@ -171,7 +173,7 @@ def _safe_step(model, space, w, batches, target, cfg: StepConfig, keep, step: in
     changes the function far more than its local model allows (:func:`step_fault`).
     Returns the accepted step and the sample passes of every attempt.
     """
-    passes = 0.0
+    passes, comm = 0.0, distributed.current()
     for attempt in range(SHRINKS + 1):
         try:
             info = geodesic_step(model, space, w, batches, target, cfg, keep=keep)
@@ -179,8 +181,12 @@ def _safe_step(model, space, w, batches, target, cfg: StepConfig, keep, step: in
             reason = step_fault(model, space, w, info, cfg.metric, cfg.bn_stats)
         except FloatingPointError as e:
             info, reason = None, str(e)
-        if reason is None:
+        if not comm.broadcast_flag(reason is not None):  # rank 0's check decides for all ranks
+            if info is None:
+                raise NumericalError(f"step {step}: rank {comm.rank}: {reason}")
+            comm.broadcast_(info.theta)  # and its step is everyone's: the ranks never drift apart
             return info, passes
+        reason = reason or "rank 0 found a numerical fault in the step"
         if attempt < SHRINKS:
             state.retries += 1
             cfg = dataclasses.replace(cfg, step_size=cfg.step_size / 4.0)

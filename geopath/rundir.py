@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 from torch import nn
 
+from . import distributed
 from ._atomic import atomic_path, sha256_file, write_text_atomic
 from .checkpoint import save_checkpoint
 from .errors import UsageError
@@ -29,8 +30,20 @@ from .trace import Trace
 
 
 def prepare_output(out: str | os.PathLike, overwrite: bool, resume: bool) -> Path:
-    """Check (and create) the output directory under the usual rules."""
-    out = Path(out)
+    """Check (and create) the output directory under the usual rules.
+
+    Under ``torchrun`` rank 0 does this while the other ranks wait for it.
+    """
+    comm = distributed.current()
+    if not comm.is_main:
+        comm.barrier()
+        return Path(out)
+    out = _prepare(Path(out), overwrite, resume)
+    comm.barrier()
+    return out
+
+
+def _prepare(out: Path, overwrite: bool, resume: bool) -> Path:
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out}: exists and is not a directory")
     if resume:
@@ -61,16 +74,22 @@ MANIFEST = "manifest.json"
 
 
 class RunWriter:
-    """Writes checkpoints, trace rows and closing files of one run."""
+    """Writes checkpoints, trace rows and closing files of one run.
+
+    Under ``torchrun`` only rank 0 writes; on the other ranks every write is skipped
+    (reads — resuming — see the same directory).
+    """
 
     def __init__(self, out: Path, arch: str, arch_kwargs: dict, parent_sha256: str | None, job: str, data: str | None,
                  columns: tuple[str, ...] | None = None):
         self.out, self.arch, self.arch_kwargs = Path(out), arch, arch_kwargs
         self.parent_sha256, self.job, self.data = parent_sha256, job, data
         self.trace = Trace(self.out, columns) if columns else Trace(self.out)
+        self.writes = self.trace.writes = distributed.current().is_main
 
     def write_config(self, config: dict[str, Any]) -> None:
-        write_text_atomic(self.out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+        if self.writes:
+            write_text_atomic(self.out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
 
     def step_path(self, step: int) -> Path:
         return self.out / "steps" / f"step_{step:05d}.safetensors"
@@ -85,23 +104,29 @@ class RunWriter:
         return self.out / PENDING if rel == FINAL and not path.exists() else path
 
     def save_network(self, path: Path, model: nn.Module, step: int) -> str:
-        save_checkpoint(self._target(path), model, self.arch, self.arch_kwargs, step=step,
-                        parent_sha256=self.parent_sha256,
-                        extra={"job": self.job, **({"data": self.data} if self.data else {})})
+        if self.writes:
+            save_checkpoint(self._target(path), model, self.arch, self.arch_kwargs, step=step,
+                            parent_sha256=self.parent_sha256,
+                            extra={"job": self.job, **({"data": self.data} if self.data else {})})
         return str(Path(path).relative_to(self.out))
 
     def write_json(self, name: str, obj: Any) -> None:
-        write_text_atomic(self.out / name, json.dumps(obj, indent=2, default=str) + "\n")
+        if self.writes:
+            write_text_atomic(self.out / name, json.dumps(obj, indent=2, default=str) + "\n")
 
     def copy_network(self, rel_src: str, name: str) -> None:
         """Copy a saved network (e.g. the selected step) to ``OUT/name``, atomically."""
         import shutil
 
+        if not self.writes:
+            return
         with atomic_path(self._target(self.out / name)) as tmp:
             shutil.copyfile(self.network_file(rel_src), tmp)
 
     def finish(self, summary: dict[str, Any]) -> None:
         """Complete the run: the endpoint under its real name, then the summary, then the manifest."""
+        if not self.writes:
+            return
         if (self.out / PENDING).exists():
             os.replace(self.out / PENDING, self.out / FINAL)
         write_text_atomic(self.out / "summary.json", json.dumps(summary, indent=2) + "\n")

@@ -46,7 +46,7 @@ def build_target(cfg: SparsifyConfig, model, space: ParamSpace, w0: torch.Tensor
 def step_config(cfg, step_size: float) -> StepConfig:
     return StepConfig(beta=cfg.beta, step_size=step_size, cg_iters=cfg.cg_iters, cg_rtol=cfg.cg_rtol,
                       damping=cfg.damping, metric=cfg.metric, solver=cfg.solver, anchor=cfg.anchor,
-                      bn_stats=cfg.bn_stats)
+                      bn_stats=cfg.bn_stats, cache=cfg.micro_batch is None)
 
 
 def run_sparsify(

@@ -37,17 +37,26 @@ class Trace:
         self.columns = tuple(columns)
         self.csv_path = self.dir / "trace.csv"
         self.jsonl_path = self.dir / "trace.jsonl"
+        self.writes = True  # False on the ranks > 0 of a torchrun job: rows are kept in memory instead
+        self._memory: list[dict] | None = None
+
 
     def create(self) -> None:
+        if not self.writes:
+            self._memory = []
+            return
         buf = io.StringIO()
         csv.writer(buf, lineterminator="\n").writerow(self.columns)
         write_text_atomic(self.csv_path, buf.getvalue())
         write_text_atomic(self.jsonl_path, "")
 
     def append(self, row: dict) -> None:
+        clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+        if not self.writes:
+            self._memory = (self._memory if self._memory is not None else self.rows()) + [json.loads(json.dumps(clean))]
+            return
         buf = io.StringIO()
         csv.writer(buf, lineterminator="\n").writerow([_fmt(row.get(k)) for k in self.columns])
-        clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
         for path, text in ((self.csv_path, buf.getvalue()), (self.jsonl_path, json.dumps(clean) + "\n")):
             try:
                 with open(path, "a") as f:  # one write() per row, then fsync: readers see whole rows
@@ -60,6 +69,8 @@ class Trace:
                 raise
 
     def rows(self) -> list[dict]:
+        if self._memory is not None:
+            return list(self._memory)
         if not self.jsonl_path.exists():
             return []
         out = []
@@ -72,6 +83,9 @@ class Trace:
 
     def keep(self, rows: list[dict]) -> None:
         """Rewrite both files with exactly ``rows`` (used when resuming)."""
+        if not self.writes:
+            self._memory = [dict(r) for r in rows]
+            return
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(self.columns)

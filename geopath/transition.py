@@ -263,9 +263,15 @@ def run_transition(
         on_start(cfg, sum(_leg_budget(cfg, leg)[0] + _leg_budget(cfg, leg)[1] for leg in legs))
 
     bn_data = metric.head(cfg.bn_samples) if has_batchnorm(model) else None
+    w_end = None
     for i in range(len(done), len(legs)):
         leg = legs[i]
-        w_leg = w_start if i == 0 else space.flatten(read_tensors(out / done[-1]["file"])[0]).to(device)
+        if i == 0:
+            w_leg = w_start
+        elif w_end is not None:  # the previous leg's endpoint, as saved
+            w_leg = w_end
+        else:  # resuming: read it back
+            w_leg = space.flatten(read_tensors(out / done[-1]["file"])[0]).to(device)
         prev_mask, prev_units = board.mask(model, space, w_leg), board.unit_mask(model, space, w_leg)
         board.apply(leg, model, space, w_leg)
         revive = prev_units & ~board.unit_mask(model, space, w_leg)
@@ -290,6 +296,7 @@ def run_transition(
                      "switchboard": board.to_dict(), **{k: result.final[k] for k in
                      ("step", "test_accuracy", "test_loss", "sparsity", "units_off", "epochs")}})
         writer.write_json("legs.json", done)
+        w_end = model_vector(result.model, space)
         state = dataclasses.replace(result.state, landed_at=None, milestone=0, landing_gap=None)
     writer.copy_network(done[-1]["file"], "final.safetensors")
     final = writer.trace.rows()[-1]

@@ -1,0 +1,266 @@
+"""Cost of one metric-vector product against one forward+backward pass, and its memory.
+
+    python bench/metric_speed.py [--batch 128] [--repeats 21] [--device cpu|cuda] [--quick]
+
+For an MLP (MNIST), LeNet-5 (MNIST) and VGG11 (CIFAR-10, full width and width 0.25), on the
+same batch in the same run:
+
+- ``fwd+bwd``: one training pass (cross-entropy, ``loss.backward()``), the baseline;
+- ``linearize``: building the metric operator (one forward pass that keeps the VJP closure);
+- ``g·u``: one product with the cached linearisation (JVP + VJP), the one CG repeats;
+- ``g·u, micro-batch``: the same product accumulated over micro-batches of 32 without the
+  cache (``--micro-batch 32``: one extra forward pass, activations of one micro-batch);
+- on the MLP, the explicit-Jacobian route (``torch.func.jacrev`` then ``Jᵀ(Ju)``) for the gap.
+
+Times are medians over ``--repeats`` after two warm-ups. Peak memory is measured in a fresh
+subprocess per (model, operation): on CPU the growth of the peak resident set over the
+process's size with model and batch loaded; on CUDA ``torch.cuda.max_memory_allocated``.
+It is set against the model's parameter memory plus one batch of activations (the outputs of
+every leaf module in a forward pass). Writes docs/performance.{json,md}; prints a one-line
+summary; exits 3 when a cached product costs more than 3× a forward+backward pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.func import functional_call, jacrev
+from torch.nn import functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from geopath._params import ParamSpace, model_vector  # noqa: E402
+from geopath.archs import build_model  # noqa: E402
+from geopath.metric import MetricOperator  # noqa: E402
+
+MODELS = {
+    "mlp": ("mlp", {}, (1, 28, 28)),
+    "lenet5": ("lenet5", {}, (1, 28, 28)),
+    "vgg11_w025": ("vgg11", {"width": 0.25}, (3, 32, 32)),
+    "vgg11": ("vgg11", {}, (3, 32, 32)),
+}
+OPS = ("fwd+bwd", "linearize", "g·u", "g·u, micro-batch", "explicit J")
+MICRO = 32
+TARGET_RATIO = 3.0
+
+
+def setup(name: str, batch: int, device: str):
+    arch, kw, shape = MODELS[name]
+    torch.manual_seed(0)
+    model = build_model(arch, kw).to(device).eval()
+    x = torch.randn(batch, *shape, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+    return model, x, y
+
+
+def run_op(op: str, model: nn.Module, x, y):
+    """A callable doing ``op`` once (after its own setup)."""
+    space = ParamSpace.of(model)
+    w = model_vector(model, space)
+    u = torch.randn(space.n, device=w.device)
+    if op == "fwd+bwd":
+        model.train()
+
+        def f():
+            model.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+        return f
+    if op == "linearize":
+        return lambda: MetricOperator(model, space, w, x)
+    if op == "g·u":
+        G = MetricOperator(model, space, w, x)
+        return lambda: G.matvec(u)
+    if op == "g·u, micro-batch":
+        G = MetricOperator(model, space, w, list(torch.split(x, MICRO)), cache=False)
+        return lambda: G.matvec(u)
+    if op == "explicit J":
+        params = space.unflatten(w)
+
+        def f():
+            J = jacrev(lambda p: functional_call(model, p, (x,)))(params)
+            J = torch.cat([J[k].reshape(x.shape[0] * 10, -1) for k in params], 1)
+            return J.T @ (J @ u) / x.shape[0]
+        return f
+    raise ValueError(op)
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_op(op, model, x, y, repeats: int, device: str) -> float:
+    f = run_op(op, model, x, y)
+    for _ in range(2):
+        f()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        f()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def activation_bytes(model: nn.Module, x) -> int:
+    """Bytes of every leaf module's output in one forward pass (one batch of activations)."""
+    total = 0
+
+    def hook(_m, _i, out):
+        nonlocal total
+        total += out.numel() * out.element_size()
+
+    hs = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
+    with torch.no_grad():
+        model(x)
+    for h in hs:
+        h.remove()
+    return total
+
+
+def _status(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
+def _reset_peak_rss() -> int:
+    """Reset the peak resident set to the current one (Linux); returns the current one.
+
+    (``getrusage``'s ``ru_maxrss`` survives ``exec`` and would report the parent's peak.)
+    """
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return _status("VmRSS")
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _peak_rss() -> int:
+    try:
+        return _status("VmHWM")
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def peak_child(name: str, op: str, batch: int, device: str) -> None:
+    """(In a subprocess) print the peak memory growth of doing ``op`` three times."""
+    model, x, y = setup(name, batch, device)
+    run_op(op, model, x[:2], y[:2])()  # load torch's lazily imported code first: it is not the operation's memory
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = _reset_peak_rss()
+    f = run_op(op, model, x, y)
+    for _ in range(3):
+        f()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        peak = _peak_rss() - base
+    print(json.dumps({"peak": peak}))
+
+
+def peak_memory(name: str, op: str, batch: int, device: str) -> int:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, __file__, "--_peak", name, op, "--batch", str(batch), "--device", device],
+                         capture_output=True, text=True, env=env, check=True).stdout
+    return int(json.loads(out.strip().splitlines()[-1])["peak"])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=21)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--docs", default=str(ROOT / "docs"))
+    ap.add_argument("--quick", action="store_true", help="mlp only, 2 repeats (a smoke test, not a result)")
+    ap.add_argument("--_peak", nargs=2, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args._peak:
+        peak_child(*args._peak, args.batch, args.device)
+        return 0
+    names = ["mlp"] if args.quick else args.models.split(",")
+    repeats = 2 if args.quick else args.repeats
+    results = []
+    for name in names:
+        model, x, y = setup(name, args.batch, args.device)
+        n = ParamSpace.of(model).n
+        ops = [op for op in OPS if op != "explicit J" or name == "mlp"]
+        row = {"model": name, "parameters": n, "batch": args.batch, "seconds": {}, "peak_bytes": {},
+               "param_bytes": n * 4, "activation_bytes": activation_bytes(model, x)}
+        for op in ops:
+            row["seconds"][op] = time_op(op, model, x, y, repeats, args.device)
+            row["peak_bytes"][op] = peak_memory(name, op, args.batch, args.device)
+        base = row["seconds"]["fwd+bwd"]
+        row["ratio"] = {op: s / base for op, s in row["seconds"].items()}
+        results.append(row)
+        print(json.dumps({"model": name, **{op: round(r, 2) for op, r in row["ratio"].items()}}), flush=True)
+    machine = (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+               f"torch {torch.__version__}, device {args.device}"
+               + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else ""))
+    worst = max(r["ratio"]["g·u"] for r in results)
+    ok = worst <= TARGET_RATIO
+    if not args.quick:
+        docs = Path(args.docs)
+        tag = "" if args.device == "cpu" else "_" + args.device.split(":")[0]
+        (docs / f"performance{tag}.json").write_text(json.dumps({"machine": machine, "results": results}, indent=2)
+                                                     + "\n")
+        write_md(docs / f"performance{tag}.md", machine, results, args)
+    print(f"metric_speed: g·u costs at most {worst:.2f}× a forward+backward pass (target ≤ {TARGET_RATIO:g}×) "
+          f"{'PASS' if ok else 'MISS'}")
+    return 0 if ok else 3
+
+
+def _mb(b: int) -> str:
+    return f"{b / 2**20:,.1f}"
+
+
+def write_md(path: Path, machine: str, results: list[dict], args) -> None:
+    lines = ["# Performance of the metric products", "",
+             f"Produced by `python bench/metric_speed.py --device {args.device}` (batch {args.batch}, median of "
+             f"{args.repeats} after two warm-ups). Machine: {machine}. Inputs are random tensors of the data "
+             "set's shape (the cost does not depend on the values).", "",
+             "Time of each operation as a multiple of one forward+backward pass on the same batch, measured in the "
+             "same run (seconds in brackets). *linearize* is done once per step; *g·u* is what conjugate gradient "
+             f"repeats (`--cg-iters` times per step); *g·u, micro-batch* accumulates over micro-batches of {MICRO} "
+             "without the cached linearisation (`--micro-batch`).", "",
+             "| model | parameters | " + " | ".join(OPS) + " |", "|---|---:|" + "---:|" * len(OPS)]
+    for r in results:
+        cells = [f"{r['ratio'][op]:.2f}× ({r['seconds'][op]:.3g} s)" if op in r["ratio"] else "—" for op in OPS]
+        lines.append(f"| {r['model']} | {r['parameters']:,} | " + " | ".join(cells) + " |")
+    lines += ["", "Peak memory growth while doing each operation three times, MiB, against the parameters' memory "
+              "plus one batch of activations (*P + A*):", "",
+              "| model | P + A | " + " | ".join(OPS) + " |", "|---|---:|" + "---:|" * len(OPS)]
+    for r in results:
+        cells = [_mb(r["peak_bytes"][op]) if op in r["peak_bytes"] else "—" for op in OPS]
+        lines.append(f"| {r['model']} | {_mb(r['param_bytes'] + r['activation_bytes'])} | " + " | ".join(cells)
+                     + " |")
+    lines += ["", "CPU peaks are growths of the resident set (the allocator keeps freed memory, so they are upper "
+              "bounds and ~1 MiB-granular); the explicit Jacobian alone is batch × classes × parameters × 4 bytes.",
+              "A cached product holds the whole batch's linearisation (the VJP's saved activations) and the JVP's "
+              "own activations on top; the micro-batch product holds one micro-batch's at a time (a quarter of the batch here), "
+              "so its peak no longer grows with the batch size (`--micro-batch`, docs/scaling.md).", ""]
+    path.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
