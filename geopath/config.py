@@ -407,16 +407,22 @@ def _coerce(name: str, tp, value):
     raise UsageError(f"option {name!r}: invalid value {value!r}{choices}")
 
 
+def load_yaml_file(path: str | Path, what: str) -> Any:
+    """The parsed contents of a YAML file, or a one-line usage error naming ``what`` it should be."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{path}: no such {what} file")
+    try:
+        return yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise UsageError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+
+
 def read_yaml(path: str | Path | None) -> dict[str, Any]:
     if path is None:
         return {}
     path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"{path}: no such config file")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise UsageError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    data = load_yaml_file(path, "config")
     if data is None:
         return {}
     if not isinstance(data, dict):

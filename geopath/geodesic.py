@@ -23,6 +23,7 @@ from torch.func import functional_call
 from torch.nn import functional as F
 
 from ._params import ParamSpace, buffers_of
+from .evaluate import has_batchnorm
 from .metric import BNStats, MetricKind, MetricOperator, bn_statistics, output_distance, output_residual
 from .operators import Identity, RestrictedOperator
 from .targets import Target
@@ -212,12 +213,8 @@ def geodesic_step(
 
 def _probe(cfg: StepConfig, G: MetricOperator, batch: MetricBatch) -> Probe:
     # with batch statistics an output depends on its whole micro-batch: probe all of it
-    k = None if cfg.bn_stats is BNStats.BATCH and _has_batchnorm(G.model) else PROBE_SAMPLES
+    k = None if cfg.bn_stats is BNStats.BATCH and has_batchnorm(G.model) else PROBE_SAMPLES
     x, z = batch.inputs[0][:k], G.logits[0][:k]
     anchored = cfg.anchor in (Anchor.START, Anchor.ENDPOINTS) and batch.anchor_logits is not None
     ref = batch.anchor_logits[0][:k] if anchored else z
     return Probe(x, ref.detach(), float(output_distance(cfg.metric, z, ref)) if anchored else 0.0)
-
-
-def _has_batchnorm(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())

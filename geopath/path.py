@@ -158,7 +158,7 @@ def _step_batches(sources: list[MetricSource], step: int, cfg: PathConfig, devic
         if cfg.step.anchor in (Anchor.START, Anchor.ENDPOINTS):
             with torch.no_grad(), bn_statistics(src.anchor, cfg.step.bn_stats):  # the same function as the metric's
                 z0 = [src.anchor(xb) for xb in x]
-            passes += PASS_FORWARD * distributed.current().sum_float(sum(len(xb) for xb in x))
+            passes += PASS_FORWARD * min(cfg.batch_size, len(src.data))  # the whole batch, over all ranks
         out.append(MetricBatch(x, z0, y, src.weight))
     return out, passes
 

@@ -34,12 +34,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import yaml
 
 from . import job
 from ._params import ParamSpace, model_vector
 from .checkpoint import read_tensors, sparsity_of
-from .config import TransitionConfig
+from .config import TransitionConfig, load_yaml_file
 from .errors import UsageError
 from .evaluate import evaluate, has_batchnorm
 from .path import PathConfig, walk
@@ -88,12 +87,7 @@ def parse_plan(plan: Any) -> list[Leg]:
     src = "plan"
     if isinstance(plan, (str, Path)):
         path = Path(plan)
-        if not path.is_file():
-            raise UsageError(f"{path}: no such plan file")
-        try:
-            plan = yaml.safe_load(path.read_text())
-        except (yaml.YAMLError, UnicodeDecodeError) as e:
-            raise UsageError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        plan = load_yaml_file(path, "plan")
         src = str(path)
     if isinstance(plan, dict):
         unknown = sorted(set(plan) - {"legs"})
