@@ -107,7 +107,7 @@ def run_connect(
                           milestones=cfg.points - 1, beta_growth=cfg.beta_growth, grow_after=cfg.steps,
                           grow_every=cfg.steps, seed=cfg.seed)
         result = walk(model, NetworkTarget(w_b), [src], pcfg, evaluate_row, writer, anchor=model_a, state=state,
-                      device=device, on_row=on_row, bn_data=bn_data, bn_each_record=True,
+                      device=device, on_row=on_row, bn_data=bn_data,
                       before_step=lambda w, t: setattr(blend, "t", t))
         if result.approach_end is not None and result.landing_gap > cfg.tol * d0:
             _evaluate_jump(model, space, result.approach_end, w_b, d0, result.final, writer, evaluate_row,

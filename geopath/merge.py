@@ -206,7 +206,7 @@ def run_merge(
                           combine=cfg.combine, beta_growth=cfg.beta_growth, grow_after=cfg.steps, grow_every=cfg.steps,
                           seed=cfg.seed)
         walk(model, NetworkTarget(w_b), sources(cfg, tasks), pcfg, evaluate_row, writer, anchor=tasks.model_a,
-             state=state, device=device, on_row=on_row, bn_data=bn_data, bn_each_record=True, epoch_size=epoch_size)
+             state=state, device=device, on_row=on_row, bn_data=bn_data, epoch_size=epoch_size)
     else:
         if on_start:
             on_start(cfg, 0)

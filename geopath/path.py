@@ -206,7 +206,6 @@ def walk(
     device: str | torch.device = "cpu",
     on_row: Callable[[dict], None] | None = None,
     bn_data: Dataset | None = None,
-    bn_each_record: bool = False,
     hold: torch.Tensor | None = None,
     final_path: str = "final.safetensors",
     extra: dict | None = None,
@@ -219,8 +218,8 @@ def walk(
 
     ``anchor`` is the starting network (its outputs anchor the functional change on
     sources that name no anchor of their own); ``state`` continues a resumed run or
-    the previous leg of a chain. ``bn_data``: re-estimate BatchNorm statistics at the
-    endpoint, or at every recorded network with ``bn_each_record``. ``hold`` (bool)
+    the previous leg of a chain. ``bn_data``: re-estimate BatchNorm statistics at every
+    recorded network (so what the trace scores is the function the metric kept). ``hold`` (bool)
     marks coordinates that do not move before landing. ``extra`` is merged into every
     trace row (e.g. the leg of a chain). ``before_step(w, t)`` is called before each
     step with the current weights and progress ``t = 1 − distance/d0`` (anchors that
@@ -253,7 +252,7 @@ def walk(
         return 1.0 if d0 == 0 else max(0.0, 1.0 - target.distance(vec) / d0)
 
     def record(step: int, net: nn.Module, path, drift: float = 0.0, **tags) -> dict:
-        if bn_data is not None and bn_each_record:
+        if bn_data is not None:
             recompute_batchnorm(net, bn_data, device=device)
         vec = model_vector(net, space)
         row = {
@@ -337,8 +336,6 @@ def walk(
         free = target.free()
         w = target.project(w) if free is None else torch.where(free.to(w.device), w, target.project(w))
     load_vector(model, space, w)
-    if bn_data is not None and not bn_each_record:  # (record() re-estimates them otherwise)
-        recompute_batchnorm(model, bn_data, device=device)
     state.step, state.landed_at = step, landed_at
     if cfg.milestones > 1:
         state.milestone = cfg.milestones

@@ -282,7 +282,7 @@ def run_transition(
                           beta_growth=cfg.beta_growth,
                           grow_after=leg_start + steps, grow_every=steps, seed=cfg.seed)
         result = walk(model, target, metric, pcfg, evaluate_row, writer, anchor=anchor, state=state, device=device,
-                      on_row=on_row, bn_data=bn_data, bn_each_record=True, record_start=(i == 0 and state is None),
+                      on_row=on_row, bn_data=bn_data, record_start=(i == 0 and state is None),
                       origin=w_leg,
                       extra={"leg": i + 1, "leg_name": leg.name},
                       final_path=f"legs/leg_{i + 1:02d}_{_safe(leg.name)}.safetensors")
