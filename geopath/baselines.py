@@ -28,7 +28,7 @@ from torch.func import functional_call, grad, vmap
 
 from ._params import ParamSpace, load_vector, model_vector
 from .data import Dataset, batches
-from .targets import HyperplaneTarget, MagnitudeTarget
+from .targets import HyperplaneTarget, MagnitudeTarget, StructuredTarget
 from .train import TrainStats, train
 
 Record = Callable[..., dict]
@@ -81,15 +81,17 @@ def prune_finetune(model: nn.Module, target: HyperplaneTarget, ds: Dataset, samp
     return stats
 
 
-def iterative_prune(model: nn.Module, target: MagnitudeTarget, ds: Dataset, sample_passes: int, rounds: int = 5,
-                    batch_size: int = 128, lr: float = 0.05, seed: int = 0, device="cpu",
-                    record: Record | None = None, records: int = 20) -> MagnitudeTarget:
-    """Iterative magnitude pruning with fine-tuning: ``rounds`` rounds, budget split evenly.
+def iterative_prune(model: nn.Module, target: MagnitudeTarget | StructuredTarget, ds: Dataset, sample_passes: int,
+                    rounds: int = 5, batch_size: int = 128, lr: float = 0.05, seed: int = 0, device="cpu",
+                    record: Record | None = None, records: int = 20) -> HyperplaneTarget:
+    """Iterative pruning with fine-tuning: ``rounds`` rounds, budget split evenly.
 
-    Round ``r`` prunes (by current magnitude, same parameters and scope as ``target``)
-    to sparsity ``1 − (1 − s)^{r/R}`` and fine-tunes with the pruned weights held at
-    zero, so the last round reaches ``target.sparsity`` exactly. Returns the final
-    target (its mask is chosen along the way, not from the start).
+    Round ``r`` prunes by the *current* weights to ``target.stage(w, r / rounds)`` —
+    unstructured: sparsity ``1 − (1 − s)^{r/R}`` of the same parameters and scope;
+    structured: ``round(r/R × count)`` units of each layer, smallest norm first — and
+    fine-tunes with the pruned weights held at zero, so the last round removes exactly
+    as much as ``target``. Returns the final target (its mask is chosen along the way,
+    not from the start).
     """
     space = ParamSpace.of(model)
     d0 = target.distance(model_vector(model, space))
@@ -101,8 +103,7 @@ def iterative_prune(model: nn.Module, target: MagnitudeTarget, ds: Dataset, samp
     done_steps, done_passes = 0, 0
     current = target
     for r in range(1, rounds + 1):
-        s_r = 1.0 - (1.0 - target.sparsity) ** (r / rounds) if r < rounds else target.sparsity
-        current = MagnitudeTarget(space, model_vector(model, space), s_r, target.parameters, target.scope)
+        current = target.stage(model_vector(model, space), r / rounds)
         load_vector(model, space, current.project(model_vector(model, space)))
         t_r = 1.0 - target.distance(model_vector(model, space)) / d0 if d0 else 1.0
         if record:

@@ -109,8 +109,8 @@ def run_sparsify(
             baselines.prune_finetune(model, target, metric_data, passes, batch_size=cfg.batch_size, lr=cfg.lr,
                                      seed=cfg.seed, device=device, record=record, records=_records(cfg))
         else:
-            if not isinstance(target, MagnitudeTarget) or target.dynamic:
-                raise UsageError("--method iterative-prune needs unstructured magnitude sparsity with a fixed mask")
+            if isinstance(target, MagnitudeTarget) and target.dynamic:
+                raise UsageError("--method iterative-prune chooses its own masks; it does not take --mask dynamic")
             target = baselines.iterative_prune(model, target, metric_data, passes, rounds=cfg.rounds,
                                                batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, device=device,
                                                record=record, records=_records(cfg))

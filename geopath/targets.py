@@ -13,6 +13,7 @@ The sparse targets are hyperplanes ``{w : w[mask] = 0}``: ``v(w) = P(w) − w``.
 
 from __future__ import annotations
 
+import copy
 from enum import Enum
 from typing import Sequence
 
@@ -177,6 +178,15 @@ class MagnitudeTarget(HyperplaneTarget):
         if self.dynamic:
             self.mask = self._choose(w)
 
+    def stage(self, w: torch.Tensor, fraction: float) -> "MagnitudeTarget":
+        """A fixed mask at ``w`` with sparsity ``1 − (1 − s)^fraction`` (exactly ``s`` at 1).
+
+        Pruned weights are zero, hence the smallest, so stages of growing ``fraction`` have
+        nested masks (iterative pruning's geometric schedule).
+        """
+        s = self.sparsity if fraction >= 1 else 1.0 - (1.0 - self.sparsity) ** fraction
+        return MagnitudeTarget(self.space, w, s, self.parameters, self.scope)
+
     def describe(self):
         return {"target": self.name, "sparsity": self.sparsity, "scope": self.scope.value,
                 "dynamic": self.dynamic, "parameters": self.parameters, "masked": int(self.mask.sum())}
@@ -239,8 +249,7 @@ class StructuredTarget(HyperplaneTarget):
     name = "structured"
 
     def __init__(self, model: nn.Module, space: ParamSpace, w0: torch.Tensor, counts: dict[str, int]):
-        mask = torch.zeros_like(w0, dtype=torch.bool)
-        self.counts, self.removed = dict(counts), {}
+        self.counts, self._groups = dict(counts), {}
         for layer, k in counts.items():
             try:
                 groups = unit_groups(model, space, layer)
@@ -248,12 +257,31 @@ class StructuredTarget(HyperplaneTarget):
                 raise UsageError(f"--structured: {e}") from None
             if not 0 <= k < len(groups):
                 raise UsageError(f"--structured: cannot remove {k} of the {len(groups)} units of {layer!r}")
-            norms = unit_norms(unit_groups(model, space, layer, batchnorm=False), w0)
+            self._groups[layer] = (groups, unit_groups(model, space, layer, batchnorm=False))
+        super().__init__(self._choose(w0))
+
+    def _choose(self, w: torch.Tensor) -> torch.Tensor:
+        mask = torch.zeros_like(w, dtype=torch.bool)
+        self.removed = {}
+        for layer, k in self.counts.items():
+            groups, ranked = self._groups[layer]
+            norms = unit_norms(ranked, w)
             chosen = torch.topk(norms, k, largest=False).indices.sort().values.tolist() if k else []
             self.removed[layer] = chosen
             for i in chosen:
                 mask[groups[i].to(mask.device)] = True
-        super().__init__(mask)
+        return mask
+
+    def stage(self, w: torch.Tensor, fraction: float) -> "StructuredTarget":
+        """The same layers with ``round(fraction × count)`` units each, chosen afresh at ``w``.
+
+        Units already at zero have the smallest norm, so stages of growing ``fraction``
+        remove nested sets of units (iterative pruning).
+        """
+        out = copy.copy(self)
+        out.counts = {layer: int(round(fraction * k)) for layer, k in self.counts.items()}
+        out.mask, out._free = out._choose(w), None
+        return out
 
     def describe(self):
         return {"target": self.name, "counts": self.counts, "removed": self.removed, "masked": int(self.mask.sum())}

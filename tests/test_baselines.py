@@ -14,7 +14,7 @@ import geopath.baselines as baselines
 from geopath._params import ParamSpace, model_vector
 from geopath.archs import MLP
 from geopath.data import Dataset, batches
-from geopath.targets import MagnitudeTarget, prunable_parameters
+from geopath.targets import MagnitudeTarget, StructuredTarget, prunable_parameters, unit_groups
 from geopath.train import train
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -421,6 +421,46 @@ def test_iterative_prune_schedule_and_nested_masks(monkeypatch, rounds):
         r1, r2 = pruned_rows[1]["w"], pruned_rows[2]["w"]
         keep = ~((r2 == 0) & prunable)
         assert float((r1[keep] - r2[keep]).norm()) > 1e-3
+
+
+def test_iterative_prune_structured_removes_nested_units_by_current_norm(monkeypatch):
+    """Structured rounds: round(r/R × k) units per layer, smallest current norm, never restored."""
+    model = _mlp(0, hidden=(6,))
+    space = ParamSpace.of(model)
+    groups = unit_groups(model, space, "layers.0")
+    target = StructuredTarget(model, space, _vec(model), {"layers.0": 4})
+    seen = _count_steps(monkeypatch)
+    rec = Recorder()
+    final_target = baselines.iterative_prune(model, target, _data(48), sample_passes=2 * 32, rounds=2,
+                                             batch_size=8, lr=0.05, record=rec)
+    assert len(seen) == 8
+    off = lambda w: {i for i, g in enumerate(groups) if bool((w[g] == 0).all())}  # noqa: E731
+    pruned = {int(c["name"].rsplit("pruned", 1)[1]): c["w"] for c in rec.calls if "pruned" in (c.get("name") or "")}
+    assert len(off(pruned[1])) == 2 and len(off(pruned[2])) == 4
+    assert off(pruned[1]) <= off(pruned[2])
+    w = _vec(model)
+    assert off(w) == off(pruned[2]) == set(final_target.removed["layers.0"])
+    assert final_target.counts == {"layers.0": 4}
+    # the kept units were trained between the rounds
+    keep = [i for i in range(6) if i not in off(w)]
+    assert float((pruned[1][torch.cat([groups[i] for i in keep])] - w[torch.cat([groups[i] for i in keep])]).norm()) > 1e-3
+
+
+def test_structured_stage_picks_the_smallest_current_units():
+    model = _mlp(0, hidden=(6,))
+    space = ParamSpace.of(model)
+    target = StructuredTarget(model, space, _vec(model), {"layers.0": 4})
+    w = _vec(model).clone()
+    ranked = unit_groups(model, space, "layers.0", batchnorm=False)
+    for i, g in enumerate(ranked):  # unit i gets norm growing with (i * 5) % 6: order 0, 5, 4, 3, 2, 1
+        w[g] = float((i * 5) % 6 + 1)
+    half = target.stage(w, 0.5)
+    assert half.counts == {"layers.0": 2} and half.removed["layers.0"] == [0, 5]
+    assert target.counts == {"layers.0": 4}  # the original is untouched
+    full = target.stage(w, 1.0)
+    assert full.removed["layers.0"] == [0, 3, 4, 5]
+    assert int(full.mask.sum()) == sum(len(g) for i, g in enumerate(unit_groups(model, space, "layers.0"))
+                                       if i in (0, 3, 4, 5))
 
 
 # --------------------------------------------------------------------------- ewc
