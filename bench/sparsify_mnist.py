@@ -28,6 +28,7 @@ from geopath.checkpoint import load_checkpoint
 from geopath.config import SparsifyConfig
 from geopath.data import load_dataset
 from geopath.evaluate import evaluate
+from geopath.plot import plot_runs
 from geopath.sparsify import run_sparsify
 from geopath.targets import MagnitudeTarget, prunable_parameters
 
@@ -75,6 +76,11 @@ def main() -> int:
         print(json.dumps(row), flush=True)
         results.append(row)
 
+    (Path(args.docs) / "img").mkdir(parents=True, exist_ok=True)
+    plot_runs([Path(args.work) / f"geopath_{int(round(r['sparsity'] * 100))}" for r in results],
+              Path(args.docs) / "img" / "sparsify_mnist.png", x="epochs",
+              labels=[f"geodesic to {r['sparsity']:.0%} sparsity" for r in results],
+              title="sparsify, MLP on MNIST: test accuracy along the geodesic")
     checks = []
     for r in results:
         if abs(r["sparsity"] - 0.7) < 1e-9:
@@ -100,6 +106,7 @@ def main() -> int:
                      f"{r['prune_finetune_seconds']:.0f} |")
     lines += ["", "Checks against the issue's bar:", ""]
     lines += [f"- {'PASS' if ok else 'MISS'} — {name}" for name, ok in checks]
+    lines += ["", "![test accuracy along the geodesics](img/sparsify_mnist.png)"]
     (docs / "bench_sparsify_mnist.md").write_text("\n".join(lines) + "\n")
     missed = [n for n, ok in checks if not ok]
     print(f"sparsify_mnist: {len(checks) - len(missed)}/{len(checks)} checks passed"
