@@ -30,7 +30,7 @@ from .config import ConnectConfig, ConnectMethod
 from .evaluate import has_batchnorm, recompute_batchnorm
 from .geodesic import Anchor
 from .path import MetricSource, PathConfig, walk
-from .rundir import RunWriter, prepare_output
+from .rundir import RunWriter
 from .sparsify import step_config
 from .targets import NetworkTarget
 from .trace import columns
@@ -64,15 +64,9 @@ def run_connect(
     on_start: Callable[[Any, int], None] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) a connect job; returns the summary also written to ``summary.json``."""
-    out = prepare_output(cfg.out, overwrite, resume)
-    device = job.resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
+    out, device = job.open_run(cfg, overwrite, resume)
     a, b = job.load_pair(cfg)
-    data_name = job.data_name(cfg.data, a, "--data")
-    metric = job.load_split(data_name, "train", cfg, cfg.metric_size)
-    test = job.load_split(cfg.eval_data or data_name, "test", cfg, cfg.eval_size)
-    train_eval = metric.head(cfg.train_eval_size) if cfg.train_eval_size else None
-    job.check_inputs(a.model.to(device), test, device, "network A")
+    data_name, metric, test, train_eval = job.single_task_data(cfg, a, device, "network A")
     model_a, model_b = a.model.to(device).eval(), b.model.to(device).eval()
     bn_data = metric.head(cfg.bn_samples) if has_batchnorm(model_a) else None
     if cfg.align:

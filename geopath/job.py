@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -22,7 +23,15 @@ from .data import Dataset, load_dataset
 from .errors import CheckpointError, UsageError
 from .evaluate import evaluate
 from .path import PathState
-from .rundir import RunWriter
+from .rundir import RunWriter, prepare_output
+
+
+def open_run(cfg, overwrite: bool, resume: bool) -> tuple[Path, torch.device]:
+    """Every job's first moves: check the output directory, pick the device, seed torch."""
+    out = prepare_output(cfg.out, overwrite, resume)
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    return out, device
 
 
 def resolve_device(name: str) -> torch.device:
@@ -100,6 +109,24 @@ def check_inputs(model: nn.Module, ds: Dataset, device, what: str = "the network
     classes = int(ds.y.max()) + 1 if len(ds) else 0
     if out.ndim != 2 or out.shape[1] < classes:
         raise UsageError(f"{what} has {tuple(out.shape[1:])} outputs but {ds.name} has {classes} classes")
+
+
+class Splits(NamedTuple):
+    """The data of a one-task job: data set name, metric inputs, test set, train-accuracy slice."""
+    name: str
+    metric: Dataset
+    test: Dataset
+    train_eval: Dataset | None
+
+
+def single_task_data(cfg, ck: Checkpoint, device, what: str = "the network") -> Splits:
+    """``--data`` (default: the checkpoint's) train split for the metric, ``--eval-data`` test split,
+    checked against ``ck``'s network."""
+    name = data_name(cfg.data, ck, "--data")
+    metric = load_split(name, "train", cfg, cfg.metric_size)
+    test = load_split(cfg.eval_data or name, "test", cfg, cfg.eval_size)
+    check_inputs(ck.model.to(device), test, device, what)
+    return Splits(name, metric, test, metric.head(cfg.train_eval_size) if cfg.train_eval_size else None)
 
 
 def task_metrics(net: nn.Module, ds: Dataset | None, device, prefix: str, suffix: str = "") -> dict[str, float]:

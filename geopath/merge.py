@@ -34,7 +34,7 @@ from .data import Dataset
 from .errors import UsageError
 from .evaluate import has_batchnorm
 from .path import MetricSource, PathConfig, walk
-from .rundir import RunWriter, prepare_output
+from .rundir import RunWriter
 from .selection import pareto_front, select
 from .sparsify import step_config
 from .targets import NetworkTarget
@@ -179,9 +179,7 @@ def run_merge(
     on_start: Callable[[Any, int], None] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) a merge job; returns the summary also written to ``summary.json``."""
-    out = prepare_output(cfg.out, overwrite, resume)
-    device = job.resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
+    out, device = job.open_run(cfg, overwrite, resume)
     tasks = prepare(cfg, device)
     space = ParamSpace.of(tasks.model_a)
     w_a, w_b = model_vector(tasks.model_a, space), model_vector(tasks.model_b, space)

@@ -21,7 +21,7 @@ from .evaluate import evaluate, has_batchnorm
 from .geodesic import StepConfig
 from .errors import UsageError
 from .path import PathConfig, walk
-from .rundir import RunWriter, prepare_output
+from .rundir import RunWriter
 from .targets import MagnitudeTarget, StructuredTarget, Target, parse_structured, prunable_parameters
 from .trace import columns
 
@@ -57,15 +57,9 @@ def run_sparsify(
     on_start: Callable[[Any, int], None] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) a sparsify job; returns the summary also written to ``summary.json``."""
-    out = prepare_output(cfg.out, overwrite, resume)
-    device = job.resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
+    out, device = job.open_run(cfg, overwrite, resume)
     ck = job.load(cfg, cfg.checkpoint)
-    data_name = job.data_name(cfg.data, ck, "--data")
-    metric_data = job.load_split(data_name, "train", cfg, cfg.metric_size)
-    test_data = job.load_split(cfg.eval_data or data_name, "test", cfg, cfg.eval_size)
-    train_eval = metric_data.head(cfg.train_eval_size) if cfg.train_eval_size else None
-    job.check_inputs(ck.model.to(device), test_data, device)
+    data_name, metric_data, test_data, train_eval = job.single_task_data(cfg, ck, device)
 
     anchor = job.frozen_copy(ck.model, device)  # the starting network, kept frozen
     model = ck.model.to(device)

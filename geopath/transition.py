@@ -42,7 +42,7 @@ from .config import TransitionConfig, load_yaml_file
 from .errors import UsageError
 from .evaluate import evaluate, has_batchnorm
 from .path import PathConfig, walk
-from .rundir import RunWriter, prepare_output
+from .rundir import RunWriter
 from .sparsify import step_config
 from .targets import HyperplaneTarget, MagnitudeTarget, prunable_parameters, unit_groups, unit_norms
 from .trace import columns
@@ -207,15 +207,9 @@ def run_transition(
 ) -> dict[str, Any]:
     """Run (or resume) a chain of legs; returns the summary also written to ``summary.json``."""
     legs = parse_plan(cfg.plan)
-    out = prepare_output(cfg.out, overwrite, resume)
-    device = job.resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
+    out, device = job.open_run(cfg, overwrite, resume)
     ck = job.load(cfg, cfg.checkpoint)
-    data_name = job.data_name(cfg.data, ck, "--data")
-    metric = job.load_split(data_name, "train", cfg, cfg.metric_size)
-    test = job.load_split(cfg.eval_data or data_name, "test", cfg, cfg.eval_size)
-    train_eval = metric.head(cfg.train_eval_size) if cfg.train_eval_size else None
-    job.check_inputs(ck.model.to(device), test, device)
+    data_name, metric, test, train_eval = job.single_task_data(cfg, ck, device)
     anchor = job.frozen_copy(ck.model, device)
     model = ck.model.to(device)
     space = ParamSpace.of(model)
