@@ -46,9 +46,10 @@ def main() -> int:
     train = load_dataset("mnist", "train", args.data_root)
     test = load_dataset("mnist", "test", args.data_root)
     dense = evaluate(load_checkpoint(CKPT).model, test).accuracy
-    results = []
+    results, runs = [], []
     for s in args.sparsities:
         out = Path(args.work) / f"geopath_{int(round(s * 100))}"
+        runs.append(out)
         shutil.rmtree(out, ignore_errors=True)
         cfg = SparsifyConfig(checkpoint=str(CKPT), out=str(out), data="mnist", data_root=args.data_root,
                              sparsity=s, save_every=25).validate()
@@ -77,7 +78,7 @@ def main() -> int:
         results.append(row)
 
     (Path(args.docs) / "img").mkdir(parents=True, exist_ok=True)
-    plot_runs([Path(args.work) / f"geopath_{int(round(r['sparsity'] * 100))}" for r in results],
+    plot_runs(runs,
               Path(args.docs) / "img" / "sparsify_mnist.png", x="epochs",
               labels=[f"geodesic to {r['sparsity']:.0%} sparsity" for r in results],
               title="sparsify, MLP on MNIST: test accuracy along the geodesic")
