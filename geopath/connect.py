@@ -82,7 +82,7 @@ def run_connect(
     step_size = cfg.step_size or max((STEP_SCALE * d0 / cfg.steps) ** 2, 1e-12)
     cfg = dataclasses.replace(cfg, data=data_name, step_size=step_size, max_steps=max_steps, arch=a.arch,
                               arch_kwargs=a.arch_kwargs)
-    writer = RunWriter(out, a.arch, a.arch_kwargs, a.sha256, "connect", data_name, COLUMNS)
+    writer = job.open_writer(out, overwrite, resume, a.arch, a.arch_kwargs, a.sha256, "connect", data_name, COLUMNS)
 
     def evaluate_row(net) -> dict:
         row = job.task_metrics(net, test, device, "test_")

@@ -23,15 +23,24 @@ from .data import Dataset, load_dataset
 from .errors import CheckpointError, UsageError
 from .evaluate import evaluate
 from .path import PathState
-from .rundir import RunWriter, prepare_output
+from .rundir import RunWriter, check_output, prepare_output
 
 
 def open_run(cfg, overwrite: bool, resume: bool) -> tuple[Path, torch.device]:
-    """Every job's first moves: check the output directory, pick the device, seed torch."""
-    out = prepare_output(cfg.out, overwrite, resume)
+    """Every job's first moves: check the output directory, pick the device, seed torch.
+
+    The directory is only checked here; the job creates it with :func:`open_writer` once its
+    inputs have loaded.
+    """
+    out = check_output(cfg.out, overwrite, resume)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     return out, device
+
+
+def open_writer(out: Path, overwrite: bool, resume: bool, *args, **kwargs) -> RunWriter:
+    """Create (or, with ``overwrite``, empty) the checked output directory and its writer."""
+    return RunWriter(prepare_output(out, overwrite, resume), *args, **kwargs)
 
 
 def resolve_device(name: str) -> torch.device:

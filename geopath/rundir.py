@@ -29,21 +29,14 @@ from .errors import UsageError
 from .trace import Trace
 
 
-def prepare_output(out: str | os.PathLike, overwrite: bool, resume: bool) -> Path:
-    """Check (and create) the output directory under the usual rules.
+def check_output(out: str | os.PathLike, overwrite: bool, resume: bool) -> Path:
+    """Raise a usage error unless ``out`` can take this run; touches nothing.
 
-    Under ``torchrun`` rank 0 does this while the other ranks wait for it.
+    Jobs call this first and :func:`prepare_output` only once their inputs have loaded, so a
+    run that fails on a bad checkpoint or data set neither leaves an empty directory behind nor
+    (with ``--overwrite``) destroys the run that was there.
     """
-    comm = distributed.current()
-    if not comm.is_main:
-        comm.barrier()
-        return Path(out)
-    out = _prepare(Path(out), overwrite, resume)
-    comm.barrier()
-    return out
-
-
-def _prepare(out: Path, overwrite: bool, resume: bool) -> Path:
+    out = Path(out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out}: exists and is not a directory")
     if resume:
@@ -51,10 +44,29 @@ def _prepare(out: Path, overwrite: bool, resume: bool) -> Path:
             raise UsageError(f"{out}: nothing to resume (no config.yaml)")
         if (out / MANIFEST).exists():
             raise UsageError(f"{out}: this run already completed (manifest.json exists)")
+    elif out.exists() and any(out.iterdir()) and not overwrite:
+        raise UsageError(f"{out}: output directory is not empty (pass --overwrite to replace it, or --resume)")
+    return out
+
+
+def prepare_output(out: str | os.PathLike, overwrite: bool, resume: bool) -> Path:
+    """Check, then create (or with ``overwrite`` empty) the output directory.
+
+    Under ``torchrun`` rank 0 does this while the other ranks wait for it.
+    """
+    comm = distributed.current()
+    if not comm.is_main:
+        comm.barrier()
+        return Path(out)
+    out = _prepare(check_output(out, overwrite, resume), overwrite, resume)
+    comm.barrier()
+    return out
+
+
+def _prepare(out: Path, overwrite: bool, resume: bool) -> Path:
+    if resume:
         return out
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise UsageError(f"{out}: output directory is not empty (pass --overwrite to replace it, or --resume)")
+    if out.exists() and any(out.iterdir()):  # check_output allowed it: --overwrite
         import shutil
 
         shutil.rmtree(out)

@@ -21,7 +21,6 @@ from .evaluate import evaluate, has_batchnorm
 from .geodesic import StepConfig
 from .errors import UsageError
 from .path import PathConfig, walk
-from .rundir import RunWriter
 from .targets import MagnitudeTarget, StructuredTarget, Target, parse_structured, prunable_parameters
 from .trace import columns
 
@@ -73,7 +72,7 @@ def run_sparsify(
     cfg = dataclasses.replace(cfg, data=data_name, step_size=step_size, max_steps=max_steps,
                               finetune_epochs=finetune_epochs, arch=ck.arch, arch_kwargs=ck.arch_kwargs)
 
-    writer = RunWriter(out, ck.arch, ck.arch_kwargs, ck.sha256, "sparsify", data_name, COLUMNS)
+    writer = job.open_writer(out, overwrite, resume, ck.arch, ck.arch_kwargs, ck.sha256, "sparsify", data_name, COLUMNS)
     sparse_names = sparse_parameters(cfg, model)
 
     def evaluate_row(net) -> dict:

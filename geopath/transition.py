@@ -42,7 +42,6 @@ from .config import TransitionConfig, load_yaml_file
 from .errors import UsageError
 from .evaluate import evaluate, has_batchnorm
 from .path import PathConfig, walk
-from .rundir import RunWriter
 from .sparsify import step_config
 from .targets import HyperplaneTarget, MagnitudeTarget, prunable_parameters, unit_groups, unit_norms
 from .trace import columns
@@ -220,7 +219,7 @@ def run_transition(
         dry.apply(leg, model, space, w_start)
     cfg = dataclasses.replace(cfg, plan=[leg.to_dict() for leg in legs], data=data_name, arch=ck.arch,
                               arch_kwargs=ck.arch_kwargs)
-    writer = RunWriter(out, ck.arch, ck.arch_kwargs, ck.sha256, "transition", data_name, COLUMNS)
+    writer = job.open_writer(out, overwrite, resume, ck.arch, ck.arch_kwargs, ck.sha256, "transition", data_name, COLUMNS)
     layers = sorted({layer for leg in legs for layer in (*leg.remove, *leg.restore)})
 
     def evaluate_row(net) -> dict:
