@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import sys
 import time
@@ -36,7 +35,8 @@ from geopath.evaluate import evaluate
 from geopath.plot import plot_runs
 from geopath.train import train
 
-ROOT = Path(__file__).resolve().parents[1]
+from _common import ROOT, add_common_args, machine  # noqa: E402 (bench/ is on sys.path when run as a script)
+
 SAMPLES = ROOT / "sample_checkpoints"
 CIFAR_ARCH = ("vgg11", {"width": 0.25})
 
@@ -93,11 +93,8 @@ def run_part(part: str, a: Path, b: Path, work: Path, data_root: str, extra: dic
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--part", choices=["mnist", "cifar", "all"], default="all")
-    ap.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
-    ap.add_argument("--work", default=str(ROOT / "bench" / "_work" / "connect"))
-    ap.add_argument("--docs", default=str(ROOT / "docs"))
+    add_common_args(ap, work="connect")
     ap.add_argument("--cifar-epochs", type=float, default=15.0)
-    ap.add_argument("--quick", action="store_true", help="slices of the data (a smoke test, not a result)")
     args = ap.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -122,7 +119,7 @@ def main() -> int:
         results = run_part(part, a, b, work, args.data_root, extra)
         plot_runs([work / part / r["name"] for r in results[:3]], docs / "img" / f"connect_{part}.png", x="t",
                   title=f"connect, {part}: test accuracy along each path")
-        report["parts"][part] = {"description": desc, "machine": _machine(), "quick": args.quick, "results": [
+        report["parts"][part] = {"description": desc, "machine": machine(), "quick": args.quick, "results": [
             {"name": r["name"], "options": r["options"], **{k: r["summary"][k] for k in (
                 "test_accuracy_a", "test_accuracy_b", "min_test_accuracy", "accuracy_barrier", "loss_barrier",
                 "max_test_loss", "reached", "evaluated_points", "step", "sample_passes", "epochs", "seconds")}}
@@ -141,10 +138,6 @@ def main() -> int:
         f"{1 - min(g['test_accuracy_a'], g['test_accuracy_b']):.2%} (linear {1 - l['min_test_accuracy']:.2%}) "
         f"{'PASS' if ok else 'MISS'}" for p, ok, g, l in checks))
     return 3 if missed else 0
-
-
-def _machine() -> str:
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
 def _write_md(path: Path, report: dict, checks) -> None:

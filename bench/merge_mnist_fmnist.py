@@ -20,20 +20,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import sys
 import time
 from pathlib import Path
-
-import torch
 
 from geopath.config import MergeConfig
 from geopath.errors import NumericalError
 from geopath.merge import run_merge
 from geopath.plot import plot_runs
 
-ROOT = Path(__file__).resolve().parents[1]
+from _common import ROOT, add_common_args, machine  # noqa: E402 (bench/ is on sys.path when run as a script)
+
 A = ROOT / "sample_checkpoints" / "mlp_mnist.safetensors"
 B = ROOT / "sample_checkpoints" / "mlp_fashion_mnist.safetensors"
 BAR = 0.85
@@ -41,10 +39,8 @@ BAR = 0.85
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
+    add_common_args(ap)
     ap.add_argument("--work", default=str(ROOT / "bench" / "_work" / "merge"))
-    ap.add_argument("--docs", default=str(ROOT / "docs"))
-    ap.add_argument("--quick", action="store_true", help="slices of the data (a smoke test, not a result)")
     args = ap.parse_args()
     work = Path(args.work)
     quick = dict(metric_size=3000, val_size=1000, eval_size=1000, steps=60) if args.quick else {}
@@ -82,7 +78,7 @@ def main() -> int:
     ablations = [run("geodesic_manifold_a", manifold="a"), run("geodesic_local_step", manifold="a", anchor="none"),
                  run("geodesic_split_head", head="split")]
 
-    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    host = machine()
     geo = results[0]["summary"]["best"]
     passed = min(geo["test_accuracy_a"], geo["test_accuracy_b"]) >= BAR
     docs = Path(args.docs)
@@ -101,7 +97,7 @@ def main() -> int:
     start = results[0]["summary"]["start"]
     lines = [
         "# Merge: MNIST and Fashion-MNIST in one MLP", "",
-        f"Produced by `python bench/merge_mnist_fmnist.py{' --quick' if args.quick else ''}` on {machine}.",
+        f"Produced by `python bench/merge_mnist_fmnist.py{' --quick' if args.quick else ''}` on {host}.",
         "A = `mlp_mnist` (MNIST), B = `mlp_fashion_mnist` (Fashion-MNIST), MLP 784-300-100-10 each, one shared",
         "10-way head (the network is not told which task an image is from). Every method's reported network is",
         "chosen by the same rule (largest worse-of-both validation accuracy) on the same validation split (the",
@@ -128,7 +124,7 @@ def main() -> int:
         f"(paper: ~80 % on both).",
     ]
     (docs / "bench_merge.md").write_text("\n".join(lines) + "\n")
-    (docs / "bench_merge.json").write_text(json.dumps({"machine": machine, "quick": args.quick, "results": [
+    (docs / "bench_merge.json").write_text(json.dumps({"machine": host, "quick": args.quick, "results": [
         {"name": r["name"], "method": r["method"], "options": r["options"], "best": r["summary"]["best"],
          "sample_passes": r["summary"]["sample_passes"], "seconds": r["summary"]["seconds"]}
         for r in results + ewc_runs + ablations], "passed": passed}, indent=2) + "\n")

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -38,7 +37,8 @@ from torch import nn
 from torch.func import functional_call, jacrev
 from torch.nn import functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
+from _common import ROOT, machine  # noqa: E402 (bench/ is on sys.path when run as a script)
+
 sys.path.insert(0, str(ROOT))
 
 from geopath._params import ParamSpace, model_vector  # noqa: E402
@@ -214,17 +214,15 @@ def main() -> int:
         row["ratio"] = {op: s / base for op, s in row["seconds"].items()}
         results.append(row)
         print(json.dumps({"model": name, **{op: round(r, 2) for op, r in row["ratio"].items()}}), flush=True)
-    machine = (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-               f"torch {torch.__version__}, device {args.device}"
-               + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else ""))
+    host = machine(args.device)
     worst = max(r["ratio"]["g·u"] for r in results)
     ok = worst <= TARGET_RATIO
     if not args.quick:
         docs = Path(args.docs)
         tag = "" if args.device == "cpu" else "_" + args.device.split(":")[0]
-        (docs / f"performance{tag}.json").write_text(json.dumps({"machine": machine, "results": results}, indent=2)
+        (docs / f"performance{tag}.json").write_text(json.dumps({"machine": host, "results": results}, indent=2)
                                                      + "\n")
-        write_md(docs / f"performance{tag}.md", machine, results, args)
+        write_md(docs / f"performance{tag}.md", host, results, args)
     print(f"metric_speed: g·u costs at most {worst:.2f}× a forward+backward pass (target ≤ {TARGET_RATIO:g}×) "
           f"{'PASS' if ok else 'MISS'}")
     return 0 if ok else 3

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import sys
 import time
@@ -32,16 +31,15 @@ from geopath.plot import plot_runs
 from geopath.sparsify import run_sparsify
 from geopath.targets import MagnitudeTarget, prunable_parameters
 
-ROOT = Path(__file__).resolve().parents[1]
+from _common import ROOT, add_common_args, machine  # noqa: E402 (bench/ is on sys.path when run as a script)
+
 CKPT = ROOT / "sample_checkpoints" / "mlp_mnist.safetensors"
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
+    add_common_args(ap, work="sparsify_mnist", quick=False)
     ap.add_argument("--sparsities", type=float, nargs="+", default=[0.7, 0.9, 0.95])
-    ap.add_argument("--work", default=str(ROOT / "bench" / "_work" / "sparsify_mnist"))
-    ap.add_argument("--docs", default=str(ROOT / "docs"))
     args = ap.parse_args()
     train = load_dataset("mnist", "train", args.data_root)
     test = load_dataset("mnist", "test", args.data_root)
@@ -89,13 +87,13 @@ def main() -> int:
             checks.append(("70%: within 0.3 points of dense", r["geopath"] >= r["dense"] - 0.003))
         if abs(r["sparsity"] - 0.95) < 1e-9:
             checks.append(("95%: geopath >= prune+fine-tune, same passes", r["geopath"] >= r["prune_finetune"]))
-    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    host = machine()
     docs = Path(args.docs)
     docs.mkdir(exist_ok=True)
-    (docs / "bench_sparsify_mnist.json").write_text(json.dumps({"machine": machine, "results": results,
+    (docs / "bench_sparsify_mnist.json").write_text(json.dumps({"machine": host, "results": results,
                                                                  "checks": dict(checks)}, indent=2) + "\n")
     lines = ["# Sparsify: MLP 784-300-100-10 on MNIST", "",
-             f"Produced by `python bench/sparsify_mnist.py` on {machine}. Test accuracy on the full",
+             f"Produced by `python bench/sparsify_mnist.py` on {host}. Test accuracy on the full",
              "10,000-image MNIST test set; every method on the same network and data. *Passes* are",
              "forward+backward sample passes (geopath's cost model in docs/method.md); prune + fine-tune",
              "gets exactly geopath's passes.", "",

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import sys
 import time
@@ -33,7 +32,8 @@ from geopath.plot import plot_runs
 from geopath.targets import unit_groups
 from geopath.transition import run_transition
 
-ROOT = Path(__file__).resolve().parents[1]
+from _common import ROOT, add_common_args, machine  # noqa: E402 (bench/ is on sys.path when run as a script)
+
 CKPT = ROOT / "sample_checkpoints" / "mlp_mnist.safetensors"
 PLAN = ROOT / "docs" / "examples" / "plan_mlp.yaml"
 LAYERS = ("layers.0", "layers.1")
@@ -53,10 +53,8 @@ def gated(start, leg_net) -> torch.nn.Module:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
+    add_common_args(ap)
     ap.add_argument("--work", default=str(ROOT / "bench" / "_work" / "transitions"))
-    ap.add_argument("--docs", default=str(ROOT / "docs"))
-    ap.add_argument("--quick", action="store_true", help="slices of the data (a smoke test, not a result)")
     args = ap.parse_args()
     out = Path(args.work) / "chain"
     shutil.rmtree(out, ignore_errors=True)
@@ -83,12 +81,12 @@ def main() -> int:
     plot_runs([out], docs / "img" / "transitions_mlp.png", x="step", labels=["C1 → C2 → C3 → C4"],
               title="transitions, MLP on MNIST: test accuracy along the chain")
     checks = [(f"{r['config']} within 1 point of C1", r["geodesic"] >= start_acc - 0.01) for r in rows[1:]]
-    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    host = machine()
     if not args.quick:
         (docs / "bench_transitions.json").write_text(json.dumps(
-            {"machine": machine, "rows": rows, "seconds": seconds, "checks": dict(checks)}, indent=2) + "\n")
+            {"machine": host, "rows": rows, "seconds": seconds, "checks": dict(checks)}, indent=2) + "\n")
         lines = ["# Transitions C1 → C2 → C3 → C4: MLP 784-300-100-10 on MNIST", "",
-                 f"Produced by `python bench/transitions_mlp.py` on {machine} ({seconds:.0f} s). Plan: "
+                 f"Produced by `python bench/transitions_mlp.py` on {host} ({seconds:.0f} s). Plan: "
                  "`docs/examples/plan_mlp.yaml`; CLI defaults. *Gated*: the trained network with the same units "
                  "switched off and no updates. Test accuracy on the full MNIST test set; epochs are cumulative.", "",
                  "| config | leg | units off | geodesic | gated, no updates | epochs |", "|---|---|---:|---:|---:|---:|"]

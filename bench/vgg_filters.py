@@ -17,20 +17,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import torch
-
 from geopath.config import SparsifyConfig
 from geopath.plot import plot_runs
 from geopath.sparsify import run_sparsify
 
-ROOT = Path(__file__).resolve().parents[1]
+from _common import ROOT, add_common_args, machine  # noqa: E402 (bench/ is on sys.path when run as a script)
+
 CKPT = ROOT / "sample_checkpoints" / "vgg11w025_cifar10.safetensors"
 LAYER = "features.0"
 # the geodesic's options (measured choices: docs/reproduction.md, "Tuning")
@@ -39,11 +37,8 @@ GEODESIC = dict(steps=100, beta=16.0, beta_growth=4.0, tol=0.15, settle_steps=25
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
+    add_common_args(ap, work="vgg_filters")
     ap.add_argument("--remove", type=int, default=12, help="layer-1 filters to remove (of 16)")
-    ap.add_argument("--work", default=str(ROOT / "bench" / "_work" / "vgg_filters"))
-    ap.add_argument("--docs", default=str(ROOT / "docs"))
-    ap.add_argument("--quick", action="store_true", help="slices of the data (a smoke test, not a result)")
     args = ap.parse_args()
     if not CKPT.exists():
         subprocess.run([sys.executable, str(ROOT / "bench" / "train_vgg11_cifar.py"), "--data-root", args.data_root],
@@ -79,14 +74,14 @@ def main() -> int:
     checks = [("geodesic <= 10 epochs of updates (paper)", geo["epochs"] <= 10.0),
               ("geodesic >= iterative prune-and-retrain, same passes",
                geo["test_accuracy"] >= by["iterative_prune"]["test_accuracy"])]
-    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-    report = {"machine": machine, "quick": args.quick, "layer": LAYER, "removed": args.remove, "of": 16,
+    host = machine()
+    report = {"machine": host, "quick": args.quick, "layer": LAYER, "removed": args.remove, "of": 16,
               "results": results, "checks": dict(checks)}
     docs.mkdir(exist_ok=True)
     if not args.quick:
         (docs / "bench_vgg_filters.json").write_text(json.dumps(report, indent=2) + "\n")
         lines = [f"# VGG11 on CIFAR-10: {args.remove} of 16 layer-1 filters removed", "",
-                 f"Produced by `python bench/vgg_filters.py` on {machine}. Width-0.25 VGG11 "
+                 f"Produced by `python bench/vgg_filters.py` on {host}. Width-0.25 VGG11 "
                  f"(`{CKPT.relative_to(ROOT)}`, trained by `bench/train_vgg11_cifar.py`); metric and training "
                  "inputs: the 20k CIFAR-10 training images; accuracy on the full 10,000-image test set. "
                  "Peers get exactly the geodesic's sample passes (forward+backward equivalents, docs/method.md).", "",

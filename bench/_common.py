@@ -1,0 +1,31 @@
+"""What the bench scripts share: the repository root, the machine line and the usual options."""
+
+from __future__ import annotations
+
+import argparse
+import platform
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def machine(device: str | None = None) -> str:
+    """One line naming the processor, threads and torch (and the device, when one is named)."""
+    line = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    if device:
+        line += f", device {device}"
+        if device.startswith("cuda"):
+            line += f" ({torch.cuda.get_device_name()})"
+    return line
+
+
+def add_common_args(ap: argparse.ArgumentParser, work: str | None = None, quick: bool = True) -> None:
+    """``--data-root``, ``--docs``, optionally ``--work bench/_work/WORK`` and ``--quick``."""
+    ap.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
+    ap.add_argument("--docs", default=str(ROOT / "docs"))
+    if work:
+        ap.add_argument("--work", default=str(ROOT / "bench" / "_work" / work))
+    if quick:
+        ap.add_argument("--quick", action="store_true", help="slices of the data (a smoke test, not a result)")
