@@ -140,18 +140,6 @@ def test_bad_options(tmp_path, args, needle):
     assert not (tmp_path / "out").exists()  # inputs load before the output directory is made
 
 
-def test_failed_overwrite_keeps_the_old_run(tmp_path):
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "summary.json").write_text("{}")  # stands for a finished run
-    proc = geopath("sparsify", tmp_path / "nope.safetensors", "-o", out, "--overwrite")
-    assert proc.returncode == 2 and "no such checkpoint" in one_error_line(proc)
-    assert (out / "summary.json").read_text() == "{}"
-    bad_data = geopath("sparsify", SAMPLE, "-o", out, "--overwrite", "--data", "imagenet")
-    assert bad_data.returncode == 2
-    assert (out / "summary.json").read_text() == "{}"
-
-
 def test_empty_data_root_names_roots(tmp_path, monkeypatch):
     from geopath.data import load_dataset
     from geopath.errors import DataError
