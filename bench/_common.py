@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import argparse
 import platform
+import warnings
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# torch's own deprecation notices (torch.jit.script, reached through a dependency) are not ours to
+# fix and drown the scripts' one-line results; the CLI filters them the same way (geopath/cli.py)
+warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.")
 
 
 def machine(device: str | None = None) -> str:
