@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from . import distributed
 from .data import Dataset
 
 
@@ -19,18 +20,27 @@ class Evaluation:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, ds: Dataset, batch_size: int = 2048, device="cpu") -> Evaluation:
-    """Top-1 accuracy and mean cross-entropy, in eval mode, deterministically."""
+    """Top-1 accuracy and mean cross-entropy, in eval mode, deterministically.
+
+    Under ``torchrun`` every rank scores its shard of ``ds`` and the counts are summed, so each
+    rank returns the whole data set's figures (every rank must call this together).
+    """
+    comm = distributed.current()
+    part = ds.x[comm.shard(len(ds))], ds.y[comm.shard(len(ds))]
     was_training = model.training
     model.eval()
     correct, loss, n = 0, 0.0, 0
-    for i in range(0, len(ds), batch_size):
-        x = ds.x[i:i + batch_size].to(device)
-        y = ds.y[i:i + batch_size].to(device)
+    for i in range(0, len(part[1]), batch_size):
+        x = part[0][i:i + batch_size].to(device)
+        y = part[1][i:i + batch_size].to(device)
         logits = model(x)
         loss += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
         correct += int((logits.argmax(-1) == y).sum())
         n += len(y)
     model.train(was_training)
+    if comm.world > 1:
+        totals = comm.sum_(torch.tensor([correct, loss, n], dtype=torch.float64, device=comm.device))
+        correct, loss, n = int(totals[0]), float(totals[1]), int(totals[2])
     return Evaluation(correct / max(n, 1), loss / max(n, 1), n)
 
 

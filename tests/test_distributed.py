@@ -48,6 +48,13 @@ def test_sharded_products_equal_the_dense_metric(tmp_path):
     assert flag.read_text() == "ok"
 
 
+def test_sharded_evaluation_equals_one_process(tmp_path):
+    flag = tmp_path / "ok"
+    proc = torchrun(ROOT / "tests" / "_dist_eval.py", flag)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert flag.read_text() == "ok"
+
+
 @needs_mnist
 def test_torchrun_sparsify_reproduces_the_single_process_path(tmp_path):
     args = ["sparsify", SAMPLE, "--sparsity", "0.5", "--steps", "4", "--max-steps", "8", "--metric-size", "2000",
@@ -65,6 +72,7 @@ def test_torchrun_sparsify_reproduces_the_single_process_path(tmp_path):
         assert y["distance"] == pytest.approx(x["distance"], rel=1e-4, abs=1e-5)
         assert y["length"] == pytest.approx(x["length"], rel=1e-3)
         assert y["sample_passes"] == pytest.approx(x["sample_passes"], rel=0.02)  # the step checks differ a little
+        assert y["test_accuracy"] == pytest.approx(x["test_accuracy"], abs=1.5 / 300)  # sharded evaluation, 300 images
     a, _ = read_tensors(tmp_path / "one" / "final.safetensors")
     b, _ = read_tensors(tmp_path / "two" / "final.safetensors")
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-4  # float32 sums in another order
