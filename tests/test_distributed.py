@@ -43,14 +43,14 @@ def test_shards_partition_the_batch_in_order(n, world):
 
 def test_sharded_products_equal_the_dense_metric(tmp_path):
     flag = tmp_path / "ok"
-    proc = torchrun(ROOT / "tests" / "_dist_matvec.py", flag)
+    proc = torchrun(ROOT / "tests" / "_dist_checks.py", "metric", flag)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert flag.read_text() == "ok"
 
 
 def test_sharded_evaluation_equals_one_process(tmp_path):
     flag = tmp_path / "ok"
-    proc = torchrun(ROOT / "tests" / "_dist_eval.py", flag)
+    proc = torchrun(ROOT / "tests" / "_dist_checks.py", "evaluation", flag)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert flag.read_text() == "ok"
 

@@ -1,7 +1,11 @@
-"""Run under ``torchrun --nproc_per_node=2``: sharded metric products against the dense ``JᵀHJ``.
+"""Checks run under ``torchrun --nproc_per_node=2`` (``python _dist_checks.py CHECK FLAG``).
 
-Every rank builds the metric of its shard of one batch; the all-reduced products must equal
-the dense metric of the whole batch (float64, tiny MLP). Writes ``ok`` to argv[1] on rank 0.
+- ``metric``: every rank builds the metric of its shard of one batch; the all-reduced products
+  must equal the dense metric ``JᵀHJ`` of the whole batch (float64, tiny MLP).
+- ``evaluation``: every rank scores its shard of 11 samples (uneven: 6 + 5); the summed figures
+  must be those of the whole set, on every rank.
+
+Rank 0 writes ``ok`` to FLAG when the check passed.
 """
 
 import sys
@@ -12,12 +16,12 @@ from torch.func import functional_call, jacrev
 from geopath import distributed
 from geopath._params import ParamSpace, model_vector
 from geopath.archs import MLP
+from geopath.data import Dataset
+from geopath.evaluate import evaluate
 from geopath.metric import MetricKind, MetricOperator
 
 
-def main() -> None:
-    comm = distributed.setup("cpu")
-    torch.manual_seed(0)
+def check_metric(comm) -> None:
     model = MLP(in_features=5, hidden=(4,), num_classes=3).double()
     space = ParamSpace.of(model)
     w = model_vector(model, space)
@@ -51,8 +55,27 @@ def main() -> None:
                 ref += J.reshape(len(x), 3, space.n)[i].T @ c[mb][j]
             comm.sum_(ref)
             assert torch.allclose(jt, ref / len(x), rtol=1e-10, atol=1e-12)
+
+
+def check_evaluation(comm) -> None:
+    model = MLP(in_features=5, hidden=(4,), num_classes=3).double()
+    ds = Dataset(torch.randn(11, 5, dtype=torch.float64), torch.randint(0, 3, (11,)), "random", "test")
+    with distributed.using(distributed.Single()):
+        whole = evaluate(model, ds, batch_size=4)
+    got = evaluate(model, ds, batch_size=4)
+    assert got.samples == 11 and whole.samples == 11, (got, whole)
+    assert got.accuracy == whole.accuracy, (got, whole)
+    assert abs(got.loss - whole.loss) < 1e-12, (got, whole)
+    assert len(ds.y[comm.shard(len(ds))]) in (5, 6)  # each rank really scored a part only
+
+
+def main() -> None:
+    check, flag = {"metric": check_metric, "evaluation": check_evaluation}[sys.argv[1]], sys.argv[2]
+    comm = distributed.setup("cpu")
+    torch.manual_seed(0)
+    check(comm)
     if comm.is_main:
-        with open(sys.argv[1], "w") as fh:
+        with open(flag, "w") as fh:
             fh.write("ok")
     distributed.teardown()
     distributed.exit_now(0)
