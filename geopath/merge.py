@@ -188,7 +188,8 @@ def run_merge(
     step_size = cfg.step_size or max((STEP_SCALE * d0 / cfg.steps) ** 2, 1e-12)
     cfg = dataclasses.replace(cfg, data_a=tasks.data_a, data_b=tasks.data_b, step_size=step_size, max_steps=max_steps,
                               arch=tasks.arch, arch_kwargs=tasks.source_arch_kwargs)
-    writer = job.open_writer(out, overwrite, resume, tasks.arch, tasks.arch_kwargs, tasks.sha_a, "merge", tasks.data_a, COLUMNS)
+    writer = job.open_writer(out, overwrite, resume, tasks.arch, tasks.arch_kwargs, tasks.sha_a, "merge", tasks.data_a,
+                             COLUMNS)
     evaluate_row = BothTasks(tasks, device)
     model = copy.deepcopy(tasks.model_a)
     # a network for both tasks: BatchNorm statistics from both tasks' inputs, at every evaluated network

@@ -34,9 +34,12 @@ def check_output(out: str | os.PathLike, overwrite: bool, resume: bool) -> Path:
 
     Jobs call this first and :func:`prepare_output` only once their inputs have loaded, so a
     run that fails on a bad checkpoint or data set neither leaves an empty directory behind nor
-    (with ``--overwrite``) destroys the run that was there.
+    (with ``--overwrite``) destroys the run that was there. Under ``torchrun`` rank 0 alone checks
+    (the others would race with its :func:`prepare_output`).
     """
     out = Path(out)
+    if not distributed.current().is_main:
+        return out
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out}: exists and is not a directory")
     if resume:
