@@ -39,8 +39,7 @@ BAR = 0.85
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_args(ap)
-    ap.add_argument("--work", default=str(ROOT / "bench" / "_work" / "merge"))
+    add_common_args(ap, work="merge")
     args = ap.parse_args()
     work = Path(args.work)
     quick = dict(metric_size=3000, val_size=1000, eval_size=1000, steps=60) if args.quick else {}

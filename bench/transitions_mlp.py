@@ -53,8 +53,7 @@ def gated(start, leg_net) -> torch.nn.Module:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_args(ap)
-    ap.add_argument("--work", default=str(ROOT / "bench" / "_work" / "transitions"))
+    add_common_args(ap, work="transitions")
     args = ap.parse_args()
     out = Path(args.work) / "chain"
     shutil.rmtree(out, ignore_errors=True)

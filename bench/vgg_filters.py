@@ -1,6 +1,7 @@
 """Figure A/B of the sparsification paper: VGG11 on CIFAR-10 loses most of its layer-1 filters.
 
-    python bench/vgg_filters.py [--data-root ../shared/data] [--remove 12] [--checkpoint PATH] [--quick]
+    python bench/vgg_filters.py [--data-root ../shared/data] [--remove 12] [--checkpoint PATH]
+                                [--budgets 1.5 3] [--quick]
 
 The paper removes 50 of the 64 layer-1 filters of a VGG11 with <= 10 epochs of updates along a
 geodesic, where iterative prune-and-retrain needs 70. CPU-sized here: the width-0.25 VGG11 of
