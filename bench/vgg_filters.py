@@ -18,7 +18,6 @@ and docs/img/vgg_filters.png; prints a one-line summary; exits 3 when the geodes
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import shutil
 import subprocess
@@ -29,6 +28,7 @@ from pathlib import Path
 from geopath.config import SparsifyConfig
 from geopath.plot import plot_runs
 from geopath.sparsify import run_sparsify
+from geopath.trace import Trace
 
 from _common import ROOT, add_common_args, machine  # noqa: E402 (bench/ is on sys.path when run as a script)
 
@@ -68,15 +68,18 @@ def main() -> int:
         print(json.dumps(row), flush=True)
         return row
 
+    def peers(epochs: float, suffix: str = "") -> tuple[dict, dict]:
+        """Iterative prune-and-retrain (5 rounds) and one-shot prune + fine-tune with ``epochs`` of updates."""
+        return (run(f"iterative_prune{suffix}", method="iterative-prune", finetune_epochs=epochs, rounds=5),
+                run(f"prune_finetune{suffix}", method="prune-finetune", finetune_epochs=epochs))
+
     geo = run("geodesic", **GEODESIC)
     budget = geo["epochs"]
-    results = [geo,
-               run("iterative_prune", method="iterative-prune", finetune_epochs=budget, rounds=5),
-               run("prune_finetune", method="prune-finetune", finetune_epochs=budget),
-               run("one_shot", method="prune-finetune", finetune_epochs=0.0)]
-    curve = [budget_row(b, work / "geodesic", run) for b in sorted(args.budgets) if b < budget]
-    curve.append({"epochs": budget, "geodesic": geo["test_accuracy"],
-                  "iterative_prune": results[1]["test_accuracy"], "prune_finetune": results[2]["test_accuracy"]})
+    results = [geo, *peers(budget), run("one_shot", method="prune-finetune", finetune_epochs=0.0)]
+    geo_path = Trace(work / "geodesic").rows()
+    curve = [budget_row(b, geo_path, peers(b, f"_{b:g}".replace(".", "p")))
+             for b in sorted(args.budgets) if b < budget]
+    curve.append(budget_row(budget, [], results[1:3], geodesic=geo["test_accuracy"]))
     (docs / "img").mkdir(parents=True, exist_ok=True)
     plot_runs([work / r["name"] for r in results[:3]], docs / "img" / "vgg_filters.png", x="epochs",
               title=f"VGG11 (width 0.25), CIFAR-10: {args.remove} of 16 layer-1 filters removed",
@@ -120,16 +123,15 @@ def main() -> int:
     return 3 if missed else 0
 
 
-def budget_row(epochs: float, geodesic_run: Path, run) -> dict:
-    """The geodesic's accuracy within ``epochs`` (from its trace) beside both peers re-run with that budget."""
-    with open(geodesic_run / "trace.csv", newline="") as f:
-        on_plane = [r for r in csv.DictReader(f) if float(r["distance"]) == 0.0 and float(r["epochs"]) <= epochs]
-    tag = f"{epochs:g}".replace(".", "p")
-    return {"epochs": epochs, "geodesic": float(on_plane[-1]["test_accuracy"]) if on_plane else None,
-            "iterative_prune": run(f"iterative_prune_{tag}", method="iterative-prune", finetune_epochs=epochs,
-                                   rounds=5)["test_accuracy"],
-            "prune_finetune": run(f"prune_finetune_{tag}", method="prune-finetune",
-                                  finetune_epochs=epochs)["test_accuracy"]}
+def budget_row(epochs: float, geo_path: list[dict], peer_rows: tuple[dict, dict],
+               geodesic: float | None = None) -> dict:
+    """One row of the budget table: the geodesic's accuracy within ``epochs`` (its path's last network
+    on the hyperplane, unless given) beside both peers run with that budget."""
+    if geodesic is None:
+        on_plane = [r for r in geo_path if r["distance"] == 0.0 and r["epochs"] <= epochs]
+        geodesic = on_plane[-1]["test_accuracy"] if on_plane else None
+    return {"epochs": epochs, "geodesic": geodesic, "iterative_prune": peer_rows[0]["test_accuracy"],
+            "prune_finetune": peer_rows[1]["test_accuracy"]}
 
 
 def _pct(x: float | None) -> str:
