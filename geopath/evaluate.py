@@ -26,13 +26,14 @@ def evaluate(model: nn.Module, ds: Dataset, batch_size: int = 2048, device="cpu"
     rank returns the whole data set's figures (every rank must call this together).
     """
     comm = distributed.current()
-    part = ds.x[comm.shard(len(ds))], ds.y[comm.shard(len(ds))]
+    mine = comm.shard(len(ds))
+    xs, ys = ds.x[mine], ds.y[mine]
     was_training = model.training
     model.eval()
     correct, loss, n = 0, 0.0, 0
-    for i in range(0, len(part[1]), batch_size):
-        x = part[0][i:i + batch_size].to(device)
-        y = part[1][i:i + batch_size].to(device)
+    for i in range(0, len(ys), batch_size):
+        x = xs[i:i + batch_size].to(device)
+        y = ys[i:i + batch_size].to(device)
         logits = model(x)
         loss += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
         correct += int((logits.argmax(-1) == y).sum())
