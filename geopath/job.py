@@ -44,11 +44,26 @@ def open_writer(out: Path, overwrite: bool, resume: bool, *args, **kwargs) -> Ru
 
 
 def resolve_device(name: str) -> torch.device:
-    if name.startswith("cuda") and not torch.cuda.is_available():
+    """The run's device. On CUDA, TF32 is switched off: CG and the step checks need float32 products."""
+    if not name.startswith("cuda"):
+        return torch.device(name)
+    if not torch.cuda.is_available():
         raise UsageError("--device cuda requested but no CUDA device is available")
-    if name == "cuda" and distributed.launched():  # torchrun: this rank's GPU (set by distributed.setup)
+    full_float32_on_cuda()
+    if distributed.launched():  # torchrun: this rank's GPU, cuda:LOCAL_RANK (set by distributed.setup)
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device(name)
+
+
+def full_float32_on_cuda() -> None:
+    """Switch TF32 off for CUDA matmuls and cuDNN convolutions (cuDNN's default is on)."""
+    b = torch.backends
+    if hasattr(b.cudnn, "conv") and hasattr(b.cudnn.conv, "fp32_precision"):  # torch ≥ 2.9: the new API only
+        b.cudnn.conv.fp32_precision = "ieee"
+        b.cuda.matmul.fp32_precision = "ieee"
+    else:
+        b.cudnn.allow_tf32 = False
+        b.cuda.matmul.allow_tf32 = False
 
 
 def load(cfg, path: str) -> Checkpoint:

@@ -121,7 +121,7 @@ class RestrictedOperator(LinearOperator):
 
     def __init__(self, a: LinearOperator, keep: torch.Tensor):
         super().__init__(a.n, a.dtype, a.device)
-        self.a, self.keep = a, keep.to(a.dtype)
+        self.a, self.keep = a, keep.to(device=a.device, dtype=a.dtype)
 
     def _matvec(self, v):
         return self.keep * self.a.matvec(self.keep * v)

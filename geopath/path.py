@@ -230,13 +230,14 @@ def walk(
     the point where the leg began.
     """
     space = ParamSpace.of(model)
-    anchor = anchor if anchor is not None else copy.deepcopy(model)
+    model.to(device)
+    anchor = anchor.to(device) if anchor is not None else copy.deepcopy(model)
     anchor.eval()
     if isinstance(sources, Dataset):
         sources = [MetricSource(sources)]
     sources = [dataclasses.replace(s, anchor=s.anchor if s.anchor is not None else anchor) for s in sources]
     for s in sources:
-        s.anchor.eval()
+        s.anchor.to(device).eval()
     epoch_size = max(epoch_size or sum(len(s.data) for s in sources), 1)
     w = model_vector(model, space).to(device)
     d0 = target.distance((origin if origin is not None else model_vector(anchor, space)).to(device))
@@ -309,6 +310,7 @@ def walk(
                 keep = target.free()
             else:
                 keep = None if hold is None else ~hold
+            keep = None if keep is None else keep.to(w.device)
             step_cfg = cfg.step
             if landed_at is None and cfg.beta_growth != 1.0:
                 over = max(0.0, (step - cfg.grow_after) / cfg.grow_every)

@@ -78,13 +78,13 @@ class HyperplaneTarget(Target):
         return torch.zeros_like(w) if self.values is None else self.values.to(w)
 
     def direction(self, w):
-        return torch.where(self.mask, self._c(w) - w, torch.zeros_like(w))
+        return torch.where(self.mask.to(w.device), self._c(w) - w, torch.zeros_like(w))
 
     def distance(self, w):
-        return float(torch.linalg.vector_norm((w - self._c(w))[self.mask]))
+        return float(torch.linalg.vector_norm((w - self._c(w))[self.mask.to(w.device)]))
 
     def project(self, w):
-        return torch.where(self.mask, self._c(w), w)
+        return torch.where(self.mask.to(w.device), self._c(w), w)
 
     def free(self):
         return ~self.mask if self._free is None else self._free

@@ -286,3 +286,24 @@ def test_parse_structured():
 def test_parse_structured_rejects_bad_strings(bad):
     with pytest.raises(UsageError):
         parse_structured(bad)
+
+
+def test_targets_and_restriction_follow_the_vectors_device(bn_case):
+    """Masks chosen on the CPU work on weights that live elsewhere (``meta`` stands in for CUDA:
+    it refuses to mix devices in elementwise ops exactly as CUDA does)."""
+    from geopath.operators import Identity, RestrictedOperator
+    from geopath.targets import HyperplaneTarget
+
+    model = bn_case.make_model()
+    space = ParamSpace.of(model)
+    w = model_vector(model, space)
+    targets = [MagnitudeTarget(space, w, 0.5, prunable_parameters(model)),
+               StructuredTarget(model, space, w, {"conv": 1}),
+               HyperplaneTarget(w.abs() > w.abs().median(), values=w)]
+    w_dev = w.to("meta")
+    for target in targets:
+        assert target.direction(w_dev).device.type == "meta"
+        assert target.project(w_dev).device.type == "meta"
+    keep = ~targets[0].mask  # on the CPU
+    A = RestrictedOperator(Identity(space.n, w.dtype, "meta"), keep)
+    assert A.matvec(w_dev).device.type == "meta"

@@ -1,0 +1,102 @@
+"""The GPU path: the same numbers on ``cuda`` as on the CPU.
+
+Skipped where no CUDA device is visible (CI and the CPU machines); run on a GPU machine with
+``pytest tests/test_cuda.py``. Each test compares a computation on the device with the same
+computation on the CPU, so it fails on a wrong result as well as on a misplaced tensor.
+``GEOPATH_TEST_DEVICE=cpu`` runs the same tests with the CPU as "the device" (a check of the
+tests themselves on a machine without a GPU).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from geopath._params import ParamSpace, model_vector
+from geopath.cg import cg
+from geopath.geodesic import Anchor, StepConfig, geodesic_step
+from geopath.metric import MetricOperator
+from geopath.targets import MagnitudeTarget, StructuredTarget, prunable_parameters
+from geopath.trace import read_csv
+
+from ._helpers import FAST, SAMPLE, geopath, needs_mnist
+
+DEVICE = os.environ.get("GEOPATH_TEST_DEVICE", "cuda")
+pytestmark = pytest.mark.skipif(DEVICE.startswith("cuda") and not torch.cuda.is_available(),
+                                reason="needs a CUDA device")
+
+D = torch.float64
+
+
+def _on(model, device):
+    return model.to(device)
+
+
+@pytest.mark.parametrize("bn_stats", ["batch", "running"])
+def test_metric_products_match_the_cpu(case, bn_stats):
+    model = case.make_model()
+    space = ParamSpace.of(model)
+    w, x = model_vector(model, space), case.inputs
+    u = torch.randn(space.n, generator=torch.Generator().manual_seed(3), dtype=D)
+    cpu = MetricOperator(model, space, w, x, bn_stats=bn_stats)
+    gpu = MetricOperator(_on(case.make_model(), DEVICE), space, w.to(DEVICE), x.to(DEVICE), bn_stats=bn_stats)
+    gu = gpu.matvec(u.to(DEVICE))
+    assert gu.device == torch.device(DEVICE)
+    torch.testing.assert_close(gu.cpu(), cpu.matvec(u), rtol=1e-10, atol=1e-12)
+    c = [torch.randn_like(z) for z in cpu.logits]
+    torch.testing.assert_close(gpu.rmatvec_outputs([t.to(DEVICE) for t in c]).cpu(), cpu.rmatvec_outputs(c),
+                               rtol=1e-10, atol=1e-12)
+    # CG sees only the operator: it runs where its vectors are
+    b = cpu.matvec(u)
+    torch.testing.assert_close(cg(gpu, b.to(DEVICE), max_iters=3 * space.n, rtol=1e-12).x.cpu(),
+                               cg(cpu, b, max_iters=3 * space.n, rtol=1e-12).x, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("target_kind", ["magnitude", "structured"])
+def test_geodesic_step_matches_the_cpu(bn_case, target_kind):
+    def setup(device):
+        model = _on(bn_case.make_model(), device)
+        space = ParamSpace.of(model)
+        w = model_vector(model, space).to(device)
+        if target_kind == "magnitude":
+            target = MagnitudeTarget(space, w, 0.5, prunable_parameters(model))
+        else:
+            target = StructuredTarget(model, space, w, {"conv": 1})
+        x = bn_case.inputs.to(device)
+        with torch.no_grad():
+            z0 = [model(x) + 0.05]
+        return model, space, w, [x], z0, target
+
+    cfg = StepConfig(beta=0.7, step_size=1e-2, cg_iters=20, cg_rtol=1e-12, anchor=Anchor.START)
+    steps = {}
+    for device in ("cpu", DEVICE):
+        model, space, w, chunks, z0, target = setup(device)
+        info = geodesic_step(model, space, w, chunks, target, cfg, anchor_logits=z0)
+        assert info.theta.device == torch.device(device)
+        landed = target.project(w + info.theta)
+        assert landed.device == torch.device(device) and float(target.distance(landed)) == 0.0
+        steps[device] = info
+    torch.testing.assert_close(steps[DEVICE].theta.cpu(), steps["cpu"].theta, rtol=1e-8, atol=1e-10)
+    assert steps[DEVICE].metric_length == pytest.approx(steps["cpu"].metric_length, rel=1e-8)
+
+
+@needs_mnist
+def test_sparsify_end_to_end_on_cuda(tmp_path):
+    """The whole CLI run on the GPU follows the CPU run's path (float32: loose tolerances)."""
+    rows = {}
+    for name, device in (("cpu", "cpu"), ("device", DEVICE)):
+        out = tmp_path / name
+        proc = geopath("sparsify", SAMPLE, "-o", out, "--sparsity", "0.7", *FAST, "--json", "--device", device)
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout.splitlines()[-1])["event"] == "result"
+        rows[name] = read_csv(out / "trace.csv")
+    cpu, gpu = rows["cpu"], rows["device"]
+    assert [r["step"] for r in gpu] == [r["step"] for r in cpu]
+    assert gpu[-1]["landed_at"] == cpu[-1]["landed_at"]
+    for a, b in zip(gpu, cpu):
+        assert float(a["distance"]) == pytest.approx(float(b["distance"]), rel=1e-2, abs=1e-3)
+        assert abs(float(a["test_accuracy"]) - float(b["test_accuracy"])) <= 0.01  # 5 of the 500 images
+    assert float(gpu[-1]["sparsity"]) == pytest.approx(0.7, abs=1e-3)
