@@ -43,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from geopath._params import ParamSpace, model_vector  # noqa: E402
 from geopath.archs import build_model  # noqa: E402
+from geopath.job import full_float32_on_cuda  # noqa: E402
 from geopath.metric import MetricOperator  # noqa: E402
 
 MODELS = {
@@ -195,6 +196,8 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="mlp only, 2 repeats (a smoke test, not a result)")
     ap.add_argument("--_peak", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.device.startswith("cuda"):
+        full_float32_on_cuda()  # as every geopath job does on CUDA
     if args._peak:
         peak_child(*args._peak, args.batch, args.device)
         return 0
