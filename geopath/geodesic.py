@@ -191,6 +191,7 @@ def geodesic_step(
             probe = _probe(cfg, Gs, bt)
     A = 2.0 * G if cfg.damping <= 0 else 2.0 * (G + cfg.damping * Identity(G.n, G.dtype, G.device))
     if keep is not None:
+        keep = keep.to(b.device)
         A = RestrictedOperator(A, keep)
         b = b * keep
     res = trust_region_step(A, b, math.sqrt(cfg.step_size), cfg.solver, cfg.cg_iters, cfg.cg_rtol)

@@ -227,7 +227,7 @@ def walk(
     ``record_start`` (default: when no ``state`` is given). The trace's ``epochs`` are
     sample passes over ``epoch_size`` (default: the sources' inputs together). Progress
     is measured from ``origin`` (default: the anchor's weights); a leg of a chain passes
-    the point where the leg began.
+    the point where the leg began. ``model`` and the anchors are moved to ``device`` in place.
     """
     space = ParamSpace.of(model)
     model.to(device)
