@@ -2,6 +2,12 @@
 
 An optional ``mask`` (flat bool over the model's parameters, ``True`` = held at zero)
 keeps pruned weights exactly zero after every update.
+
+Under ``torchrun`` (:mod:`geopath.distributed`) training is data-parallel: every rank draws
+the same batches, runs its shard of each, and the gradients are all-reduced, so the ranks
+take the single process's steps (to rounding) at a K-th of the cost each. As in PyTorch's
+DistributedDataParallel, BatchNorm normalises each shard with its own statistics and every
+rank takes rank 0's running statistics after each step.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from . import distributed
 from ._params import ParamSpace, load_vector, model_vector
 from .data import Dataset, batches
 from .errors import NumericalError
@@ -48,6 +55,7 @@ def train(
     every batch's loss (e.g. an EWC term).
     """
     model.to(device)
+    comm = distributed.current()
     space = ParamSpace.of(model)
     keep = None if mask is None else (~mask.bool()).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -69,13 +77,14 @@ def train(
             if step >= total_steps:
                 break
             x, y = x.to(device), y.to(device)
-            loss = nn.functional.cross_entropy(model(x), y)
-            total = loss + penalty() if penalty is not None else loss
-            if not bool(torch.isfinite(total)):
-                raise NumericalError(f"training diverged at step {step + 1} (the loss is {float(total.detach())}); "
-                                     "try a smaller --lr")
             opt.zero_grad(set_to_none=True)
-            total.backward()
+            if comm.world == 1:
+                loss = nn.functional.cross_entropy(model(x), y)
+                total = loss + penalty() if penalty is not None else loss
+                _check_finite(total, step)
+                total.backward()
+            else:
+                loss = _data_parallel_backward(model, params, x, y, penalty, comm, step)
             opt.step()
             sched.step()
             if keep is not None:
@@ -91,3 +100,42 @@ def train(
             on_epoch(epoch, last_loss)
     model.eval()
     return TrainStats(passes / len(ds), passes, last_loss)
+
+
+def _check_finite(total: torch.Tensor, step: int) -> None:
+    if not bool(torch.isfinite(total)):
+        raise NumericalError(f"training diverged at step {step + 1} (the loss is {float(total.detach())}); "
+                             "try a smaller --lr")
+
+
+def _data_parallel_backward(model, params, x, y, penalty, comm, step: int) -> torch.Tensor:
+    """Gradients of the whole batch's loss from this rank's shard, all-reduced; returns the batch's loss.
+
+    Each rank's loss is its shard's summed cross-entropy over the whole batch size (plus a
+    share ``1/world`` of the penalty), so the all-reduced gradient is the single process's.
+    The loss travels with the gradients: every rank sees the same value and stops together
+    if it is not finite.
+    """
+    mine = comm.shard(len(y))
+    local = nn.functional.cross_entropy(model(x[mine]), y[mine], reduction="sum") / len(y) if len(y[mine]) else None
+    total = local if local is not None else torch.zeros((), device=x.device)
+    if penalty is not None:
+        total = total + penalty() / comm.world
+    if total.requires_grad:
+        total.backward()
+    flat = torch.cat([torch.zeros(2, device=x.device, dtype=params[0].dtype)]
+                     + [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
+    flat[0] = float(local.detach()) if local is not None else 0.0
+    flat[1] = float(total.detach())
+    comm.sum_(flat)
+    _check_finite(flat[1], step)  # the batch's loss with the penalty: the same on every rank
+    loss = flat[0].clone()
+    offset = 2
+    for p in params:
+        g = flat[offset:offset + p.numel()].view_as(p)
+        p.grad = g.clone() if p.grad is None else p.grad.copy_(g)
+        offset += p.numel()
+    for b in model.buffers():  # BatchNorm running statistics: rank 0's, as DistributedDataParallel does
+        if b.is_floating_point():
+            comm.broadcast_(b)
+    return loss

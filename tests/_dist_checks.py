@@ -4,6 +4,8 @@
   must equal the dense metric ``JᵀHJ`` of the whole batch (float64, tiny MLP).
 - ``evaluation``: every rank scores its shard of 11 samples (uneven: 6 + 5); the summed figures
   must be those of the whole set, on every rank.
+- ``train``: data-parallel masked SGD with a penalty term (37 samples, batches of 8: the last
+  one uneven) must take the single process's steps, on every rank.
 
 Rank 0 writes ``ok`` to FLAG when the check passed.
 """
@@ -69,8 +71,39 @@ def check_evaluation(comm) -> None:
     assert len(ds.y[comm.shard(len(ds))]) in (5, 6)  # each rank really scored a part only
 
 
+def check_train(comm) -> None:
+    import copy
+
+    from geopath.train import train
+
+    torch.manual_seed(1)  # the same network and data on every rank
+    model = MLP(in_features=5, hidden=(4,), num_classes=3).double()
+    ds = Dataset(torch.randn(37, 5, dtype=torch.float64), torch.randint(0, 3, (37,)), "random", "train")
+    space = ParamSpace.of(model)
+    mask = torch.zeros(space.n, dtype=torch.bool)
+    mask[::3] = True
+    ref = copy.deepcopy(model)
+    w0 = model_vector(model, space).clone()
+
+    def penalty_of(m):
+        return lambda: 0.05 * sum(p.pow(2).sum() for p in m.parameters())
+
+    with distributed.using(distributed.Single()):
+        one = train(ref, ds, epochs=2, batch_size=8, lr=0.1, mask=mask, penalty=penalty_of(ref))
+    seen = []
+    model.register_forward_hook(lambda m, inp, out: seen.append(len(inp[0])))
+    got = train(model, ds, epochs=2, batch_size=8, lr=0.1, mask=mask, penalty=penalty_of(model))
+    assert 0.4 * one.sample_passes <= sum(seen) <= 0.6 * one.sample_passes, (sum(seen), one)  # its shards only
+    w, w_ref = model_vector(model, space), model_vector(ref, space)
+    assert torch.allclose(w, w_ref, rtol=1e-10, atol=1e-12), (w - w_ref).abs().max()
+    assert (w_ref - w0)[~mask].abs().max() > 1e-2  # training moved the weights
+    assert bool((w[mask] == 0).all())
+    assert abs(got.final_loss - one.final_loss) < 1e-10 and got.sample_passes == one.sample_passes, (got, one)
+
+
 def main() -> None:
-    check, flag = {"metric": check_metric, "evaluation": check_evaluation}[sys.argv[1]], sys.argv[2]
+    check = {"metric": check_metric, "evaluation": check_evaluation, "train": check_train}[sys.argv[1]]
+    flag = sys.argv[2]
     comm = distributed.setup("cpu")
     torch.manual_seed(0)
     check(comm)

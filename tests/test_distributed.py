@@ -55,6 +55,13 @@ def test_sharded_evaluation_equals_one_process(tmp_path):
     assert flag.read_text() == "ok"
 
 
+def test_data_parallel_training_equals_one_process(tmp_path):
+    flag = tmp_path / "ok"
+    proc = torchrun(ROOT / "tests" / "_dist_checks.py", "train", flag)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert flag.read_text() == "ok"
+
+
 @needs_mnist
 def test_torchrun_sparsify_reproduces_the_single_process_path(tmp_path):
     args = ["sparsify", SAMPLE, "--sparsity", "0.5", "--steps", "4", "--max-steps", "8", "--metric-size", "2000",
@@ -79,3 +86,21 @@ def test_torchrun_sparsify_reproduces_the_single_process_path(tmp_path):
     # rank 0 alone wrote: the files are exactly those of the manifest, no stray temp files
     assert verify_run(tmp_path / "two")["ok"]
     assert not [p for p in (tmp_path / "two").rglob(".*")]
+
+
+@needs_mnist
+def test_torchrun_prune_finetune_reproduces_one_process(tmp_path):
+    """The training-based peers are data-parallel under torchrun: the same network as one process."""
+    args = ["sparsify", SAMPLE, "--sparsity", "0.7", "--method", "prune-finetune", "--finetune-epochs", "0.5",
+            "--metric-size", "2000", "--eval-size", "300", "--json"]
+    one = geopath(*args, "-o", tmp_path / "one")
+    assert one.returncode == 0, one.stderr
+    two = torchrun("-m", "geopath", *args, "-o", tmp_path / "two")
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, _ = read_tensors(tmp_path / "one" / "final.safetensors")
+    b, _ = read_tensors(tmp_path / "two" / "final.safetensors")
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5  # float32 sums in another order
+    sa, sb = (json.loads((tmp_path / r / "summary.json").read_text()) for r in ("one", "two"))
+    assert sb["sample_passes"] == sa["sample_passes"] > 0
+    assert sb["test_accuracy"] == pytest.approx(sa["test_accuracy"], abs=1.5 / 300)
+    assert verify_run(tmp_path / "two")["ok"]
