@@ -5,7 +5,8 @@
 - ``evaluation``: every rank scores its shard of 11 samples (uneven: 6 + 5); the summed figures
   must be those of the whole set, on every rank.
 - ``train``: data-parallel masked SGD with a penalty term (37 samples, batches of 8: the last
-  one uneven) must take the single process's steps, on every rank.
+  one uneven; then batches of one, where a rank's shard is empty) must take the single
+  process's steps, on every rank.
 
 Rank 0 writes ``ok`` to FLAG when the check passed.
 """
@@ -99,6 +100,12 @@ def check_train(comm) -> None:
     assert (w_ref - w0)[~mask].abs().max() > 1e-2  # training moved the weights
     assert bool((w[mask] == 0).all())
     assert abs(got.final_loss - one.final_loss) < 1e-10 and got.sample_passes == one.sample_passes, (got, one)
+    # batches of one sample: rank 1's shard is empty at every step, its gradient comes from the all-reduce
+    small = Dataset(ds.x[:5], ds.y[:5], "random", "train")
+    with distributed.using(distributed.Single()):
+        train(ref, small, epochs=1, batch_size=1, lr=0.1, penalty=penalty_of(ref))
+    train(model, small, epochs=1, batch_size=1, lr=0.1, penalty=penalty_of(model))
+    assert torch.allclose(model_vector(model, space), model_vector(ref, space), rtol=1e-10, atol=1e-12)
 
 
 def main() -> None:
