@@ -26,10 +26,11 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from . import distributed
 from ._params import ParamSpace, load_vector, model_vector
 from .data import Dataset, batches
 from .targets import HyperplaneTarget, MagnitudeTarget, StructuredTarget
-from .train import TrainStats, train
+from .train import TrainStats, sharded_backward, train
 
 Record = Callable[..., dict]
 
@@ -161,14 +162,17 @@ def fisher_diag(model: nn.Module, ds: Dataset, samples: int = 2000, chunk: int =
 
     per_sample = vmap(grad(nll), in_dims=(None, 0, 0))
     total = torch.zeros(space.n, dtype=next(iter(params.values())).dtype, device=device)
+    comm = distributed.current()
     for i in range(0, len(idx), chunk):
         x = ds.x[idx[i:i + chunk]].to(device)
         with torch.no_grad():
             probs = torch.softmax(model(x), -1)
         y = torch.multinomial(probs.cpu(), 1, generator=gen).squeeze(1).to(device)
-        g = per_sample(params, x, y)
-        total += torch.cat([g[n].reshape(len(x), -1) for n in space.names], dim=1).pow(2).sum(0)
-    return total / max(len(idx), 1)
+        mine = comm.shard(len(x))  # under torchrun: this rank's per-sample gradients only
+        if len(y[mine]):
+            g = per_sample(params, x[mine], y[mine])
+            total += torch.cat([g[n].reshape(len(y[mine]), -1) for n in space.names], dim=1).pow(2).sum(0)
+    return comm.sum_(total) / max(len(idx), 1)
 
 
 def fisher_merge(model: nn.Module, w_a: torch.Tensor, w_b: torch.Tensor, f_a: torch.Tensor, f_b: torch.Tensor,
@@ -249,6 +253,7 @@ def bezier(model: nn.Module, w_a: torch.Tensor, w_b: torch.Tensor, ds: Dataset, 
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     gen = torch.Generator().manual_seed(seed)
     model.train()
+    comm = distributed.current()
     done = 0
     while done < steps:
         for x, y in batches(ds, batch_size, generator=gen, shuffle=True):
@@ -256,10 +261,20 @@ def bezier(model: nn.Module, w_a: torch.Tensor, w_b: torch.Tensor, ds: Dataset, 
                 break
             t = float(torch.rand((), generator=gen))
             w = bezier_point(w_a, theta, w_b, t)
-            logits = functional_call(model, (space.unflatten(w), buffers), (x.to(device),))
-            loss = nn.functional.cross_entropy(logits, y.to(device))
+            x, y = x.to(device), y.to(device)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            if comm.world == 1:
+                logits = functional_call(model, (space.unflatten(w), buffers), (x,))
+                nn.functional.cross_entropy(logits, y).backward()
+            else:  # data-parallel: this rank's shard of the batch, gradients all-reduced
+
+                def shard_loss(s, w=w, x=x, y=y):
+                    if not len(y[s]):
+                        return None
+                    logits = functional_call(model, (space.unflatten(w), buffers), (x[s],))
+                    return nn.functional.cross_entropy(logits, y[s], reduction="sum")
+
+                sharded_backward(shard_loss, len(y), [theta], buffers.values(), comm)
             opt.step()
             sched.step()
             done += 1

@@ -84,14 +84,18 @@ def train(
                 _check_finite(total, step)
                 total.backward()
             else:
-                loss = _data_parallel_backward(model, params, x, y, penalty, comm, step)
+                def shard_loss(s, x=x, y=y):
+                    return nn.functional.cross_entropy(model(x[s]), y[s], reduction="sum") if len(y[s]) else None
+
+                loss, total = sharded_backward(shard_loss, len(y), params, model.buffers(), comm, penalty)
+                _check_finite(torch.tensor(total), step)
             opt.step()
             sched.step()
             if keep is not None:
                 load_vector(model, space, model_vector(model, space) * keep)
             step += 1
             passes += len(y)
-            last_loss = float(loss.detach())
+            last_loss = float(loss)
             if on_step is not None:
                 on_step(step, passes)
                 model.train()
@@ -108,34 +112,35 @@ def _check_finite(total: torch.Tensor, step: int) -> None:
                              "try a smaller --lr")
 
 
-def _data_parallel_backward(model, params, x, y, penalty, comm, step: int) -> torch.Tensor:
-    """Gradients of the whole batch's loss from this rank's shard, all-reduced; returns the batch's loss.
+def sharded_backward(shard_loss: Callable[[slice], torch.Tensor | None], n: int, params: list[torch.Tensor],
+                     buffers, comm, penalty: Callable[[], torch.Tensor] | None = None) -> tuple[float, float]:
+    """Data-parallel backward pass of one batch of ``n`` samples; returns ``(loss, loss with penalty)``.
 
-    Each rank's loss is its shard's summed cross-entropy over the whole batch size (plus a
-    share ``1/world`` of the penalty), so the all-reduced gradient is the single process's.
-    The loss travels with the gradients: every rank sees the same value and stops together
-    if it is not finite.
+    ``shard_loss(s)`` is the summed loss of the batch's samples ``s`` (this rank's shard;
+    ``None`` when it is empty). Each rank back-propagates its shard's sum over ``n`` plus a
+    share ``1/world`` of the penalty, and the gradients are all-reduced, so every rank holds
+    the single process's gradient in ``p.grad``. The losses travel with the gradients: every
+    rank sees the same values (and stops together when they are not finite). The floating
+    ``buffers`` (BatchNorm running statistics) are then rank 0's, as DistributedDataParallel does.
     """
-    mine = comm.shard(len(y))
-    local = nn.functional.cross_entropy(model(x[mine]), y[mine], reduction="sum") / len(y) if len(y[mine]) else None
-    total = local if local is not None else torch.zeros((), device=x.device)
+    local = shard_loss(comm.shard(n))
+    local = None if local is None else local / n
+    device, dtype = params[0].device, params[0].dtype
+    total = local if local is not None else torch.zeros((), device=device, dtype=dtype)
     if penalty is not None:
         total = total + penalty() / comm.world
     if total.requires_grad:
         total.backward()
-    flat = torch.cat([torch.zeros(2, device=x.device, dtype=params[0].dtype)]
+    flat = torch.cat([torch.stack([(local.detach() if local is not None else torch.zeros((), device=device)).to(dtype),
+                                   total.detach().to(dtype)])]
                      + [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
-    flat[0] = float(local.detach()) if local is not None else 0.0
-    flat[1] = float(total.detach())
     comm.sum_(flat)
-    _check_finite(flat[1], step)  # the batch's loss with the penalty: the same on every rank
-    loss = flat[0].clone()
     offset = 2
     for p in params:
         g = flat[offset:offset + p.numel()].view_as(p)
         p.grad = g.clone() if p.grad is None else p.grad.copy_(g)
         offset += p.numel()
-    for b in model.buffers():  # BatchNorm running statistics: rank 0's, as DistributedDataParallel does
+    for b in buffers:
         if b.is_floating_point():
             comm.broadcast_(b)
-    return loss
+    return float(flat[0]), float(flat[1])

@@ -6,7 +6,7 @@
   must be those of the whole set, on every rank.
 - ``train``: data-parallel masked SGD with a penalty term (37 samples, batches of 8: the last
   one uneven; then batches of one, where a rank's shard is empty) must take the single
-  process's steps, on every rank.
+  process's steps, on every rank; so must the sharded Fisher diagonal and Bezier training.
 
 Rank 0 writes ``ok`` to FLAG when the check passed.
 """
@@ -106,6 +106,18 @@ def check_train(comm) -> None:
         train(ref, small, epochs=1, batch_size=1, lr=0.1, penalty=penalty_of(ref))
     train(model, small, epochs=1, batch_size=1, lr=0.1, penalty=penalty_of(model))
     assert torch.allclose(model_vector(model, space), model_vector(ref, space), rtol=1e-10, atol=1e-12)
+    # the other peers' work: the Fisher diagonal and a Bezier curve's middle point
+    from geopath.baselines import bezier, fisher_diag
+
+    w_a, w_b = model_vector(ref, space), w0
+    with distributed.using(distributed.Single()):
+        f_one = fisher_diag(ref, ds, samples=29, chunk=8, seed=3)
+        b_one = bezier(ref, w_a, w_b, ds, sample_passes=60, batch_size=7, lr=0.1, seed=4)
+    f_got = fisher_diag(model, ds, samples=29, chunk=8, seed=3)
+    b_got = bezier(model, w_a, w_b, ds, sample_passes=60, batch_size=7, lr=0.1, seed=4)
+    assert torch.allclose(f_got, f_one, rtol=1e-10, atol=1e-14) and float(f_one.abs().max()) > 1e-4
+    assert torch.allclose(b_got, b_one, rtol=1e-10, atol=1e-12)
+    assert float((b_one - 0.5 * (w_a + w_b)).abs().max()) > 1e-3  # the curve was trained
 
 
 def main() -> None:
