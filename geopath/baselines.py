@@ -147,7 +147,8 @@ def fisher_diag(model: nn.Module, ds: Dataset, samples: int = 2000, chunk: int =
 
     Labels are sampled from the model's own predictive distribution (the true Fisher,
     not the empirical one); per-sample gradients come from ``vmap(grad(...))``.
-    Costs one forward+backward pass per sample.
+    Costs one forward+backward pass per sample. Under ``torchrun`` every rank draws the
+    same labels and computes the per-sample gradients of its shard; the sums are all-reduced.
     """
     space = ParamSpace.of(model)
     model.eval()
@@ -240,7 +241,8 @@ def bezier(model: nn.Module, w_a: torch.Tensor, w_b: torch.Tensor, ds: Dataset, 
     Each batch draws ``t ~ U(0, 1)`` and takes an SGD step (momentum 0.9, cosine decay)
     on the cross-entropy of the network at ``bezier_point(t)``; ``θ`` starts at the
     midpoint of A and B. BatchNorm runs in train mode (batch statistics); evaluate
-    points of the curve after re-estimating running statistics.
+    points of the curve after re-estimating running statistics. Under ``torchrun`` the
+    steps are data-parallel (:func:`geopath.train.sharded_backward`).
     """
     space = ParamSpace.of(model)
     w_a, w_b = w_a.to(device), w_b.to(device)
