@@ -83,6 +83,7 @@ def train(
                 total = loss + penalty() if penalty is not None else loss
                 _check_finite(total, step)
                 total.backward()
+                loss = float(loss.detach())
             else:
                 def shard_loss(s, x=x, y=y):
                     return nn.functional.cross_entropy(model(x[s]), y[s], reduction="sum") if len(y[s]) else None
@@ -95,7 +96,7 @@ def train(
                 load_vector(model, space, model_vector(model, space) * keep)
             step += 1
             passes += len(y)
-            last_loss = float(loss)
+            last_loss = loss
             if on_step is not None:
                 on_step(step, passes)
                 model.train()
