@@ -310,7 +310,6 @@ def walk(
                 keep = target.free()
             else:
                 keep = None if hold is None else ~hold
-            keep = None if keep is None else keep.to(w.device)
             step_cfg = cfg.step
             if landed_at is None and cfg.beta_growth != 1.0:
                 over = max(0.0, (step - cfg.grow_after) / cfg.grow_every)

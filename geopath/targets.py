@@ -74,17 +74,27 @@ class HyperplaneTarget(Target):
         self.values = None if values is None else values.detach().clone()
         self._free = None if free is None else free.bool()
 
+    def _mask_at(self, w):
+        """The mask on ``w``'s device, moved there once (not copied again at every call)."""
+        if self.mask.device != w.device:
+            self.mask = self.mask.to(w.device)
+        return self.mask
+
     def _c(self, w):
-        return torch.zeros_like(w) if self.values is None else self.values.to(w)
+        if self.values is None:
+            return torch.zeros_like(w)
+        if self.values.device != w.device:
+            self.values = self.values.to(w.device)
+        return self.values.to(w.dtype)
 
     def direction(self, w):
-        return torch.where(self.mask.to(w.device), self._c(w) - w, torch.zeros_like(w))
+        return torch.where(self._mask_at(w), self._c(w) - w, torch.zeros_like(w))
 
     def distance(self, w):
-        return float(torch.linalg.vector_norm((w - self._c(w))[self.mask.to(w.device)]))
+        return float(torch.linalg.vector_norm((w - self._c(w))[self._mask_at(w)]))
 
     def project(self, w):
-        return torch.where(self.mask.to(w.device), self._c(w), w)
+        return torch.where(self._mask_at(w), self._c(w), w)
 
     def free(self):
         return ~self.mask if self._free is None else self._free

@@ -300,10 +300,10 @@ def test_targets_and_restriction_follow_the_vectors_device(bn_case):
     targets = [MagnitudeTarget(space, w, 0.5, prunable_parameters(model)),
                StructuredTarget(model, space, w, {"conv": 1}),
                HyperplaneTarget(w.abs() > w.abs().median(), values=w)]
+    keep = ~targets[0].mask  # on the CPU
     w_dev = w.to("meta")
     for target in targets:
         assert target.direction(w_dev).device.type == "meta"
         assert target.project(w_dev).device.type == "meta"
-    keep = ~targets[0].mask  # on the CPU
     A = RestrictedOperator(Identity(space.n, w.dtype, "meta"), keep)
     assert A.matvec(w_dev).device.type == "meta"
