@@ -12,6 +12,8 @@ rank takes rank 0's running statistics after each step.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Callable
 
@@ -81,7 +83,7 @@ def train(
             if comm.world == 1:
                 loss = nn.functional.cross_entropy(model(x), y)
                 total = loss + penalty() if penalty is not None else loss
-                _check_finite(total, step)
+                _check_finite(float(total.detach()), step)
                 total.backward()
                 loss = float(loss.detach())
             else:
@@ -89,7 +91,7 @@ def train(
                     return nn.functional.cross_entropy(model(x[s]), y[s], reduction="sum") if len(y[s]) else None
 
                 loss, total = sharded_backward(shard_loss, len(y), params, model.buffers(), comm, penalty)
-                _check_finite(torch.tensor(total), step)
+                _check_finite(total, step)
             opt.step()
             sched.step()
             if keep is not None:
@@ -107,10 +109,9 @@ def train(
     return TrainStats(passes / len(ds), passes, last_loss)
 
 
-def _check_finite(total: torch.Tensor, step: int) -> None:
-    if not bool(torch.isfinite(total)):
-        raise NumericalError(f"training diverged at step {step + 1} (the loss is {float(total.detach())}); "
-                             "try a smaller --lr")
+def _check_finite(total: float, step: int) -> None:
+    if not math.isfinite(total):
+        raise NumericalError(f"training diverged at step {step + 1} (the loss is {total}); try a smaller --lr")
 
 
 def sharded_backward(shard_loss: Callable[[slice], torch.Tensor | None], n: int, params: list[torch.Tensor],

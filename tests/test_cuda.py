@@ -31,10 +31,6 @@ pytestmark = pytest.mark.skipif(DEVICE.startswith("cuda") and not torch.cuda.is_
 D = torch.float64
 
 
-def _on(model, device):
-    return model.to(device)
-
-
 @pytest.mark.parametrize("bn_stats", ["batch", "running"])
 def test_metric_products_match_the_cpu(case, bn_stats):
     model = case.make_model()
@@ -42,7 +38,7 @@ def test_metric_products_match_the_cpu(case, bn_stats):
     w, x = model_vector(model, space), case.inputs
     u = torch.randn(space.n, generator=torch.Generator().manual_seed(3), dtype=D)
     cpu = MetricOperator(model, space, w, x, bn_stats=bn_stats)
-    gpu = MetricOperator(_on(case.make_model(), DEVICE), space, w.to(DEVICE), x.to(DEVICE), bn_stats=bn_stats)
+    gpu = MetricOperator(case.make_model().to(DEVICE), space, w.to(DEVICE), x.to(DEVICE), bn_stats=bn_stats)
     gu = gpu.matvec(u.to(DEVICE))
     assert gu.device == torch.device(DEVICE)
     torch.testing.assert_close(gu.cpu(), cpu.matvec(u), rtol=1e-10, atol=1e-12)
@@ -58,7 +54,7 @@ def test_metric_products_match_the_cpu(case, bn_stats):
 @pytest.mark.parametrize("target_kind", ["magnitude", "structured"])
 def test_geodesic_step_matches_the_cpu(bn_case, target_kind):
     def setup(device):
-        model = _on(bn_case.make_model(), device)
+        model = bn_case.make_model().to(device)
         space = ParamSpace.of(model)
         w = model_vector(model, space).to(device)
         if target_kind == "magnitude":
