@@ -76,8 +76,8 @@ def main() -> int:
     geo = run("geodesic", **GEODESIC)
     budget = geo["epochs"]
     results = [geo, *peers(budget), run("one_shot", method="prune-finetune", finetune_epochs=0.0)]
-    geo_path = Trace(work / "geodesic").rows()
-    curve = [budget_row(b, geo_path, peers(b, f"_{b:g}".replace(".", "p")))
+    on_plane = [r for r in Trace(work / "geodesic").rows() if r["distance"] == 0.0]  # the geodesic's landed networks
+    curve = [budget_row(b, on_plane, peers(b, f"_{b:g}".replace(".", "p")))
              for b in sorted(args.budgets) if b < budget]
     curve.append(budget_row(budget, [], results[1:3], geodesic=geo["test_accuracy"]))
     (docs / "img").mkdir(parents=True, exist_ok=True)
@@ -88,7 +88,7 @@ def main() -> int:
     checks = [("geodesic <= 10 epochs of updates (paper)", geo["epochs"] <= 10.0),
               ("geodesic >= iterative prune-and-retrain at every budget", _ahead(curve, "iterative_prune")),
               ("geodesic >= prune + fine-tune at every budget", _ahead(curve, "prune_finetune"))]
-    reach = first_reaching(geo_path, by["iterative_prune"]["test_accuracy"])
+    reach = first_reaching(on_plane, by["iterative_prune"]["test_accuracy"])
     host = machine()
     report = {"machine": host, "quick": args.quick, "checkpoint": str(ckpt), "layer": LAYER, "removed": args.remove, "of": 16,
               "results": results, "budgets": curve, "checks": dict(checks),
@@ -111,7 +111,7 @@ def main() -> int:
         lines += [f"| {c['epochs']:.2f} | {_pct(c['geodesic'])} | {c['iterative_prune']:.2%} | "
                   f"{c['prune_finetune']:.2%} |" for c in curve]
         imp = f"iterative prune-and-retrain's full-budget accuracy ({by['iterative_prune']['test_accuracy']:.2%})"
-        best = max((r for r in geo_path if r["distance"] == 0.0), key=lambda r: r["test_accuracy"])
+        best = max(on_plane, key=lambda r: r["test_accuracy"])
         lines += ["", f"The geodesic first reaches {imp} at {reach['epochs']:.2f} epochs (step {reach['step']})."
                   if reach else f"No network on the geodesic's path reaches {imp}; its best on the hyperplane is "
                   f"{best['test_accuracy']:.2%} (step {best['step']}, {best['epochs']:.2f} epochs).",
@@ -127,21 +127,21 @@ def main() -> int:
     return 3 if missed else 0
 
 
-def budget_row(epochs: float, geo_path: list[dict], peer_rows: tuple[dict, dict],
+def budget_row(epochs: float, on_plane: list[dict], peer_rows: tuple[dict, dict],
                geodesic: float | None = None) -> dict:
-    """One row of the budget table: the geodesic's accuracy within ``epochs`` (its path's last network
-    on the hyperplane, unless given) beside both peers run with that budget."""
+    """One row of the budget table: the geodesic's accuracy within ``epochs`` (the last of its path's
+    networks on the hyperplane, ``on_plane``, unless given) beside both peers run with that budget."""
     if geodesic is None:
-        on_plane = [r for r in geo_path if r["distance"] == 0.0 and r["epochs"] <= epochs]
-        geodesic = on_plane[-1]["test_accuracy"] if on_plane else None
+        within = [r for r in on_plane if r["epochs"] <= epochs]
+        geodesic = within[-1]["test_accuracy"] if within else None
     return {"epochs": epochs, "geodesic": geodesic, "iterative_prune": peer_rows[0]["test_accuracy"],
             "prune_finetune": peer_rows[1]["test_accuracy"]}
 
 
-def first_reaching(geo_path: list[dict], accuracy: float) -> dict | None:
+def first_reaching(on_plane: list[dict], accuracy: float) -> dict | None:
     """The geodesic's first network on the hyperplane at ``accuracy`` or better (step and epochs), or None."""
-    for r in geo_path:
-        if r["distance"] == 0.0 and r["test_accuracy"] >= accuracy:
+    for r in on_plane:
+        if r["test_accuracy"] >= accuracy:
             return {"step": r["step"], "epochs": r["epochs"], "test_accuracy": r["test_accuracy"]}
     return None
 
