@@ -219,13 +219,15 @@ def _following_batchnorm(model: nn.Module, layer_name: str, channels: int) -> st
     return None
 
 
-def unit_groups(model: nn.Module, space: ParamSpace, layer: str, batchnorm: bool = True) -> list[torch.Tensor]:
+def unit_groups(model: nn.Module, space: ParamSpace, layer: str, batchnorm: bool = True) -> torch.Tensor:
     """Flat indices of each output unit of ``layer`` (a conv filter or a linear neuron).
 
-    A unit's group is its weight row, its bias entry and (``batchnorm=True``) the weight
-    and bias of the BatchNorm channel that directly follows the layer, so a unit whose
-    group is zero outputs exactly zero. Units are ranked by the norm of the group
-    without the BatchNorm channel.
+    Row ``i`` of the returned ``[units, group size]`` tensor is unit ``i``'s group: its
+    weight row, its bias entry and (``batchnorm=True``) the weight and bias of the
+    BatchNorm channel that directly follows the layer, so a unit whose group is zero
+    outputs exactly zero. Units are ranked by the norm of the group without the
+    BatchNorm channel. Built and used whole (no per-unit loop), so wide layers cost a
+    few kernels on a GPU.
     """
     m = dict(model.named_modules()).get(layer)
     if not isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
@@ -238,14 +240,21 @@ def unit_groups(model: nn.Module, space: ParamSpace, layer: str, batchnorm: bool
     bn = _following_batchnorm(model, layer, units) if batchnorm else None
     if bn:
         per_unit += [f"{bn}.weight", f"{bn}.bias"]
-    extra = [slices[p].start for p in per_unit if p in slices]
-    return [torch.cat([torch.arange(wsl.start + i * fan, wsl.start + (i + 1) * fan),
-                       torch.tensor([s + i for s in extra], dtype=torch.long)]) for i in range(units)]
+    extra = torch.tensor([slices[p].start for p in per_unit if p in slices], dtype=torch.long)
+    unit = torch.arange(units).unsqueeze(1)
+    return torch.cat([wsl.start + unit * fan + torch.arange(fan), extra + unit], dim=1)
 
 
-def unit_norms(groups: list[torch.Tensor], w: torch.Tensor) -> torch.Tensor:
-    """Squared L2 norm of each unit's group in ``w``."""
-    return torch.stack([w[g].pow(2).sum() for g in groups])
+def unit_norms(groups: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Squared L2 norm of each unit's group in ``w`` (``groups``: rows of :func:`unit_groups`)."""
+    return w[groups.to(w.device)].pow(2).sum(1)
+
+
+def group_mask(groups: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A bool mask shaped like ``like`` (on its device), true on every index in ``groups``."""
+    mask = torch.zeros_like(like, dtype=torch.bool)
+    mask[groups.reshape(-1).to(mask.device)] = True
+    return mask
 
 
 class StructuredTarget(HyperplaneTarget):
@@ -275,11 +284,9 @@ class StructuredTarget(HyperplaneTarget):
         self.removed = {}
         for layer, k in self.counts.items():
             groups, ranked = self._groups[layer]
-            norms = unit_norms(ranked, w)
-            chosen = torch.topk(norms, k, largest=False).indices.sort().values.tolist() if k else []
-            self.removed[layer] = chosen
-            for i in chosen:
-                mask[groups[i].to(mask.device)] = True
+            chosen = torch.topk(unit_norms(ranked, w), k, largest=False).indices.sort().values.cpu()
+            self.removed[layer] = chosen.tolist()
+            mask |= group_mask(groups[chosen], w)
         return mask
 
     def stage(self, w: torch.Tensor, fraction: float) -> "StructuredTarget":

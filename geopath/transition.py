@@ -43,7 +43,7 @@ from .errors import UsageError
 from .evaluate import evaluate, has_batchnorm
 from .path import PathConfig, walk
 from .sparsify import step_config
-from .targets import HyperplaneTarget, MagnitudeTarget, prunable_parameters, unit_groups, unit_norms
+from .targets import HyperplaneTarget, MagnitudeTarget, group_mask, prunable_parameters, unit_groups, unit_norms
 from .trace import columns
 
 COLUMNS = columns("leg", "leg_name", "train_accuracy", "test_accuracy", "test_loss", "sparsity", "units_off")
@@ -154,7 +154,7 @@ class Switchboard:
             if k > len(on) - 1:
                 raise UsageError(f"leg {leg.name!r}: cannot remove {k} more units of {layer!r} ({len(on)} are on; "
                                  "one must stay)")
-            norms = unit_norms([groups[i] for i in on], w)
+            norms = unit_norms(groups[on], w)
             chosen = [on[i] for i in torch.argsort(norms, stable=True)[:k].tolist()]
             removed[layer] = removed.get(layer, []) + chosen
         self.removed = removed
@@ -165,9 +165,7 @@ class Switchboard:
         """The coordinates of the switched-off units' groups."""
         mask = torch.zeros_like(like, dtype=torch.bool)
         for layer, units in self.removed.items():
-            groups = unit_groups(model, space, layer)
-            for i in units:
-                mask[groups[i].to(mask.device)] = True
+            mask |= group_mask(unit_groups(model, space, layer)[units], like)
         return mask
 
     def mask(self, model, space: ParamSpace, w: torch.Tensor, revive: torch.Tensor | None = None,
@@ -319,4 +317,4 @@ def units_off(model, layers: list[str]) -> int:
     """Units of ``layers`` whose whole group (weights, bias, BatchNorm channel) is exactly zero."""
     space = ParamSpace.of(model)
     w = model_vector(model, space)
-    return sum(int((w[g] == 0).all()) for layer in layers for g in unit_groups(model, space, layer))
+    return sum(int((w[unit_groups(model, space, layer)] == 0).all(1).sum()) for layer in layers)

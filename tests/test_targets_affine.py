@@ -15,7 +15,7 @@ from geopath.errors import UsageError
 from geopath.geodesic import StepConfig
 from geopath.path import PathConfig, walk
 from geopath.rundir import RunWriter
-from geopath.targets import HyperplaneTarget, NetworkTarget, Target, unit_groups, unit_norms
+from geopath.targets import HyperplaneTarget, NetworkTarget, Target, group_mask, unit_groups, unit_norms
 from geopath.transition import Leg, Switchboard, leg_target, parse_plan
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -160,13 +160,12 @@ def test_unit_groups_cover_weight_row_bias_and_batchnorm(factory, layer, bn, fan
     groups = unit_groups(model, space, layer)
     ref = _reference_groups(model, layer, bn)
     assert [set(g.tolist()) for g in groups] == ref
-    assert all(len(g) == fan + 3 for g in groups)
-    assert all(g.dtype == torch.long for g in groups)
+    assert groups.shape == (len(ref), fan + 3) and groups.dtype == torch.long
     # without batchnorm: the weight row and the bias only
     plain = unit_groups(model, space, layer, batchnorm=False)
     assert [set(g.tolist()) for g in plain] == _reference_groups(model, layer, None)
     # groups are disjoint
-    all_idx = torch.cat(groups)
+    all_idx = groups.reshape(-1)
     assert len(set(all_idx.tolist())) == len(all_idx)
 
 
@@ -222,10 +221,12 @@ def test_unit_groups_rejects_non_layers():
             unit_groups(model, space, bad)
 
 
-def test_unit_norms_by_hand():
-    w = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=D)
-    groups = [torch.tensor([0, 1]), torch.tensor([2]), torch.tensor([3, 0])]
-    assert unit_norms(groups, w).tolist() == [5.0, 9.0, 17.0]
+def test_unit_norms_and_group_mask_by_hand():
+    w = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0], dtype=D)
+    groups = torch.tensor([[0, 1], [2, 4], [3, 0]])
+    assert unit_norms(groups, w).tolist() == [5.0, 34.0, 17.0]
+    assert group_mask(groups[[0, 2]], w).tolist() == [True, True, False, True, False]
+    assert not group_mask(groups[[]], w).any()
 
 
 # --------------------------------------------------------------------------- parse_plan
