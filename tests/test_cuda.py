@@ -22,7 +22,7 @@ from geopath.metric import MetricOperator
 from geopath.targets import MagnitudeTarget, StructuredTarget, prunable_parameters
 from geopath.trace import read_csv
 
-from ._helpers import FAST, SAMPLE, geopath, needs_mnist
+from ._helpers import DATA_ROOT, FAST, SAMPLE, geopath, needs_mnist
 
 DEVICE = os.environ.get("GEOPATH_TEST_DEVICE", "cuda")
 pytestmark = pytest.mark.skipif(DEVICE.startswith("cuda") and not torch.cuda.is_available(),
@@ -96,3 +96,49 @@ def test_sparsify_end_to_end_on_cuda(tmp_path):
         assert float(a["distance"]) == pytest.approx(float(b["distance"]), rel=1e-2, abs=1e-3)
         assert abs(float(a["test_accuracy"]) - float(b["test_accuracy"])) <= 0.01  # 5 of the 500 images
     assert float(gpu[-1]["sparsity"]) == pytest.approx(0.7, abs=1e-3)
+
+
+ROOT = SAMPLE.parents[1]
+SMALL = ["--data-root", str(DATA_ROOT), "--metric-size", "2000", "--eval-size", "500", "--batch-size", "64",
+         "--cg-iters", "3", "--save-every", "5"]
+STRUCTURED = ["--structured", "layers.0:100", "--steps", "6", "--max-steps", "12", "--settle-steps", "4"]
+JOBS = {
+    "sparsify-structured": ["sparsify", SAMPLE, *SMALL, *STRUCTURED],
+    "sparsify-prune-finetune": ["sparsify", SAMPLE, *SMALL, "--method", "prune-finetune", "--finetune-epochs", "0.1"],
+    "sparsify-iterative-prune": ["sparsify", SAMPLE, *SMALL, "--method", "iterative-prune", "--finetune-epochs", "0.1",
+                                 "--rounds", "2"],
+    "merge-geodesic": ["merge", SAMPLE, ROOT / "sample_checkpoints" / "mlp_fashion_mnist.safetensors", *SMALL,
+                       "--val-size", "500", "--steps", "10"],
+    "merge-ewc": ["merge", SAMPLE, ROOT / "sample_checkpoints" / "mlp_fashion_mnist.safetensors", *SMALL,
+                  "--val-size", "500", "--method", "ewc", "--epochs", "0.1", "--fisher-samples", "200"],
+    "merge-fisher-split": ["merge", SAMPLE, ROOT / "sample_checkpoints" / "mlp_fashion_mnist.safetensors", *SMALL,
+                           "--val-size", "500", "--method", "fisher", "--head", "split", "--fisher-samples", "200",
+                           "--points", "3"],
+    "transition": ["transition", SAMPLE, "--plan", ROOT / "docs" / "examples" / "plan_mlp.yaml", *SMALL,
+                   "--steps", "6", "--settle-steps", "2"],
+    "connect-geodesic": ["connect", SAMPLE, ROOT / "sample_checkpoints" / "mlp_mnist_seed1.safetensors", *SMALL,
+                         "--steps", "10", "--points", "3"],
+    "connect-bezier-aligned": ["connect", SAMPLE, ROOT / "sample_checkpoints" / "mlp_mnist_seed1.safetensors",
+                               *SMALL, "--method", "bezier", "--epochs", "0.1", "--align", "--points", "3"],
+}
+
+
+@needs_mnist
+@pytest.mark.parametrize("job", sorted(JOBS))
+def test_every_job_and_peer_on_the_device_follows_the_cpu(tmp_path, job):
+    """Each job (and each peer method) runs whole on the device and ends where the CPU run ends."""
+    finals = {}
+    for name, device in (("cpu", "cpu"), ("device", DEVICE)):
+        out = tmp_path / name
+        proc = geopath(*JOBS[job], "-o", out, "--json", "--device", device)
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout.splitlines()[-1])["event"] == "result"
+        rows = read_csv(out / "trace.csv")
+        assert (out / "final.safetensors").is_file() and (out / "manifest.json").is_file()
+        finals[name] = rows
+    cpu, dev = finals["cpu"], finals["device"]
+    assert len(dev) == len(cpu)
+    accuracies = [k for k in cpu[-1] if "accuracy" in k and cpu[-1][k] not in ("", None)]
+    assert accuracies
+    for k in accuracies:  # float32 on a GPU: a few of the 500 images may flip
+        assert abs(float(dev[-1][k]) - float(cpu[-1][k])) <= 0.02, k
