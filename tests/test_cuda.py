@@ -22,7 +22,7 @@ from geopath.metric import MetricOperator
 from geopath.targets import MagnitudeTarget, StructuredTarget, prunable_parameters
 from geopath.trace import read_csv
 
-from ._helpers import DATA_ROOT, FAST, SAMPLE, geopath, needs_mnist
+from ._helpers import DATA_ROOT, FAST, ROOT, SAMPLE, geopath, needs_mnist
 
 DEVICE = os.environ.get("GEOPATH_TEST_DEVICE", "cuda")
 pytestmark = pytest.mark.skipif(DEVICE.startswith("cuda") and not torch.cuda.is_available(),
@@ -98,7 +98,6 @@ def test_sparsify_end_to_end_on_cuda(tmp_path):
     assert float(gpu[-1]["sparsity"]) == pytest.approx(0.7, abs=1e-3)
 
 
-ROOT = SAMPLE.parents[1]
 SMALL = ["--data-root", str(DATA_ROOT), "--metric-size", "2000", "--eval-size", "500", "--batch-size", "64",
          "--cg-iters", "3", "--save-every", "5"]
 STRUCTURED = ["--structured", "layers.0:100", "--steps", "6", "--max-steps", "12", "--settle-steps", "4"]
