@@ -170,9 +170,10 @@ def fisher_diag(model: nn.Module, ds: Dataset, samples: int = 2000, chunk: int =
             probs = torch.softmax(model(x), -1)
         y = torch.multinomial(probs.cpu(), 1, generator=gen).squeeze(1).to(device)
         mine = comm.shard(len(x))  # under torchrun: this rank's per-sample gradients only
-        if len(y[mine]):
-            g = per_sample(params, x[mine], y[mine])
-            total += torch.cat([g[n].reshape(len(y[mine]), -1) for n in space.names], dim=1).pow(2).sum(0)
+        x, y = x[mine], y[mine]
+        if len(y):
+            g = per_sample(params, x, y)
+            total += torch.cat([g[n].reshape(len(y), -1) for n in space.names], dim=1).pow(2).sum(0)
     return comm.sum_(total) / max(len(idx), 1)
 
 

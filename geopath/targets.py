@@ -250,10 +250,12 @@ def unit_norms(groups: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return w[groups.to(w.device)].pow(2).sum(1)
 
 
-def group_mask(groups: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """A bool mask shaped like ``like`` (on its device), true on every index in ``groups``."""
+def group_mask(groups: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    """A bool mask shaped like ``like`` (on its device), true on every index of the index tensors ``groups``
+    (e.g. some rows of several layers' :func:`unit_groups`)."""
     mask = torch.zeros_like(like, dtype=torch.bool)
-    mask[groups.reshape(-1).to(mask.device)] = True
+    if groups:
+        mask[torch.cat([g.reshape(-1) for g in groups]).to(mask.device)] = True
     return mask
 
 
@@ -280,14 +282,13 @@ class StructuredTarget(HyperplaneTarget):
         super().__init__(self._choose(w0))
 
     def _choose(self, w: torch.Tensor) -> torch.Tensor:
-        mask = torch.zeros_like(w, dtype=torch.bool)
-        self.removed = {}
+        self.removed, chosen_groups = {}, []
         for layer, k in self.counts.items():
             groups, ranked = self._groups[layer]
             chosen = torch.topk(unit_norms(ranked, w), k, largest=False).indices.sort().values.cpu()
             self.removed[layer] = chosen.tolist()
-            mask |= group_mask(groups[chosen], w)
-        return mask
+            chosen_groups.append(groups[chosen])
+        return group_mask(chosen_groups, w)
 
     def stage(self, w: torch.Tensor, fraction: float) -> "StructuredTarget":
         """The same layers with ``round(fraction × count)`` units each, chosen afresh at ``w``.

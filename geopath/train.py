@@ -125,16 +125,13 @@ def sharded_backward(shard_loss: Callable[[slice], torch.Tensor | None], n: int,
     rank sees the same values (and stops together when they are not finite). The floating
     ``buffers`` (BatchNorm running statistics) are then rank 0's, as DistributedDataParallel does.
     """
+    dtype = params[0].dtype
     local = shard_loss(comm.shard(n))
-    local = None if local is None else local / n
-    device, dtype = params[0].device, params[0].dtype
-    total = local if local is not None else torch.zeros((), device=device, dtype=dtype)
-    if penalty is not None:
-        total = total + penalty() / comm.world
+    local = torch.zeros((), device=params[0].device, dtype=dtype) if local is None else local / n
+    total = local + penalty() / comm.world if penalty is not None else local
     if total.requires_grad:
         total.backward()
-    flat = torch.cat([torch.stack([(local.detach() if local is not None else torch.zeros((), device=device)).to(dtype),
-                                   total.detach().to(dtype)])]
+    flat = torch.cat([torch.stack([local.detach().to(dtype), total.detach().to(dtype)])]
                      + [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
     comm.sum_(flat)
     offset = 2

@@ -163,10 +163,7 @@ class Switchboard:
 
     def unit_mask(self, model, space: ParamSpace, like: torch.Tensor) -> torch.Tensor:
         """The coordinates of the switched-off units' groups."""
-        mask = torch.zeros_like(like, dtype=torch.bool)
-        for layer, units in self.removed.items():
-            mask |= group_mask(unit_groups(model, space, layer)[units], like)
-        return mask
+        return group_mask([unit_groups(model, space, layer)[units] for layer, units in self.removed.items()], like)
 
     def mask(self, model, space: ParamSpace, w: torch.Tensor, revive: torch.Tensor | None = None,
              w_start: torch.Tensor | None = None) -> torch.Tensor:

@@ -98,6 +98,8 @@ def test_sparsify_end_to_end_on_cuda(tmp_path):
     assert float(gpu[-1]["sparsity"]) == pytest.approx(0.7, abs=1e-3)
 
 
+FASHION = ROOT / "sample_checkpoints" / "mlp_fashion_mnist.safetensors"
+SEED1 = ROOT / "sample_checkpoints" / "mlp_mnist_seed1.safetensors"
 SMALL = ["--data-root", str(DATA_ROOT), "--metric-size", "2000", "--eval-size", "500", "--batch-size", "64",
          "--cg-iters", "3", "--save-every", "5"]
 STRUCTURED = ["--structured", "layers.0:100", "--steps", "6", "--max-steps", "12", "--settle-steps", "4"]
@@ -106,19 +108,16 @@ JOBS = {
     "sparsify-prune-finetune": ["sparsify", SAMPLE, *SMALL, "--method", "prune-finetune", "--finetune-epochs", "0.1"],
     "sparsify-iterative-prune": ["sparsify", SAMPLE, *SMALL, "--method", "iterative-prune", "--finetune-epochs", "0.1",
                                  "--rounds", "2"],
-    "merge-geodesic": ["merge", SAMPLE, ROOT / "sample_checkpoints" / "mlp_fashion_mnist.safetensors", *SMALL,
-                       "--val-size", "500", "--steps", "10"],
-    "merge-ewc": ["merge", SAMPLE, ROOT / "sample_checkpoints" / "mlp_fashion_mnist.safetensors", *SMALL,
-                  "--val-size", "500", "--method", "ewc", "--epochs", "0.1", "--fisher-samples", "200"],
-    "merge-fisher-split": ["merge", SAMPLE, ROOT / "sample_checkpoints" / "mlp_fashion_mnist.safetensors", *SMALL,
-                           "--val-size", "500", "--method", "fisher", "--head", "split", "--fisher-samples", "200",
-                           "--points", "3"],
+    "merge-geodesic": ["merge", SAMPLE, FASHION, *SMALL, "--val-size", "500", "--steps", "10"],
+    "merge-ewc": ["merge", SAMPLE, FASHION, *SMALL, "--val-size", "500", "--method", "ewc", "--epochs", "0.1",
+                  "--fisher-samples", "200"],
+    "merge-fisher-split": ["merge", SAMPLE, FASHION, *SMALL, "--val-size", "500", "--method", "fisher", "--head",
+                           "split", "--fisher-samples", "200", "--points", "3"],
     "transition": ["transition", SAMPLE, "--plan", ROOT / "docs" / "examples" / "plan_mlp.yaml", *SMALL,
                    "--steps", "6", "--settle-steps", "2"],
-    "connect-geodesic": ["connect", SAMPLE, ROOT / "sample_checkpoints" / "mlp_mnist_seed1.safetensors", *SMALL,
-                         "--steps", "10", "--points", "3"],
-    "connect-bezier-aligned": ["connect", SAMPLE, ROOT / "sample_checkpoints" / "mlp_mnist_seed1.safetensors",
-                               *SMALL, "--method", "bezier", "--epochs", "0.1", "--align", "--points", "3"],
+    "connect-geodesic": ["connect", SAMPLE, SEED1, *SMALL, "--steps", "10", "--points", "3"],
+    "connect-bezier-aligned": ["connect", SAMPLE, SEED1, *SMALL, "--method", "bezier", "--epochs", "0.1", "--align",
+                               "--points", "3"],
 }
 
 

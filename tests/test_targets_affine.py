@@ -225,8 +225,9 @@ def test_unit_norms_and_group_mask_by_hand():
     w = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0], dtype=D)
     groups = torch.tensor([[0, 1], [2, 4], [3, 0]])
     assert unit_norms(groups, w).tolist() == [5.0, 34.0, 17.0]
-    assert group_mask(groups[[0, 2]], w).tolist() == [True, True, False, True, False]
-    assert not group_mask(groups[[]], w).any()
+    assert group_mask([groups[[0, 2]]], w).tolist() == [True, True, False, True, False]
+    assert group_mask([groups[[0]], groups[[1]][:, :1]], w).tolist() == [True, True, True, False, False]
+    assert not group_mask([groups[[]]], w).any() and not group_mask([], w).any()
 
 
 # --------------------------------------------------------------------------- parse_plan
