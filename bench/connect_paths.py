@@ -26,14 +26,14 @@ from pathlib import Path
 
 import torch
 
-from geopath.archs import build_model
-from geopath.checkpoint import save_checkpoint
+from geopath.io.archs import build_model
+from geopath.io.checkpoint import save_checkpoint
 from geopath.config import ConnectConfig
-from geopath.connect import run_connect
-from geopath.data import load_dataset
-from geopath.evaluate import evaluate
-from geopath.plot import plot_runs
-from geopath.train import train
+from geopath.jobs.connect import run_connect
+from geopath.io.data import load_dataset
+from geopath.core.evaluate import evaluate
+from geopath.report.plot import plot_runs
+from geopath.core.train import train
 
 from _common import ROOT, add_common_args, machine  # noqa: E402 (bench/ is on sys.path when run as a script)
 

@@ -27,8 +27,8 @@ from pathlib import Path
 
 from geopath.config import MergeConfig
 from geopath.errors import NumericalError
-from geopath.merge import run_merge
-from geopath.plot import plot_runs
+from geopath.jobs.merge import run_merge
+from geopath.report.plot import plot_runs
 
 from _common import ROOT, add_common_args, machine  # noqa: E402 (bench/ is on sys.path when run as a script)
 

@@ -41,10 +41,10 @@ from _common import ROOT, machine  # noqa: E402 (bench/ is on sys.path when run 
 
 sys.path.insert(0, str(ROOT))
 
-from geopath._params import ParamSpace, model_vector  # noqa: E402
-from geopath.archs import build_model  # noqa: E402
-from geopath.job import full_float32_on_cuda  # noqa: E402
-from geopath.metric import MetricOperator  # noqa: E402
+from geopath.core.params import ParamSpace, model_vector  # noqa: E402
+from geopath.io.archs import build_model  # noqa: E402
+from geopath.jobs.common import full_float32_on_cuda  # noqa: E402
+from geopath.core.metric import MetricOperator  # noqa: E402
 
 MODELS = {
     "mlp": ("mlp", {}, (1, 28, 28)),

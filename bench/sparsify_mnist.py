@@ -21,15 +21,15 @@ from pathlib import Path
 
 import torch
 
-from geopath._params import ParamSpace, model_vector
-from geopath.baselines import prune_finetune
-from geopath.checkpoint import load_checkpoint
+from geopath.core.params import ParamSpace, model_vector
+from geopath.peers.baselines import prune_finetune
+from geopath.io.checkpoint import load_checkpoint
 from geopath.config import SparsifyConfig
-from geopath.data import load_dataset
-from geopath.evaluate import evaluate
-from geopath.plot import plot_runs
-from geopath.sparsify import run_sparsify
-from geopath.targets import MagnitudeTarget, prunable_parameters
+from geopath.io.data import load_dataset
+from geopath.core.evaluate import evaluate
+from geopath.report.plot import plot_runs
+from geopath.jobs.sparsify import run_sparsify
+from geopath.core.targets import MagnitudeTarget, prunable_parameters
 
 from _common import ROOT, add_common_args, machine  # noqa: E402 (bench/ is on sys.path when run as a script)
 

@@ -23,14 +23,14 @@ from pathlib import Path
 import torch
 import yaml
 
-from geopath._params import ParamSpace, load_vector, model_vector
-from geopath.checkpoint import load_checkpoint
+from geopath.core.params import ParamSpace, load_vector, model_vector
+from geopath.io.checkpoint import load_checkpoint
 from geopath.config import TransitionConfig
-from geopath.data import load_dataset
-from geopath.evaluate import evaluate
-from geopath.plot import plot_runs
-from geopath.targets import unit_groups
-from geopath.transition import run_transition
+from geopath.io.data import load_dataset
+from geopath.core.evaluate import evaluate
+from geopath.report.plot import plot_runs
+from geopath.core.targets import unit_groups
+from geopath.jobs.transition import run_transition
 
 from _common import ROOT, add_common_args, machine  # noqa: E402 (bench/ is on sys.path when run as a script)
 

@@ -26,9 +26,9 @@ import time
 from pathlib import Path
 
 from geopath.config import SparsifyConfig
-from geopath.plot import plot_runs
-from geopath.sparsify import run_sparsify
-from geopath.trace import Trace
+from geopath.report.plot import plot_runs
+from geopath.jobs.sparsify import run_sparsify
+from geopath.io.trace import Trace
 
 from _common import ROOT, add_common_args, machine  # noqa: E402 (bench/ is on sys.path when run as a script)
 

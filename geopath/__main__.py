@@ -1,3 +1,3 @@
-from .cli import main
+from geopath.cli import main
 
 main()

@@ -22,9 +22,9 @@ from typing import Optional
 
 import typer
 
-from . import __version__
-from .config import ConnectConfig, MergeConfig, SparsifyConfig, TransitionConfig
-from .errors import EXIT_THRESHOLD, GeopathError, UsageError
+from geopath import __version__
+from geopath.config import ConnectConfig, MergeConfig, SparsifyConfig, TransitionConfig
+from geopath.errors import EXIT_THRESHOLD, GeopathError, UsageError
 
 EXIT_INTERRUPTED = 130
 
@@ -49,7 +49,7 @@ def _emit(obj: dict, as_json: bool) -> None:
 
 def _guard(fn, debug: bool):
     """Run ``fn``; known failures become one line on stderr and an exit code."""
-    from .path import Interrupted
+    from geopath.core.path import Interrupted
 
     try:
         return fn()
@@ -141,7 +141,7 @@ def _default_text(f: dataclasses.Field) -> str:
 
 def _panel(cls, name: str) -> str:
     """The --help panel of a config field: the job's own options first, then the shared ones."""
-    from .config import WalkOptions
+    from geopath.config import WalkOptions
 
     if name in cls.__dict__.get("__annotations__", {}):
         return "Job options"
@@ -188,7 +188,7 @@ def _job_parameters(cls) -> list[inspect.Parameter]:
 
 def _flags(cls, given: dict) -> dict:
     """Flag values → config values (JSON objects parsed, paths as strings; None = not given)."""
-    from .archs import parse_arch_kwargs
+    from geopath.io.archs import parse_arch_kwargs
 
     hints = typing.get_type_hints(cls)
     flags = {}
@@ -226,7 +226,7 @@ def _make_job_command(name: str, cls, runner: str, printer, help_text: str):
         def go():
             import importlib
 
-            from .config import read_yaml, resolve
+            from geopath.config import read_yaml, resolve
 
             flags = _flags(cls, kw)
             if resume:
@@ -302,13 +302,13 @@ def _print_transition(s: dict) -> None:
     typer.echo(f"final network:   {Path(s['out']) / s['final']}   epochs of data: {s['epochs']:.2f}")
 
 
-_make_job_command("sparsify", SparsifyConfig, "geopath.sparsify:run_sparsify", _print_sparsify,
+_make_job_command("sparsify", SparsifyConfig, "geopath.jobs.sparsify:run_sparsify", _print_sparsify,
                   "Walk a trained network to a sparse network along a geodesic.")
-_make_job_command("merge", MergeConfig, "geopath.merge:run_merge", _print_merge,
+_make_job_command("merge", MergeConfig, "geopath.jobs.merge:run_merge", _print_merge,
                   "Walk from network A toward network B (another task) and keep the networks that serve both.")
-_make_job_command("connect", ConnectConfig, "geopath.connect:run_connect", _print_connect,
+_make_job_command("connect", ConnectConfig, "geopath.jobs.connect:run_connect", _print_connect,
                   "Find a low-loss path between two trained networks of the same architecture.")
-_make_job_command("transition", TransitionConfig, "geopath.transition:run_transition", _print_transition,
+_make_job_command("transition", TransitionConfig, "geopath.jobs.transition:run_transition", _print_transition,
                   "Walk through a chain of hyperplanes (units off and on again), each leg a geodesic.")
 
 
@@ -354,7 +354,7 @@ def compare(
     """One table of finished runs (geodesic and peers) side by side."""
 
     def go():
-        from .compare import load_runs
+        from geopath.report.compare import load_runs
 
         return load_runs(runs)
 
@@ -390,7 +390,7 @@ def plot(
     """Plot accuracy / distance to the target / metric length along one or more runs."""
 
     def go():
-        from .plot import plot_runs
+        from geopath.report.plot import plot_runs
 
         return plot_runs(runs, out, x=x, kind=kind, title=title, labels=label)
 
@@ -410,7 +410,7 @@ def verify(
     """Check a run's files against its manifest.json (exit 3 if any is missing or changed)."""
 
     def go():
-        from .rundir import verify_run
+        from geopath.io.manifest import verify_run
 
         return verify_run(run)
 
@@ -445,11 +445,11 @@ def eval_cmd(
     """Accuracy, loss and sparsity of a network."""
 
     def go():
-        from .archs import parse_arch_kwargs
-        from .checkpoint import load_checkpoint, sparsity_of
-        from .data import load_dataset
-        from .evaluate import evaluate
-        from .job import resolve_device
+        from geopath.io.archs import parse_arch_kwargs
+        from geopath.io.checkpoint import load_checkpoint, sparsity_of
+        from geopath.io.data import load_dataset
+        from geopath.core.evaluate import evaluate
+        from geopath.jobs.common import resolve_device
 
         dev = resolve_device(device)
         ck = load_checkpoint(checkpoint, arch, parse_arch_kwargs(arch_kwargs) if arch_kwargs else None, trust_pickle)
@@ -479,7 +479,7 @@ def inspect_cmd(
     """Architecture, tensors and metadata of a checkpoint."""
 
     def go():
-        from .checkpoint import read_tensors
+        from geopath.io.checkpoint import read_tensors
 
         tensors, meta = read_tensors(checkpoint, trust_pickle)
         rows = [{"name": k, "shape": list(v.shape), "dtype": str(v.dtype).replace("torch.", ""),
@@ -527,13 +527,13 @@ def train_cmd(
     def go():
         import torch
 
-        from .archs import build_model, parse_arch_kwargs
-        from .checkpoint import save_checkpoint
-        from .data import load_dataset
-        from .errors import UsageError
-        from .evaluate import evaluate
-        from .job import resolve_device
-        from .train import train
+        from geopath.io.archs import build_model, parse_arch_kwargs
+        from geopath.io.checkpoint import save_checkpoint
+        from geopath.io.data import load_dataset
+        from geopath.errors import UsageError
+        from geopath.core.evaluate import evaluate
+        from geopath.jobs.common import resolve_device
+        from geopath.core.train import train
 
         if out.exists() and not overwrite:
             raise UsageError(f"{out}: already exists (pass --overwrite to replace it)")
@@ -565,7 +565,7 @@ def train_cmd(
 @contextmanager
 def _ranks(device: str):
     """Under ``torchrun``: join the process group for the job; ranks > 0 print nothing on stdout."""
-    from . import distributed
+    from geopath.core import distributed
 
     if not distributed.launched():
         yield
@@ -619,9 +619,10 @@ def main() -> None:
         _err(" ".join(e.format_message().split()) + hint)
         code = e.exit_code
     code = code if isinstance(code, int) else 0
-    from . import distributed
-
-    if distributed.launched():
+    # a torchrun rank that ran a job leaves without the interpreter's shutdown; a command that never
+    # imported the process-group code (--help, compare, verify) has nothing to tear down and stays torch-free
+    distributed = sys.modules.get("geopath.core.distributed")
+    if distributed is not None and distributed.launched():
         distributed.exit_now(code)
     sys.exit(code)
 

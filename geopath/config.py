@@ -22,12 +22,8 @@ from typing import Any
 
 import yaml
 
-from .errors import UsageError
-from .geodesic import Anchor
-from .metric import BNStats, MetricKind
-from .path import Combine
-from .targets import MaskScope
-from .trust_region import TRMethod
+from geopath.errors import UsageError
+from geopath.core.choices import Anchor, BNStats, Combine, MaskScope, MetricKind, TRMethod
 
 
 def opt(default, help: str, *, arg: bool = False, flag: str | None = None, short: str | None = None,
@@ -331,10 +327,6 @@ class TransitionConfig(WalkOptions):
         for name in ("settle_steps", "train_eval_size"):
             _non_negative(self, name)
         return self
-
-
-JOB_CONFIGS = {"sparsify": SparsifyConfig, "merge": MergeConfig, "connect": ConnectConfig,
-               "transition": TransitionConfig}
 
 
 # --------------------------------------------------------------------------- checks

@@ -6,7 +6,6 @@ Exit codes (documented in README): 0 ok, 1 runtime failure, 2 usage error,
 
 from __future__ import annotations
 
-EXIT_OK = 0
 EXIT_RUNTIME = 1
 EXIT_USAGE = 2
 EXIT_THRESHOLD = 3

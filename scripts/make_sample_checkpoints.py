@@ -17,11 +17,11 @@ from pathlib import Path
 
 import torch
 
-from geopath.archs import build_model
-from geopath.checkpoint import save_checkpoint
-from geopath.data import load_dataset
-from geopath.evaluate import evaluate
-from geopath.train import train
+from geopath.io.archs import build_model
+from geopath.io.checkpoint import save_checkpoint
+from geopath.io.data import load_dataset
+from geopath.core.evaluate import evaluate
+from geopath.core.train import train
 
 SAMPLES = {"mlp_mnist": ("mnist", 0), "mlp_fashion_mnist": ("fashion-mnist", 0), "mlp_mnist_seed1": ("mnist", 1)}
 

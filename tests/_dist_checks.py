@@ -16,12 +16,12 @@ import sys
 import torch
 from torch.func import functional_call, jacrev
 
-from geopath import distributed
-from geopath._params import ParamSpace, model_vector
-from geopath.archs import MLP
-from geopath.data import Dataset
-from geopath.evaluate import evaluate
-from geopath.metric import MetricKind, MetricOperator
+from geopath.core import distributed
+from geopath.core.params import ParamSpace, model_vector
+from geopath.io.archs import MLP
+from geopath.io.data import Dataset
+from geopath.core.evaluate import evaluate
+from geopath.core.metric import MetricKind, MetricOperator
 
 
 def check_metric(comm) -> None:
@@ -75,7 +75,7 @@ def check_evaluation(comm) -> None:
 def check_train(comm) -> None:
     import copy
 
-    from geopath.train import train
+    from geopath.core.train import train
 
     torch.manual_seed(1)  # the same network and data on every rank
     model = MLP(in_features=5, hidden=(4,), num_classes=3).double()
@@ -107,7 +107,7 @@ def check_train(comm) -> None:
     train(model, small, epochs=1, batch_size=1, lr=0.1, penalty=penalty_of(model))
     assert torch.allclose(model_vector(model, space), model_vector(ref, space), rtol=1e-10, atol=1e-12)
     # the other peers' work: the Fisher diagonal and a Bezier curve's middle point
-    from geopath.baselines import bezier, fisher_diag
+    from geopath.peers.baselines import bezier, fisher_diag
 
     w_a, w_b = model_vector(ref, space), w0
     with distributed.using(distributed.Single()):

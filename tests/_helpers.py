@@ -84,13 +84,13 @@ def interrupt_when(cmd: list, predicate, timeout: float = 300) -> tuple[int, str
 
 def train_net(path: Path, arch: str = "mlp", arch_kwargs: dict | None = None, data: str = "mnist",
               size: int = 3000, epochs: float = 1.0, seed: int = 1, batch_size: int = 128) -> Path:
-    """A small self-describing checkpoint trained in-process (geopath.train.train)."""
+    """A small self-describing checkpoint trained in-process (geopath.core.train.train)."""
     import torch
 
-    from geopath.archs import build_model
-    from geopath.checkpoint import save_checkpoint
-    from geopath.data import load_dataset
-    from geopath.train import train
+    from geopath.io.archs import build_model
+    from geopath.io.checkpoint import save_checkpoint
+    from geopath.io.data import load_dataset
+    from geopath.core.train import train
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny models: a thread pool buys nothing and stalls on a busy machine

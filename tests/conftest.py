@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, jacrev
 
-from geopath.archs import MLP
+from geopath.io.archs import MLP
 
 DTYPE = torch.float64
 
@@ -105,7 +105,7 @@ def _dense_jacobian(model: nn.Module, space, w: torch.Tensor, x: torch.Tensor, b
     batch statistics an output depends on its whole micro-batch; ``J[i]`` is still the
     derivative of output ``i`` alone.
     """
-    from geopath.metric import bn_statistics
+    from geopath.core.metric import bn_statistics
 
     sizes = chunks or [x.shape[0]]
     parts, start = [], 0

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from geopath._params import ParamSpace, model_vector
-from geopath.alignment import chain_layers, check_permutation_invariance, weight_matching
-from geopath.archs import MLP, VGG11, LeNet5
+from geopath.core.params import ParamSpace, model_vector
+from geopath.core.alignment import chain_layers, check_permutation_invariance, weight_matching
+from geopath.io.archs import MLP, VGG11, LeNet5
 from geopath.errors import UsageError
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -1,4 +1,4 @@
-"""Peer methods (geopath/baselines.py) against dense or hand-computed references, on tiny float64 models."""
+"""Peer methods (geopath/peers/baselines.py) against dense or hand-computed references, on tiny float64 models."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-import geopath.baselines as baselines
-from geopath._params import ParamSpace, model_vector
-from geopath.archs import MLP
-from geopath.data import Dataset, batches
-from geopath.targets import MagnitudeTarget, StructuredTarget, prunable_parameters, unit_groups
-from geopath.train import train
+import geopath.peers.baselines as baselines
+from geopath.core.params import ParamSpace, model_vector
+from geopath.io.archs import MLP
+from geopath.core.dataset import Dataset, batches
+from geopath.core.targets import MagnitudeTarget, StructuredTarget, prunable_parameters, unit_groups
+from geopath.core.train import train
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from geopath.cg import cg
-from geopath.operators import DenseOperator, Identity
+from geopath.core.cg import cg
+from geopath.core.operators import DenseOperator, Identity
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from geopath.archs import build_model
-from geopath.checkpoint import save_checkpoint
+from geopath.io.archs import build_model
+from geopath.io.checkpoint import save_checkpoint
 
 from ._helpers import FAST, SAMPLE, geopath, needs_mnist, one_error_line
 
@@ -141,7 +141,7 @@ def test_bad_options(tmp_path, args, needle):
 
 
 def test_empty_data_root_names_roots(tmp_path, monkeypatch):
-    from geopath.data import load_dataset
+    from geopath.io.data import load_dataset
     from geopath.errors import DataError
 
     monkeypatch.setenv("GEOPATH_DATA_ROOT", str(tmp_path))
@@ -252,9 +252,9 @@ def test_train_then_eval_lenet(tmp_path):
 
 
 def test_torchvision_and_entry_point_architectures():
-    from geopath.archs import build_model
+    from geopath.io.archs import build_model
 
     net = build_model("torchvision:resnet18", {"num_classes": 7})
     assert net.eval()(torch.zeros(1, 3, 32, 32)).shape == (1, 7)
-    mlp = build_model("geopath.archs:MLP", {"hidden": [8]})
+    mlp = build_model("geopath.io.archs:MLP", {"hidden": [8]})
     assert mlp(torch.zeros(2, 1, 28, 28)).shape == (2, 10)

@@ -9,10 +9,10 @@ import json
 import pytest
 import torch
 
-from geopath._params import ParamSpace, model_vector
-from geopath.checkpoint import load_checkpoint, read_tensors
-from geopath.data import load_dataset
-from geopath.evaluate import evaluate, recompute_batchnorm
+from geopath.core.params import ParamSpace, model_vector
+from geopath.io.checkpoint import load_checkpoint, read_tensors
+from geopath.io.data import load_dataset
+from geopath.core.evaluate import evaluate, recompute_batchnorm
 
 from ._helpers import (DATA_ROOT, SAMPLE, check_manifest, cifar10_present, geopath, jsonl, needs_mnist,
                        train_net)

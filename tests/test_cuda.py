@@ -15,12 +15,12 @@ import os
 import pytest
 import torch
 
-from geopath._params import ParamSpace, model_vector
-from geopath.cg import cg
-from geopath.geodesic import Anchor, StepConfig, geodesic_step
-from geopath.metric import MetricOperator
-from geopath.targets import MagnitudeTarget, StructuredTarget, prunable_parameters
-from geopath.trace import read_csv
+from geopath.core.params import ParamSpace, model_vector
+from geopath.core.cg import cg
+from geopath.core.step import Anchor, MetricBatch, StepConfig, geodesic_step
+from geopath.core.metric import MetricOperator
+from geopath.core.targets import MagnitudeTarget, StructuredTarget, prunable_parameters
+from geopath.io.trace import read_csv
 
 from ._helpers import DATA_ROOT, FAST, ROOT, SAMPLE, geopath, needs_mnist
 
@@ -70,7 +70,7 @@ def test_geodesic_step_matches_the_cpu(bn_case, target_kind):
     steps = {}
     for device in ("cpu", DEVICE):
         model, space, w, chunks, z0, target = setup(device)
-        info = geodesic_step(model, space, w, chunks, target, cfg, anchor_logits=z0)
+        info = geodesic_step(model, space, w, [MetricBatch(chunks, z0)], target, cfg)
         assert info.theta.device == torch.device(device)
         landed = target.project(w + info.theta)
         assert landed.device == torch.device(device) and float(target.distance(landed)) == 0.0

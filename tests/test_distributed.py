@@ -11,9 +11,9 @@ import sys
 import pytest
 import torch
 
-from geopath.checkpoint import read_tensors
-from geopath.distributed import Group, Single
-from geopath.rundir import verify_run
+from geopath.io.checkpoint import read_tensors
+from geopath.core.distributed import Group, Single
+from geopath.io.manifest import verify_run
 
 from ._helpers import DATA_ROOT, ROOT, SAMPLE, geopath, needs_mnist
 

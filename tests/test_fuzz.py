@@ -20,11 +20,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from geopath.archs import MLP
-from geopath.checkpoint import load_checkpoint, read_tensors, save_checkpoint
+from geopath.io.archs import MLP
+from geopath.io.checkpoint import load_checkpoint, read_tensors, save_checkpoint
 from geopath.config import ConnectConfig, MergeConfig, SparsifyConfig, TransitionConfig, read_yaml, resolve
 from geopath.errors import UsageError
-from geopath.transition import parse_plan
+from geopath.jobs.transition import parse_plan
 
 EXAMPLES = int(os.environ.get("GEOPATH_FUZZ_EXAMPLES", "150"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,

@@ -8,11 +8,11 @@ import math
 import pytest
 import torch
 
-from geopath._params import ParamSpace, load_vector, model_vector
-from geopath.geodesic import Anchor, StepConfig, geodesic_step
-from geopath.metric import MetricKind, bn_statistics
-from geopath.targets import MagnitudeTarget, prunable_parameters
-from geopath.trust_region import TRMethod
+from geopath.core.params import ParamSpace, load_vector, model_vector
+from geopath.core.step import Anchor, MetricBatch, StepConfig, geodesic_step
+from geopath.core.metric import MetricKind, bn_statistics
+from geopath.core.targets import MagnitudeTarget, prunable_parameters
+from geopath.core.trust_region import TRMethod
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -60,7 +60,7 @@ def _perturbed_anchor_logits(model, space, w, chunks, scale=0.05):
 def test_step_equals_dense_tr_solution(case, kind, eps, bn_stats, dense_jacobian, dense_metric, dense_tr):
     model, space, w, x, chunks, target = _setup(case)
     cfg = _cfg(space.n, metric=kind, step_size=eps, bn_stats=bn_stats)
-    info = geodesic_step(model, space, w, chunks, target, cfg)
+    info = geodesic_step(model, space, w, [MetricBatch(chunks)], target, cfg)
 
     sizes = [len(c) for c in chunks]  # with batch statistics each micro-batch is normalised on its own
     J = dense_jacobian(model, space, w, x, bn_stats=bn_stats, chunks=sizes)
@@ -85,7 +85,7 @@ def test_anchored_step_adds_minus_2_Jt_r(mlp_case, kind, dense_jacobian, dense_m
     model, space, w, x, chunks, target = _setup(mlp_case)
     z0_chunks = _perturbed_anchor_logits(model, space, w, chunks)
     cfg = _cfg(space.n, metric=kind, anchor=Anchor.START, step_size=1e-2)
-    info = geodesic_step(model, space, w, chunks, target, cfg, anchor_logits=z0_chunks)
+    info = geodesic_step(model, space, w, [MetricBatch(chunks, z0_chunks)], target, cfg)
 
     z, z0 = _eval_logits(model, x), torch.cat(z0_chunks)
     if kind is MetricKind.LOGITS:
@@ -108,7 +108,7 @@ def test_anchored_step_adds_minus_2_Jt_r(mlp_case, kind, dense_jacobian, dense_m
     theta_none, _ = dense_tr(2.0 * g, cfg.beta * target.direction(w), math.sqrt(cfg.step_size))
     assert _rel(theta_none, theta_ref) > 1e-3
     # and without anchor logits the anchored config is the local step
-    plain = geodesic_step(model, space, w, chunks, target, cfg)
+    plain = geodesic_step(model, space, w, [MetricBatch(chunks)], target, cfg)
     assert _rel(plain.theta, theta_none) <= 1e-6
 
 
@@ -118,7 +118,7 @@ def test_keep_restricts_step_exactly(mlp_case, method, dense_jacobian, dense_met
     keep = torch.rand(space.n, generator=torch.Generator().manual_seed(3)) < 0.6
     assert (target.mask & keep).any() and (~keep).any()
     cfg = _cfg(space.n, solver=method, step_size=1e-2)
-    info = geodesic_step(model, space, w, chunks, target, cfg, keep=keep)
+    info = geodesic_step(model, space, w, [MetricBatch(chunks)], target, cfg, keep=keep)
     assert torch.all(info.theta[~keep] == 0)
     assert float(info.theta @ info.theta) <= cfg.step_size * (1 + 1e-8)
 
@@ -144,7 +144,7 @@ def test_keep_free_coordinates_with_anchor(mlp_case, dense_jacobian, dense_metri
     load_vector(model, space, w_on)
     keep = target.free()
     cfg = _cfg(space.n, anchor=Anchor.START)
-    info = geodesic_step(model, space, w_on, chunks, target, cfg, anchor_logits=z0, keep=keep)
+    info = geodesic_step(model, space, w_on, [MetricBatch(chunks, z0)], target, cfg, keep=keep)
     assert torch.all(info.theta[target.mask] == 0)
     assert float(info.theta.norm()) > 0
 
@@ -159,7 +159,7 @@ def test_keep_free_coordinates_with_anchor(mlp_case, dense_jacobian, dense_metri
 def test_damped_step_and_metric_length(mlp_case, dense_jacobian, dense_metric, dense_tr):
     model, space, w, x, chunks, target = _setup(mlp_case)
     cfg = _cfg(space.n, damping=0.05, step_size=1e-2)
-    info = geodesic_step(model, space, w, chunks, target, cfg)
+    info = geodesic_step(model, space, w, [MetricBatch(chunks)], target, cfg)
     g = dense_metric(dense_jacobian(model, space, w, x), _eval_logits(model, x), "logits")
     A = 2.0 * (g + cfg.damping * torch.eye(space.n, dtype=D))
     theta_ref, _ = dense_tr(A, cfg.beta * target.direction(w), math.sqrt(cfg.step_size))
@@ -173,7 +173,7 @@ def test_string_config_values_behave_like_enums(mlp_case):
     z0 = _perturbed_anchor_logits(model, space, w, chunks)
     enum_cfg = _cfg(space.n, anchor=Anchor.START, metric=MetricKind.LOGITS, solver=TRMethod.MULTIPLIER)
     str_cfg = _cfg(space.n, anchor="start", metric="logits", solver="multiplier")
-    a = geodesic_step(model, space, w, chunks, target, enum_cfg, anchor_logits=z0)
-    b = geodesic_step(model, space, w, chunks, target, str_cfg, anchor_logits=z0)
+    a = geodesic_step(model, space, w, [MetricBatch(chunks, z0)], target, enum_cfg)
+    b = geodesic_step(model, space, w, [MetricBatch(chunks, z0)], target, str_cfg)
     assert b.drift == pytest.approx(a.drift, rel=1e-12)
     torch.testing.assert_close(b.theta, a.theta, rtol=0, atol=1e-12)

@@ -9,11 +9,11 @@ import pytest
 import torch
 import yaml
 
-from geopath._params import ParamSpace, model_vector
-from geopath.checkpoint import load_checkpoint, read_tensors
-from geopath.data import Dataset, load_dataset
-from geopath.evaluate import evaluate
-from geopath.trace import read_csv
+from geopath.core.params import ParamSpace, model_vector
+from geopath.io.checkpoint import load_checkpoint, read_tensors
+from geopath.io.data import Dataset, load_dataset
+from geopath.core.evaluate import evaluate
+from geopath.io.trace import read_csv
 
 from ._helpers import (DATA_ROOT, ROOT, SAMPLE, check_manifest, geopath, interrupt_when, jsonl, needs_mnist,
                        one_error_line, train_net)

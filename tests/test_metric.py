@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch.autograd.functional import hessian
 
-from geopath._params import ParamSpace, model_vector
-from geopath.metric import MetricKind, MetricOperator, bn_statistics, output_distance, output_residual
+from geopath.core.params import ParamSpace, model_vector
+from geopath.core.metric import MetricKind, MetricOperator, bn_statistics, output_distance, output_residual
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from geopath.operators import (
+from geopath.core.operators import (
     DenseOperator,
     FunctionOperator,
     Identity,

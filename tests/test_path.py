@@ -1,7 +1,7 @@
-"""The path engine (``geopath.path.walk``) and multi-source steps, on tiny float64 models.
+"""The path engine (``geopath.core.path.walk``) and multi-source steps, on tiny float64 models.
 
 Numerics are checked against dense references (several metric sources) or against an
-explicit loop of :func:`geopath.geodesic.geodesic_step` calls (the engine's glue: which
+explicit loop of :func:`geopath.core.step.geodesic_step` calls (the engine's glue: which
 batches a step sees, landing, milestones, hooks, resume).
 """
 
@@ -14,16 +14,16 @@ import math
 import pytest
 import torch
 
-import geopath.path as path_mod
-from geopath._params import ParamSpace, load_vector, model_vector
-from geopath.archs import MLP
-from geopath.checkpoint import read_tensors
-from geopath.data import Dataset
-from geopath.geodesic import MetricBatch, StepConfig, geodesic_step
-from geopath.metric import MetricKind
-from geopath.path import Combine, MetricSource, PathConfig, PathState, WalkResult, metric_batch, walk
-from geopath.rundir import RunWriter
-from geopath.targets import MagnitudeTarget, NetworkTarget, prunable_parameters
+import geopath.core.path as path_mod
+from geopath.core.params import ParamSpace, load_vector, model_vector
+from geopath.io.archs import MLP
+from geopath.io.checkpoint import read_tensors
+from geopath.io.data import Dataset
+from geopath.core.step import MetricBatch, StepConfig, geodesic_step
+from geopath.core.metric import MetricKind
+from geopath.core.path import Combine, MetricSource, PathConfig, PathState, WalkResult, metric_batch, walk
+from geopath.io.rundir import RunWriter
+from geopath.core.targets import MagnitudeTarget, NetworkTarget, prunable_parameters
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -14,16 +14,16 @@ import sys
 import pytest
 import torch
 
-from geopath._params import ParamSpace, model_vector
-from geopath.archs import MLP, build_model
-from geopath.checkpoint import read_tensors, save_checkpoint
-from geopath.data import Dataset
+from geopath.core.params import ParamSpace, model_vector
+from geopath.io.archs import MLP, build_model
+from geopath.io.checkpoint import read_tensors, save_checkpoint
+from geopath.io.data import Dataset
 from geopath.errors import NumericalError
-from geopath.geodesic import Probe, StepConfig, StepInfo, step_fault
-from geopath.path import PathConfig, walk
-from geopath.rundir import RunWriter
-from geopath.targets import NetworkTarget
-from geopath.trace import Trace
+from geopath.core.step import Probe, StepConfig, StepInfo, step_fault
+from geopath.core.path import PathConfig, walk
+from geopath.io.rundir import RunWriter
+from geopath.core.targets import NetworkTarget
+from geopath.io.trace import Trace
 
 from ._helpers import DATA_ROOT, FAST, ROOT, SAMPLE, geopath, needs_mnist, one_error_line
 
@@ -70,7 +70,7 @@ def test_storage_errors_in_process(tmp_path, monkeypatch):
     """ENOSPC from the file system while saving a checkpoint: StorageError, no file, no temp file."""
     import errno
 
-    from geopath import checkpoint
+    from geopath.io import checkpoint
     from geopath.errors import StorageError
 
     def full(*a, **k):
@@ -257,7 +257,7 @@ def test_step_fault_detects_non_finite_and_sharp_steps():
 
 
 def test_walk_shrinks_a_faulty_step_then_gives_up(tmp_path, monkeypatch):
-    from geopath import path as path_mod
+    from geopath.core import path as path_mod
 
     model, space, w, ds = _toy()
     w_b = w + 0.5 * torch.randn(space.n, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
@@ -302,7 +302,7 @@ def test_walk_shrinks_a_faulty_step_then_gives_up(tmp_path, monkeypatch):
 
 def test_solver_breakdown_is_retried(tmp_path, monkeypatch):
     """A FloatingPointError from the trust-region solve (non-finite curvature) is a fault like a NaN step."""
-    from geopath import path as path_mod
+    from geopath.core import path as path_mod
 
     model, space, w, ds = _toy()
     w_b = w + 0.3

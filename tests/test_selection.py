@@ -1,4 +1,4 @@
-"""Pareto front and selection rules over trace rows (geopath/selection.py)."""
+"""Pareto front and selection rules over trace rows (geopath/jobs/selection.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import random
 import pytest
 
 from geopath.config import SelectRule
-from geopath.selection import pareto_front, select
+from geopath.jobs.selection import pareto_front, select
 
 A, B = "acc_a", "acc_b"
 

@@ -11,12 +11,12 @@ import pytest
 import torch
 import yaml
 
-from geopath._params import ParamSpace, model_vector
-from geopath.checkpoint import load_checkpoint, read_tensors
-from geopath.data import load_dataset
-from geopath.evaluate import evaluate
-from geopath.targets import MagnitudeTarget, prunable_parameters
-from geopath.trace import read_csv
+from geopath.core.params import ParamSpace, model_vector
+from geopath.io.checkpoint import load_checkpoint, read_tensors
+from geopath.io.data import load_dataset
+from geopath.core.evaluate import evaluate
+from geopath.core.targets import MagnitudeTarget, prunable_parameters
+from geopath.io.trace import read_csv
 
 from ._helpers import DATA_ROOT, FAST, ROOT, SAMPLE, geopath, needs_mnist
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from geopath._params import ParamSpace, load_vector, model_vector
-from geopath.archs import VGG11
+from geopath.core.params import ParamSpace, load_vector, model_vector
+from geopath.io.archs import VGG11
 from geopath.errors import UsageError
-from geopath.targets import MagnitudeTarget, MaskScope, StructuredTarget, parse_structured, prunable_parameters
+from geopath.core.targets import MagnitudeTarget, MaskScope, StructuredTarget, parse_structured, prunable_parameters
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -291,8 +291,8 @@ def test_parse_structured_rejects_bad_strings(bad):
 def test_targets_and_restriction_follow_the_vectors_device(bn_case):
     """Masks chosen on the CPU work on weights that live elsewhere (``meta`` stands in for CUDA:
     it refuses to mix devices in elementwise ops exactly as CUDA does)."""
-    from geopath.operators import Identity, RestrictedOperator
-    from geopath.targets import HyperplaneTarget
+    from geopath.core.operators import Identity, RestrictedOperator
+    from geopath.core.targets import HyperplaneTarget
 
     model = bn_case.make_model()
     space = ParamSpace.of(model)

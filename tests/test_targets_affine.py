@@ -8,15 +8,15 @@ import pytest
 import torch
 from torch import nn
 
-from geopath._params import ParamSpace, load_vector, model_vector
-from geopath.archs import MLP
-from geopath.data import Dataset
+from geopath.core.params import ParamSpace, load_vector, model_vector
+from geopath.io.archs import MLP
+from geopath.io.data import Dataset
 from geopath.errors import UsageError
-from geopath.geodesic import StepConfig
-from geopath.path import PathConfig, walk
-from geopath.rundir import RunWriter
-from geopath.targets import HyperplaneTarget, NetworkTarget, Target, group_mask, unit_groups, unit_norms
-from geopath.transition import Leg, Switchboard, leg_target, parse_plan
+from geopath.core.step import StepConfig
+from geopath.core.path import PathConfig, walk
+from geopath.io.rundir import RunWriter
+from geopath.core.targets import HyperplaneTarget, NetworkTarget, Target, group_mask, unit_groups, unit_norms
+from geopath.jobs.transition import Leg, Switchboard, leg_target, parse_plan
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -406,7 +406,7 @@ def test_switchboard_mask_adds_magnitude_sparsity():
     board.apply(Leg("a", remove={"layers.0": 2}, sparsity=0.5), model, space, w)
     assert board.sparsity == 0.5
     mask = board.mask(model, space, w)
-    from geopath.targets import prunable_parameters
+    from geopath.core.targets import prunable_parameters
 
     prunable = torch.zeros(space.n, dtype=torch.bool)
     for n in prunable_parameters(model):
@@ -505,7 +505,7 @@ def test_restore_leg_walk_pins_restored_weights_on_landing(tmp_path):
     assert bool((on_plane[mask] == 0).all())
     assert bool((model_vector(res.model, space)[mask] == 0).all())
     # the last settle step (saved as steps/step_00006) moved the restored weights off w_start
-    from geopath.checkpoint import read_tensors
+    from geopath.io.checkpoint import read_tensors
 
     last = space.flatten(read_tensors(writer.out / "steps" / "step_00006.safetensors")[0])
     assert float((last[restored] - w_start[restored]).norm()) > 1e-3
@@ -514,7 +514,7 @@ def test_restore_leg_walk_pins_restored_weights_on_landing(tmp_path):
 
 def test_restore_leg_endpoint_keeps_the_settle_of_freed_weights(tmp_path):
     space, w_start, mask, restored, res, seen, writer = _restore_leg(tmp_path)
-    from geopath.checkpoint import read_tensors
+    from geopath.io.checkpoint import read_tensors
 
     last = space.flatten(read_tensors(writer.out / "steps" / "step_00006.safetensors")[0])
     w_end = model_vector(res.model, space)

@@ -9,9 +9,9 @@ import pytest
 import torch
 import yaml
 
-from geopath.checkpoint import load_checkpoint, read_tensors
-from geopath.data import load_dataset
-from geopath.evaluate import evaluate
+from geopath.io.checkpoint import load_checkpoint, read_tensors
+from geopath.io.data import load_dataset
+from geopath.core.evaluate import evaluate
 
 from ._helpers import (DATA_ROOT, SAMPLE, check_manifest, geopath, interrupt_when, jsonl, needs_mnist,
                        one_error_line)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from geopath._params import ParamSpace, model_vector
-from geopath.metric import MetricOperator
-from geopath.operators import DenseOperator
-from geopath.trust_region import TRMethod, multiplier_step, steihaug_cg, trust_region_step
+from geopath.core.params import ParamSpace, model_vector
+from geopath.core.metric import MetricOperator
+from geopath.core.operators import DenseOperator
+from geopath.core.trust_region import TRMethod, multiplier_step, steihaug_cg, trust_region_step
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -3,7 +3,7 @@
 An optional ``mask`` (flat bool over the model's parameters, ``True`` = held at zero)
 keeps pruned weights exactly zero after every update.
 
-Under ``torchrun`` (:mod:`geopath.distributed`) training is data-parallel: every rank draws
+Under ``torchrun`` (:mod:`geopath.core.distributed`) training is data-parallel: every rank draws
 the same batches, runs its shard of each, and the gradients are all-reduced, so the ranks
 take the single process's steps (to rounding) at a K-th of the cost each. As in PyTorch's
 DistributedDataParallel, BatchNorm normalises each shard with its own statistics and every
@@ -20,10 +20,10 @@ from typing import Callable
 import torch
 from torch import nn
 
-from . import distributed
-from ._params import ParamSpace, load_vector, model_vector
-from .data import Dataset, batches
-from .errors import NumericalError
+from geopath.core import distributed
+from geopath.core.params import ParamSpace, load_vector, model_vector
+from geopath.core.dataset import Dataset, batches
+from geopath.errors import NumericalError
 
 
 @dataclass
@@ -41,11 +41,9 @@ def train(
     lr: float = 0.05,
     momentum: float = 0.9,
     weight_decay: float = 0.0,
-    optimizer: str = "sgd",
     seed: int = 0,
     mask: torch.Tensor | None = None,
     device="cpu",
-    on_epoch: Callable[[int, float], None] | None = None,
     max_passes: int | None = None,
     on_step: Callable[[int, int], None] | None = None,
     penalty: Callable[[], torch.Tensor] | None = None,
@@ -61,16 +59,13 @@ def train(
     space = ParamSpace.of(model)
     keep = None if mask is None else (~mask.bool()).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
-    if optimizer == "adam":
-        opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    else:
-        opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     total_steps = max(1, int(round(epochs * len(ds) / batch_size)))
     if max_passes is not None:
         total_steps = max(1, min(total_steps, max_passes // batch_size))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total_steps)
     gen = torch.Generator().manual_seed(seed)
-    step, passes, last_loss, epoch = 0, 0, float("nan"), 0
+    step, passes, last_loss = 0, 0, float("nan")
     if keep is not None:
         load_vector(model, space, model_vector(model, space) * keep)
     while step < total_steps:
@@ -102,9 +97,6 @@ def train(
             if on_step is not None:
                 on_step(step, passes)
                 model.train()
-        epoch += 1
-        if on_epoch:
-            on_epoch(epoch, last_loss)
     model.eval()
     return TrainStats(passes / len(ds), passes, last_loss)
 

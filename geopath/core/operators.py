@@ -2,7 +2,7 @@
 
 An operator only knows how to multiply a vector (``matvec``). Sums and scalings
 are operators too, so damping is algebra (``G + 1e-3 * Identity(n)``), not a
-solver flag. Solvers in :mod:`geopath.cg` and :mod:`geopath.trust_region` see
+solver flag. Solvers in :mod:`geopath.core.cg` and :mod:`geopath.core.trust_region` see
 nothing but these objects and vectors.
 """
 

@@ -22,11 +22,12 @@ from typing import Any
 import yaml
 from torch import nn
 
-from . import distributed
-from ._atomic import atomic_path, sha256_file, write_text_atomic
-from .checkpoint import save_checkpoint
-from .errors import UsageError
-from .trace import Trace
+from geopath.core import distributed
+from geopath.io.atomic import atomic_path, sha256_file, write_text_atomic
+from geopath.io.checkpoint import save_checkpoint
+from geopath.errors import UsageError
+from geopath.io.manifest import MANIFEST, run_files
+from geopath.io.trace import Trace
 
 
 def check_output(out: str | os.PathLike, overwrite: bool, resume: bool) -> Path:
@@ -85,7 +86,6 @@ def _prepare(out: Path, overwrite: bool, resume: bool) -> Path:
 
 FINAL = "final.safetensors"
 PENDING = ".final.pending.safetensors"
-MANIFEST = "manifest.json"
 
 
 class RunWriter:
@@ -145,30 +145,5 @@ class RunWriter:
         if (self.out / PENDING).exists():
             os.replace(self.out / PENDING, self.out / FINAL)
         write_text_atomic(self.out / "summary.json", json.dumps(summary, indent=2) + "\n")
-        files = sorted(p for p in self.out.rglob("*") if p.is_file() and p.name != MANIFEST
-                       and not p.name.startswith("."))
-        manifest = {str(p.relative_to(self.out)): sha256_file(p) for p in files}
+        manifest = {rel: sha256_file(self.out / rel) for rel in run_files(self.out)}
         write_text_atomic(self.out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
-
-
-def verify_run(run: str | os.PathLike) -> dict[str, Any]:
-    """Compare a run's files with its ``manifest.json``: missing, changed and unlisted files."""
-    run = Path(run)
-    path = run / MANIFEST
-    if not run.is_dir():
-        raise UsageError(f"{run}: not a run directory")
-    if not path.is_file():
-        raise UsageError(f"{run}: no manifest.json (the run did not complete)")
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UsageError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(manifest, dict):
-        raise UsageError(f"{path}: not a geopath manifest")
-    missing = sorted(k for k in manifest if not (run / k).is_file())
-    changed = sorted(k for k, digest in manifest.items() if (run / k).is_file() and sha256_file(run / k) != digest)
-    present = {str(p.relative_to(run)) for p in run.rglob("*") if p.is_file() and p.name != MANIFEST
-               and not p.name.startswith(".")}
-    unlisted = sorted(present - set(manifest))
-    return {"run": str(run), "files": len(manifest), "missing": missing, "changed": changed, "unlisted": unlisted,
-            "ok": not (missing or changed or unlisted)}

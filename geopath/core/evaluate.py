@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import distributed
-from .data import Dataset
+from geopath.core import distributed
+from geopath.core.dataset import Dataset
 
 
 @dataclass

@@ -35,16 +35,16 @@ from typing import Any, Callable
 
 import torch
 
-from . import job
-from ._params import ParamSpace, model_vector
-from .checkpoint import read_tensors, sparsity_of
-from .config import TransitionConfig, load_yaml_file
-from .errors import UsageError
-from .evaluate import evaluate, has_batchnorm
-from .path import PathConfig, walk
-from .sparsify import step_config
-from .targets import HyperplaneTarget, MagnitudeTarget, group_mask, prunable_parameters, unit_groups, unit_norms
-from .trace import columns
+from geopath.jobs import common as job
+from geopath.core.params import ParamSpace, model_vector
+from geopath.io.checkpoint import read_tensors, sparsity_of
+from geopath.config import TransitionConfig, load_yaml_file
+from geopath.errors import UsageError
+from geopath.core.evaluate import evaluate, has_batchnorm
+from geopath.core.path import PathConfig, walk
+from geopath.jobs.sparsify import step_config
+from geopath.core.targets import HyperplaneTarget, MagnitudeTarget, group_mask, prunable_parameters, unit_groups, unit_norms
+from geopath.io.trace import columns
 
 COLUMNS = columns("leg", "leg_name", "train_accuracy", "test_accuracy", "test_loss", "sparsity", "units_off")
 HEADLINE = ["test_accuracy", "sparsity", "units_off", "epochs", "wall_time"]

@@ -13,8 +13,8 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-from .compare import read_summary
-from .errors import UsageError
+from geopath.report.compare import read_summary
+from geopath.errors import UsageError
 
 X_CHOICES = ("t", "step", "epochs", "sample_passes", "length", "wall_time")
 
@@ -117,7 +117,7 @@ def plot_runs(runs: Sequence[str | Path], out: str | Path, x: str = "t", kind: s
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    from ._atomic import atomic_path
+    from geopath.io.atomic import atomic_path
 
     with atomic_path(out) as tmp:
         fig.savefig(tmp, dpi=120, format="png")

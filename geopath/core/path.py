@@ -1,9 +1,9 @@
 """The path engine: step → (every K steps) write checkpoint → append trace row.
 
-Job-agnostic: a job supplies the model, a :class:`~geopath.targets.Target`, one or
+Job-agnostic: a job supplies the model, a :class:`~geopath.core.targets.Target`, one or
 more :class:`MetricSource` (the inputs whose function the path keeps, each with
 the network whose outputs anchor it), an ``evaluate(model) -> dict`` callback and a
-:class:`~geopath.rundir.RunWriter`. Metric batches are drawn from a generator
+:class:`~geopath.io.rundir.RunWriter`. Metric batches are drawn from a generator
 seeded by ``(seed, step, source)``, so a resumed run repeats exactly the steps an
 uninterrupted one would have taken.
 
@@ -19,30 +19,23 @@ import dataclasses
 import signal
 import time
 from dataclasses import dataclass, field
-from enum import Enum
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import nn
 
-from . import distributed
-from ._params import ParamSpace, load_vector, model_vector
-from .data import Dataset
-from .errors import NumericalError
-from .evaluate import recompute_batchnorm
-from .geodesic import PASS_FORWARD, Anchor, MetricBatch, StepConfig, geodesic_step, step_fault
-from .metric import bn_statistics
-from .rundir import RunWriter
-from .targets import Target
+from geopath.core import distributed
+from geopath.core.params import ParamSpace, load_vector, model_vector
+from geopath.core.dataset import Dataset
+from geopath.errors import NumericalError
+from geopath.core.evaluate import recompute_batchnorm
+from geopath.core.step import PASS_FORWARD, Anchor, MetricBatch, StepConfig, geodesic_step, step_fault
+from geopath.core.metric import bn_statistics
+from geopath.core.targets import Target
+from geopath.core.choices import Combine
 
-
-class Combine(str, Enum):
-    """How several metric sources (e.g. two tasks' inputs) enter a step."""
-
-    SUM = "sum"
-    """Every step uses the weighted mean of all sources' metrics."""
-    ALTERNATE = "alternate"
-    """Step ``k`` (numbered from 1) uses source ``(k − 1) mod S`` alone (cheaper steps)."""
+if TYPE_CHECKING:  # the engine writes through the writer it is handed; it imports no file code
+    from geopath.io.rundir import RunWriter
 
 
 @dataclass
@@ -65,7 +58,6 @@ class PathConfig:
     tol: float = 0.01  # reach the target when distance ≤ tol · starting distance
     land: bool = True  # on reaching it (or at max_steps) project onto the target; False: stop where the path is
     settle_steps: int = 0  # steps taken on the target after landing, restricted to it
-    settle_step_size: float | None = None  # ε for those steps (default: the approach ε)
     combine: Combine = Combine.SUM
     milestones: int = 0  # also record when progress t first reaches k/milestones (k = 1..milestones-1)
     beta_growth: float = 1.0  # after step grow_after, β grows by this factor every grow_every approach steps
@@ -314,8 +306,6 @@ def walk(
             if landed_at is None and cfg.beta_growth != 1.0:
                 over = max(0.0, (step - cfg.grow_after) / cfg.grow_every)
                 step_cfg = dataclasses.replace(step_cfg, beta=step_cfg.beta * cfg.beta_growth ** over)
-            if landed_at is not None and cfg.settle_step_size:
-                step_cfg = dataclasses.replace(step_cfg, step_size=cfg.settle_step_size)
             info, passes = _safe_step(model, space, w, batches, target, step_cfg, keep, step, state)
             w = w + info.theta
             last_drift = info.drift

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .errors import UsageError
+from geopath.errors import UsageError
 
 
 class MLP(nn.Module):

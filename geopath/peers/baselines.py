@@ -1,7 +1,7 @@
 """Peer methods: what a user would otherwise pick, on the same data and budget as a path.
 
 Each peer reports through a ``record(step, model, sample_passes, t=..., ...)``
-callable (:class:`geopath.job.Recorder`), so its run directory has the same
+callable (:class:`geopath.jobs.common.Recorder`), so its run directory has the same
 checkpoints and trace format as a geodesic run and the two compare row for row.
 Budgets are forward+backward *sample passes* (docs/method.md).
 
@@ -26,11 +26,11 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from . import distributed
-from ._params import ParamSpace, load_vector, model_vector
-from .data import Dataset, batches
-from .targets import HyperplaneTarget, MagnitudeTarget, StructuredTarget
-from .train import TrainStats, sharded_backward, train
+from geopath.core import distributed
+from geopath.core.params import ParamSpace, load_vector, model_vector
+from geopath.core.dataset import Dataset, batches
+from geopath.core.targets import HyperplaneTarget, MagnitudeTarget, StructuredTarget
+from geopath.core.train import TrainStats, sharded_backward, train
 
 Record = Callable[..., dict]
 
@@ -39,8 +39,8 @@ def _every(total_steps: int, records: int) -> int:
     return max(1, total_steps // max(records, 1))
 
 
-def _train_steps(ds: Dataset, passes: int, batch_size: int) -> int:
-    """SGD steps :func:`geopath.train.train` takes for a budget of ``passes`` samples."""
+def _train_steps(passes: int, batch_size: int) -> int:
+    """SGD steps :func:`geopath.core.train.train` takes for a budget of ``passes`` samples."""
     return int(passes) // batch_size
 
 
@@ -62,7 +62,7 @@ def prune_finetune(model: nn.Module, target: HyperplaneTarget, ds: Dataset, samp
     if record:
         record(0, model, 0, t=0.0, distance=d0)
     load_vector(model, space, target.project(w0))
-    steps = _train_steps(ds, sample_passes, batch_size)
+    steps = _train_steps(sample_passes, batch_size)
     if steps == 0:
         if record:
             record(0, model, 0, t=1.0, distance=0.0, final=True)
@@ -99,7 +99,7 @@ def iterative_prune(model: nn.Module, target: MagnitudeTarget | StructuredTarget
     if record:
         record(0, model, 0, t=0.0, distance=d0)
     per_round = sample_passes // rounds
-    steps_per_round = _train_steps(ds, per_round, batch_size)
+    steps_per_round = _train_steps(per_round, batch_size)
     every = _every(steps_per_round * rounds, records)
     done_steps, done_passes = 0, 0
     current = target
@@ -216,7 +216,7 @@ def ewc(model: nn.Module, w_a: torch.Tensor, f_a: torch.Tensor, ds_b: Dataset, s
 
     if record:
         record(0, model, passes_before, t=0.0, distance=distance())
-    steps = _train_steps(ds_b, sample_passes, batch_size)
+    steps = _train_steps(sample_passes, batch_size)
     every = _every(steps, records)
 
     def on_step(step, passes):
@@ -243,7 +243,7 @@ def bezier(model: nn.Module, w_a: torch.Tensor, w_b: torch.Tensor, ds: Dataset, 
     on the cross-entropy of the network at ``bezier_point(t)``; ``θ`` starts at the
     midpoint of A and B. BatchNorm runs in train mode (batch statistics); evaluate
     points of the curve after re-estimating running statistics. Under ``torchrun`` the
-    steps are data-parallel (:func:`geopath.train.sharded_backward`).
+    steps are data-parallel (:func:`geopath.core.train.sharded_backward`).
     """
     space = ParamSpace.of(model)
     w_a, w_b = w_a.to(device), w_b.to(device)

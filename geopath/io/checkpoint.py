@@ -18,10 +18,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import __version__
-from ._atomic import atomic_path, sha256_file
-from .archs import build_model
-from .errors import CheckpointError, StorageError, UsageError
+from geopath import __version__
+from geopath.io.atomic import atomic_path, sha256_file
+from geopath.io.archs import build_model
+from geopath.errors import CheckpointError, StorageError, UsageError
 
 META_PREFIX = "geopath."
 SAFETENSORS_EXT = {".safetensors"}
@@ -205,7 +205,7 @@ def save_checkpoint(
 
 def sparsity_of(model: nn.Module, names: list[str] | None = None) -> float:
     """Fraction of exact zeros among the given parameters (default: all weights of Linear/Conv)."""
-    from .targets import prunable_parameters
+    from geopath.core.targets import prunable_parameters
 
     params = dict(model.named_parameters())
     names = names or prunable_parameters(model)

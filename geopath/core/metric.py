@@ -27,34 +27,16 @@ updates buffers.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from enum import Enum
 from typing import Iterator, Sequence
 
 import torch
 from torch import nn
 from torch.func import functional_call, jvp, vjp
 
-from . import distributed
-from ._params import ParamSpace, buffers_of
-from .operators import LinearOperator
-
-
-class MetricKind(str, Enum):
-    """Which output-space metric is pulled back to weight space."""
-
-    LOGITS = "logits"
-    """``JᵀJ`` on the logits (the paper's choice)."""
-    FISHER = "fisher"
-    """Softmax Fisher / GGN: ``Jᵀ(diag p − ppᵀ)J``."""
-
-
-class BNStats(str, Enum):
-    """Which statistics BatchNorm layers normalise with in metric products and anchors."""
-
-    BATCH = "batch"
-    """The micro-batch's own statistics (the function with freshly estimated running statistics)."""
-    RUNNING = "running"
-    """The stored running statistics, held fixed while the weights move."""
+from geopath.core import distributed
+from geopath.core.params import ParamSpace, buffers_of
+from geopath.core.operators import LinearOperator
+from geopath.core.choices import BNStats, MetricKind
 
 
 @contextmanager
@@ -120,7 +102,7 @@ class MetricOperator(LinearOperator):
     micro-batch's forward pass inside every product, so memory is the parameters plus the
     activations of one micro-batch (one more forward pass per product).
 
-    Under ``torchrun`` (:mod:`geopath.distributed`) the inputs are this rank's shard; every
+    Under ``torchrun`` (:mod:`geopath.core.distributed`) the inputs are this rank's shard; every
     product is summed over ranks and divided by the total number of samples.
     """
 

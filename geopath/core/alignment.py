@@ -38,8 +38,8 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
-from .errors import UsageError
-from .targets import _following_batchnorm
+from geopath.errors import UsageError
+from geopath.core.targets import _following_batchnorm
 
 _LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d)
 _BN_STATE = ("weight", "bias", "running_mean", "running_var")

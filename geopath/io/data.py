@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import gzip
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .errors import DataError
+from geopath.core.dataset import Dataset
+
+from geopath.errors import DataError
 
 NAMED = {
     "mnist": {"folder": "MNIST", "mean": (0.1307,), "std": (0.3081,)},
@@ -28,27 +29,6 @@ NAMED = {
 }
 ALIASES = {"fmnist": "fashion-mnist", "fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist", "cifar-10": "cifar10"}
 SPLITS = ("train", "test")
-
-
-@dataclass
-class Dataset:
-    """Inputs ``x`` (float, N×C×H×W or N×D) and integer labels ``y`` held in memory."""
-
-    x: torch.Tensor
-    y: torch.Tensor
-    name: str
-    split: str
-
-    def __len__(self) -> int:
-        return int(self.x.shape[0])
-
-    def head(self, n: int | None) -> "Dataset":
-        if n is None or n >= len(self):
-            return self
-        return Dataset(self.x[:n], self.y[:n], self.name, self.split)
-
-    def to(self, device) -> "Dataset":
-        return Dataset(self.x.to(device), self.y.to(device), self.name, self.split)
 
 
 def candidate_roots(data_root: str | os.PathLike | None = None) -> list[Path]:
@@ -195,12 +175,3 @@ def load_dataset(name: str, split: str = "train", data_root=None, download: bool
         return _load_image_folder(path, split)
     known = ", ".join(NAMED)
     raise DataError(f"unknown data set {name!r} (use one of {known}, a PATH.npz or an image folder)")
-
-
-def batches(ds: Dataset, batch_size: int, generator: torch.Generator | None = None, shuffle: bool = False):
-    """Yield (x, y) mini-batches; a permutation from ``generator`` when shuffling."""
-    n = len(ds)
-    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-    for i in range(0, n, batch_size):
-        idx = order[i : i + batch_size]
-        yield ds.x[idx], ds.y[idx]

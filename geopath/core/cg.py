@@ -1,4 +1,4 @@
-"""Conjugate gradient on a :class:`~geopath.operators.LinearOperator` (never a model)."""
+"""Conjugate gradient on a :class:`~geopath.core.operators.LinearOperator` (never a model)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .operators import LinearOperator
+from geopath.core.operators import LinearOperator
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """The trust-region step ``argmin_θ ½θᵀAθ − bᵀθ  s.t.  ‖θ‖² ≤ ε``.
 
 geopath's step ``argmin θᵀgθ − βθᵀv`` is this problem with ``A = 2g`` and
-``b = βv`` (plus ``−2Jᵀr`` when anchored; see :mod:`geopath.geodesic`). Because
+``b = βv`` (plus ``−2Jᵀr`` when anchored; see :mod:`geopath.core.step`). Because
 ``g`` has rank at most (outputs × samples) it is rank-deficient for any real
 network, and the constraint is active whenever ``b`` reaches its null space.
 
@@ -20,21 +20,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from enum import Enum
 
 import torch
 
-from .cg import cg
-from .operators import Identity, LinearOperator
-
-
-class TRMethod(str, Enum):
-    """How the trust-region subproblem is solved."""
-
-    STEIHAUG = "steihaug"
-    """Truncated CG stopping at the boundary (one product per iteration)."""
-    MULTIPLIER = "multiplier"
-    """Exact multiplier search, a damped CG solve per iteration."""
+from geopath.core.cg import cg
+from geopath.core.operators import Identity, LinearOperator
+from geopath.core.choices import TRMethod
 
 
 @dataclass

@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UsageError
+from geopath.errors import UsageError
 
 FIRST = ("run", "job", "method")
 COST = ("sample_passes", "epochs", "wall_time")

@@ -14,7 +14,7 @@ import math
 import os
 from pathlib import Path
 
-from ._atomic import STORAGE_ERRNOS, storage_error, write_text_atomic
+from geopath.io.atomic import STORAGE_ERRNOS, storage_error, write_text_atomic
 
 # the columns of every job's trace.csv; a job adds its own in the middle (trace.jsonl has all keys)
 HEAD = ("step", "t", "distance", "length", "drift")

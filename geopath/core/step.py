@@ -6,7 +6,7 @@
 With ``anchor="start"`` (the default) the functional change is measured against
 the *starting* network's outputs ``z0`` rather than only locally: the objective
 becomes the Gauss-Newton model ``θᵀgθ + 2θᵀJᵀr − βθᵀv`` with ``r`` the output
-residual to ``z0`` (see :func:`geopath.metric.output_residual`), which corrects the
+residual to ``z0`` (see :func:`geopath.core.metric.output_residual`), which corrects the
 drift that accumulates along the path. ``anchor="none"`` is the plain local step.
 """
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from enum import Enum
 from typing import Sequence
 
 import torch
@@ -22,12 +21,13 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn import functional as F
 
-from ._params import ParamSpace, buffers_of
-from .evaluate import has_batchnorm
-from .metric import BNStats, MetricKind, MetricOperator, bn_statistics, output_distance, output_residual
-from .operators import Identity, RestrictedOperator
-from .targets import Target
-from .trust_region import TRMethod, trust_region_step
+from geopath.core.params import ParamSpace, buffers_of
+from geopath.core.evaluate import has_batchnorm
+from geopath.core.metric import BNStats, MetricKind, MetricOperator, bn_statistics, output_distance, output_residual
+from geopath.core.operators import Identity, RestrictedOperator
+from geopath.core.targets import Target
+from geopath.core.trust_region import TRMethod, trust_region_step
+from geopath.core.choices import Anchor
 
 # Cost model in forward+backward sample passes (a forward is counted 1/3, a
 # backward 2/3; a JVP as two forwards): used for budgets and reports.
@@ -35,19 +35,6 @@ PASS_FORWARD = 1.0 / 3.0
 PASS_VJP = 2.0 / 3.0
 PASS_JVP = 2.0 / 3.0
 PASS_MATVEC = PASS_JVP + PASS_VJP
-
-
-class Anchor(str, Enum):
-    """What the functional change of a step is measured against."""
-
-    START = "start"
-    """The starting network's outputs: drift along the path is corrected each step."""
-    NONE = "none"
-    """Only the local metric at the current point (the paper's step as written)."""
-    LABELS = "labels"
-    """The metric inputs' labels: the linear term is the cross-entropy gradient ``Jᵀ(p − y)``."""
-    ENDPOINTS = "endpoints"
-    """Outputs blended from the start and the target network by the path's progress (connect)."""
 
 
 @dataclass(frozen=True)
@@ -156,22 +143,17 @@ def geodesic_step(
     model: nn.Module,
     space: ParamSpace,
     w: torch.Tensor,
-    batches: Sequence[MetricBatch] | list[torch.Tensor],
+    batches: Sequence[MetricBatch],
     target: Target,
     cfg: StepConfig,
-    anchor_logits: list[torch.Tensor] | None = None,
     keep: torch.Tensor | None = None,
-    labels: list[torch.Tensor] | None = None,
 ) -> StepInfo:
     """Compute one step ``θ`` from ``w`` (``w`` itself is not changed).
 
-    ``batches`` are :class:`MetricBatch` sources, or — for one source — its list of
-    input micro-batches with ``anchor_logits``/``labels`` given alongside.
+    ``batches`` are the step's :class:`MetricBatch` sources (one or more).
     ``keep`` (bool, optional) restricts the step to those coordinates: the problem
     is solved with ``P A P`` and ``P b``, so the other coordinates stay exactly put.
     """
-    if batches and isinstance(batches[0], torch.Tensor):
-        batches = [MetricBatch(list(batches), anchor_logits, labels)]
     total_weight = sum(bt.weight for bt in batches)
     b = cfg.beta * target.direction(w)
     G = None

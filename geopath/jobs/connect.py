@@ -1,12 +1,12 @@
 """The ``connect`` job: a low-loss path between two trained networks of one architecture.
 
-Glue only. The geodesic walks from A to B (:func:`geopath.path.walk` toward a
-:class:`~geopath.targets.NetworkTarget`, landing exactly on B) while keeping the
+Glue only. The geodesic walks from A to B (:func:`geopath.core.path.walk` toward a
+:class:`~geopath.core.targets.NetworkTarget`, landing exactly on B) while keeping the
 function of the *endpoints*: with ``--anchor endpoints`` (the default) each step's
 outputs are anchored to ``(1 − t)·f_A + t·f_B``, the two networks' logits blended by
 the path's progress ``t = 1 − ‖w − w_B‖/‖w_A − w_B‖`` (:class:`BlendedAnchor`), so
 the function moves from A's to B's as the weights do. Peers from
-:mod:`geopath.baselines`: the linear path and a trained quadratic Bezier curve.
+:mod:`geopath.peers.baselines`: the linear path and a trained quadratic Bezier curve.
 
 Every evaluated network gets fresh BatchNorm statistics first (mode connectivity's
 classic pitfall). The trace holds test loss and accuracy along the path; the summary
@@ -24,16 +24,18 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from . import baselines, job
-from ._params import ParamSpace, load_vector, model_vector
-from .config import ConnectConfig, ConnectMethod
-from .evaluate import has_batchnorm, recompute_batchnorm
-from .geodesic import Anchor
-from .path import MetricSource, PathConfig, walk
-from .rundir import RunWriter
-from .sparsify import step_config
-from .targets import NetworkTarget
-from .trace import columns
+from geopath.peers import baselines
+
+from geopath.jobs import common as job
+from geopath.core.params import ParamSpace, load_vector, model_vector
+from geopath.config import ConnectConfig, ConnectMethod
+from geopath.core.evaluate import has_batchnorm, recompute_batchnorm
+from geopath.core.step import Anchor
+from geopath.core.path import MetricSource, PathConfig, walk
+from geopath.io.rundir import RunWriter
+from geopath.jobs.sparsify import step_config
+from geopath.core.targets import NetworkTarget
+from geopath.io.trace import columns
 
 COLUMNS = columns("test_accuracy", "test_loss", "train_loss", "alpha", "segment")
 HEADLINE = ["min_test_accuracy", "accuracy_barrier", "loss_barrier", "epochs", "wall_time"]
@@ -70,7 +72,7 @@ def run_connect(
     model_a, model_b = a.model.to(device).eval(), b.model.to(device).eval()
     bn_data = metric.head(cfg.bn_samples) if has_batchnorm(model_a) else None
     if cfg.align:
-        from .alignment import check_permutation_invariance, weight_matching
+        from geopath.core.alignment import check_permutation_invariance, weight_matching
 
         check_permutation_invariance(model_a, test.x[:8].to(device), seed=cfg.seed)
         aligned, _ = weight_matching(model_a, model_a.state_dict(), model_b.state_dict(), seed=cfg.seed)

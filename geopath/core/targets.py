@@ -14,14 +14,14 @@ The sparse targets are hyperplanes ``{w : w[mask] = 0}``: ``v(w) = P(w) − w``.
 from __future__ import annotations
 
 import copy
-from enum import Enum
 from typing import Sequence
 
 import torch
 from torch import nn
 
-from ._params import ParamSpace
-from .errors import UsageError
+from geopath.core.params import ParamSpace
+from geopath.errors import UsageError
+from geopath.core.choices import MaskScope
 
 
 def prunable_parameters(model: nn.Module) -> list[str]:
@@ -126,15 +126,6 @@ class NetworkTarget(Target):
 
     def describe(self):
         return {"target": self.name, "parameters": int(self.w.numel())}
-
-
-class MaskScope(str, Enum):
-    """How many weights each layer gives up for unstructured magnitude sparsity."""
-
-    GLOBAL = "global"
-    """The smallest-magnitude weights over all prunable layers together."""
-    LAYER = "layer"
-    """The same fraction of every prunable layer."""
 
 
 def _smallest(values: torch.Tensor, k: int) -> torch.Tensor:

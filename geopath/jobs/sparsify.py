@@ -1,8 +1,8 @@
 """The ``sparsify`` job: walk a trained network to a sparse hyperplane.
 
 Glue only: load the checkpoint and data, build the target, hand everything to
-the path engine (:func:`geopath.path.walk`) — or, with ``--method``, to a peer
-from :mod:`geopath.baselines` — and summarise.
+the path engine (:func:`geopath.core.path.walk`) — or, with ``--method``, to a peer
+from :mod:`geopath.peers.baselines` — and summarise.
 """
 
 from __future__ import annotations
@@ -13,16 +13,18 @@ from typing import Any, Callable
 
 import torch
 
-from . import baselines, job
-from ._params import ParamSpace, model_vector
-from .checkpoint import sparsity_of
-from .config import MaskMode, SparsifyConfig, SparsifyMethod
-from .evaluate import evaluate, has_batchnorm
-from .geodesic import StepConfig
-from .errors import UsageError
-from .path import PathConfig, walk
-from .targets import MagnitudeTarget, StructuredTarget, Target, parse_structured, prunable_parameters
-from .trace import columns
+from geopath.peers import baselines
+
+from geopath.jobs import common as job
+from geopath.core.params import ParamSpace, model_vector
+from geopath.io.checkpoint import sparsity_of
+from geopath.config import MaskMode, SparsifyConfig, SparsifyMethod
+from geopath.core.evaluate import evaluate, has_batchnorm
+from geopath.core.step import StepConfig
+from geopath.errors import UsageError
+from geopath.core.path import PathConfig, walk
+from geopath.core.targets import MagnitudeTarget, StructuredTarget, Target, parse_structured, prunable_parameters
+from geopath.io.trace import columns
 
 COLUMNS = columns("train_accuracy", "test_accuracy", "test_loss", "sparsity")
 HEADLINE = ["test_accuracy", "sparsity", "epochs", "wall_time"]

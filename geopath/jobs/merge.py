@@ -2,9 +2,9 @@
 every network on the way, to find networks that serve both tasks.
 
 Glue only. :func:`prepare` loads both networks and all data splits and settles the
-output head; the geodesic (:func:`geopath.path.walk` toward a
-:class:`~geopath.targets.NetworkTarget`, without landing) or a peer from
-:mod:`geopath.baselines` produces the trace; :mod:`geopath.selection` picks the
+output head; the geodesic (:func:`geopath.core.path.walk` toward a
+:class:`~geopath.core.targets.NetworkTarget`, without landing) or a peer from
+:mod:`geopath.peers.baselines` produces the trace; :mod:`geopath.jobs.selection` picks the
 reported network and the Pareto front.
 
 Heads. ``--head shared``: both networks have the same outputs and each task's
@@ -26,19 +26,21 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from . import baselines, job
-from ._params import ParamSpace, model_vector
-from .archs import build_model
-from .config import Head, Manifold, MergeConfig, MergeMethod
-from .data import Dataset
-from .errors import UsageError
-from .evaluate import has_batchnorm
-from .path import MetricSource, PathConfig, walk
-from .rundir import RunWriter
-from .selection import pareto_front, select
-from .sparsify import step_config
-from .targets import NetworkTarget
-from .trace import columns
+from geopath.peers import baselines
+
+from geopath.jobs import common as job
+from geopath.core.params import ParamSpace, model_vector
+from geopath.io.archs import build_model
+from geopath.config import Head, Manifold, MergeConfig, MergeMethod
+from geopath.io.data import Dataset
+from geopath.errors import UsageError
+from geopath.core.evaluate import has_batchnorm
+from geopath.core.path import MetricSource, PathConfig, walk
+from geopath.io.rundir import RunWriter
+from geopath.jobs.selection import pareto_front, select
+from geopath.jobs.sparsify import step_config
+from geopath.core.targets import NetworkTarget
+from geopath.io.trace import columns
 
 COLUMNS = columns("test_accuracy_a", "test_accuracy_b", "test_loss_a", "test_loss_b", "val_accuracy_a",
                   "val_accuracy_b", "alpha")

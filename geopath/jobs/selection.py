@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-from .config import SelectRule
+from geopath.config import SelectRule
 
 
 def _ok(row: dict, key_a: str, key_b: str) -> bool:

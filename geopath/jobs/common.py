@@ -2,7 +2,7 @@
 
 A job module (``sparsify``, ``merge``, ``connect``, ``transition``) is glue: it reads
 its options, builds a target and metric sources, hands them to the path engine
-(:func:`geopath.path.walk`) or to a peer method, and summarises. The steps they all
+(:func:`geopath.core.path.walk`) or to a peer method, and summarises. The steps they all
 take live here so each job reads as its own recipe.
 """
 
@@ -16,14 +16,13 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from . import distributed
-from ._params import ParamSpace, model_vector
-from .checkpoint import META_PREFIX, Checkpoint, load_checkpoint, read_tensors
-from .data import Dataset, load_dataset
-from .errors import CheckpointError, UsageError
-from .evaluate import evaluate
-from .path import PathState
-from .rundir import RunWriter, check_output, prepare_output
+from geopath.core import distributed
+from geopath.io.checkpoint import META_PREFIX, Checkpoint, load_checkpoint, read_tensors
+from geopath.io.data import Dataset, load_dataset
+from geopath.errors import CheckpointError, UsageError
+from geopath.core.evaluate import evaluate
+from geopath.core.path import PathState
+from geopath.io.rundir import RunWriter, check_output, prepare_output
 
 
 def open_run(cfg, overwrite: bool, resume: bool) -> tuple[Path, torch.device]:
@@ -227,7 +226,7 @@ class Recorder:
                  distance: float = math.nan, final: bool = False, name: str | None = None, **tags) -> dict:
         import time
 
-        from .evaluate import recompute_batchnorm
+        from geopath.core.evaluate import recompute_batchnorm
 
         if self.bn_data is not None:
             recompute_batchnorm(model, self.bn_data, device=self.device)
@@ -244,10 +243,6 @@ class Recorder:
         if self.on_row:
             self.on_row(row)
         return row
-
-
-def vector(model: nn.Module) -> torch.Tensor:
-    return model_vector(model, ParamSpace.of(model))
 
 
 def gate(summary: dict[str, Any], value: float, min_accuracy: float | None, what: str) -> dict[str, Any]:

@@ -1,0 +1,66 @@
+"""The core's choices as ``str`` enums (torch-free, so the command line can list them without importing torch).
+
+Each member's docstring is its help text. The modules that act on a choice import it from here.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class MetricKind(str, Enum):
+    """Which output-space metric is pulled back to weight space."""
+
+    LOGITS = "logits"
+    """``JᵀJ`` on the logits (the paper's choice)."""
+    FISHER = "fisher"
+    """Softmax Fisher / GGN: ``Jᵀ(diag p − ppᵀ)J``."""
+
+
+class BNStats(str, Enum):
+    """Which statistics BatchNorm layers normalise with in metric products and anchors."""
+
+    BATCH = "batch"
+    """The micro-batch's own statistics (the function with freshly estimated running statistics)."""
+    RUNNING = "running"
+    """The stored running statistics, held fixed while the weights move."""
+
+
+class TRMethod(str, Enum):
+    """How the trust-region subproblem is solved."""
+
+    STEIHAUG = "steihaug"
+    """Truncated CG stopping at the boundary (one product per iteration)."""
+    MULTIPLIER = "multiplier"
+    """Exact multiplier search, a damped CG solve per iteration."""
+
+
+class Anchor(str, Enum):
+    """What the functional change of a step is measured against."""
+
+    START = "start"
+    """The starting network's outputs: drift along the path is corrected each step."""
+    NONE = "none"
+    """Only the local metric at the current point (the paper's step as written)."""
+    LABELS = "labels"
+    """The metric inputs' labels: the linear term is the cross-entropy gradient ``Jᵀ(p − y)``."""
+    ENDPOINTS = "endpoints"
+    """Outputs blended from the start and the target network by the path's progress (connect)."""
+
+
+class Combine(str, Enum):
+    """How several metric sources (e.g. two tasks' inputs) enter a step."""
+
+    SUM = "sum"
+    """Every step uses the weighted mean of all sources' metrics."""
+    ALTERNATE = "alternate"
+    """Step ``k`` (numbered from 1) uses source ``(k − 1) mod S`` alone (cheaper steps)."""
+
+
+class MaskScope(str, Enum):
+    """How many weights each layer gives up for unstructured magnitude sparsity."""
+
+    GLOBAL = "global"
+    """The smallest-magnitude weights over all prunable layers together."""
+    LAYER = "layer"
+    """The same fraction of every prunable layer."""

@@ -1,0 +1,37 @@
+"""A data set as two in-memory tensors, and its mini-batches (what the core computes on).
+
+Reading data sets from disk is :mod:`geopath.io.data`'s job; the core only sees these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Dataset:
+    """Inputs ``x`` (float, N×C×H×W or N×D) and integer labels ``y`` held in memory."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    name: str
+    split: str
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def head(self, n: int | None) -> "Dataset":
+        if n is None or n >= len(self):
+            return self
+        return Dataset(self.x[:n], self.y[:n], self.name, self.split)
+
+
+def batches(ds: Dataset, batch_size: int, generator: torch.Generator | None = None, shuffle: bool = False):
+    """Yield (x, y) mini-batches; a permutation from ``generator`` when shuffling."""
+    n = len(ds)
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    for i in range(0, n, batch_size):
+        idx = order[i : i + batch_size]
+        yield ds.x[idx], ds.y[idx]
