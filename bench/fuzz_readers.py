@@ -2,7 +2,7 @@
 
     python bench/fuzz_readers.py [--examples 5000]
 
-Runs tests/test_fuzz.py (hypothesis) with ``--examples`` inputs per test instead of CI's
+Runs tests/io/test_fuzz.py (hypothesis) with ``--examples`` inputs per test instead of CI's
 150: mutated and random safetensors files, mutated .pt files, random option values for
 every job's config, random YAML files and random transition plans. Every input must be
 read or refused with geopath's one-line usage error; any other exception fails the run
@@ -33,7 +33,7 @@ def main() -> int:
         report = Path(d) / "tried.json"
         env = {**os.environ, "GEOPATH_FUZZ_EXAMPLES": str(args.examples), "GEOPATH_FUZZ_REPORT": str(report)}
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_fuzz.py"],
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/io/test_fuzz.py"],
                               cwd=ROOT, env=env, capture_output=True, text=True)
         seconds = time.perf_counter() - t0
         tried = json.loads(report.read_text()) if report.exists() else {}

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from geopath.core.params import ParamSpace, model_vector
-from geopath.peers.baselines import prune_finetune
+from geopath.peers import prune_finetune
 from geopath.io.checkpoint import load_checkpoint
 from geopath.config import SparsifyConfig
 from geopath.io.data import load_dataset

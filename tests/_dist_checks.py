@@ -107,7 +107,7 @@ def check_train(comm) -> None:
     train(model, small, epochs=1, batch_size=1, lr=0.1, penalty=penalty_of(model))
     assert torch.allclose(model_vector(model, space), model_vector(ref, space), rtol=1e-10, atol=1e-12)
     # the other peers' work: the Fisher diagonal and a Bezier curve's middle point
-    from geopath.peers.baselines import bezier, fisher_diag
+    from geopath.peers import bezier, fisher_diag
 
     w_a, w_b = model_vector(ref, space), w0
     with distributed.using(distributed.Single()):

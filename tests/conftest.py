@@ -210,3 +210,12 @@ def single_thread():
 def rng():
     """A seeded torch generator for test data (float64 tensors are drawn explicitly)."""
     return torch.Generator().manual_seed(12345)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """Tests marked ``slow`` run whole jobs on the real MNIST: skipped where it is absent."""
+    from ._helpers import DATA_ROOT, MNIST_PRESENT
+
+    if item.get_closest_marker("slow") is not None and not MNIST_PRESENT:
+        pytest.skip(f"MNIST not found under {DATA_ROOT}")

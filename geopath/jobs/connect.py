@@ -6,7 +6,7 @@ function of the *endpoints*: with ``--anchor endpoints`` (the default) each step
 outputs are anchored to ``(1 − t)·f_A + t·f_B``, the two networks' logits blended by
 the path's progress ``t = 1 − ‖w − w_B‖/‖w_A − w_B‖`` (:class:`BlendedAnchor`), so
 the function moves from A's to B's as the weights do. Peers from
-:mod:`geopath.peers.baselines`: the linear path and a trained quadratic Bezier curve.
+:mod:`geopath.peers`: the linear path and a trained quadratic Bezier curve.
 
 Every evaluated network gets fresh BatchNorm statistics first (mode connectivity's
 classic pitfall). The trace holds test loss and accuracy along the path; the summary
@@ -24,7 +24,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from geopath.peers import baselines
+from geopath import peers
 
 from geopath.jobs import common as job
 from geopath.core.params import ParamSpace, load_vector, model_vector
@@ -115,13 +115,13 @@ def run_connect(
         record = job.Recorder(writer, evaluate_row, len(metric), on_row, bn_data, device)
         ts = [i / (cfg.points - 1) for i in range(cfg.points)]
         if cfg.method is ConnectMethod.LINEAR:
-            baselines.interpolate(model, w_a, w_b, ts, record)
+            peers.interpolate(model, w_a, w_b, ts, record)
         else:
             passes = int(round(cfg.epochs * len(metric)))
-            theta = baselines.bezier(model, w_a, w_b, metric, passes, batch_size=cfg.batch_size, lr=cfg.lr,
+            theta = peers.bezier(model, w_a, w_b, metric, passes, batch_size=cfg.batch_size, lr=cfg.lr,
                                      seed=cfg.seed, device=device)
             for i, t in enumerate(ts):
-                w = baselines.bezier_point(w_a, theta, w_b, t)
+                w = peers.bezier_point(w_a, theta, w_b, t)
                 load_vector(model, space, w)
                 record(i, model, passes, t=t, distance=float(torch.linalg.vector_norm(w_b - w)), alpha=t,
                        final=i == len(ts) - 1)

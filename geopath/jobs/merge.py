@@ -4,7 +4,7 @@ every network on the way, to find networks that serve both tasks.
 Glue only. :func:`prepare` loads both networks and all data splits and settles the
 output head; the geodesic (:func:`geopath.core.path.walk` toward a
 :class:`~geopath.core.targets.NetworkTarget`, without landing) or a peer from
-:mod:`geopath.peers.baselines` produces the trace; :mod:`geopath.jobs.selection` picks the
+:mod:`geopath.peers` produces the trace; :mod:`geopath.jobs.selection` picks the
 reported network and the Pareto front.
 
 Heads. ``--head shared``: both networks have the same outputs and each task's
@@ -26,7 +26,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from geopath.peers import baselines
+from geopath import peers
 
 from geopath.jobs import common as job
 from geopath.core.params import ParamSpace, model_vector
@@ -219,18 +219,18 @@ def run_merge(
 def _run_peer(cfg: MergeConfig, tasks: Tasks, model: nn.Module, w_a, w_b, record: job.Recorder, device) -> None:
     alphas = [i / (cfg.points - 1) for i in range(cfg.points)]
     if cfg.method is MergeMethod.AVERAGE:
-        baselines.interpolate(model, w_a, w_b, alphas, record)
+        peers.interpolate(model, w_a, w_b, alphas, record)
         return
-    f_a = baselines.fisher_diag(tasks.model_a, tasks.metric_a, cfg.fisher_samples, seed=cfg.seed, device=device)
+    f_a = peers.fisher_diag(tasks.model_a, tasks.metric_a, cfg.fisher_samples, seed=cfg.seed, device=device)
     fisher_passes = min(cfg.fisher_samples, len(tasks.metric_a))
     if cfg.method is MergeMethod.FISHER:
-        f_b = baselines.fisher_diag(tasks.model_b, tasks.metric_b, cfg.fisher_samples, seed=cfg.seed + 1,
+        f_b = peers.fisher_diag(tasks.model_b, tasks.metric_b, cfg.fisher_samples, seed=cfg.seed + 1,
                                     device=device)
         fisher_passes += min(cfg.fisher_samples, len(tasks.metric_b))
-        baselines.fisher_merge(model, w_a, w_b, f_a, f_b, alphas, record, passes=fisher_passes)
+        peers.fisher_merge(model, w_a, w_b, f_a, f_b, alphas, record, passes=fisher_passes)
         return
     passes = int(round(cfg.epochs * len(tasks.metric_b)))
-    baselines.ewc(model, w_a, f_a, tasks.metric_b, passes, cfg.ewc_lambda, w_b=w_b, batch_size=cfg.batch_size,
+    peers.ewc(model, w_a, f_a, tasks.metric_b, passes, cfg.ewc_lambda, w_b=w_b, batch_size=cfg.batch_size,
                   lr=cfg.lr, seed=cfg.seed, device=device, record=record,
                   records=max(2, cfg.steps // cfg.save_every), passes_before=fisher_passes)
 

@@ -2,7 +2,7 @@
 
 Glue only: load the checkpoint and data, build the target, hand everything to
 the path engine (:func:`geopath.core.path.walk`) — or, with ``--method``, to a peer
-from :mod:`geopath.peers.baselines` — and summarise.
+from :mod:`geopath.peers` — and summarise.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import torch
 
-from geopath.peers import baselines
+from geopath import peers
 
 from geopath.jobs import common as job
 from geopath.core.params import ParamSpace, model_vector
@@ -101,12 +101,12 @@ def run_sparsify(
             on_start(cfg, 0)
         passes = int(round(finetune_epochs * len(metric_data)))
         if cfg.method is SparsifyMethod.PRUNE_FINETUNE:
-            baselines.prune_finetune(model, target, metric_data, passes, batch_size=cfg.batch_size, lr=cfg.lr,
+            peers.prune_finetune(model, target, metric_data, passes, batch_size=cfg.batch_size, lr=cfg.lr,
                                      seed=cfg.seed, device=device, record=record, records=_records(cfg))
         else:
             if isinstance(target, MagnitudeTarget) and target.dynamic:
                 raise UsageError("--method iterative-prune chooses its own masks; it does not take --mask dynamic")
-            target = baselines.iterative_prune(model, target, metric_data, passes, rounds=cfg.rounds,
+            target = peers.iterative_prune(model, target, metric_data, passes, rounds=cfg.rounds,
                                                batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, device=device,
                                                record=record, records=_records(cfg))
         final = record.rows[-1]

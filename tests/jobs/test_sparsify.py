@@ -18,7 +18,7 @@ from geopath.core.evaluate import evaluate
 from geopath.core.targets import MagnitudeTarget, prunable_parameters
 from geopath.io.trace import read_csv
 
-from ._helpers import DATA_ROOT, FAST, ROOT, SAMPLE, geopath, needs_mnist
+from .._helpers import DATA_ROOT, FAST, ROOT, SAMPLE, geopath, needs_mnist
 
 pytestmark = needs_mnist
 
@@ -134,8 +134,8 @@ def test_every_saved_network_has_fresh_batchnorm_statistics(tmp_path):
     """Regression: sparsify used to re-estimate BatchNorm statistics at the endpoint only, so the
     trace scored intermediate networks with the start's stale statistics (on a CIFAR VGG11 a path
     that kept 72 % under batch statistics was reported at 35 %)."""
-    from ._helpers import train_net
-    from .test_connect_run import _assert_fresh_bn
+    from .._helpers import train_net
+    from .test_connect import _assert_fresh_bn
 
     start = train_net(tmp_path / "bn.safetensors", "tests._helpers:BNMLP", {}, "mnist", size=1000, epochs=1, seed=0)
     out = tmp_path / "out"

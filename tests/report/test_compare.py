@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from ._helpers import DATA_ROOT, ROOT, SAMPLE, geopath, needs_mnist, one_error_line
-from ._helpers import one_thread_subprocesses  # noqa: F401 (autouse: one thread per run)
+from .._helpers import DATA_ROOT, ROOT, SAMPLE, geopath, needs_mnist, one_error_line
+from .._helpers import one_thread_subprocesses  # noqa: F401 (autouse: one thread per run)
 
 FASHION = ROOT / "sample_checkpoints" / "mlp_fashion_mnist.safetensors"
 SMALL = ["--data-root", str(DATA_ROOT), "--metric-size", "1000", "--eval-size", "300", "--batch-size", "64",

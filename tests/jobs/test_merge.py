@@ -15,9 +15,9 @@ from geopath.io.data import Dataset, load_dataset
 from geopath.core.evaluate import evaluate
 from geopath.io.trace import read_csv
 
-from ._helpers import (DATA_ROOT, ROOT, SAMPLE, check_manifest, geopath, interrupt_when, jsonl, needs_mnist,
+from .._helpers import (DATA_ROOT, ROOT, SAMPLE, check_manifest, geopath, interrupt_when, jsonl, needs_mnist,
                        one_error_line, train_net)
-from ._helpers import one_thread_subprocesses  # noqa: F401 (autouse: one thread per run)
+from .._helpers import one_thread_subprocesses  # noqa: F401 (autouse: one thread per run)
 
 pytestmark = needs_mnist
 

@@ -1,4 +1,4 @@
-"""Peer methods (geopath/peers/baselines.py) against dense or hand-computed references, on tiny float64 models."""
+"""Peer methods (geopath/peers/) against dense or hand-computed references, on tiny float64 models."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-import geopath.peers.baselines as baselines
+import geopath.peers as baselines
+import geopath.peers.pruning as pruning
 from geopath.core.params import ParamSpace, model_vector
 from geopath.io.archs import MLP
 from geopath.core.dataset import Dataset, batches
@@ -299,9 +300,9 @@ def test_bezier_tiny_budget_stays_near_midpoint():
 
 
 def _count_steps(monkeypatch, check=None):
-    """Wrap baselines.train's on_step to count optimiser steps (it runs after every one)."""
+    """Wrap the pruning peers' train()'s on_step to count optimiser steps (it runs after every one)."""
     seen = []
-    real = baselines.train
+    real = pruning.train
 
     def wrapped(model, ds, *a, on_step=None, **kw):
         def counting(step, passes):
@@ -313,7 +314,7 @@ def _count_steps(monkeypatch, check=None):
 
         return real(model, ds, *a, on_step=counting, **kw)
 
-    monkeypatch.setattr(baselines, "train", wrapped)
+    monkeypatch.setattr(pruning, "train", wrapped)
     return seen
 
 

@@ -13,9 +13,9 @@ from geopath.io.checkpoint import load_checkpoint, read_tensors
 from geopath.io.data import load_dataset
 from geopath.core.evaluate import evaluate
 
-from ._helpers import (DATA_ROOT, SAMPLE, check_manifest, geopath, interrupt_when, jsonl, needs_mnist,
+from .._helpers import (DATA_ROOT, SAMPLE, check_manifest, geopath, interrupt_when, jsonl, needs_mnist,
                        one_error_line)
-from ._helpers import one_thread_subprocesses  # noqa: F401 (autouse: one thread per run)
+from .._helpers import one_thread_subprocesses  # noqa: F401 (autouse: one thread per run)
 
 pytestmark = needs_mnist
 

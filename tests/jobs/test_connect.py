@@ -14,9 +14,9 @@ from geopath.io.checkpoint import load_checkpoint, read_tensors
 from geopath.io.data import load_dataset
 from geopath.core.evaluate import evaluate, recompute_batchnorm
 
-from ._helpers import (DATA_ROOT, SAMPLE, check_manifest, cifar10_present, geopath, jsonl, needs_mnist,
+from .._helpers import (DATA_ROOT, SAMPLE, check_manifest, cifar10_present, geopath, jsonl, needs_mnist,
                        train_net)
-from ._helpers import one_thread_subprocesses  # noqa: F401 (autouse: one thread per run)
+from .._helpers import one_thread_subprocesses  # noqa: F401 (autouse: one thread per run)
 
 pytestmark = needs_mnist
 

@@ -15,7 +15,7 @@ from geopath.io.checkpoint import read_tensors
 from geopath.core.distributed import Group, Single
 from geopath.io.manifest import verify_run
 
-from ._helpers import DATA_ROOT, ROOT, SAMPLE, geopath, needs_mnist
+from .._helpers import DATA_ROOT, ROOT, SAMPLE, geopath, needs_mnist
 
 
 def _free_port() -> int:

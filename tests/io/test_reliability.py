@@ -25,7 +25,7 @@ from geopath.io.rundir import RunWriter
 from geopath.core.targets import NetworkTarget
 from geopath.io.trace import Trace
 
-from ._helpers import DATA_ROOT, FAST, ROOT, SAMPLE, geopath, needs_mnist, one_error_line
+from .._helpers import DATA_ROOT, FAST, ROOT, SAMPLE, geopath, needs_mnist, one_error_line
 
 SEED1 = ROOT / "sample_checkpoints" / "mlp_mnist_seed1.safetensors"
 FMNIST = ROOT / "sample_checkpoints" / "mlp_fashion_mnist.safetensors"
