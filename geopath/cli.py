@@ -140,12 +140,13 @@ def _default_text(f: dataclasses.Field) -> str:
 
 
 def _panel(cls, name: str) -> str:
-    """The --help panel of a config field: the job's own options first, then the shared ones."""
-    from geopath.config import WalkOptions
+    """The --help panel of a config field, by the class that declares it first: a flag every job shares
+    is under the same heading in every job, even where a job changes its default or help."""
+    from geopath.config import CommonOptions, WalkOptions
 
-    if name in cls.__dict__.get("__annotations__", {}):
-        return "Job options"
-    return "Geodesic step" if name in WalkOptions.__dict__.get("__annotations__", {}) else "Run"
+    if name in CommonOptions.__dict__.get("__annotations__", {}):
+        return "Run"
+    return "Geodesic step" if name in WalkOptions.__dict__.get("__annotations__", {}) else "Job options"
 
 
 def _job_parameters(cls) -> list[inspect.Parameter]:
@@ -165,7 +166,7 @@ def _job_parameters(cls) -> list[inspect.Parameter]:
                 decls.append(meta["short"])
             text = _default_text(f)
             help_text = meta["help"] + (f" \\[default: {text}]" if text else "")
-            extra = {"envvar": "GEOPATH_DATA_ROOT"} if f.name == "data_root" else {}
+            extra = {"envvar": meta["envvar"]} if meta.get("envvar") else {}
             default = typer.Option(None, *decls, help=help_text, show_default=False,
                                    rich_help_panel=_panel(cls, f.name), **extra)
         params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=ann))
@@ -188,7 +189,7 @@ def _job_parameters(cls) -> list[inspect.Parameter]:
 
 def _flags(cls, given: dict) -> dict:
     """Flag values → config values (JSON objects parsed, paths as strings; None = not given)."""
-    from geopath.io.archs import parse_arch_kwargs
+    from geopath.config import json_object
 
     hints = typing.get_type_hints(cls)
     flags = {}
@@ -198,21 +199,12 @@ def _flags(cls, given: dict) -> dict:
             continue
         base = _base_type(hints[f.name])
         if base is dict:
-            v = parse_arch_kwargs(v) if f.name == "arch_kwargs" else _json_object(v, f.name)
+            v = json_object(v, f.metadata.get("flag") or "--" + f.name.replace("_", "-"), f.metadata.get("example"))
         elif isinstance(v, (list, tuple)):
             v = list(v) or None
         flags[f.name] = v
     return flags
 
-
-def _json_object(text: str, name: str) -> dict:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise UsageError(f"--{name.replace('_', '-')} is not valid JSON: {e.msg}") from None
-    if not isinstance(value, dict):
-        raise UsageError(f"--{name.replace('_', '-')} must be a JSON object")
-    return value
 
 
 RESUME_MAY_CHANGE = {"out", "device", "data_root"}  # where the run is, and what it runs on
@@ -445,14 +437,14 @@ def eval_cmd(
     """Accuracy, loss and sparsity of a network."""
 
     def go():
-        from geopath.io.archs import parse_arch_kwargs
+        from geopath.config import ARCH_KWARGS_EXAMPLE, json_object
         from geopath.io.checkpoint import load_checkpoint, sparsity_of
         from geopath.io.data import load_dataset
         from geopath.core.evaluate import evaluate
         from geopath.jobs.common import resolve_device
 
         dev = resolve_device(device)
-        ck = load_checkpoint(checkpoint, arch, parse_arch_kwargs(arch_kwargs) if arch_kwargs else None, trust_pickle)
+        ck = load_checkpoint(checkpoint, arch, json_object(arch_kwargs, "--arch-kwargs", ARCH_KWARGS_EXAMPLE) if arch_kwargs else None, trust_pickle)
         name = data or ck.data
         if not name:
             raise GeopathError("the checkpoint does not record its data set; pass --data")
@@ -527,7 +519,8 @@ def train_cmd(
     def go():
         import torch
 
-        from geopath.io.archs import build_model, parse_arch_kwargs
+        from geopath.config import ARCH_KWARGS_EXAMPLE, json_object
+        from geopath.io.archs import build_model
         from geopath.io.checkpoint import save_checkpoint
         from geopath.io.data import load_dataset
         from geopath.errors import UsageError
@@ -543,7 +536,7 @@ def train_cmd(
             raise UsageError("--epochs and --lr must be > 0 and --batch-size ≥ 1")
         dev = resolve_device(device)
         torch.manual_seed(seed)
-        kwargs = parse_arch_kwargs(arch_kwargs)
+        kwargs = json_object(arch_kwargs, "--arch-kwargs", ARCH_KWARGS_EXAMPLE)
         model = build_model(arch, kwargs)
         tr = load_dataset(data, "train", data_root).head(size)
         te = load_dataset(data, "test", data_root)

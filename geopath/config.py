@@ -11,6 +11,7 @@ from these classes, so the config file and the flags cannot drift apart.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import types
 import typing
@@ -27,9 +28,11 @@ from geopath.core.choices import Anchor, BNStats, Combine, MaskScope, MetricKind
 
 
 def opt(default, help: str, *, arg: bool = False, flag: str | None = None, short: str | None = None,
-        default_help: str | None = None, cli: bool = True):
-    """A config field with its command-line help (``arg``: a positional argument)."""
-    meta = {"help": help, "arg": arg, "flag": flag, "short": short, "default_help": default_help, "cli": cli}
+        default_help: str | None = None, cli: bool = True, envvar: str | None = None, example: str | None = None):
+    """A config field with its command-line help (``arg``: a positional argument; ``envvar``: the
+    environment variable that gives the flag's value; ``example``: shown when a JSON value is malformed)."""
+    meta = {"help": help, "arg": arg, "flag": flag, "short": short, "default_help": default_help, "cli": cli,
+            "envvar": envvar, "example": example}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -115,16 +118,19 @@ class ConnectMethod(str, Enum):
 
 # --------------------------------------------------------------------------- options
 
+ARCH_KWARGS_EXAMPLE = '{"num_classes": 10}'
+
 
 @dataclass(frozen=True)
 class CommonOptions:
     out: str = opt("", "Output directory (must be empty unless --overwrite/--resume).", flag="--out", short="-o")
     arch: str | None = opt(None, "Architecture if a file does not name one: mlp, lenet5, vgg11, torchvision:NAME, "
                                  "module:Class.")
-    arch_kwargs: dict | None = opt(None, "Architecture keyword arguments as a JSON object.")
+    arch_kwargs: dict | None = opt(None, "Architecture keyword arguments as a JSON object.",
+                                   example=ARCH_KWARGS_EXAMPLE)
     trust_pickle: bool = opt(False, "Allow unpickling a .pt file (only for files you trust).")
     data_root: str | None = opt(None, "Folder with the data sets (torchvision layout); also $GEOPATH_DATA_ROOT.",
-                                default_help="$GEOPATH_DATA_ROOT, ./data, ../shared/data")
+                                default_help="$GEOPATH_DATA_ROOT, ./data, ../shared/data", envvar="GEOPATH_DATA_ROOT")
     eval_size: int | None = opt(None, "Evaluate on the first N test samples.", default_help="all")
     save_every: int = opt(10, "Save a network and a trace row every K steps.")
     seed: int = opt(0, "Random seed.")
@@ -349,6 +355,19 @@ def _non_negative(cfg, name):
 
 
 # --------------------------------------------------------------------------- reading
+
+
+def json_object(text: str | None, flag: str, example: str | None = None) -> dict[str, Any]:
+    """A flag's JSON object (``{}`` for no text), or a one-line usage error."""
+    if text is None or text == "":
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{flag} is not valid JSON: {e.msg} (at character {e.pos})") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"{flag} must be a JSON object" + (f", e.g. '{example}'" if example else ""))
+    return value
 
 
 def _coerce(name: str, tp, value):

@@ -11,7 +11,6 @@ Keyword arguments come as a JSON object (``--arch-kwargs '{"hidden": [300, 100]}
 from __future__ import annotations
 
 import importlib
-import json
 from typing import Any, Callable
 
 import torch
@@ -89,18 +88,6 @@ class VGG11(nn.Module):
 
 
 BUILTIN: dict[str, Callable[..., nn.Module]] = {"mlp": MLP, "lenet5": LeNet5, "vgg11": VGG11}
-
-
-def parse_arch_kwargs(text: str | None) -> dict[str, Any]:
-    if text is None or text == "":
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise UsageError(f"--arch-kwargs is not valid JSON: {e.msg} (at character {e.pos})") from None
-    if not isinstance(value, dict):
-        raise UsageError("--arch-kwargs must be a JSON object, e.g. '{\"num_classes\": 10}'")
-    return value
 
 
 def build_model(arch: str, kwargs: dict[str, Any] | None = None) -> nn.Module:

@@ -21,7 +21,8 @@ from geopath.io.checkpoint import META_PREFIX, Checkpoint, load_checkpoint, read
 from geopath.io.data import Dataset, load_dataset
 from geopath.errors import CheckpointError, UsageError
 from geopath.core.evaluate import evaluate
-from geopath.core.path import PathState
+from geopath.core.path import PathConfig, PathState
+from geopath.core.step import StepConfig
 from geopath.io.rundir import RunWriter, check_output, prepare_output
 
 
@@ -63,6 +64,28 @@ def full_float32_on_cuda() -> None:
     else:
         b.cudnn.allow_tf32 = False
         b.cuda.matmul.allow_tf32 = False
+
+
+def default_step_size(d0: float, steps: int, scale: float) -> float:
+    """The trust region ε when ``--step-size`` is not given: ``(scale · d0 / steps)²``, so ``steps``
+    full steps cover ``scale`` times the starting distance ``d0`` (each job states its ``scale``)."""
+    return max((scale * d0 / steps) ** 2, 1e-12)
+
+
+def step_config(cfg, step_size: float) -> StepConfig:
+    """One step's options from a job's (``--micro-batch`` turns the metric's cache off)."""
+    return StepConfig(beta=cfg.beta, step_size=step_size, cg_iters=cfg.cg_iters, cg_rtol=cfg.cg_rtol,
+                      damping=cfg.damping, metric=cfg.metric, solver=cfg.solver, anchor=cfg.anchor,
+                      bn_stats=cfg.bn_stats, cache=cfg.micro_batch is None)
+
+
+def path_config(cfg, step_size: float, max_steps: int, **job_specific) -> PathConfig:
+    """The path engine's options from a job's: the shared ones here, the job's own (landing, settling,
+    milestones, combining sources, a leg's β schedule) as keywords."""
+    shared = dict(step=step_config(cfg, step_size), max_steps=max_steps, save_every=cfg.save_every,
+                  batch_size=cfg.batch_size, micro_batch=cfg.micro_batch, tol=cfg.tol, beta_growth=cfg.beta_growth,
+                  grow_after=cfg.steps, grow_every=cfg.steps, seed=cfg.seed)
+    return PathConfig(**{**shared, **job_specific})
 
 
 def load(cfg, path: str) -> Checkpoint:

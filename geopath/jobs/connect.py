@@ -31,9 +31,8 @@ from geopath.core.params import ParamSpace, load_vector, model_vector
 from geopath.config import ConnectConfig, ConnectMethod
 from geopath.core.evaluate import has_batchnorm, recompute_batchnorm
 from geopath.core.step import Anchor
-from geopath.core.path import MetricSource, PathConfig, walk
+from geopath.core.path import MetricSource, walk
 from geopath.io.rundir import RunWriter
-from geopath.jobs.sparsify import step_config
 from geopath.core.targets import NetworkTarget
 from geopath.io.trace import columns
 
@@ -81,7 +80,7 @@ def run_connect(
     w_a, w_b = model_vector(model_a, space), model_vector(model_b, space)
     d0 = float(torch.linalg.vector_norm(w_b - w_a))
     max_steps = cfg.max_steps or 4 * cfg.steps
-    step_size = cfg.step_size or max((STEP_SCALE * d0 / cfg.steps) ** 2, 1e-12)
+    step_size = cfg.step_size or job.default_step_size(d0, cfg.steps, STEP_SCALE)
     cfg = dataclasses.replace(cfg, data=data_name, step_size=step_size, max_steps=max_steps, arch=a.arch,
                               arch_kwargs=a.arch_kwargs)
     writer = job.open_writer(out, overwrite, resume, a.arch, a.arch_kwargs, a.sha256, "connect", data_name, COLUMNS)
@@ -98,10 +97,7 @@ def run_connect(
             on_start(cfg, max_steps)
         blend = BlendedAnchor(model_a, model_b)
         src = MetricSource(metric, anchor=blend if cfg.anchor is Anchor.ENDPOINTS else model_a)
-        pcfg = PathConfig(step=step_config(cfg, step_size), max_steps=max_steps, save_every=cfg.save_every,
-                          batch_size=cfg.batch_size, micro_batch=cfg.micro_batch, tol=cfg.tol, land=True,
-                          milestones=cfg.points - 1, beta_growth=cfg.beta_growth, grow_after=cfg.steps,
-                          grow_every=cfg.steps, seed=cfg.seed)
+        pcfg = job.path_config(cfg, step_size, max_steps, land=True, milestones=cfg.points - 1)
         result = walk(model, NetworkTarget(w_b), [src], pcfg, evaluate_row, writer, anchor=model_a, state=state,
                       device=device, on_row=on_row, bn_data=bn_data,
                       before_step=lambda w, t: setattr(blend, "t", t))

@@ -35,10 +35,9 @@ from geopath.config import Head, Manifold, MergeConfig, MergeMethod
 from geopath.io.data import Dataset
 from geopath.errors import UsageError
 from geopath.core.evaluate import has_batchnorm
-from geopath.core.path import MetricSource, PathConfig, walk
+from geopath.core.path import MetricSource, walk
 from geopath.io.rundir import RunWriter
 from geopath.jobs.selection import pareto_front, select
-from geopath.jobs.sparsify import step_config
 from geopath.core.targets import NetworkTarget
 from geopath.io.trace import columns
 
@@ -187,7 +186,7 @@ def run_merge(
     w_a, w_b = model_vector(tasks.model_a, space), model_vector(tasks.model_b, space)
     d0 = float(torch.linalg.vector_norm(w_b - w_a))
     max_steps = cfg.max_steps or cfg.steps
-    step_size = cfg.step_size or max((STEP_SCALE * d0 / cfg.steps) ** 2, 1e-12)
+    step_size = cfg.step_size or job.default_step_size(d0, cfg.steps, STEP_SCALE)
     cfg = dataclasses.replace(cfg, data_a=tasks.data_a, data_b=tasks.data_b, step_size=step_size, max_steps=max_steps,
                               arch=tasks.arch, arch_kwargs=tasks.source_arch_kwargs)
     writer = job.open_writer(out, overwrite, resume, tasks.arch, tasks.arch_kwargs, tasks.sha_a, "merge", tasks.data_a,
@@ -202,10 +201,7 @@ def run_merge(
     if cfg.method is MergeMethod.GEODESIC:
         if on_start:
             on_start(cfg, max_steps)
-        pcfg = PathConfig(step=step_config(cfg, step_size), max_steps=max_steps, save_every=cfg.save_every,
-                          batch_size=cfg.batch_size, micro_batch=cfg.micro_batch, tol=cfg.tol, land=False,
-                          combine=cfg.combine, beta_growth=cfg.beta_growth, grow_after=cfg.steps, grow_every=cfg.steps,
-                          seed=cfg.seed)
+        pcfg = job.path_config(cfg, step_size, max_steps, land=False, combine=cfg.combine)
         walk(model, NetworkTarget(w_b), sources(cfg, tasks), pcfg, evaluate_row, writer, anchor=tasks.model_a,
              state=state, device=device, on_row=on_row, bn_data=bn_data, epoch_size=epoch_size)
     else:

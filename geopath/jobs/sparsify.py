@@ -20,15 +20,15 @@ from geopath.core.params import ParamSpace, model_vector
 from geopath.io.checkpoint import sparsity_of
 from geopath.config import MaskMode, SparsifyConfig, SparsifyMethod
 from geopath.core.evaluate import evaluate, has_batchnorm
-from geopath.core.step import StepConfig
 from geopath.errors import UsageError
-from geopath.core.path import PathConfig, walk
+from geopath.core.path import walk
 from geopath.core.targets import MagnitudeTarget, StructuredTarget, Target, parse_structured, prunable_parameters
 from geopath.io.trace import columns
 
 COLUMNS = columns("train_accuracy", "test_accuracy", "test_loss", "sparsity")
 HEADLINE = ["test_accuracy", "sparsity", "epochs", "wall_time"]
 DEFAULT_FINETUNE_EPOCHS = 5.0
+STEP_SCALE = 4.0  # default ε = (STEP_SCALE · d0 / steps)²
 
 
 def sparse_parameters(cfg: SparsifyConfig, model) -> list[str]:
@@ -42,12 +42,6 @@ def build_target(cfg: SparsifyConfig, model, space: ParamSpace, w0: torch.Tensor
         return StructuredTarget(model, space, w0, counts)
     return MagnitudeTarget(space, w0, cfg.sparsity, sparse_parameters(cfg, model), cfg.scope,
                            dynamic=cfg.mask is MaskMode.DYNAMIC)
-
-
-def step_config(cfg, step_size: float) -> StepConfig:
-    return StepConfig(beta=cfg.beta, step_size=step_size, cg_iters=cfg.cg_iters, cg_rtol=cfg.cg_rtol,
-                      damping=cfg.damping, metric=cfg.metric, solver=cfg.solver, anchor=cfg.anchor,
-                      bn_stats=cfg.bn_stats, cache=cfg.micro_batch is None)
 
 
 def run_sparsify(
@@ -69,7 +63,7 @@ def run_sparsify(
     target = build_target(cfg, model, space, w0)
     d0 = target.distance(w0)
     max_steps = cfg.max_steps or 3 * cfg.steps
-    step_size = cfg.step_size or max((4.0 * d0 / cfg.steps) ** 2, 1e-12)
+    step_size = cfg.step_size or job.default_step_size(d0, cfg.steps, STEP_SCALE)
     finetune_epochs = DEFAULT_FINETUNE_EPOCHS if cfg.finetune_epochs is None else cfg.finetune_epochs
     cfg = dataclasses.replace(cfg, data=data_name, step_size=step_size, max_steps=max_steps,
                               finetune_epochs=finetune_epochs, arch=ck.arch, arch_kwargs=ck.arch_kwargs)
@@ -88,10 +82,7 @@ def run_sparsify(
     if cfg.method is SparsifyMethod.GEODESIC:
         if on_start:
             on_start(cfg, max_steps + cfg.settle_steps)
-        pcfg = PathConfig(step=step_config(cfg, step_size), max_steps=max_steps, save_every=cfg.save_every,
-                          batch_size=cfg.batch_size, micro_batch=cfg.micro_batch, tol=cfg.tol,
-                          settle_steps=cfg.settle_steps, beta_growth=cfg.beta_growth, grow_after=cfg.steps, grow_every=cfg.steps,
-                          seed=cfg.seed)
+        pcfg = job.path_config(cfg, step_size, max_steps, settle_steps=cfg.settle_steps)
         result = walk(model, target, metric_data, pcfg, evaluate_row, writer, anchor=anchor, state=state,
                       device=device, on_row=on_row, bn_data=bn_data)
         final = result.final

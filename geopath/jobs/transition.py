@@ -41,13 +41,13 @@ from geopath.io.checkpoint import read_tensors, sparsity_of
 from geopath.config import TransitionConfig, load_yaml_file
 from geopath.errors import UsageError
 from geopath.core.evaluate import evaluate, has_batchnorm
-from geopath.core.path import PathConfig, walk
-from geopath.jobs.sparsify import step_config
+from geopath.core.path import walk
 from geopath.core.targets import HyperplaneTarget, MagnitudeTarget, group_mask, prunable_parameters, unit_groups, unit_norms
 from geopath.io.trace import columns
 
 COLUMNS = columns("leg", "leg_name", "train_accuracy", "test_accuracy", "test_loss", "sparsity", "units_off")
 HEADLINE = ["test_accuracy", "sparsity", "units_off", "epochs", "wall_time"]
+STEP_SCALE = 4.0  # default ε of a leg = (STEP_SCALE · d0 / steps)², d0 the leg's starting distance
 LEG_KEYS = {"name", "remove", "restore", "sparsity", "steps", "max_steps", "settle_steps", "step_size", "beta"}
 
 
@@ -262,13 +262,11 @@ def run_transition(
         step_size = leg.overrides.get("step_size", cfg.step_size)
         steps = int(leg.overrides.get("steps", cfg.steps))
         if step_size is None:
-            step_size = max((4.0 * target.distance(w_leg) / steps) ** 2, 1e-12)
-        step = step_config(dataclasses.replace(cfg, beta=float(leg.overrides.get("beta", cfg.beta))), float(step_size))
+            step_size = job.default_step_size(target.distance(w_leg), steps, STEP_SCALE)
         leg_start = done[-1]["step"] if done else 0
-        pcfg = PathConfig(step=step, max_steps=leg_start + max_steps, save_every=cfg.save_every,
-                          batch_size=cfg.batch_size, micro_batch=cfg.micro_batch, tol=cfg.tol, settle_steps=settle,
-                          beta_growth=cfg.beta_growth,
-                          grow_after=leg_start + steps, grow_every=steps, seed=cfg.seed)
+        pcfg = job.path_config(dataclasses.replace(cfg, beta=float(leg.overrides.get("beta", cfg.beta))),
+                               float(step_size), leg_start + max_steps, settle_steps=settle,
+                               grow_after=leg_start + steps, grow_every=steps)
         result = walk(model, target, metric, pcfg, evaluate_row, writer, anchor=anchor, state=state, device=device,
                       on_row=on_row, bn_data=bn_data, record_start=(i == 0 and state is None),
                       origin=w_leg,
