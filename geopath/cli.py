@@ -206,7 +206,6 @@ def _flags(cls, given: dict) -> dict:
     return flags
 
 
-
 RESUME_MAY_CHANGE = {"out", "device", "data_root"}  # where the run is, and what it runs on
 
 
@@ -444,7 +443,8 @@ def eval_cmd(
         from geopath.jobs.common import resolve_device
 
         dev = resolve_device(device)
-        ck = load_checkpoint(checkpoint, arch, json_object(arch_kwargs, "--arch-kwargs", ARCH_KWARGS_EXAMPLE) if arch_kwargs else None, trust_pickle)
+        kwargs = json_object(arch_kwargs, "--arch-kwargs", ARCH_KWARGS_EXAMPLE) if arch_kwargs else None
+        ck = load_checkpoint(checkpoint, arch, kwargs, trust_pickle)
         name = data or ck.data
         if not name:
             raise GeopathError("the checkpoint does not record its data set; pass --data")

@@ -22,20 +22,26 @@ def run_files(run: Path) -> list[str]:
     return [str(p.relative_to(run)) for p in files]
 
 
-def verify_run(run: str | os.PathLike) -> dict[str, Any]:
-    """Compare a run's files with its ``manifest.json``: missing, changed and unlisted files."""
-    run = Path(run)
-    path = run / MANIFEST
+def read_run_json(run: Path, name: str, absent: str) -> Any:
+    """The parsed JSON file ``name`` of the run directory ``run``, or a one-line usage error
+    (``absent`` says why the file would be missing: the run did not complete, ...)."""
+    path = run / name
     if not run.is_dir():
         raise UsageError(f"{run}: not a run directory")
     if not path.is_file():
-        raise UsageError(f"{run}: no manifest.json (the run did not complete)")
+        raise UsageError(f"{run}: no {name} ({absent})")
     try:
-        manifest = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UsageError(f"{path}: not valid JSON ({e})") from None
+
+
+def verify_run(run: str | os.PathLike) -> dict[str, Any]:
+    """Compare a run's files with its ``manifest.json``: missing, changed and unlisted files."""
+    run = Path(run)
+    manifest = read_run_json(run, MANIFEST, "the run did not complete")
     if not isinstance(manifest, dict):
-        raise UsageError(f"{path}: not a geopath manifest")
+        raise UsageError(f"{run / MANIFEST}: not a geopath manifest")
     missing = sorted(k for k in manifest if not (run / k).is_file())
     changed = sorted(k for k, digest in manifest.items() if (run / k).is_file() and sha256_file(run / k) != digest)
     unlisted = sorted(set(run_files(run)) - set(manifest))

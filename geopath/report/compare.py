@@ -6,11 +6,11 @@ figures; the table has the columns every run shares first, then the rest.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from geopath.errors import UsageError
+from geopath.io.manifest import read_run_json
 
 FIRST = ("run", "job", "method")
 COST = ("sample_passes", "epochs", "wall_time")
@@ -24,17 +24,9 @@ class Table:
 
 def read_summary(run: str | Path) -> dict:
     run = Path(run)
-    path = run / "summary.json"
-    if not run.is_dir():
-        raise UsageError(f"{run}: not a run directory")
-    if not path.is_file():
-        raise UsageError(f"{run}: no summary.json (the run did not finish)")
-    try:
-        summary = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UsageError(f"{path}: not valid JSON ({e})") from None
+    summary = read_run_json(run, "summary.json", "the run did not finish")
     if not isinstance(summary, dict) or "job" not in summary:
-        raise UsageError(f"{path}: not a geopath summary")
+        raise UsageError(f"{run / 'summary.json'}: not a geopath summary")
     return summary
 
 
