@@ -1,1 +1,1 @@
-"""core"""
+"""The mathematics: metric operators, solvers, targets and the path engine (torch only, no file I/O)."""

@@ -1,1 +1,1 @@
-"""io"""
+"""Files: checkpoints, data sets, architectures, run directories, traces, manifests, atomic writes."""
