@@ -5,13 +5,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from geopath.errors import UsageError
 from geopath.io.atomic import sha256_file
+from geopath.io.reader import read_run_json
 
 MANIFEST = "manifest.json"
 
@@ -20,20 +20,6 @@ def run_files(run: Path) -> list[str]:
     """The files a manifest lists: every file under ``run`` but the manifest and hidden (temporary) ones."""
     files = sorted(p for p in run.rglob("*") if p.is_file() and p.name != MANIFEST and not p.name.startswith("."))
     return [str(p.relative_to(run)) for p in files]
-
-
-def read_run_json(run: Path, name: str, absent: str) -> Any:
-    """The parsed JSON file ``name`` of the run directory ``run``, or a one-line usage error
-    (``absent`` says why the file would be missing: the run did not complete, ...)."""
-    path = run / name
-    if not run.is_dir():
-        raise UsageError(f"{run}: not a run directory")
-    if not path.is_file():
-        raise UsageError(f"{run}: no {name} ({absent})")
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UsageError(f"{path}: not valid JSON ({e})") from None
 
 
 def verify_run(run: str | os.PathLike) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from geopath.io.atomic import STORAGE_ERRNOS, storage_error, write_text_atomic
+from geopath.io.reader import read_jsonl
 
 # the columns of every job's trace.csv; a job adds its own in the middle (trace.jsonl has all keys)
 HEAD = ("step", "t", "distance", "length", "drift")
@@ -71,15 +72,7 @@ class Trace:
     def rows(self) -> list[dict]:
         if self._memory is not None:
             return list(self._memory)
-        if not self.jsonl_path.exists():
-            return []
-        out = []
-        for line in self.jsonl_path.read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a torn last line from a crash: everything before it is whole
-        return out
+        return read_jsonl(self.jsonl_path)  # a torn last line from a crash ends the rows
 
     def keep(self, rows: list[dict]) -> None:
         """Rewrite both files with exactly ``rows`` (used when resuming)."""

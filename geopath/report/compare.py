@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from geopath.errors import UsageError
-from geopath.io.manifest import read_run_json
+from geopath.io.reader import read_summary
 
 FIRST = ("run", "job", "method")
 COST = ("sample_passes", "epochs", "wall_time")
@@ -20,14 +20,6 @@ COST = ("sample_passes", "epochs", "wall_time")
 class Table:
     columns: list[str]
     rows: list[dict]
-
-
-def read_summary(run: str | Path) -> dict:
-    run = Path(run)
-    summary = read_run_json(run, "summary.json", "the run did not finish")
-    if not isinstance(summary, dict) or "job" not in summary:
-        raise UsageError(f"{run / 'summary.json'}: not a geopath summary")
-    return summary
 
 
 def load_runs(runs: list[str | Path]) -> Table:

@@ -1,6 +1,6 @@
 """``geopath plot``: accuracy, distance to the target and metric length along runs.
 
-Reads each run directory's ``trace.jsonl`` and ``summary.json`` and overlays the
+Reads each run directory's ``trace.jsonl`` and ``summary.json`` (:mod:`geopath.io.reader`) and overlays the
 runs (geodesic and peers alike) in one PNG. Merge runs draw both tasks (task A
 solid, task B dashed); ``kind="tasks"`` draws task-A against task-B accuracy, the
 plane their Pareto fronts live in. Needs matplotlib (``pip install geopath[plot]``).
@@ -8,31 +8,14 @@ plane their Pareto fronts live in. Needs matplotlib (``pip install geopath[plot]
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Sequence
 
-from geopath.report.compare import read_summary
+from geopath.io.reader import read_summary, read_trace
 from geopath.errors import UsageError
 
 X_CHOICES = ("t", "step", "epochs", "sample_passes", "length", "wall_time")
-
-
-def _rows(run: Path) -> list[dict]:
-    path = run / "trace.jsonl"
-    if not path.is_file():
-        raise UsageError(f"{run}: no trace.jsonl")
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-    # a connect run's landing segment is evaluated after its final row: draw it before
-    jump = [r for r in rows if r.get("segment") == "jump"]
-    path = [r for r in rows if r.get("segment") != "jump"]
-    return path[:-1] + jump + path[-1:] if jump else path
 
 
 def _finite(v) -> bool:
@@ -78,7 +61,7 @@ def plot_runs(runs: Sequence[str | Path], out: str | Path, x: str = "t", kind: s
     for i, run in enumerate(runs):
         summary = read_summary(run)
         label = labels[i] if labels and i < len(labels) else f"{run.name} ({summary.get('method', 'geodesic')})"
-        data.append((label, summary, _rows(run)))
+        data.append((label, summary, read_trace(run)))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]

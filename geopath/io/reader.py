@@ -1,0 +1,64 @@
+"""Reading a run directory: the one reader behind ``compare``, ``plot``, ``verify`` and ``--resume``.
+
+Torch-free, so the commands that only read finished runs start fast. Every problem is a one-line
+usage error naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from geopath.errors import UsageError
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """The rows of a JSON-lines file (``trace.jsonl``); a torn last line (a crash mid-write) ends them."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # everything before it is whole
+    return out
+
+
+def read_run_json(run: Path, name: str, absent: str) -> Any:
+    """The parsed JSON file ``name`` of the run directory ``run``, or a one-line usage error
+    (``absent`` says why the file would be missing: the run did not complete, ...)."""
+    run = Path(run)
+    path = run / name
+    if not run.is_dir():
+        raise UsageError(f"{run}: not a run directory")
+    if not path.is_file():
+        raise UsageError(f"{run}: no {name} ({absent})")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"{path}: not valid JSON ({e})") from None
+
+
+def read_summary(run: str | Path) -> dict:
+    """A finished run's ``summary.json``."""
+    run = Path(run)
+    summary = read_run_json(run, "summary.json", "the run did not finish")
+    if not isinstance(summary, dict) or "job" not in summary:
+        raise UsageError(f"{run / 'summary.json'}: not a geopath summary")
+    return summary
+
+
+def read_trace(run: str | Path) -> list[dict]:
+    """A run's trace rows in path order: a connect run's landing segment (rows tagged ``jump``,
+    evaluated after its final row) is put before the final row, where it lies on the path."""
+    run = Path(run)
+    if not (run / "trace.jsonl").is_file():
+        raise UsageError(f"{run}: no trace.jsonl")
+    rows = read_jsonl(run / "trace.jsonl")
+    jump = [r for r in rows if r.get("segment") == "jump"]
+    path = [r for r in rows if r.get("segment") != "jump"]
+    return path[:-1] + jump + path[-1:] if jump else path
