@@ -23,8 +23,9 @@ from typing import Optional
 import typer
 
 from geopath import __version__
-from geopath.config import ConnectConfig, MergeConfig, SparsifyConfig, TransitionConfig
+from geopath.config import JOBS
 from geopath.errors import EXIT_THRESHOLD, GeopathError, UsageError
+from geopath.report.text import fmt
 
 EXIT_INTERRUPTED = 130
 
@@ -72,14 +73,6 @@ def _guard(fn, debug: bool):
         raise typer.Exit(1)
 
 
-def _fmt(v) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return "-" if math.isnan(v) else f"{v:.4f}"
-    return str(v)
-
-
 def _cell(key: str, v) -> str:
     """A table cell: passes as whole numbers, seconds to 0.1, other floats to 4 places."""
     if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v)):
@@ -89,7 +82,7 @@ def _cell(key: str, v) -> str:
             return f"{v:.1f}"
         if key == "epochs":
             return f"{v:.2f}"
-    return _fmt(v)
+    return fmt(v)
 
 
 def _version(value: bool):
@@ -146,13 +139,15 @@ def _panel(cls, name: str) -> str:
 
     if name in CommonOptions.__dict__.get("__annotations__", {}):
         return "Run"
+    if name in getattr(cls, "PEER_OPTIONS", ()):
+        return "Peer methods"
     return "Geodesic step" if name in WalkOptions.__dict__.get("__annotations__", {}) else "Job options"
 
 
 def _job_parameters(cls) -> list[inspect.Parameter]:
     hints = typing.get_type_hints(cls)
     params = []
-    order = {"Job options": 0, "Geodesic step": 1, "Run": 2}
+    order = {"Job options": 0, "Geodesic step": 1, "Peer methods": 2, "Run": 3}
     for f in sorted(dataclasses.fields(cls), key=lambda f: order[_panel(cls, f.name)]):
         meta = f.metadata
         if not meta.get("cli", True):
@@ -209,7 +204,10 @@ def _flags(cls, given: dict) -> dict:
 RESUME_MAY_CHANGE = {"out", "device", "data_root"}  # where the run is, and what it runs on
 
 
-def _make_job_command(name: str, cls, runner: str, printer, help_text: str):
+def _make_job_command(cls):
+    """``geopath JOB``: its flags from ``cls``'s fields; it runs ``cls.RUNNER``'s ``JOB`` (a
+    :class:`geopath.jobs.common.Job`) and prints that job's ``text(summary)``."""
+
     def command(**kw):
         as_json, debug, progress = kw.pop("as_json"), kw.pop("debug"), kw.pop("progress")
         config, overwrite, resume = kw.pop("config"), kw.pop("overwrite"), kw.pop("resume")
@@ -233,17 +231,18 @@ def _make_job_command(name: str, cls, runner: str, printer, help_text: str):
                 cfg = resolve(cls, read_yaml(Path(out) / "config.yaml"), flags)
             else:
                 cfg = resolve(cls, read_yaml(config), flags)
-            module, _, fn = runner.partition(":")
-            run = getattr(importlib.import_module(module), fn)
+            job = importlib.import_module(cls.RUNNER).JOB
             with _ranks(cfg.device):
-                return _run_with_progress(lambda **k: run(cfg, overwrite=overwrite, resume=resume, **k), as_json,
-                                          progress)
+                summary = _run_with_progress(lambda **k: job.run(cfg, overwrite=overwrite, resume=resume, **k),
+                                             as_json, progress)
+            return job, summary
 
-        summary = _guard(go, debug)
+        job, summary = _guard(go, debug)
         if as_json:
             _emit({"event": "result", **summary}, True)
         else:
-            printer(summary)
+            for line in job.text(summary):
+                typer.echo(line)
         if not summary.get("passed", True):
             _err(f"{summary['gated_on']} {summary['gated_value']:.4f} is below --min-accuracy {summary['min_accuracy']}")
             raise typer.Exit(EXIT_THRESHOLD)
@@ -251,56 +250,13 @@ def _make_job_command(name: str, cls, runner: str, printer, help_text: str):
     params = _job_parameters(cls)
     command.__signature__ = inspect.Signature(params)
     command.__annotations__ = {p.name: p.annotation for p in params}
-    command.__doc__ = help_text
-    command.__name__ = name
-    app.command(name)(command)
+    command.__doc__ = cls.HELP
+    command.__name__ = cls.COMMAND
+    app.command(cls.COMMAND)(command)
 
 
-def _print_sparsify(s: dict) -> None:
-    typer.echo(f"final network:   {Path(s['out']) / s['final']}")
-    typer.echo(f"test accuracy:   {_fmt(s['test_accuracy'])} (start {_fmt(s['dense_test_accuracy'])})")
-    typer.echo(f"sparsity:        {_fmt(s['sparsity'])}")
-    typer.echo(f"path length:     {_fmt(s['length'])}   steps: {s['step']}   epochs of data: {s['epochs']:.2f}")
-
-
-def _print_merge(s: dict) -> None:
-    b, st = s["best"], s["start"]
-    typer.echo(f"best network:    {Path(s['out']) / s['best_file']} (step {b['step']}, {s['select']} on "
-               f"{s['selected_on']})")
-    typer.echo(f"test accuracy:   A {_fmt(b['test_accuracy_a'])} (start {_fmt(st['test_accuracy_a'])})   "
-               f"B {_fmt(b['test_accuracy_b'])} (start {_fmt(st['test_accuracy_b'])})")
-    typer.echo(f"pareto front:    {s['pareto_size']} networks ({Path(s['out']) / 'pareto.json'})")
-    typer.echo(f"path length:     {_fmt(s['length'])}   steps: {s['step']}   epochs of data: {s['epochs']:.2f}")
-
-
-def _print_connect(s: dict) -> None:
-    typer.echo(f"path:            {Path(s['out']) / 'points'}/ ({s['evaluated_points']} networks evaluated)")
-    typer.echo(f"endpoints:       A {_fmt(s['test_accuracy_a'])}   B {_fmt(s['test_accuracy_b'])} test accuracy")
-    typer.echo(f"along the path:  min accuracy {_fmt(s['min_test_accuracy'])}   accuracy barrier "
-               f"{_fmt(s['accuracy_barrier'])}   loss barrier {_fmt(s['loss_barrier'])}")
-    typer.echo(f"path length:     {_fmt(s['length'])}   steps: {s['step']}   epochs of data: {s['epochs']:.2f}")
-    if not s["reached"]:
-        typer.echo("note:            the approach stopped short of B; the landing segment was evaluated too "
-                   "(rows marked jump)")
-
-
-def _print_transition(s: dict) -> None:
-    typer.echo(f"start:           test accuracy {_fmt(s['start_test_accuracy'])}")
-    for leg in s["legs"]:
-        typer.echo(f"leg {leg['leg']} {leg['name']:<10} test accuracy {_fmt(leg['test_accuracy'])}   units off "
-                   f"{leg['units_off']}   sparsity {_fmt(leg['sparsity'])}   step {leg['step']}   "
-                   f"-> {Path(s['out']) / leg['file']}")
-    typer.echo(f"final network:   {Path(s['out']) / s['final']}   epochs of data: {s['epochs']:.2f}")
-
-
-_make_job_command("sparsify", SparsifyConfig, "geopath.jobs.sparsify:run_sparsify", _print_sparsify,
-                  "Walk a trained network to a sparse network along a geodesic.")
-_make_job_command("merge", MergeConfig, "geopath.jobs.merge:run_merge", _print_merge,
-                  "Walk from network A toward network B (another task) and keep the networks that serve both.")
-_make_job_command("connect", ConnectConfig, "geopath.jobs.connect:run_connect", _print_connect,
-                  "Find a low-loss path between two trained networks of the same architecture.")
-_make_job_command("transition", TransitionConfig, "geopath.jobs.transition:run_transition", _print_transition,
-                  "Walk through a chain of hyperplanes (units off and on again), each leg a geodesic.")
+for _cls in JOBS:
+    _make_job_command(_cls)
 
 
 def _progress_info(row: dict) -> str:
@@ -458,7 +414,7 @@ def eval_cmd(
         _emit(res, True)
     else:
         for k, v in res.items():
-            typer.echo(f"{k + ':':<11}{_fmt(v)}")
+            typer.echo(f"{k + ':':<11}{fmt(v)}")
 
 
 @app.command("inspect")

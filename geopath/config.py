@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from geopath.errors import UsageError
+from geopath.peers import registry
 from geopath.core.choices import Anchor, BNStats, Combine, MaskScope, MetricKind, TRMethod
 
 
@@ -50,28 +51,9 @@ class MaskMode(str, Enum):
     """Re-chosen from the current magnitudes before every step."""
 
 
-class SparsifyMethod(str, Enum):
-    """How ``sparsify`` reaches the sparse network."""
-
-    GEODESIC = "geodesic"
-    """geopath: a geodesic to the sparse hyperplane."""
-    PRUNE_FINETUNE = "prune-finetune"
-    """Peer: one-shot magnitude pruning, then masked SGD fine-tuning."""
-    ITERATIVE_PRUNE = "iterative-prune"
-    """Peer: prune a little, fine-tune, repeat (iterative prune-and-retrain)."""
-
-
-class MergeMethod(str, Enum):
-    """How ``merge`` moves from network A toward network B."""
-
-    GEODESIC = "geodesic"
-    """geopath: a geodesic from A toward B on the chosen functional manifold(s)."""
-    AVERAGE = "average"
-    """Peer: weight averaging ``(1 − α) w_A + α w_B`` over a sweep of α."""
-    FISHER = "fisher"
-    """Peer: Fisher-weighted averaging (diagonal Fisher of each task) over a sweep of α."""
-    EWC = "ewc"
-    """Peer: train A on task B with an elastic weight consolidation penalty."""
+SparsifyMethod = registry.method_enum("sparsify", "SparsifyMethod", "geopath: a geodesic to the sparse hyperplane.")
+MergeMethod = registry.method_enum("merge", "MergeMethod",
+                                   "geopath: a geodesic from A toward B on the chosen functional manifold(s).")
 
 
 class Manifold(str, Enum):
@@ -105,20 +87,44 @@ class SelectRule(str, Enum):
     """The Pareto-optimal network nearest the ideal point (best A, best B)."""
 
 
-class ConnectMethod(str, Enum):
-    """How ``connect`` builds a path from network A to network B."""
-
-    GEODESIC = "geodesic"
-    """geopath: a geodesic that keeps the endpoints' function, landing exactly on B."""
-    LINEAR = "linear"
-    """Peer: the straight line ``(1 − t) w_A + t w_B``."""
-    BEZIER = "bezier"
-    """Peer: a quadratic Bezier curve whose middle point is trained (Garipov et al. 2018)."""
+ConnectMethod = registry.method_enum("connect", "ConnectMethod", "geopath: a geodesic that keeps the endpoints' "
+                                     "function, landing exactly on B.")
 
 
 # --------------------------------------------------------------------------- options
 
 ARCH_KWARGS_EXAMPLE = '{"num_classes": 10}'
+
+
+def with_peers(job: str):
+    """Give a job's options class its peers' options (:mod:`geopath.peers.registry`), after its own fields.
+
+    A peer option's help names the peers that take it; its bounds are checked by ``validate``, and
+    so is the chosen peer's own check of the options together."""
+
+    def add(cls):
+        extra = []
+        for o in registry.options_of(job):
+            users = ", ".join(registry.users_of(job, o.name))
+            extra.append((o.name, o.type, opt(o.default, f"{users}: {o.help[0].lower()}{o.help[1:]}",
+                                                 default_help=o.default_help)))
+
+        def validate(self):
+            cls.validate(self)
+            for o in registry.options_of(job):
+                o.check(getattr(self, o.name))
+            method = getattr(self.method, "value", self.method)
+            if method != registry.GEODESIC:
+                peer = registry.get(job, method)
+                if peer.check is not None:
+                    peer.check(self)
+            return self
+
+        return dataclasses.make_dataclass(cls.__name__, extra, bases=(cls,), frozen=True, namespace={
+            "validate": validate, "JOB": job, "PEER_OPTIONS": tuple(o.name for o in registry.options_of(job)),
+            "__doc__": cls.__doc__, "__module__": cls.__module__, "__qualname__": cls.__qualname__})
+
+    return add
 
 
 @dataclass(frozen=True)
@@ -188,7 +194,6 @@ class WalkOptions(CommonOptions):
     bn_stats: BNStats = opt(BNStats.BATCH, "BatchNorm in metric products: the batch's own statistics (the function "
                                            "with fresh running statistics) or the stored running statistics.")
     bn_samples: int = opt(2000, "Samples used to re-estimate BatchNorm statistics at every evaluated network.")
-    lr: float = opt(0.05, "Learning rate of the training-based peers (SGD, momentum 0.9, cosine decay).")
 
     ENDPOINTS_ANCHOR = False  # --anchor endpoints needs two endpoint networks (connect)
 
@@ -210,13 +215,15 @@ class WalkOptions(CommonOptions):
             raise UsageError(f"--damping must be ≥ 0, got {self.damping}")
         if not 0 < self.tol < 1:
             raise UsageError(f"--tol must be in (0, 1), got {self.tol}")
-        if not self.lr > 0:
-            raise UsageError(f"--lr must be > 0, got {self.lr}")
         return self
 
 
+@with_peers("sparsify")
 @dataclass(frozen=True)
 class SparsifyConfig(WalkOptions):
+    COMMAND, RUNNER = "sparsify", "geopath.jobs.sparsify"  # ``geopath sparsify`` runs geopath.jobs.sparsify.JOB
+    HELP = "Walk a trained network to a sparse network along a geodesic."
+
     checkpoint: str = opt("", "Trained network (.safetensors, .pt, .pth).", arg=True)
     method: SparsifyMethod = opt(SparsifyMethod.GEODESIC, "geodesic (geopath) or a peer to compare against.")
     data: str | None = opt(None, "Inputs for the metric: mnist, fashion-mnist, cifar10, PATH.npz or an image folder.",
@@ -229,9 +236,6 @@ class SparsifyConfig(WalkOptions):
     layers: list | None = opt(None, "Prune only these parameters (repeatable, e.g. layers.0.weight).", flag="--layer")
     structured: str | None = opt(None, "Remove whole units instead: LAYER:COUNT[,LAYER:COUNT] (e.g. features.0:50).")
     settle_steps: int = opt(150, "Steps on the target after landing.")
-    finetune_epochs: float | None = opt(None, "Peers: epochs of fine-tuning.",
-                                        default_help="5; the bench gives geopath's passes")
-    rounds: int = opt(5, "iterative-prune: pruning rounds (sparsity grows geometrically).")
 
     def validate(self):
         super().validate()
@@ -241,14 +245,15 @@ class SparsifyConfig(WalkOptions):
             raise UsageError(f"--sparsity must be in [0, 1), got {self.sparsity}")
         for name in ("settle_steps", "train_eval_size"):
             _non_negative(self, name)
-        _positive(self, "rounds")
-        if self.finetune_epochs is not None and self.finetune_epochs < 0:
-            raise UsageError(f"--finetune-epochs must be ≥ 0, got {self.finetune_epochs}")
         return self
 
 
+@with_peers("merge")
 @dataclass(frozen=True)
 class MergeConfig(WalkOptions):
+    COMMAND, RUNNER = "merge", "geopath.jobs.merge"  # ``geopath merge`` runs geopath.jobs.merge.JOB
+    HELP = "Walk from network A toward network B (another task) and keep the networks that serve both."
+
     checkpoint: str = opt("", "Network A (first task; the path starts here).", arg=True)
     checkpoint_b: str = opt("", "Network B (second task; the path walks toward it).", arg=True)
     method: MergeMethod = opt(MergeMethod.GEODESIC, "geodesic (geopath) or a peer to compare against.")
@@ -262,27 +267,23 @@ class MergeConfig(WalkOptions):
     weight_b: float = opt(2.0, "Weight of task B's metric relative to A's (--manifold both).")
     select: SelectRule = opt(SelectRule.MAX_MIN, "Which network along the path is reported and saved as best.")
     steps: int = opt(600, "Steps of the walk (it does not land on B).")
-    points: int = opt(21, "average/fisher: α values swept from 0 to 1.")
-    epochs: float = opt(5.0, "ewc: epochs of training on task B.")
-    ewc_lambda: float = opt(100.0, "ewc: strength of the penalty ½λ Σ F_A (w − w_A)².")
-    fisher_samples: int = opt(2000, "fisher/ewc: samples used to estimate each diagonal Fisher.")
 
     def validate(self):
         super().validate()
         if not self.checkpoint or not self.checkpoint_b:
             raise UsageError("two checkpoints are required: geopath merge A B")
         _non_negative(self, "val_size")
-        for name in ("points", "fisher_samples"):
-            _positive(self, name)
-        if self.points < 2:
-            raise UsageError("--points must be ≥ 2")
-        if not self.weight_b > 0 or not self.epochs > 0 or self.ewc_lambda < 0:
-            raise UsageError("--weight-b and --epochs must be > 0 and --ewc-lambda ≥ 0")
+        if not self.weight_b > 0:
+            raise UsageError(f"--weight-b must be > 0, got {self.weight_b}")
         return self
 
 
+@with_peers("connect")
 @dataclass(frozen=True)
 class ConnectConfig(WalkOptions):
+    COMMAND, RUNNER = "connect", "geopath.jobs.connect"  # ``geopath connect`` runs geopath.jobs.connect.JOB
+    HELP = "Find a low-loss path between two trained networks of the same architecture."
+
     checkpoint: str = opt("", "Network A (the path starts here).", arg=True)
     checkpoint_b: str = opt("", "Network B, same architecture (the path ends exactly here).", arg=True)
     method: ConnectMethod = opt(ConnectMethod.GEODESIC, "geodesic (geopath) or a peer to compare against.")
@@ -299,7 +300,6 @@ class ConnectConfig(WalkOptions):
                                   "so a path that stalls still reaches B (1: constant β).")
     points: int = opt(11, "Networks saved evenly spaced along the path (in points/), endpoints included.")
     align: bool = opt(False, "First permute B's units to match A (weight matching); B's function is unchanged.")
-    epochs: float = opt(5.0, "bezier: epochs of training the curve's middle point.")
 
     ENDPOINTS_ANCHOR = True
 
@@ -310,13 +310,14 @@ class ConnectConfig(WalkOptions):
         _non_negative(self, "train_eval_size")
         if self.points < 2:
             raise UsageError("--points must be ≥ 2")
-        if not self.epochs > 0:
-            raise UsageError("--epochs must be > 0")
         return self
 
 
 @dataclass(frozen=True)
 class TransitionConfig(WalkOptions):
+    COMMAND, RUNNER = "transition", "geopath.jobs.transition"  # ``geopath transition`` runs geopath.jobs.transition.JOB
+    HELP = "Walk through a chain of hyperplanes (units off and on again), each leg a geodesic."
+
     checkpoint: str = opt("", "Trained network the chain starts from.", arg=True)
     plan: Any = opt(None, "YAML file of legs (see docs/transitions.md); a run's config.yaml holds the legs inline.")
     data: str | None = opt(None, "Inputs for the metric.", default_help="the checkpoint's")
@@ -333,6 +334,9 @@ class TransitionConfig(WalkOptions):
         for name in ("settle_steps", "train_eval_size"):
             _non_negative(self, name)
         return self
+
+
+JOBS = (SparsifyConfig, MergeConfig, ConnectConfig, TransitionConfig)  # the commands, in --help order
 
 
 # --------------------------------------------------------------------------- checks
@@ -442,7 +446,10 @@ def read_yaml(path: str | Path | None) -> dict[str, Any]:
 
 
 def _legacy(cls, values: dict[str, Any]) -> dict[str, Any]:
-    """Keys renamed since 0.1.0: ``method: steihaug|multiplier`` is now ``solver``."""
+    """Keys changed since 0.1.0: ``method: steihaug|multiplier`` is now ``solver``; ``lr`` is a peers' option
+    and a job without peers (transition), whose runs recorded it unused, drops it."""
+    if "lr" in values and "lr" not in {f.name for f in fields(cls)}:
+        values = {k: v for k, v in values.items() if k != "lr"}
     method = values.get("method")
     if isinstance(method, str) and method in {m.value for m in TRMethod} and "solver" not in values:
         warnings.warn("config key 'method' for the trust-region solver is now 'solver'", stacklevel=3)

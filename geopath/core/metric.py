@@ -72,24 +72,24 @@ def _output_hessian_product(kind: MetricKind, logits: torch.Tensor, u: torch.Ten
     return p * u - p * (p * u).sum(dim=-1, keepdim=True)
 
 
-def output_residual(kind: MetricKind, logits: torch.Tensor, anchor_logits: torch.Tensor) -> torch.Tensor:
-    """Gradient w.r.t. the logits of the functional distance to the anchor outputs.
+def output_residual(kind: MetricKind, logits: torch.Tensor, reference_logits: torch.Tensor) -> torch.Tensor:
+    """Gradient w.r.t. the logits of the functional distance to the reference outputs.
 
     LOGITS: ``z − z0`` (of ``½‖z − z0‖²``); FISHER: ``softmax(z) − softmax(z0)``
     (of ``KL(p0 ‖ p)``). Its output Hessian is exactly the ``H`` of the metric, so
     ``θᵀgθ + 2θᵀJᵀr`` is the Gauss-Newton model of twice that distance.
     """
     if MetricKind(kind) is MetricKind.LOGITS:
-        return logits - anchor_logits
-    return torch.softmax(logits, dim=-1) - torch.softmax(anchor_logits, dim=-1)
+        return logits - reference_logits
+    return torch.softmax(logits, dim=-1) - torch.softmax(reference_logits, dim=-1)
 
 
-def output_distance(kind: MetricKind, logits: torch.Tensor, anchor_logits: torch.Tensor) -> torch.Tensor:
+def output_distance(kind: MetricKind, logits: torch.Tensor, reference_logits: torch.Tensor) -> torch.Tensor:
     """Mean per-sample functional distance (twice the loss whose gradient is above)."""
     if MetricKind(kind) is MetricKind.LOGITS:
-        return ((logits - anchor_logits) ** 2).sum(-1).mean()
+        return ((logits - reference_logits) ** 2).sum(-1).mean()
     logp = torch.log_softmax(logits, -1)
-    logp0 = torch.log_softmax(anchor_logits, -1)
+    logp0 = torch.log_softmax(reference_logits, -1)
     return 2 * (logp0.exp() * (logp0 - logp)).sum(-1).mean()
 
 

@@ -114,14 +114,14 @@ class ScaledOperator(LinearOperator):
 
 
 class RestrictedOperator(LinearOperator):
-    """``P A P`` for the coordinate projection ``P = diag(keep)``: ``A`` on a subspace.
+    """``P A P`` for the coordinate projection ``P = diag(free)``: ``A`` on a subspace.
 
     Used to walk *within* a hyperplane target (the masked coordinates never move).
     """
 
-    def __init__(self, a: LinearOperator, keep: torch.Tensor):
+    def __init__(self, a: LinearOperator, free: torch.Tensor):
         super().__init__(a.n, a.dtype, a.device)
-        self.a, self.keep = a, keep.to(device=a.device, dtype=a.dtype)
+        self.a, self.free = a, free.to(device=a.device, dtype=a.dtype)
 
     def _matvec(self, v):
-        return self.keep * self.a.matvec(self.keep * v)
+        return self.free * self.a.matvec(self.free * v)

@@ -2,8 +2,8 @@
 
 Job-agnostic: a job supplies the model, a :class:`~geopath.core.targets.Target`, one or
 more :class:`MetricSource` (the inputs whose function the path keeps, each with
-the network whose outputs anchor it), an ``evaluate(model) -> dict`` callback and a
-:class:`~geopath.io.rundir.RunWriter`. Metric batches are drawn from a generator
+the reference network whose outputs anchor it) and a :class:`~geopath.core.record.Recorder`
+(how a network is evaluated and written: the engine opens no file itself). Metric batches are drawn from a generator
 seeded by ``(seed, step, source)``, so a resumed run repeats exactly the steps an
 uninterrupted one would have taken.
 
@@ -19,7 +19,7 @@ import dataclasses
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import torch
 from torch import nn
@@ -28,22 +28,19 @@ from geopath.core import distributed
 from geopath.core.params import ParamSpace, load_vector, model_vector
 from geopath.core.dataset import Dataset
 from geopath.errors import NumericalError
-from geopath.core.evaluate import recompute_batchnorm
+from geopath.core.record import Recorder
 from geopath.core.step import PASS_FORWARD, Anchor, MetricBatch, StepConfig, geodesic_step, step_fault
 from geopath.core.metric import bn_statistics
 from geopath.core.targets import Target
 from geopath.core.choices import Combine
 
-if TYPE_CHECKING:  # the engine writes through the writer it is handed; it imports no file code
-    from geopath.io.rundir import RunWriter
-
 
 @dataclass
 class MetricSource:
-    """Inputs whose function the path keeps, and the network whose outputs anchor them."""
+    """Inputs whose function the path keeps, and the reference network whose outputs anchor them."""
 
     data: Dataset
-    anchor: nn.Module | None = None  # None: the starting network
+    reference: nn.Module | None = None  # None: the walk's reference (the starting network)
     name: str = "a"
     weight: float = 1.0
 
@@ -139,7 +136,7 @@ class _StopFlag:
 
 
 def _step_batches(sources: list[MetricSource], step: int, cfg: PathConfig, device) -> tuple[list[MetricBatch], float]:
-    """The metric batches of one step and the forward passes spent on anchor outputs."""
+    """The metric batches of one step and the forward passes spent on reference outputs."""
     chosen = list(enumerate(sources))
     if cfg.combine is Combine.ALTERNATE:
         chosen = [chosen[(step - 1) % len(chosen)]]
@@ -148,8 +145,8 @@ def _step_batches(sources: list[MetricSource], step: int, cfg: PathConfig, devic
         x, y = metric_batch(src.data, step, cfg, device, source=i)
         z0 = None
         if cfg.step.anchor in (Anchor.START, Anchor.ENDPOINTS):
-            with torch.no_grad(), bn_statistics(src.anchor, cfg.step.bn_stats):  # the same function as the metric's
-                z0 = [src.anchor(xb) for xb in x]
+            with torch.no_grad(), bn_statistics(src.reference, cfg.step.bn_stats):  # the metric's function
+                z0 = [src.reference(xb) for xb in x]
             passes += PASS_FORWARD * min(cfg.batch_size, len(src.data))  # the whole batch, over all ranks
         out.append(MetricBatch(x, z0, y, src.weight))
     return out, passes
@@ -158,7 +155,7 @@ def _step_batches(sources: list[MetricSource], step: int, cfg: PathConfig, devic
 SHRINKS = 4  # a faulty step is solved again with radius /2, /4, /8, /16 before giving up
 
 
-def _safe_step(model, space, w, batches, target, cfg: StepConfig, keep, step: int, state: PathState):
+def _safe_step(model, space, w, batches, target, cfg: StepConfig, free, step: int, state: PathState):
     """One step, solved again with a smaller trust radius after a numerical fault.
 
     Faults: the solver breaks down (non-finite curvature), the step is not finite, or it
@@ -168,7 +165,7 @@ def _safe_step(model, space, w, batches, target, cfg: StepConfig, keep, step: in
     passes, comm = 0.0, distributed.current()
     for attempt in range(SHRINKS + 1):
         try:
-            info = geodesic_step(model, space, w, batches, target, cfg, keep=keep)
+            info = geodesic_step(model, space, w, batches, target, cfg, free=free)
             passes += info.sample_passes
             reason = step_fault(model, space, w, info, cfg.metric, cfg.bn_stats)
         except FloatingPointError as e:
@@ -191,48 +188,47 @@ def walk(
     target: Target,
     sources: Dataset | list[MetricSource],
     cfg: PathConfig,
-    evaluate: Callable[[nn.Module], dict],
-    writer: RunWriter,
-    anchor: nn.Module | None = None,
+    recorder: Recorder,
+    *,
+    reference: nn.Module | None = None,
     state: PathState | None = None,
     device: str | torch.device = "cpu",
-    on_row: Callable[[dict], None] | None = None,
-    bn_data: Dataset | None = None,
-    hold: torch.Tensor | None = None,
-    final_path: str = "final.safetensors",
-    extra: dict | None = None,
+    free: torch.Tensor | None = None,
     before_step: Callable[[torch.Tensor, float], None] | None = None,
     record_start: bool | None = None,
-    epoch_size: int | None = None,
     origin: torch.Tensor | None = None,
+    final_path: str = "final.safetensors",
 ) -> WalkResult:
     """Walk ``model`` to ``target``; returns the endpoint model, its trace row and the state.
 
-    ``anchor`` is the starting network (its outputs anchor the functional change on
-    sources that name no anchor of their own); ``state`` continues a resumed run or
-    the previous leg of a chain. ``bn_data``: re-estimate BatchNorm statistics at every
-    recorded network (so what the trace scores is the function the metric kept). ``hold`` (bool)
-    marks coordinates that do not move before landing. ``extra`` is merged into every
-    trace row (e.g. the leg of a chain). ``before_step(w, t)`` is called before each
-    step with the current weights and progress ``t = 1 − distance/d0`` (anchors that
-    depend on progress update themselves there). A step-0 row is written when
-    ``record_start`` (default: when no ``state`` is given). The trace's ``epochs`` are
-    sample passes over ``epoch_size`` (default: the sources' inputs together). Progress
-    is measured from ``origin`` (default: the anchor's weights); a leg of a chain passes
-    the point where the leg began. ``model`` and the anchors are moved to ``device`` in place.
+    Every ``cfg.save_every``-th network goes through ``recorder`` (:class:`~geopath.core.record.Recorder`:
+    evaluated, saved, a trace row; its ``epoch_size``, when not set, is the sources' inputs together).
+    ``reference`` is the network whose outputs anchor the functional change on sources that name no
+    reference of their own (default: a copy of the starting ``model``); ``state`` continues a resumed
+    run or the previous leg of a chain. ``free`` (bool) marks the coordinates that may move before
+    landing (default: all; on the target, the target's own :meth:`~Target.free`). ``before_step(w, t)``
+    is called before each step with the current weights and progress ``t = 1 − distance/d0``
+    (references that depend on progress update themselves there). A step-0 row is written when
+    ``record_start`` (default: when no ``state`` is given). Progress is measured from ``origin``
+    (default: the reference's weights); a leg of a chain passes the point where the leg began. The
+    endpoint is saved as ``final_path`` (relative to the run). ``model`` and the references are moved
+    to ``device`` in place.
     """
     space = ParamSpace.of(model)
     model.to(device)
-    anchor = anchor.to(device) if anchor is not None else copy.deepcopy(model)
-    anchor.eval()
+    reference = reference.to(device) if reference is not None else copy.deepcopy(model)
+    reference.eval()
     if isinstance(sources, Dataset):
         sources = [MetricSource(sources)]
-    sources = [dataclasses.replace(s, anchor=s.anchor if s.anchor is not None else anchor) for s in sources]
+    sources = [dataclasses.replace(s, reference=s.reference if s.reference is not None else reference)
+               for s in sources]
     for s in sources:
-        s.anchor.to(device).eval()
-    epoch_size = max(epoch_size or sum(len(s.data) for s in sources), 1)
+        s.reference.to(device).eval()
+    if recorder.epoch_size is None:
+        recorder = recorder.replace(epoch_size=max(sum(len(s.data) for s in sources), 1))
+    writer = recorder.writer
     w = model_vector(model, space).to(device)
-    d0 = target.distance((origin if origin is not None else model_vector(anchor, space)).to(device))
+    d0 = target.distance((origin if origin is not None else model_vector(reference, space)).to(device))
     record_start = state is None if record_start is None else record_start
     state = dataclasses.replace(state) if state is not None else PathState()
     tic = time.perf_counter() - state.wall_time
@@ -244,32 +240,12 @@ def walk(
     def progress(vec: torch.Tensor) -> float:
         return 1.0 if d0 == 0 else max(0.0, 1.0 - target.distance(vec) / d0)
 
-    def record(step: int, net: nn.Module, path, drift: float = 0.0, **tags) -> dict:
-        if bn_data is not None:
-            recompute_batchnorm(net, bn_data, device=device)
+    def record(step: int, net: nn.Module, path, drift: float = 0.0) -> dict:
         vec = model_vector(net, space)
-        row = {
-            "step": step,
-            **(extra or {}),
-            "t": progress(vec),
-            "distance": target.distance(vec),
-            "length": state.length,
-            "drift": drift,
-            "sample_passes": state.sample_passes,
-            "epochs": state.sample_passes / epoch_size,
-            **evaluate(net),
-            "wall_time": _clock(),
-            "landed_at": state.landed_at,
-            "milestone": state.milestone,
-            "landing_gap": state.landing_gap,
-            "retries": state.retries,
-            **tags,
-            "checkpoint": writer.save_network(path, net, step),
-        }
-        writer.trace.append(row)
-        if on_row:
-            on_row(row)
-        return row
+        return recorder(step, net, path, t=progress(vec), distance=target.distance(vec), length=state.length,
+                        drift=drift, sample_passes=state.sample_passes, clock=_clock, state={
+                            "landed_at": state.landed_at, "milestone": state.milestone,
+                            "landing_gap": state.landing_gap, "retries": state.retries})
 
     if record_start:
         record(state.step, model, writer.step_path(state.step))
@@ -297,21 +273,18 @@ def walk(
             step += 1
             if before_step is not None:
                 before_step(w, progress(w))
-            batches, anchor_passes = _step_batches(sources, step, cfg, device)
-            if landed_at is not None:
-                keep = target.free()
-            else:
-                keep = None if hold is None else ~hold
+            batches, reference_passes = _step_batches(sources, step, cfg, device)
+            step_free = target.free() if landed_at is not None else free
             step_cfg = cfg.step
             if landed_at is None and cfg.beta_growth != 1.0:
                 over = max(0.0, (step - cfg.grow_after) / cfg.grow_every)
                 step_cfg = dataclasses.replace(step_cfg, beta=step_cfg.beta * cfg.beta_growth ** over)
-            info, passes = _safe_step(model, space, w, batches, target, step_cfg, keep, step, state)
+            info, passes = _safe_step(model, space, w, batches, target, step_cfg, step_free, step, state)
             w = w + info.theta
             last_drift = info.drift
             state.step, state.landed_at = step, landed_at
             state.length += info.metric_length
-            state.sample_passes += passes + anchor_passes
+            state.sample_passes += passes + reference_passes
             due = step % cfg.save_every == 0
             if cfg.milestones > 1 and landed_at is None:
                 k = int(progress(w) * cfg.milestones + 1e-9)

@@ -62,7 +62,7 @@ class Probe:
     """A few of the step's inputs with reference outputs, to check the step's real effect."""
 
     inputs: torch.Tensor
-    reference: torch.Tensor  # anchor outputs (anchored steps) or the outputs at the step's start
+    reference: torch.Tensor  # reference outputs (anchored steps) or the outputs at the step's start
     before: float  # functional distance of the outputs at the step's start to ``reference``
 
 
@@ -70,7 +70,7 @@ class Probe:
 class StepInfo:
     theta: torch.Tensor
     metric_length: float  # sqrt(θᵀ g θ): the functional length of this step
-    drift: float  # functional distance to the anchor outputs at the start of the step
+    drift: float  # functional distance to the reference outputs at the start of the step
     products: int
     on_boundary: bool
     sample_passes: float
@@ -112,22 +112,22 @@ def step_fault(model: nn.Module, space: ParamSpace, w: torch.Tensor, info: StepI
 class MetricBatch:
     """One source of metric inputs for a step (one task's data, say).
 
-    ``inputs`` are micro-batches; ``anchor_logits`` (same split) are the outputs the
+    ``inputs`` are micro-batches; ``reference_logits`` (same split) are the outputs the
     step keeps with ``anchor="start"``; ``labels`` are used with ``anchor="labels"``.
     A step over several batches uses ``g = Σ_s ω_s g_s`` with weights ``ω_s`` normalised
     to sum to one, so one batch or many give metrics of the same scale.
     """
 
     inputs: list[torch.Tensor]
-    anchor_logits: list[torch.Tensor] | None = None
+    reference_logits: list[torch.Tensor] | None = None
     labels: list[torch.Tensor] | None = None
     weight: float = 1.0
 
 
 def _residuals(cfg: StepConfig, G: MetricOperator, batch: MetricBatch):
     """Output residuals ``r`` and the mean distance they are the gradient of, or ``(None, 0)``."""
-    if cfg.anchor in (Anchor.START, Anchor.ENDPOINTS) and batch.anchor_logits is not None:
-        pairs = list(zip(G.logits, batch.anchor_logits))
+    if cfg.anchor in (Anchor.START, Anchor.ENDPOINTS) and batch.reference_logits is not None:
+        pairs = list(zip(G.logits, batch.reference_logits))
         res = [output_residual(cfg.metric, z, z0) for z, z0 in pairs]
         dist = sum(float(output_distance(cfg.metric, z, z0)) * len(z) for z, z0 in pairs)
         return res, G.comm.sum_float(dist) / G.num_samples
@@ -146,12 +146,12 @@ def geodesic_step(
     batches: Sequence[MetricBatch],
     target: Target,
     cfg: StepConfig,
-    keep: torch.Tensor | None = None,
+    free: torch.Tensor | None = None,
 ) -> StepInfo:
     """Compute one step ``θ`` from ``w`` (``w`` itself is not changed).
 
     ``batches`` are the step's :class:`MetricBatch` sources (one or more).
-    ``keep`` (bool, optional) restricts the step to those coordinates: the problem
+    ``free`` (bool, optional) restricts the step to those coordinates: the problem
     is solved with ``P A P`` and ``P b``, so the other coordinates stay exactly put.
     """
     total_weight = sum(bt.weight for bt in batches)
@@ -172,10 +172,10 @@ def geodesic_step(
         if probe is None:
             probe = _probe(cfg, Gs, bt)
     A = 2.0 * G if cfg.damping <= 0 else 2.0 * (G + cfg.damping * Identity(G.n, G.dtype, G.device))
-    if keep is not None:
-        keep = keep.to(b.device)
-        A = RestrictedOperator(A, keep)
-        b = b * keep
+    if free is not None:
+        free = free.to(b.device)
+        A = RestrictedOperator(A, free)
+        b = b * free
     res = trust_region_step(A, b, math.sqrt(cfg.step_size), cfg.solver, cfg.cg_iters, cfg.cg_rtol)
     theta_g_theta = res.curvature / 2.0
     if cfg.damping > 0:
@@ -198,6 +198,6 @@ def _probe(cfg: StepConfig, G: MetricOperator, batch: MetricBatch) -> Probe:
     # with batch statistics an output depends on its whole micro-batch: probe all of it
     k = None if cfg.bn_stats is BNStats.BATCH and has_batchnorm(G.model) else PROBE_SAMPLES
     x, z = batch.inputs[0][:k], G.logits[0][:k]
-    anchored = cfg.anchor in (Anchor.START, Anchor.ENDPOINTS) and batch.anchor_logits is not None
-    ref = batch.anchor_logits[0][:k] if anchored else z
+    anchored = cfg.anchor in (Anchor.START, Anchor.ENDPOINTS) and batch.reference_logits is not None
+    ref = batch.reference_logits[0][:k] if anchored else z
     return Probe(x, ref.detach(), float(output_distance(cfg.metric, z, ref)) if anchored else 0.0)

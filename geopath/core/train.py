@@ -57,7 +57,7 @@ def train(
     model.to(device)
     comm = distributed.current()
     space = ParamSpace.of(model)
-    keep = None if mask is None else (~mask.bool()).to(device)
+    free = None if mask is None else (~mask.bool()).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     total_steps = max(1, int(round(epochs * len(ds) / batch_size)))
@@ -66,8 +66,8 @@ def train(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total_steps)
     gen = torch.Generator().manual_seed(seed)
     step, passes, last_loss = 0, 0, float("nan")
-    if keep is not None:
-        load_vector(model, space, model_vector(model, space) * keep)
+    if free is not None:
+        load_vector(model, space, model_vector(model, space) * free)
     while step < total_steps:
         model.train()
         for x, y in batches(ds, batch_size, generator=gen, shuffle=True):
@@ -89,8 +89,8 @@ def train(
                 _check_finite(total, step)
             opt.step()
             sched.step()
-            if keep is not None:
-                load_vector(model, space, model_vector(model, space) * keep)
+            if free is not None:
+                load_vector(model, space, model_vector(model, space) * free)
             step += 1
             passes += len(y)
             last_loss = loss

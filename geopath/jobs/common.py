@@ -1,17 +1,21 @@
-"""What every job shares: device, checkpoints, data checks, resuming, closing a run.
+"""What every job shares: the skeleton of a run (:class:`Job`), device, checkpoints, data checks,
+resuming, the ``--min-accuracy`` gate.
 
-A job module (``sparsify``, ``merge``, ``connect``, ``transition``) is glue: it reads
-its options, builds a target and metric sources, hands them to the path engine
-(:func:`geopath.core.path.walk`) or to a peer method, and summarises. The steps they all
-take live here so each job reads as its own recipe.
+A job (``sparsify``, ``merge``, ``connect``, ``transition``) is a :class:`Job` subclass that says
+only what is its own: how it loads its networks and data (:meth:`Job.prepare`), how the geodesic
+walks (:meth:`Job.walk`), what it hands a peer (:meth:`Job.peer_task`) and what its summary says
+(:meth:`Job.summarise`). :meth:`Job.run` does the rest in the same order for every job: check the
+output directory, load, open the run, write the config (or resume), walk or run the peer, summarise,
+gate, finish.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Callable, ClassVar, NamedTuple
 
 import torch
 from torch import nn
@@ -22,6 +26,9 @@ from geopath.io.data import Dataset, load_dataset
 from geopath.errors import CheckpointError, UsageError
 from geopath.core.evaluate import evaluate
 from geopath.core.path import PathConfig, PathState
+from geopath.core.record import PeerRecorder, Recorder
+from geopath.peers import registry
+from geopath.peers.task import PeerTask
 from geopath.core.step import StepConfig
 from geopath.io.rundir import RunWriter, check_output, prepare_output
 
@@ -223,49 +230,8 @@ def begin(writer: RunWriter, cfg, model: nn.Module, parent_sha: str | None, resu
 
 
 def frozen_copy(model: nn.Module, device) -> nn.Module:
-    """A copy of ``model`` in eval mode (an anchor: only ever called under ``no_grad``)."""
+    """A copy of ``model`` in eval mode (a reference network: only ever called under ``no_grad``)."""
     return copy.deepcopy(model).to(device).eval()
-
-
-class Recorder:
-    """Writes trace rows for the peer methods, in the same format as the path engine.
-
-    ``recorder(step, model, sample_passes, t=..., distance=...)`` saves the network as
-    ``steps/step_NNNNN.safetensors`` (``name=``: ``steps/NAME.safetensors``; ``final=True``:
-    ``final.safetensors``),
-    evaluates it and appends the row. Peers have no metric length: it is NaN.
-    """
-
-    def __init__(self, writer: RunWriter, evaluate_fn, epoch_size: int, on_row=None, bn_data: Dataset | None = None,
-                 device="cpu"):
-        import time
-
-        self.writer, self.evaluate, self.epoch_size = writer, evaluate_fn, max(int(epoch_size), 1)
-        self.on_row, self.bn_data, self.device = on_row, bn_data, device
-        self._tic = time.perf_counter()
-        self.rows: list[dict] = []
-
-    def __call__(self, step: int, model: nn.Module, sample_passes: float, t: float = math.nan,
-                 distance: float = math.nan, final: bool = False, name: str | None = None, **tags) -> dict:
-        import time
-
-        from geopath.core.evaluate import recompute_batchnorm
-
-        if self.bn_data is not None:
-            recompute_batchnorm(model, self.bn_data, device=self.device)
-        if final:
-            path = self.writer.out / "final.safetensors"
-        else:
-            path = self.writer.out / "steps" / f"{name}.safetensors" if name else self.writer.step_path(step)
-        row = {"step": step, "t": t, "distance": distance, "length": math.nan, "drift": math.nan,
-               "sample_passes": float(sample_passes), "epochs": sample_passes / self.epoch_size,
-               **self.evaluate(model), "wall_time": time.perf_counter() - self._tic, "landed_at": None, **tags,
-               "checkpoint": self.writer.save_network(path, model, step)}
-        self.writer.trace.append(row)
-        self.rows.append(row)
-        if self.on_row:
-            self.on_row(row)
-        return row
 
 
 def gate(summary: dict[str, Any], value: float, min_accuracy: float | None, what: str) -> dict[str, Any]:
@@ -275,3 +241,86 @@ def gate(summary: dict[str, Any], value: float, min_accuracy: float | None, what
     summary["gated_on"] = what
     summary["passed"] = min_accuracy is None or (not math.isnan(value) and value >= min_accuracy)
     return summary
+
+
+# --------------------------------------------------------------------------- the skeleton of a job
+
+
+@dataclass
+class Setup:
+    """A job's networks and data, loaded and checked: what :meth:`Job.run` needs to open the run."""
+
+    cfg: Any  # the resolved options (what config.yaml records)
+    model: nn.Module  # the network that moves, on the run's device, at the start of the path
+    arch: str  # of the path's networks (what every saved network records)
+    arch_kwargs: dict
+    parent_sha256: str | None  # of the start checkpoint (a resumed run must start from the same file)
+    data: str | None  # the data set saved networks record
+    evaluate: Callable[[nn.Module], dict]  # the job's columns of a trace row
+    epoch_size: int  # sample passes per epoch
+    bn_data: Dataset | None  # BatchNorm statistics are re-estimated on it at every recorded network
+    total_steps: int  # for the progress bar
+    own: Any = None  # the job's own (target, endpoints, tasks, legs): read by its walk, peer task and summary
+
+
+@dataclass
+class Outcome:
+    """How the path or the peer ended."""
+
+    final: dict  # the endpoint's trace row
+    target: Any = None  # sparsify: the target a peer chose its own masks for
+    reached: bool = True  # connect: the approach reached B before landing
+
+
+class Job:
+    """The skeleton every job runs; a subclass supplies what is its own.
+
+    ``run(cfg, overwrite, resume, on_row, on_start)`` is the whole job: it returns the summary also
+    written to ``summary.json``. ``on_row(row)`` sees every trace row; ``on_start(cfg, total_steps)``
+    is called once the run is open (``total_steps`` 0: a peer, no step count).
+    """
+
+    name: ClassVar[str]
+    columns: ClassVar[tuple[str, ...]]  # trace.csv's columns
+    headline: ClassVar[list[str]]  # the summary's figures compare shows
+    gate_on: ClassVar[str]  # the summary figure --min-accuracy checks
+
+    def prepare(self, cfg, device) -> Setup:
+        raise NotImplementedError
+
+    def walk(self, setup: Setup, recorder: Recorder, state: PathState | None, device) -> Outcome:
+        raise NotImplementedError
+
+    def peer_task(self, setup: Setup, record: PeerRecorder, device) -> PeerTask:
+        raise NotImplementedError(f"{self.name} has no peer methods")
+
+    def summarise(self, setup: Setup, writer: RunWriter, outcome: Outcome) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def begin(self, setup: Setup, writer: RunWriter, resume: bool, geodesic: bool) -> PathState | None:
+        """Write the config and an empty trace, or (``--resume``) load the last complete step."""
+        return begin(writer, setup.cfg, setup.model, setup.parent_sha256, resume, resumable=geodesic)
+
+    def run(self, cfg, overwrite: bool = False, resume: bool = False, on_row: Callable[[dict], None] | None = None,
+            on_start: Callable[[Any, int], None] | None = None) -> dict[str, Any]:
+        out, device = open_run(cfg, overwrite, resume)
+        setup = self.prepare(cfg, device)
+        writer = open_writer(out, overwrite, resume, setup.arch, setup.arch_kwargs, setup.parent_sha256, self.name,
+                             setup.data, self.columns)
+        recorder = Recorder(writer, setup.evaluate, setup.epoch_size, on_row, setup.bn_data, device)
+        method = getattr(getattr(setup.cfg, "method", None), "value", registry.GEODESIC)
+        geodesic = method == registry.GEODESIC
+        state = self.begin(setup, writer, resume, geodesic)
+        if on_start:
+            on_start(setup.cfg, setup.total_steps if geodesic else 0)
+        if geodesic:
+            outcome = self.walk(setup, recorder, state, device)
+        else:
+            record = PeerRecorder(recorder)
+            returned = registry.get(self.name, method).run(self.peer_task(setup, record, device))
+            outcome = Outcome(record.rows[-1], target=returned)
+        summary = {"job": self.name, "method": method, "out": str(out), "final": "final.safetensors",
+                   "headline": self.headline, **self.summarise(setup, writer, outcome)}
+        gate(summary, summary[self.gate_on], setup.cfg.min_accuracy, self.gate_on)
+        writer.finish(summary)
+        return summary

@@ -4,7 +4,7 @@ Glue only. The geodesic walks from A to B (:func:`geopath.core.path.walk` toward
 :class:`~geopath.core.targets.NetworkTarget`, landing exactly on B) while keeping the
 function of the *endpoints*: with ``--anchor endpoints`` (the default) each step's
 outputs are anchored to ``(1 − t)·f_A + t·f_B``, the two networks' logits blended by
-the path's progress ``t = 1 − ‖w − w_B‖/‖w_A − w_B‖`` (:class:`BlendedAnchor`), so
+the path's progress ``t = 1 − ‖w − w_B‖/‖w_A − w_B‖`` (:class:`BlendedReference`), so
 the function moves from A's to B's as the weights do. Peers from
 :mod:`geopath.peers`: the linear path and a trained quadratic Bezier curve.
 
@@ -19,17 +19,18 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from geopath import peers
-
 from geopath.jobs import common as job
+from geopath.report.text import fmt
+from geopath.peers.task import PeerTask
 from geopath.core.params import ParamSpace, load_vector, model_vector
-from geopath.config import ConnectConfig, ConnectMethod
-from geopath.core.evaluate import has_batchnorm, recompute_batchnorm
+from geopath.config import ConnectConfig
+from geopath.core.evaluate import has_batchnorm
 from geopath.core.step import Anchor
 from geopath.core.path import MetricSource, walk
 from geopath.io.rundir import RunWriter
@@ -42,7 +43,7 @@ STEP_SCALE = 2.0  # default ε = (STEP_SCALE · d0 / steps)²
 JUMP_POINTS = 5  # interior points evaluated on a landing segment
 
 
-class BlendedAnchor(nn.Module):
+class BlendedReference(nn.Module):
     """Outputs ``(1 − t)·a(x) + t·b(x)``; the path engine sets ``t`` before every step."""
 
     def __init__(self, a: nn.Module, b: nn.Module):
@@ -57,91 +58,87 @@ class BlendedAnchor(nn.Module):
         return (1.0 - self.t) * self.a(x) + self.t * self.b(x)
 
 
-def run_connect(
-    cfg: ConnectConfig,
-    overwrite: bool = False,
-    resume: bool = False,
-    on_row: Callable[[dict], None] | None = None,
-    on_start: Callable[[Any, int], None] | None = None,
-) -> dict[str, Any]:
-    """Run (or resume) a connect job; returns the summary also written to ``summary.json``."""
-    out, device = job.open_run(cfg, overwrite, resume)
-    a, b = job.load_pair(cfg)
-    data_name, metric, test, train_eval = job.single_task_data(cfg, a, device, "network A")
-    model_a, model_b = a.model.to(device).eval(), b.model.to(device).eval()
-    bn_data = metric.head(cfg.bn_samples) if has_batchnorm(model_a) else None
-    if cfg.align:
-        from geopath.core.alignment import check_permutation_invariance, weight_matching
+class Connect(job.Job):
+    name, columns, headline, gate_on = "connect", COLUMNS, HEADLINE, "min_test_accuracy"
 
-        check_permutation_invariance(model_a, test.x[:8].to(device), seed=cfg.seed)
-        aligned, _ = weight_matching(model_a, model_a.state_dict(), model_b.state_dict(), seed=cfg.seed)
-        model_b.load_state_dict(aligned)
-    space = ParamSpace.of(model_a)
-    w_a, w_b = model_vector(model_a, space), model_vector(model_b, space)
-    d0 = float(torch.linalg.vector_norm(w_b - w_a))
-    max_steps = cfg.max_steps or 4 * cfg.steps
-    step_size = cfg.step_size or job.default_step_size(d0, cfg.steps, STEP_SCALE)
-    cfg = dataclasses.replace(cfg, data=data_name, step_size=step_size, max_steps=max_steps, arch=a.arch,
-                              arch_kwargs=a.arch_kwargs)
-    writer = job.open_writer(out, overwrite, resume, a.arch, a.arch_kwargs, a.sha256, "connect", data_name, COLUMNS)
+    @staticmethod
+    def text(s: dict) -> list[str]:
+        lines = [f"path:            {Path(s['out']) / 'points'}/ ({s['evaluated_points']} networks evaluated)",
+                 f"endpoints:       A {fmt(s['test_accuracy_a'])}   B {fmt(s['test_accuracy_b'])} test accuracy",
+                 f"along the path:  min accuracy {fmt(s['min_test_accuracy'])}   accuracy barrier "
+                 f"{fmt(s['accuracy_barrier'])}   loss barrier {fmt(s['loss_barrier'])}",
+                 f"path length:     {fmt(s['length'])}   steps: {s['step']}   epochs of data: {s['epochs']:.2f}"]
+        if not s["reached"]:
+            lines.append("note:            the approach stopped short of B; the landing segment was evaluated too "
+                         "(rows marked jump)")
+        return lines
 
-    def evaluate_row(net) -> dict:
-        row = job.task_metrics(net, test, device, "test_")
-        row["train_loss"] = job.task_metrics(net, train_eval, device, "train_")["train_loss"]
-        return row
+    def prepare(self, cfg: ConnectConfig, device) -> job.Setup:
+        a, b = job.load_pair(cfg)
+        data_name, metric, test, train_eval = job.single_task_data(cfg, a, device, "network A")
+        model_a, model_b = a.model.to(device).eval(), b.model.to(device).eval()
+        bn_data = metric.head(cfg.bn_samples) if has_batchnorm(model_a) else None
+        if cfg.align:
+            from geopath.core.alignment import check_permutation_invariance, weight_matching
 
-    model = copy.deepcopy(model_a)
-    state = job.begin(writer, cfg, model, a.sha256, resume, resumable=cfg.method is ConnectMethod.GEODESIC)
-    if cfg.method is ConnectMethod.GEODESIC:
-        if on_start:
-            on_start(cfg, max_steps)
-        blend = BlendedAnchor(model_a, model_b)
-        src = MetricSource(metric, anchor=blend if cfg.anchor is Anchor.ENDPOINTS else model_a)
-        pcfg = job.path_config(cfg, step_size, max_steps, land=True, milestones=cfg.points - 1)
-        result = walk(model, NetworkTarget(w_b), [src], pcfg, evaluate_row, writer, anchor=model_a, state=state,
-                      device=device, on_row=on_row, bn_data=bn_data,
-                      before_step=lambda w, t: setattr(blend, "t", t))
+            check_permutation_invariance(model_a, test.x[:8].to(device), seed=cfg.seed)
+            aligned, _ = weight_matching(model_a, model_a.state_dict(), model_b.state_dict(), seed=cfg.seed)
+            model_b.load_state_dict(aligned)
+        space = ParamSpace.of(model_a)
+        w_a, w_b = model_vector(model_a, space), model_vector(model_b, space)
+        d0 = float(torch.linalg.vector_norm(w_b - w_a))
+        max_steps = cfg.max_steps or 4 * cfg.steps
+        step_size = cfg.step_size or job.default_step_size(d0, cfg.steps, STEP_SCALE)
+        cfg = dataclasses.replace(cfg, data=data_name, step_size=step_size, max_steps=max_steps, arch=a.arch,
+                                  arch_kwargs=a.arch_kwargs)
+
+        def evaluate_row(net) -> dict:
+            row = job.task_metrics(net, test, device, "test_")
+            row["train_loss"] = job.task_metrics(net, train_eval, device, "train_")["train_loss"]
+            return row
+
+        return job.Setup(cfg, copy.deepcopy(model_a), a.arch, a.arch_kwargs, a.sha256, data_name, evaluate_row,
+                         len(metric), bn_data, max_steps,
+                         own={"metric": metric, "model_a": model_a, "model_b": model_b, "w_a": w_a, "w_b": w_b,
+                              "d0": d0, "space": space})
+
+    def walk(self, setup: job.Setup, recorder, state, device) -> job.Outcome:
+        cfg, own = setup.cfg, setup.own
+        d0 = own["d0"]
+        blend = BlendedReference(own["model_a"], own["model_b"])
+        src = MetricSource(own["metric"], reference=blend if cfg.anchor is Anchor.ENDPOINTS else own["model_a"])
+        pcfg = job.path_config(cfg, cfg.step_size, cfg.max_steps, land=True, milestones=cfg.points - 1)
+        result = walk(setup.model, NetworkTarget(own["w_b"]), [src], pcfg, recorder, reference=own["model_a"],
+                      state=state, device=device, before_step=lambda w, t: setattr(blend, "t", t))
         if result.approach_end is not None and result.landing_gap > cfg.tol * d0:
-            _evaluate_jump(model, space, result.approach_end, w_b, d0, result.final, writer, evaluate_row,
-                           bn_data, device, on_row)
-        reached = (result.state.landing_gap or 0.0) <= cfg.tol * d0
-    else:
-        if on_start:
-            on_start(cfg, 0)
-        record = job.Recorder(writer, evaluate_row, len(metric), on_row, bn_data, device)
-        ts = [i / (cfg.points - 1) for i in range(cfg.points)]
-        if cfg.method is ConnectMethod.LINEAR:
-            peers.interpolate(model, w_a, w_b, ts, record)
-        else:
-            passes = int(round(cfg.epochs * len(metric)))
-            theta = peers.bezier(model, w_a, w_b, metric, passes, batch_size=cfg.batch_size, lr=cfg.lr,
-                                     seed=cfg.seed, device=device)
-            for i, t in enumerate(ts):
-                w = peers.bezier_point(w_a, theta, w_b, t)
-                load_vector(model, space, w)
-                record(i, model, passes, t=t, distance=float(torch.linalg.vector_norm(w_b - w)), alpha=t,
-                       final=i == len(ts) - 1)
-        reached = True
-    return _finish(cfg, writer, out, reached, d0)
+            _evaluate_jump(setup.model, own["space"], result.approach_end, own["w_b"], d0, result.final, recorder)
+        return job.Outcome(result.final, reached=(result.state.landing_gap or 0.0) <= cfg.tol * d0)
+
+    def peer_task(self, setup: job.Setup, record, device) -> PeerTask:
+        own = setup.own
+        return PeerTask(setup.model, own["metric"], record, setup.cfg, device, w_a=own["w_a"], w_b=own["w_b"])
+
+    def summarise(self, setup: job.Setup, writer: RunWriter, outcome: job.Outcome) -> dict[str, Any]:
+        return _summarise(setup.cfg, writer, outcome.reached, setup.own["d0"])
 
 
-def _evaluate_jump(model, space, start, end, d0, final_row, writer, evaluate_row, bn_data, device, on_row):
+JOB = Connect()
+run_connect = JOB.run
+
+
+def _evaluate_jump(model, space, start, end, d0, final_row, recorder) -> None:
     """Evaluate interior points of the straight landing segment ``start → end`` (rows tagged ``jump``)."""
     net = copy.deepcopy(model)
+    state = {k: final_row[k] for k in ("landed_at", "milestone", "landing_gap", "retries")}
     for k in range(1, JUMP_POINTS + 1):
         s = k / (JUMP_POINTS + 1)
         w = (1 - s) * start + s * end
         load_vector(net, space, w)
-        if bn_data is not None:
-            recompute_batchnorm(net, bn_data, device=device)
         dist = float(torch.linalg.vector_norm(end - w))
-        row = {**final_row, "t": 1.0 - dist / d0, "distance": dist, **evaluate_row(net), "segment": "jump",
-               "wall_time": final_row["wall_time"],
-               "checkpoint": writer.save_network(writer.out / "steps" / f"jump_{k:02d}.safetensors", net,
-                                                 final_row["step"])}
-        writer.trace.append(row)
-        if on_row:
-            on_row(row)
+        recorder(final_row["step"], net, recorder.writer.out / "steps" / f"jump_{k:02d}.safetensors", t=1.0 - dist / d0,
+                 distance=dist, length=final_row["length"], drift=final_row["drift"],
+                 sample_passes=final_row["sample_passes"], clock=lambda: final_row["wall_time"], state=state,
+                 segment="jump")
 
 
 def _points(rows: list[dict], n: int) -> list[dict]:
@@ -159,7 +156,7 @@ def _points(rows: list[dict], n: int) -> list[dict]:
     return out
 
 
-def _finish(cfg: ConnectConfig, writer: RunWriter, out, reached: bool, d0: float) -> dict[str, Any]:
+def _summarise(cfg: ConnectConfig, writer: RunWriter, reached: bool, d0: float) -> dict[str, Any]:
     rows = writer.trace.rows()
     start, end = rows[0], next(r for r in reversed(rows) if r.get("segment") != "jump")
     points = _points(rows, cfg.points)
@@ -172,12 +169,7 @@ def _finish(cfg: ConnectConfig, writer: RunWriter, out, reached: bool, d0: float
     accs = [r["test_accuracy"] for r in rows]
     end_loss = 0.5 * (start["test_loss"] + end["test_loss"])
     worse_end = min(start["test_accuracy"], end["test_accuracy"])
-    summary = {
-        "job": "connect",
-        "method": cfg.method.value,
-        "out": str(out),
-        "final": "final.safetensors",
-        "headline": HEADLINE,
+    return {
         "aligned": cfg.align,
         "reached": reached,
         "evaluated_points": len(rows),
@@ -192,6 +184,3 @@ def _finish(cfg: ConnectConfig, writer: RunWriter, out, reached: bool, d0: float
         "accuracy_barrier": worse_end - min(accs),
         **{k: end[k] for k in ("step", "length", "sample_passes", "epochs", "wall_time")},
     }
-    job.gate(summary, summary["min_test_accuracy"], cfg.min_accuracy, "min_test_accuracy")
-    writer.finish(summary)
-    return summary

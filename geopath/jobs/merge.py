@@ -21,17 +21,18 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from geopath import peers
-
 from geopath.jobs import common as job
+from geopath.report.text import fmt
+from geopath.peers.task import PeerTask
 from geopath.core.params import ParamSpace, model_vector
 from geopath.io.archs import build_model
-from geopath.config import Head, Manifold, MergeConfig, MergeMethod
+from geopath.config import Head, Manifold, MergeConfig
 from geopath.io.data import Dataset
 from geopath.errors import UsageError
 from geopath.core.evaluate import has_batchnorm
@@ -167,104 +168,86 @@ class BothTasks:
 
 
 def sources(cfg: MergeConfig, tasks: Tasks) -> list[MetricSource]:
-    a = MetricSource(tasks.metric_a, anchor=tasks.model_a, name="a", weight=1.0)
-    b = MetricSource(tasks.metric_b, anchor=tasks.model_b, name="b", weight=cfg.weight_b)
+    a = MetricSource(tasks.metric_a, reference=tasks.model_a, name="a", weight=1.0)
+    b = MetricSource(tasks.metric_b, reference=tasks.model_b, name="b", weight=cfg.weight_b)
     return {Manifold.A: [a], Manifold.B: [b], Manifold.BOTH: [a, b]}[cfg.manifold]
 
 
-def run_merge(
-    cfg: MergeConfig,
-    overwrite: bool = False,
-    resume: bool = False,
-    on_row: Callable[[dict], None] | None = None,
-    on_start: Callable[[Any, int], None] | None = None,
-) -> dict[str, Any]:
-    """Run (or resume) a merge job; returns the summary also written to ``summary.json``."""
-    out, device = job.open_run(cfg, overwrite, resume)
-    tasks = prepare(cfg, device)
-    space = ParamSpace.of(tasks.model_a)
-    w_a, w_b = model_vector(tasks.model_a, space), model_vector(tasks.model_b, space)
-    d0 = float(torch.linalg.vector_norm(w_b - w_a))
-    max_steps = cfg.max_steps or cfg.steps
-    step_size = cfg.step_size or job.default_step_size(d0, cfg.steps, STEP_SCALE)
-    cfg = dataclasses.replace(cfg, data_a=tasks.data_a, data_b=tasks.data_b, step_size=step_size, max_steps=max_steps,
-                              arch=tasks.arch, arch_kwargs=tasks.source_arch_kwargs)
-    writer = job.open_writer(out, overwrite, resume, tasks.arch, tasks.arch_kwargs, tasks.sha_a, "merge", tasks.data_a,
-                             COLUMNS)
-    evaluate_row = BothTasks(tasks, device)
-    model = copy.deepcopy(tasks.model_a)
-    # a network for both tasks: BatchNorm statistics from both tasks' inputs, at every evaluated network
-    bn_data = job.mix([tasks.metric_a, tasks.metric_b], cfg.bn_samples) if has_batchnorm(model) else None
-    epoch_size = len(tasks.metric_a) + len(tasks.metric_b)  # "epochs" count both tasks' training data
+class Merge(job.Job):
+    name, columns, headline, gate_on = "merge", COLUMNS, HEADLINE, "min_test_accuracy"
 
-    state = job.begin(writer, cfg, model, tasks.sha_a, resume, resumable=cfg.method is MergeMethod.GEODESIC)
-    if cfg.method is MergeMethod.GEODESIC:
-        if on_start:
-            on_start(cfg, max_steps)
-        pcfg = job.path_config(cfg, step_size, max_steps, land=False, combine=cfg.combine)
-        walk(model, NetworkTarget(w_b), sources(cfg, tasks), pcfg, evaluate_row, writer, anchor=tasks.model_a,
-             state=state, device=device, on_row=on_row, bn_data=bn_data, epoch_size=epoch_size)
-    else:
-        if on_start:
-            on_start(cfg, 0)
-        _run_peer(cfg, tasks, model, w_a, w_b, job.Recorder(writer, evaluate_row, epoch_size, on_row, bn_data, device),
-                  device)
-    return _finish(cfg, writer, out)
+    @staticmethod
+    def text(s: dict) -> list[str]:
+        b, st = s["best"], s["start"]
+        return [f"best network:    {Path(s['out']) / s['best_file']} (step {b['step']}, {s['select']} on "
+                f"{s['selected_on']})",
+                f"test accuracy:   A {fmt(b['test_accuracy_a'])} (start {fmt(st['test_accuracy_a'])})   "
+                f"B {fmt(b['test_accuracy_b'])} (start {fmt(st['test_accuracy_b'])})",
+                f"pareto front:    {s['pareto_size']} networks ({Path(s['out']) / 'pareto.json'})",
+                f"path length:     {fmt(s['length'])}   steps: {s['step']}   epochs of data: {s['epochs']:.2f}"]
+
+    def prepare(self, cfg: MergeConfig, device) -> job.Setup:
+        tasks = prepare(cfg, device)
+        space = ParamSpace.of(tasks.model_a)
+        w_a, w_b = model_vector(tasks.model_a, space), model_vector(tasks.model_b, space)
+        d0 = float(torch.linalg.vector_norm(w_b - w_a))
+        max_steps = cfg.max_steps or cfg.steps
+        step_size = cfg.step_size or job.default_step_size(d0, cfg.steps, STEP_SCALE)
+        cfg = dataclasses.replace(cfg, data_a=tasks.data_a, data_b=tasks.data_b, step_size=step_size,
+                                  max_steps=max_steps, arch=tasks.arch, arch_kwargs=tasks.source_arch_kwargs)
+        model = copy.deepcopy(tasks.model_a)
+        # a network for both tasks: BatchNorm statistics from both tasks' inputs, at every evaluated network
+        bn_data = job.mix([tasks.metric_a, tasks.metric_b], cfg.bn_samples) if has_batchnorm(model) else None
+        epoch_size = len(tasks.metric_a) + len(tasks.metric_b)  # "epochs" count both tasks' training data
+        return job.Setup(cfg, model, tasks.arch, tasks.arch_kwargs, tasks.sha_a, tasks.data_a,
+                         BothTasks(tasks, device), epoch_size, bn_data, max_steps,
+                         own={"tasks": tasks, "w_a": w_a, "w_b": w_b})
+
+    def walk(self, setup: job.Setup, recorder, state, device) -> job.Outcome:
+        cfg, tasks = setup.cfg, setup.own["tasks"]
+        pcfg = job.path_config(cfg, cfg.step_size, cfg.max_steps, land=False, combine=cfg.combine)
+        result = walk(setup.model, NetworkTarget(setup.own["w_b"]), sources(cfg, tasks), pcfg, recorder,
+                      reference=tasks.model_a, state=state, device=device)
+        return job.Outcome(result.final)
+
+    def peer_task(self, setup: job.Setup, record, device) -> PeerTask:
+        tasks, own = setup.own["tasks"], setup.own
+        return PeerTask(setup.model, tasks.metric_b, record, setup.cfg, device,
+                        records=max(2, setup.cfg.steps // setup.cfg.save_every), w_a=own["w_a"], w_b=own["w_b"],
+                        model_a=tasks.model_a, model_b=tasks.model_b, data_a=tasks.metric_a)
+
+    def summarise(self, setup: job.Setup, writer: RunWriter, outcome: job.Outcome) -> dict[str, Any]:
+        cfg = setup.cfg
+        rows = writer.trace.rows()
+        on_val = cfg.val_size > 0
+        ka, kb = ("val_accuracy_a", "val_accuracy_b") if on_val else ("test_accuracy_a", "test_accuracy_b")
+        best = select(rows, cfg.select, ka, kb)
+        front = pareto_front(rows, ka, kb)
+        keep = ("step", "t", "distance", "test_accuracy_a", "test_accuracy_b", "val_accuracy_a", "val_accuracy_b",
+                "alpha", "checkpoint")
+        writer.write_json("pareto.json", {"selected_on": "val" if on_val else "test", "front": [
+            {k: r.get(k) for k in keep} for r in front]})
+        writer.copy_network(best["checkpoint"], "best.safetensors")
+        final, start = rows[-1], rows[0]
+
+        def pick(r):
+            return {k: r.get(k) for k in ("step", "t", "distance", "test_accuracy_a", "test_accuracy_b",
+                                           "test_loss_a", "test_loss_b", "val_accuracy_a", "val_accuracy_b",
+                                           "alpha", "checkpoint")}
+
+        return {
+            "best_file": "best.safetensors",
+            "select": cfg.select.value,
+            "selected_on": "val" if on_val else "test",
+            "start": pick(start),
+            "best": pick(best),
+            "test_accuracy_a": best["test_accuracy_a"],
+            "test_accuracy_b": best["test_accuracy_b"],
+            "min_test_accuracy": min(best["test_accuracy_a"], best["test_accuracy_b"]),
+            "pareto_size": len(front),
+            **{k: final[k] for k in ("step", "length", "sample_passes", "epochs", "wall_time")},
+        }
 
 
-def _run_peer(cfg: MergeConfig, tasks: Tasks, model: nn.Module, w_a, w_b, record: job.Recorder, device) -> None:
-    alphas = [i / (cfg.points - 1) for i in range(cfg.points)]
-    if cfg.method is MergeMethod.AVERAGE:
-        peers.interpolate(model, w_a, w_b, alphas, record)
-        return
-    f_a = peers.fisher_diag(tasks.model_a, tasks.metric_a, cfg.fisher_samples, seed=cfg.seed, device=device)
-    fisher_passes = min(cfg.fisher_samples, len(tasks.metric_a))
-    if cfg.method is MergeMethod.FISHER:
-        f_b = peers.fisher_diag(tasks.model_b, tasks.metric_b, cfg.fisher_samples, seed=cfg.seed + 1,
-                                    device=device)
-        fisher_passes += min(cfg.fisher_samples, len(tasks.metric_b))
-        peers.fisher_merge(model, w_a, w_b, f_a, f_b, alphas, record, passes=fisher_passes)
-        return
-    passes = int(round(cfg.epochs * len(tasks.metric_b)))
-    peers.ewc(model, w_a, f_a, tasks.metric_b, passes, cfg.ewc_lambda, w_b=w_b, batch_size=cfg.batch_size,
-                  lr=cfg.lr, seed=cfg.seed, device=device, record=record,
-                  records=max(2, cfg.steps // cfg.save_every), passes_before=fisher_passes)
-
-
-def _finish(cfg: MergeConfig, writer: RunWriter, out) -> dict[str, Any]:
-    rows = writer.trace.rows()
-    on_val = cfg.val_size > 0
-    ka, kb = ("val_accuracy_a", "val_accuracy_b") if on_val else ("test_accuracy_a", "test_accuracy_b")
-    best = select(rows, cfg.select, ka, kb)
-    front = pareto_front(rows, ka, kb)
-    keep = ("step", "t", "distance", "test_accuracy_a", "test_accuracy_b", "val_accuracy_a", "val_accuracy_b",
-            "alpha", "checkpoint")
-    writer.write_json("pareto.json", {"selected_on": "val" if on_val else "test", "front": [
-        {k: r.get(k) for k in keep} for r in front]})
-    writer.copy_network(best["checkpoint"], "best.safetensors")
-    final, start = rows[-1], rows[0]
-
-    def pick(r):
-        return {k: r.get(k) for k in ("step", "t", "distance", "test_accuracy_a", "test_accuracy_b", "test_loss_a",
-                                       "test_loss_b", "val_accuracy_a", "val_accuracy_b", "alpha", "checkpoint")}
-
-    summary = {
-        "job": "merge",
-        "method": cfg.method.value,
-        "out": str(out),
-        "final": "final.safetensors",
-        "best_file": "best.safetensors",
-        "headline": HEADLINE,
-        "select": cfg.select.value,
-        "selected_on": "val" if on_val else "test",
-        "start": pick(start),
-        "best": pick(best),
-        "test_accuracy_a": best["test_accuracy_a"],
-        "test_accuracy_b": best["test_accuracy_b"],
-        "min_test_accuracy": min(best["test_accuracy_a"], best["test_accuracy_b"]),
-        "pareto_size": len(front),
-        **{k: final[k] for k in ("step", "length", "sample_passes", "epochs", "wall_time")},
-    }
-    job.gate(summary, summary["min_test_accuracy"], cfg.min_accuracy, "min_test_accuracy")
-    writer.finish(summary)
-    return summary
+JOB = Merge()
+run_merge = JOB.run

@@ -31,11 +31,12 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from geopath.jobs import common as job
+from geopath.report.text import fmt
 from geopath.core.params import ParamSpace, model_vector
 from geopath.io.checkpoint import read_tensors, sparsity_of
 from geopath.config import TransitionConfig, load_yaml_file
@@ -192,109 +193,118 @@ def leg_target(prev_mask: torch.Tensor, mask: torch.Tensor, w_start: torch.Tenso
     return HyperplaneTarget(mask | restored, values=values, free=~mask)
 
 
-def run_transition(
-    cfg: TransitionConfig,
-    overwrite: bool = False,
-    resume: bool = False,
-    on_row: Callable[[dict], None] | None = None,
-    on_start: Callable[[Any, int], None] | None = None,
-) -> dict[str, Any]:
-    """Run (or resume) a chain of legs; returns the summary also written to ``summary.json``."""
-    legs = parse_plan(cfg.plan)
-    out, device = job.open_run(cfg, overwrite, resume)
-    ck = job.load(cfg, cfg.checkpoint)
-    data_name, metric, test, train_eval = job.single_task_data(cfg, ck, device)
-    anchor = job.frozen_copy(ck.model, device)
-    model = ck.model.to(device)
-    space = ParamSpace.of(model)
-    w_start = model_vector(model, space)
-    # validate the whole plan against the model before walking (a typo fails now, not hours later)
-    dry = Switchboard()
-    for leg in legs:
-        dry.apply(leg, model, space, w_start)
-    cfg = dataclasses.replace(cfg, plan=[leg.to_dict() for leg in legs], data=data_name, arch=ck.arch,
-                              arch_kwargs=ck.arch_kwargs)
-    writer = job.open_writer(out, overwrite, resume, ck.arch, ck.arch_kwargs, ck.sha256, "transition", data_name, COLUMNS)
-    layers = sorted({layer for leg in legs for layer in (*leg.remove, *leg.restore)})
+class Transition(job.Job):
+    name, columns, headline, gate_on = "transition", COLUMNS, HEADLINE, "test_accuracy"
 
-    def evaluate_row(net) -> dict:
-        ev = evaluate(net, test, device=device)
-        return {"test_accuracy": ev.accuracy, "test_loss": ev.loss, "sparsity": sparsity_of(net),
-                "train_accuracy": evaluate(net, train_eval, device=device).accuracy if train_eval else math.nan,
-                "units_off": units_off(net, layers)}
+    @staticmethod
+    def text(s: dict) -> list[str]:
+        return [f"start:           test accuracy {fmt(s['start_test_accuracy'])}",
+                *[f"leg {leg['leg']} {leg['name']:<10} test accuracy {fmt(leg['test_accuracy'])}   units off "
+                  f"{leg['units_off']}   sparsity {fmt(leg['sparsity'])}   step {leg['step']}   "
+                  f"-> {Path(s['out']) / leg['file']}" for leg in s["legs"]],
+                f"final network:   {Path(s['out']) / s['final']}   epochs of data: {s['epochs']:.2f}"]
 
-    board, done, state = Switchboard(), [], None
-    if resume:
-        done = json.loads((out / "legs.json").read_text()) if (out / "legs.json").is_file() else []
+    def prepare(self, cfg: TransitionConfig, device) -> job.Setup:
+        legs = parse_plan(cfg.plan)
+        ck = job.load(cfg, cfg.checkpoint)
+        data_name, metric, test, train_eval = job.single_task_data(cfg, ck, device)
+        reference = job.frozen_copy(ck.model, device)
+        model = ck.model.to(device)
+        space = ParamSpace.of(model)
+        w_start = model_vector(model, space)
+        # validate the whole plan against the model before walking (a typo fails now, not hours later)
+        dry = Switchboard()
+        for leg in legs:
+            dry.apply(leg, model, space, w_start)
+        cfg = dataclasses.replace(cfg, plan=[leg.to_dict() for leg in legs], data=data_name, arch=ck.arch,
+                                  arch_kwargs=ck.arch_kwargs)
+        layers = sorted({layer for leg in legs for layer in (*leg.remove, *leg.restore)})
+
+        def evaluate_row(net) -> dict:
+            ev = evaluate(net, test, device=device)
+            return {"test_accuracy": ev.accuracy, "test_loss": ev.loss, "sparsity": sparsity_of(net),
+                    "train_accuracy": evaluate(net, train_eval, device=device).accuracy if train_eval else math.nan,
+                    "units_off": units_off(net, layers)}
+
+        bn_data = metric.head(cfg.bn_samples) if has_batchnorm(model) else None
+        total = sum(sum(_leg_budget(cfg, leg)) for leg in legs)
+        return job.Setup(cfg, model, ck.arch, ck.arch_kwargs, ck.sha256, data_name, evaluate_row, len(metric),
+                         bn_data, total, own={"legs": legs, "metric": metric, "reference": reference, "space": space,
+                                              "w_start": w_start, "board": Switchboard(), "done": []})
+
+    def begin(self, setup: job.Setup, writer, resume: bool, geodesic: bool):
+        """A resumed chain continues in the leg it stopped in, or after the last leg it completed."""
+        if not resume:
+            return super().begin(setup, writer, resume, geodesic)
+        own = setup.own
+        done = json.loads((writer.out / "legs.json").read_text()) if (writer.out / "legs.json").is_file() else []
         listed = {d["file"] for d in done}
-        state, tensors, row = job.resume_state(writer, ck.sha256, accept=lambda rel: rel.startswith("steps/")
-                                               or rel in listed)
-        model.load_state_dict(tensors)
+        state, tensors, row = job.resume_state(writer, setup.parent_sha256,
+                                               accept=lambda rel: rel.startswith("steps/") or rel in listed)
+        setup.model.load_state_dict(tensors)
         if row["checkpoint"] in listed:  # a completed leg: the next one starts from its endpoint
             done = done[: int(row["leg"])]
             state = dataclasses.replace(state, landed_at=None, milestone=0, landing_gap=None)
         else:
             done = done[: int(row.get("leg", 1)) - 1]
         if done:
-            board = Switchboard({k: list(v) for k, v in done[-1]["switchboard"]["removed"].items()},
-                                done[-1]["switchboard"]["sparsity"])
-    else:
-        writer.write_config(cfg.to_dict())
-        writer.trace.create()
-    if on_start:
-        on_start(cfg, sum(_leg_budget(cfg, leg)[0] + _leg_budget(cfg, leg)[1] for leg in legs))
+            own["board"] = Switchboard({k: list(v) for k, v in done[-1]["switchboard"]["removed"].items()},
+                                       done[-1]["switchboard"]["sparsity"])
+        own["done"] = done
+        return state
 
-    bn_data = metric.head(cfg.bn_samples) if has_batchnorm(model) else None
-    w_end = None
-    for i in range(len(done), len(legs)):
-        leg = legs[i]
-        if i == 0:
-            w_leg = w_start
-        elif w_end is not None:  # the previous leg's endpoint, as saved
-            w_leg = w_end
-        else:  # resuming: read it back
-            w_leg = space.flatten(read_tensors(out / done[-1]["file"])[0]).to(device)
-        prev_mask, prev_units = board.mask(model, space, w_leg), board.unit_mask(model, space, w_leg)
-        board.apply(leg, model, space, w_leg)
-        revive = prev_units & ~board.unit_mask(model, space, w_leg)
-        target = leg_target(prev_mask, board.mask(model, space, w_leg, revive, w_start), w_start)
-        max_steps, settle = _leg_budget(cfg, leg)
-        step_size = leg.overrides.get("step_size", cfg.step_size)
-        steps = int(leg.overrides.get("steps", cfg.steps))
-        if step_size is None:
-            step_size = job.default_step_size(target.distance(w_leg), steps, STEP_SCALE)
-        leg_start = done[-1]["step"] if done else 0
-        pcfg = job.path_config(dataclasses.replace(cfg, beta=float(leg.overrides.get("beta", cfg.beta))),
-                               float(step_size), leg_start + max_steps, settle_steps=settle,
-                               grow_after=leg_start + steps, grow_every=steps)
-        result = walk(model, target, metric, pcfg, evaluate_row, writer, anchor=anchor, state=state, device=device,
-                      on_row=on_row, bn_data=bn_data, record_start=(i == 0 and state is None),
-                      origin=w_leg,
-                      extra={"leg": i + 1, "leg_name": leg.name},
-                      final_path=f"legs/leg_{i + 1:02d}_{_safe(leg.name)}.safetensors")
-        done.append({"leg": i + 1, "name": leg.name, "file": result.final["checkpoint"], **leg.to_dict(),
-                     "switchboard": board.to_dict(), **{k: result.final[k] for k in
-                     ("step", "test_accuracy", "test_loss", "sparsity", "units_off", "epochs")}})
-        writer.write_json("legs.json", done)
-        w_end = model_vector(result.model, space)
-        state = dataclasses.replace(result.state, landed_at=None, milestone=0, landing_gap=None)
-    writer.copy_network(done[-1]["file"], "final.safetensors")
-    final = writer.trace.rows()[-1]
-    summary = {
-        "job": "transition",
-        "method": "geodesic",
-        "out": str(out),
-        "final": "final.safetensors",
-        "headline": HEADLINE,
-        "legs": [{k: d[k] for k in ("leg", "name", "step", "test_accuracy", "sparsity", "units_off", "epochs", "file")}
-                 for d in done],
-        "start_test_accuracy": writer.trace.rows()[0]["test_accuracy"],
-        **{k: final[k] for k in ("step", "test_accuracy", "test_loss", "sparsity", "units_off", "length",
-                                  "sample_passes", "epochs", "wall_time")},
-    }
-    job.gate(summary, summary["test_accuracy"], cfg.min_accuracy, "test_accuracy")
-    writer.finish(summary)
-    return summary
+    def walk(self, setup: job.Setup, recorder, state, device) -> job.Outcome:
+        cfg, own, model = setup.cfg, setup.own, setup.model
+        legs, space, w_start, board, done = own["legs"], own["space"], own["w_start"], own["board"], own["done"]
+        writer = recorder.writer
+        w_end = None
+        for i in range(len(done), len(legs)):
+            leg = legs[i]
+            if i == 0:
+                w_leg = w_start
+            elif w_end is not None:  # the previous leg's endpoint, as saved
+                w_leg = w_end
+            else:  # resuming: read it back
+                w_leg = space.flatten(read_tensors(writer.out / done[-1]["file"])[0]).to(device)
+            prev_mask, prev_units = board.mask(model, space, w_leg), board.unit_mask(model, space, w_leg)
+            board.apply(leg, model, space, w_leg)
+            revive = prev_units & ~board.unit_mask(model, space, w_leg)
+            target = leg_target(prev_mask, board.mask(model, space, w_leg, revive, w_start), w_start)
+            max_steps, settle = _leg_budget(cfg, leg)
+            step_size = leg.overrides.get("step_size", cfg.step_size)
+            steps = int(leg.overrides.get("steps", cfg.steps))
+            if step_size is None:
+                step_size = job.default_step_size(target.distance(w_leg), steps, STEP_SCALE)
+            leg_start = done[-1]["step"] if done else 0
+            pcfg = job.path_config(dataclasses.replace(cfg, beta=float(leg.overrides.get("beta", cfg.beta))),
+                                   float(step_size), leg_start + max_steps, settle_steps=settle,
+                                   grow_after=leg_start + steps, grow_every=steps)
+            result = walk(model, target, own["metric"], pcfg, recorder.replace(extra={"leg": i + 1, "leg_name": leg.name}),
+                          reference=own["reference"], state=state, device=device,
+                          record_start=(i == 0 and state is None), origin=w_leg,
+                          final_path=f"legs/leg_{i + 1:02d}_{_safe(leg.name)}.safetensors")
+            done.append({"leg": i + 1, "name": leg.name, "file": result.final["checkpoint"], **leg.to_dict(),
+                         "switchboard": board.to_dict(), **{k: result.final[k] for k in
+                         ("step", "test_accuracy", "test_loss", "sparsity", "units_off", "epochs")}})
+            writer.write_json("legs.json", done)
+            w_end = model_vector(result.model, space)
+            state = dataclasses.replace(result.state, landed_at=None, milestone=0, landing_gap=None)
+        writer.copy_network(done[-1]["file"], "final.safetensors")
+        return job.Outcome(writer.trace.rows()[-1])
+
+    def summarise(self, setup: job.Setup, writer, outcome: job.Outcome) -> dict[str, Any]:
+        final = outcome.final
+        return {
+            "legs": [{k: d[k] for k in ("leg", "name", "step", "test_accuracy", "sparsity", "units_off", "epochs",
+                                        "file")} for d in setup.own["done"]],
+            "start_test_accuracy": writer.trace.rows()[0]["test_accuracy"],
+            **{k: final[k] for k in ("step", "test_accuracy", "test_loss", "sparsity", "units_off", "length",
+                                      "sample_passes", "epochs", "wall_time")},
+        }
+
+
+JOB = Transition()
+run_transition = JOB.run
 
 
 def _leg_budget(cfg: TransitionConfig, leg: Leg) -> tuple[int, int]:

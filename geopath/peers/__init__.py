@@ -1,10 +1,15 @@
 """Peer methods: what a user would otherwise pick, on the same data and budget as a path.
 
 One module per family: :mod:`~geopath.peers.pruning`, :mod:`~geopath.peers.averaging`,
-:mod:`~geopath.peers.ewc`, :mod:`~geopath.peers.bezier`; every function is also importable from here.
+:mod:`~geopath.peers.consolidation` (EWC), :mod:`~geopath.peers.curves` (Bezier); every function
+is also importable from here.
+
+Every peer is declared in :mod:`~geopath.peers.registry` (torch-free: its job, ``--method`` name,
+options and runner); the functions below are imported on first use, so reading the registry does
+not import torch.
 
 Each peer reports through a ``record(step, model, sample_passes, t=..., ...)``
-callable (:class:`geopath.jobs.common.Recorder`), so its run directory has the same
+callable (:class:`geopath.core.record.PeerRecorder`), so its run directory has the same
 checkpoints and trace format as a geodesic run and the two compare row for row.
 Budgets are forward+backward *sample passes* (docs/method.md).
 
@@ -20,10 +25,15 @@ connect
     whose middle point is trained (Garipov et al., 2018).
 """
 
-from geopath.peers.averaging import fisher_diag, fisher_merge, interpolate
-from geopath.peers.bezier import bezier, bezier_point
-from geopath.peers.ewc import ewc
-from geopath.peers.pruning import iterative_prune, prune_finetune
+import importlib
 
-__all__ = ["bezier", "bezier_point", "ewc", "fisher_diag", "fisher_merge", "interpolate", "iterative_prune",
-           "prune_finetune"]
+_HOME = {"fisher_diag": "averaging", "fisher_merge": "averaging", "interpolate": "averaging", "bezier": "curves",
+         "bezier_point": "curves", "ewc": "consolidation", "iterative_prune": "pruning", "prune_finetune": "pruning"}
+
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str):
+    if name in _HOME:
+        return getattr(importlib.import_module(f"geopath.peers.{_HOME[name]}"), name)
+    raise AttributeError(f"module 'geopath.peers' has no attribute {name!r}")

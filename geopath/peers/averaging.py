@@ -12,6 +12,7 @@ from geopath.core import distributed
 from geopath.core.dataset import Dataset
 from geopath.core.params import ParamSpace, load_vector
 from geopath.peers._budget import Record
+from geopath.peers.task import PeerTask
 
 
 def interpolate(model: nn.Module, w_a: torch.Tensor, w_b: torch.Tensor, alphas: Sequence[float], record: Record,
@@ -80,3 +81,26 @@ def fisher_merge(model: nn.Module, w_a: torch.Tensor, w_b: torch.Tensor, f_a: to
         load_vector(model, space, w)
         record(i, model, passes, t=float(a), distance=float(torch.linalg.vector_norm(w_b - w)), alpha=float(a),
                final=i == len(alphas) - 1)
+
+
+def _sweep(points: int) -> list[float]:
+    return [i / (points - 1) for i in range(points)]
+
+
+def run_average(task: PeerTask) -> None:
+    """``merge --method average``: ``--points`` values of α from 0 to 1."""
+    interpolate(task.model, task.w_a, task.w_b, _sweep(task.options.points), task.record)
+
+
+def run_linear(task: PeerTask) -> None:
+    """``connect --method linear``: the ``--points`` networks of the straight line."""
+    interpolate(task.model, task.w_a, task.w_b, _sweep(task.options.points), task.record)
+
+
+def run_fisher_merge(task: PeerTask) -> None:
+    """``merge --method fisher``: each task's diagonal Fisher (``--fisher-samples``), then the α sweep."""
+    o = task.options
+    f_a = fisher_diag(task.model_a, task.data_a, o.fisher_samples, seed=o.seed, device=task.device)
+    f_b = fisher_diag(task.model_b, task.data, o.fisher_samples, seed=o.seed + 1, device=task.device)
+    passes = min(o.fisher_samples, len(task.data_a)) + min(o.fisher_samples, len(task.data))
+    fisher_merge(task.model, task.w_a, task.w_b, f_a, f_b, _sweep(o.points), task.record, passes=passes)

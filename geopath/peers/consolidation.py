@@ -11,6 +11,7 @@ from geopath.core.dataset import Dataset
 from geopath.core.params import ParamSpace, model_vector
 from geopath.core.train import TrainStats, train
 from geopath.peers._budget import Record, record_every, train_steps
+from geopath.peers.task import PeerTask
 
 
 def ewc(model: nn.Module, w_a: torch.Tensor, f_a: torch.Tensor, ds_b: Dataset, sample_passes: int, lam: float,
@@ -42,3 +43,14 @@ def ewc(model: nn.Module, w_a: torch.Tensor, f_a: torch.Tensor, ds_b: Dataset, s
     if record:
         record(steps, model, passes_before + stats.sample_passes, t=1.0, distance=distance(), final=True)
     return stats
+
+
+def run_ewc(task: PeerTask) -> None:
+    """``merge --method ewc``: task A's diagonal Fisher, then ``--epochs`` of task B with the penalty."""
+    from geopath.peers.averaging import fisher_diag
+
+    o = task.options
+    f_a = fisher_diag(task.model_a, task.data_a, o.fisher_samples, seed=o.seed, device=task.device)
+    ewc(task.model, task.w_a, f_a, task.data, task.passes(o.epochs), o.ewc_lambda, w_b=task.w_b,
+        batch_size=o.batch_size, lr=o.lr, seed=o.seed, device=task.device, record=task.record, records=task.records,
+        passes_before=min(o.fisher_samples, len(task.data_a)))

@@ -8,8 +8,9 @@ from torch.func import functional_call
 
 from geopath.core import distributed
 from geopath.core.dataset import Dataset, batches
-from geopath.core.params import ParamSpace
+from geopath.core.params import ParamSpace, load_vector
 from geopath.core.train import sharded_backward
+from geopath.peers.task import PeerTask
 
 
 def bezier_point(w_a: torch.Tensor, theta: torch.Tensor, w_b: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
@@ -65,3 +66,19 @@ def bezier(model: nn.Module, w_a: torch.Tensor, w_b: torch.Tensor, ds: Dataset, 
             done += 1
     model.eval()
     return theta.detach()
+
+
+def run_bezier(task: PeerTask) -> None:
+    """``connect --method bezier``: train the middle point for ``--epochs``, then record ``--points``
+    networks evenly spaced in ``t`` (the last one as the run's final network)."""
+    o = task.options
+    passes = task.passes(o.epochs)
+    theta = bezier(task.model, task.w_a, task.w_b, task.data, passes, batch_size=o.batch_size, lr=o.lr,
+                   seed=o.seed, device=task.device)
+    space = ParamSpace.of(task.model)
+    ts = [i / (o.points - 1) for i in range(o.points)]
+    for i, t in enumerate(ts):
+        w = bezier_point(task.w_a, theta, task.w_b, t)
+        load_vector(task.model, space, w)
+        task.record(i, task.model, passes, t=t, distance=float(torch.linalg.vector_norm(task.w_b - w)), alpha=t,
+                    final=i == len(ts) - 1)

@@ -9,6 +9,7 @@ from geopath.core.params import ParamSpace, load_vector, model_vector
 from geopath.core.targets import HyperplaneTarget, MagnitudeTarget, StructuredTarget
 from geopath.core.train import TrainStats, train
 from geopath.peers._budget import Record, record_every, train_steps
+from geopath.peers.task import PeerTask
 
 
 def prune_finetune(model: nn.Module, target: HyperplaneTarget, ds: Dataset, sample_passes: int,
@@ -90,3 +91,18 @@ def iterative_prune(model: nn.Module, target: MagnitudeTarget | StructuredTarget
     if record:
         record(done_steps, model, done_passes, t=1.0, distance=0.0, final=True)
     return current
+
+
+def run_prune_finetune(task: PeerTask) -> None:
+    """``--method prune-finetune``: ``--finetune-epochs`` of masked SGD after one-shot pruning."""
+    o = task.options
+    prune_finetune(task.model, task.target, task.data, task.passes(o.finetune_epochs), batch_size=o.batch_size,
+                   lr=o.lr, seed=o.seed, device=task.device, record=task.record, records=task.records)
+
+
+def run_iterative_prune(task: PeerTask) -> HyperplaneTarget:
+    """``--method iterative-prune``: ``--rounds`` rounds sharing ``--finetune-epochs``; returns the masks reached."""
+    o = task.options
+    return iterative_prune(task.model, task.target, task.data, task.passes(o.finetune_epochs), rounds=o.rounds,
+                           batch_size=o.batch_size, lr=o.lr, seed=o.seed, device=task.device, record=task.record,
+                           records=task.records)

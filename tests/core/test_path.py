@@ -22,6 +22,7 @@ from geopath.io.data import Dataset
 from geopath.core.step import MetricBatch, StepConfig, geodesic_step
 from geopath.core.metric import MetricKind
 from geopath.core.path import Combine, MetricSource, PathConfig, PathState, WalkResult, metric_batch, walk
+from geopath.core.record import Recorder
 from geopath.io.rundir import RunWriter
 from geopath.core.targets import MagnitudeTarget, NetworkTarget, prunable_parameters
 
@@ -103,7 +104,7 @@ def test_two_source_step_equals_dense_weighted_tr(mlp_case, kind, dense_jacobian
     target = _magnitude(model)
     x1 = mlp_case.inputs  # 4 samples
     x2 = torch.randn(6, 5, generator=torch.Generator().manual_seed(9), dtype=D)
-    a1, a2 = _perturbed(model, 0.05, 77), _perturbed(model, 0.08, 78)  # each source its own anchor
+    a1, a2 = _perturbed(model, 0.05, 77), _perturbed(model, 0.08, 78)  # each source its own reference network
     chunks1, chunks2 = [x1[:2], x1[2:]], [x2[:4], x2[4:]]  # micro-batches
     b1 = MetricBatch(chunks1, [_logits(a1, c) for c in chunks1], weight=1.0)
     b2 = MetricBatch(chunks2, [_logits(a2, c) for c in chunks2], weight=3.0)
@@ -173,8 +174,8 @@ def test_combine_accepts_plain_strings():
 
 
 def _three_sources(model):
-    # distinct inputs per source (shifted), each with its own anchor network and weight
-    return [MetricSource(_data(12, seed=10 + i, shift=10.0 * i, name=f"s{i}"), anchor=_perturbed(model, 0.05, 40 + i),
+    # distinct inputs per source (shifted), each with its own reference network and weight
+    return [MetricSource(_data(12, seed=10 + i, shift=10.0 * i, name=f"s{i}"), reference=_perturbed(model, 0.05, 40 + i),
                          name=f"s{i}", weight=float(i + 1)) for i in range(3)]
 
 
@@ -183,7 +184,7 @@ def _spy_steps(monkeypatch):
     real = path_mod.geodesic_step
 
     def spy(model, space, w, batches, target, cfg, **kw):
-        calls.append({"w": w.clone(), "batches": list(batches), "keep": kw.get("keep")})
+        calls.append({"w": w.clone(), "batches": list(batches), "free": kw.get("free")})
         return real(model, space, w, batches, target, cfg, **kw)
 
     monkeypatch.setattr(path_mod, "geodesic_step", spy)
@@ -198,7 +199,7 @@ def test_which_sources_a_step_sees(tmp_path, monkeypatch, combine):
     cfg = PathConfig(step=StepConfig(step_size=1e-3, cg_iters=10), max_steps=7, save_every=100, batch_size=4,
                      tol=0.0, land=False, combine=combine, seed=3)
     calls = _spy_steps(monkeypatch)
-    walk(model, NetworkTarget(w_b), sources, cfg, _no_eval, _writer(tmp_path))
+    walk(model, NetworkTarget(w_b), sources, cfg, Recorder(_writer(tmp_path), _no_eval))
     assert len(calls) == 7
     for k, call in enumerate(calls, start=1):
         expect = [(k - 1) % 3] if combine == "alternate" else [0, 1, 2]
@@ -207,34 +208,34 @@ def test_which_sources_a_step_sees(tmp_path, monkeypatch, combine):
             x, y = metric_batch(sources[i].data, k, cfg, "cpu", source=i)  # seeded by (seed, step, source)
             assert torch.equal(torch.cat(bt.inputs), torch.cat(x))
             assert torch.equal(torch.cat(bt.labels), torch.cat(y))
-            torch.testing.assert_close(torch.cat(bt.anchor_logits), _logits(sources[i].anchor, torch.cat(x)),
+            torch.testing.assert_close(torch.cat(bt.reference_logits), _logits(sources[i].reference, torch.cat(x)),
                                        rtol=0, atol=1e-14)
             assert bt.weight == sources[i].weight
             # the inputs really are source i's (sources are shifted by 10 apart)
             assert abs(float(torch.cat(bt.inputs).mean()) - 10.0 * i) < 3.0
 
 
-def test_source_without_anchor_uses_the_walk_anchor(tmp_path, monkeypatch):
+def test_source_without_reference_uses_the_walk_reference(tmp_path, monkeypatch):
     model = _model()
-    walk_anchor = _perturbed(model, 0.1, 5)
+    walk_reference = _perturbed(model, 0.1, 5)
     own = _perturbed(model, 0.1, 6)
-    sources = [MetricSource(_data(12, seed=1), name="a"), MetricSource(_data(12, seed=2), anchor=own, name="b")]
+    sources = [MetricSource(_data(12, seed=1), name="a"), MetricSource(_data(12, seed=2), reference=own, name="b")]
     w_b = model_vector(_perturbed(model, 0.5, 2), ParamSpace.of(model))
     cfg = PathConfig(step=StepConfig(step_size=1e-3, cg_iters=5), max_steps=2, save_every=100, batch_size=4,
                      tol=0.0, land=False)
     calls = _spy_steps(monkeypatch)
-    walk(copy.deepcopy(model), NetworkTarget(w_b), sources, cfg, _no_eval, _writer(tmp_path / "a"),
-         anchor=walk_anchor)
+    walk(copy.deepcopy(model), NetworkTarget(w_b), sources, cfg, Recorder(_writer(tmp_path / "a"), _no_eval),
+         reference=walk_reference)
     for call in calls:
         a, b = call["batches"]
-        torch.testing.assert_close(torch.cat(a.anchor_logits), _logits(walk_anchor, torch.cat(a.inputs)))
-        torch.testing.assert_close(torch.cat(b.anchor_logits), _logits(own, torch.cat(b.inputs)))
-    # without any anchor the starting network anchors: on step 1 the anchor logits are the model's own
+        torch.testing.assert_close(torch.cat(a.reference_logits), _logits(walk_reference, torch.cat(a.inputs)))
+        torch.testing.assert_close(torch.cat(b.reference_logits), _logits(own, torch.cat(b.inputs)))
+    # without any reference the starting network is the reference: on step 1 the reference logits are the model's own
     calls.clear()
-    walk(copy.deepcopy(model), NetworkTarget(w_b), sources[:1], cfg, _no_eval, _writer(tmp_path / "b"))
+    walk(copy.deepcopy(model), NetworkTarget(w_b), sources[:1], cfg, Recorder(_writer(tmp_path / "b"), _no_eval))
     first = calls[0]["batches"][0]
-    torch.testing.assert_close(torch.cat(first.anchor_logits), _logits(model, torch.cat(first.inputs)))
-    assert sources[0].anchor is None  # the caller's sources are not modified
+    torch.testing.assert_close(torch.cat(first.reference_logits), _logits(model, torch.cat(first.inputs)))
+    assert sources[0].reference is None  # the caller's sources are not modified
 
 
 def _indexed_sources(n=20, count=2):
@@ -253,7 +254,7 @@ def _drawn(tmp_path, monkeypatch, seed, steps=3):
     cfg = PathConfig(step=StepConfig(step_size=1e-3, cg_iters=5), max_steps=steps, save_every=100, batch_size=6,
                      tol=0.0, land=False, seed=seed)
     calls = _spy_steps(monkeypatch)
-    walk(model, NetworkTarget(w_b), _indexed_sources(), cfg, _no_eval, _writer(tmp_path))
+    walk(model, NetworkTarget(w_b), _indexed_sources(), cfg, Recorder(_writer(tmp_path), _no_eval))
     return [[torch.cat(bt.inputs)[:, 0].long().tolist() for bt in c["batches"]] for c in calls]
 
 
@@ -278,7 +279,7 @@ def test_alternate_walk_equals_explicit_loop(tmp_path):
     target = NetworkTarget(w_b)
     cfg = PathConfig(step=StepConfig(step_size=1e-3, cg_iters=10), max_steps=6, save_every=100, batch_size=5,
                      tol=0.0, land=False, combine="alternate", seed=3)
-    res = walk(copy.deepcopy(model), target, sources, cfg, _no_eval, _writer(tmp_path / "alt"))
+    res = walk(copy.deepcopy(model), target, sources, cfg, Recorder(_writer(tmp_path / "alt"), _no_eval))
 
     w = model_vector(model, space)
     ref_model = copy.deepcopy(model)
@@ -286,7 +287,7 @@ def test_alternate_walk_equals_explicit_loop(tmp_path):
     for k in range(1, 7):
         i = (k - 1) % 3
         x, y = metric_batch(sources[i].data, k, cfg, "cpu", source=i)
-        z0 = [_logits(sources[i].anchor, xb) for xb in x]
+        z0 = [_logits(sources[i].reference, xb) for xb in x]
         info = geodesic_step(ref_model, space, w, [MetricBatch(x, z0, y, sources[i].weight)], target, cfg.step)
         w = w + info.theta
         passes += info.sample_passes + sum(len(xb) for xb in x) / 3  # + the anchor's forward
@@ -297,8 +298,8 @@ def test_alternate_walk_equals_explicit_loop(tmp_path):
     assert res.final["epochs"] == pytest.approx(passes / 36, rel=1e-12)  # over all sources' inputs (3 × 12)
 
     # and the summed walk is a different path
-    summed = walk(copy.deepcopy(model), target, sources, dataclasses.replace(cfg, combine="sum"), _no_eval,
-                  _writer(tmp_path / "sum"))
+    summed = walk(copy.deepcopy(model), target, sources, dataclasses.replace(cfg, combine="sum"),
+                  Recorder(_writer(tmp_path / "sum"), _no_eval))
     assert float((_vec(summed.model) - w).norm()) > 1e-6
 
 
@@ -319,7 +320,7 @@ def test_land_false_stops_where_the_path_is(tmp_path, monkeypatch):
                      tol=0.01, land=False)
     calls = _spy_steps(monkeypatch)
     writer = _writer(tmp_path)
-    res = walk(copy.deepcopy(model), NetworkTarget(w_b), ds, cfg, _no_eval, writer)
+    res = walk(copy.deepcopy(model), NetworkTarget(w_b), ds, cfg, Recorder(writer, _no_eval))
     assert len(calls) == 5  # max_steps bounds the approach
     # the endpoint is the last step's result, not projected onto the target
     assert not torch.equal(_vec(res.model), w_b)
@@ -341,7 +342,7 @@ def test_land_false_stops_at_tol_before_max_steps(tmp_path):
     model = _model()
     target = _magnitude(model)
     cfg = _mag_cfg(model, land=False, max_steps=40, tol=0.5)
-    res = walk(copy.deepcopy(model), target, _data(), cfg, _no_eval, _writer(tmp_path))
+    res = walk(copy.deepcopy(model), target, _data(), cfg, Recorder(_writer(tmp_path), _no_eval))
     assert res.state.step < 40
     assert res.final["distance"] <= 0.5 * res.d0
     assert res.landing_gap == pytest.approx(res.final["distance"], rel=1e-12)
@@ -355,9 +356,9 @@ def test_land_true_ends_exactly_on_network_target(tmp_path):
     cfg = PathConfig(step=StepConfig(step_size=1e-3, cg_iters=10), max_steps=5, save_every=100, batch_size=8,
                      tol=0.01, land=True, settle_steps=4)
     land_writer = _writer(tmp_path / "land")
-    landed = walk(copy.deepcopy(model), NetworkTarget(w_b), ds, cfg, _no_eval, land_writer)
-    stopped = walk(copy.deepcopy(model), NetworkTarget(w_b), ds, dataclasses.replace(cfg, land=False), _no_eval,
-                   _writer(tmp_path / "stop"))
+    landed = walk(copy.deepcopy(model), NetworkTarget(w_b), ds, cfg, Recorder(land_writer, _no_eval))
+    stopped = walk(copy.deepcopy(model), NetworkTarget(w_b), ds, dataclasses.replace(cfg, land=False),
+                   Recorder(_writer(tmp_path / "stop"), _no_eval))
     assert torch.equal(_vec(landed.model), w_b)  # exactly, bit for bit
     assert landed.final["distance"] == 0.0 and landed.final["t"] == 1.0
     # a network target has no free coordinates: no settle steps after landing
@@ -383,7 +384,7 @@ def test_land_on_hyperplane_then_settle_keeps_masked_zero(tmp_path, monkeypatch)
     target = _magnitude(model)
     cfg = _mag_cfg(model, settle_steps=3)
     calls = _spy_steps(monkeypatch)
-    res = walk(copy.deepcopy(model), target, _data(), cfg, _no_eval, _writer(tmp_path))
+    res = walk(copy.deepcopy(model), target, _data(), cfg, Recorder(_writer(tmp_path), _no_eval))
     landed = res.state.landed_at
     assert landed is not None and res.state.step == landed + 3
     # the approach reached tol, so the gap is at most tol·d0, and the approach end is off the hyperplane
@@ -397,14 +398,14 @@ def test_land_on_hyperplane_then_settle_keeps_masked_zero(tmp_path, monkeypatch)
     assert len(settle) == 3
     assert torch.equal(settle[0]["w"], target.project(res.approach_end))
     for c in settle:
-        assert torch.equal(c["keep"], ~target.mask)
+        assert torch.equal(c["free"], ~target.mask)
     for c in calls[:landed]:
-        assert c["keep"] is None
+        assert c["free"] is None
     # the free weights did move during the settle
     assert float((w - settle[0]["w"]).norm()) > 0
 
 
-def test_hold_keeps_coordinates_until_landing(tmp_path):
+def test_coordinates_not_free_stay_put_until_landing(tmp_path):
     model = _model()
     space = ParamSpace.of(model)
     target = _magnitude(model)
@@ -413,7 +414,7 @@ def test_hold_keeps_coordinates_until_landing(tmp_path):
     hold[space.slices()["layers.1.bias"]] = True  # not masked by the target
     assert not (hold & target.mask).any()
     cfg = _mag_cfg(model, land=False, max_steps=6)
-    res = walk(copy.deepcopy(model), target, _data(), cfg, _no_eval, _writer(tmp_path), hold=hold)
+    res = walk(copy.deepcopy(model), target, _data(), cfg, Recorder(_writer(tmp_path), _no_eval), free=~hold)
     w = _vec(res.model)
     assert torch.equal(w[hold], w0[hold])
     assert float((w[~hold] - w0[~hold]).norm()) > 1e-3
@@ -429,7 +430,7 @@ def test_milestone_rows(tmp_path):
     cfg = _mag_cfg(model, save_every=1000, milestones=M, tol=0.2)
     ts = []
     writer = _writer(tmp_path)
-    res = walk(copy.deepcopy(model), target, _data(), cfg, _no_eval, writer, before_step=lambda w, t: ts.append(t))
+    res = walk(copy.deepcopy(model), target, _data(), cfg, Recorder(writer, _no_eval), before_step=lambda w, t: ts.append(t))
     rows = writer.trace.rows()
     landed = res.state.landed_at
     # t after step s (s = 1..landed) is what before_step saw at step s + 1
@@ -467,7 +468,7 @@ def test_before_step_sees_pre_step_weights_and_progress(tmp_path, monkeypatch):
     cfg = _mag_cfg(model, settle_steps=2)
     seen = []
     calls = _spy_steps(monkeypatch)
-    res = walk(copy.deepcopy(model), target, _data(), cfg, _no_eval, _writer(tmp_path),
+    res = walk(copy.deepcopy(model), target, _data(), cfg, Recorder(_writer(tmp_path), _no_eval),
                before_step=lambda w, t: seen.append((w.clone(), t)))
     assert len(seen) == len(calls) == res.state.step  # once per step, approach and settle
     assert torch.equal(seen[0][0], w0)
@@ -496,13 +497,13 @@ def test_result_state_carries_wall_time_into_the_next_leg(tmp_path):
     cfg = PathConfig(step=StepConfig(step_size=1e-3, cg_iters=5), max_steps=4, save_every=1, batch_size=8,
                      tol=0.0, land=False)
     writer = _writer(tmp_path)
-    first = walk(model, NetworkTarget(w_b), _data(), cfg, _slow_eval, writer)
+    first = walk(model, NetworkTarget(w_b), _data(), cfg, Recorder(writer, _slow_eval))
     assert first.final["wall_time"] >= 0.1
     # the state handed back is the state of the endpoint row (as PathState.from_row would read it)
     assert first.state.wall_time == pytest.approx(first.final["wall_time"], abs=0.02)
     # a chained leg (as transition.run_transition does) continues step, length, passes and wall time
     second = walk(first.model, NetworkTarget(model_vector(_perturbed(model, 0.5, 3), space)), _data(),
-                  dataclasses.replace(cfg, max_steps=6), _slow_eval, writer, anchor=copy.deepcopy(model),
+                  dataclasses.replace(cfg, max_steps=6), Recorder(writer, _slow_eval), reference=copy.deepcopy(model),
                   state=dataclasses.replace(first.state, landed_at=None, milestone=0, landing_gap=None))
     rows = writer.trace.rows()[len(writer.trace.rows()) - 3:]
     assert [r["step"] for r in rows] == [5, 6, 6]
@@ -520,7 +521,7 @@ def test_resume_repeats_the_uninterrupted_path(tmp_path, how):
     cfg = _mag_cfg(start, settle_steps=3, milestones=4, save_every=3,
                    step=StepConfig(step_size=(4 * d0 / 40) ** 2, cg_iters=20))
     full_writer = _writer(tmp_path / "full")
-    full = walk(copy.deepcopy(start), _magnitude(start), ds, cfg, _no_eval, full_writer)
+    full = walk(copy.deepcopy(start), _magnitude(start), ds, cfg, Recorder(full_writer, _no_eval))
     n_full, landed = full.state.step, full.state.landed_at
     assert n_full == landed + 3 and landed > 7
     cut = 7 if how != "crash_in_settle" else n_full - 1  # steps done before the interruption
@@ -528,7 +529,7 @@ def test_resume_repeats_the_uninterrupted_path(tmp_path, how):
     writer = _writer(tmp_path / "cut")
     if how == "max_steps":
         walk(copy.deepcopy(start), _magnitude(start), ds, dataclasses.replace(cfg, max_steps=cut, land=False),
-             _no_eval, writer)
+             Recorder(writer, _no_eval))
     else:
         def crash(w, t, count=[0]):
             count[0] += 1
@@ -536,7 +537,7 @@ def test_resume_repeats_the_uninterrupted_path(tmp_path, how):
                 raise RuntimeError("power cut")
 
         with pytest.raises(RuntimeError, match="power cut"):
-            walk(copy.deepcopy(start), _magnitude(start), ds, cfg, _no_eval, writer, before_step=crash)
+            walk(copy.deepcopy(start), _magnitude(start), ds, cfg, Recorder(writer, _no_eval), before_step=crash)
     rows = [r for r in writer.trace.rows() if r["checkpoint"].startswith("steps/")]
     last = rows[-1]  # the last saved network before the cut
     if how == "crash_in_settle":
@@ -547,7 +548,7 @@ def test_resume_repeats_the_uninterrupted_path(tmp_path, how):
     tensors, _ = read_tensors(writer.out / last["checkpoint"])
     resumed_model = copy.deepcopy(start)
     resumed_model.load_state_dict(tensors)
-    res = walk(resumed_model, _magnitude(start), ds, cfg, _no_eval, writer, anchor=copy.deepcopy(start),
+    res = walk(resumed_model, _magnitude(start), ds, cfg, Recorder(writer, _no_eval), reference=copy.deepcopy(start),
                state=PathState.from_row(last))
     assert res.state.step == n_full and res.state.landed_at == landed
     torch.testing.assert_close(_vec(res.model), _vec(full.model), rtol=0, atol=1e-12)

@@ -118,7 +118,7 @@ def test_keep_restricts_step_exactly(mlp_case, method, dense_jacobian, dense_met
     keep = torch.rand(space.n, generator=torch.Generator().manual_seed(3)) < 0.6
     assert (target.mask & keep).any() and (~keep).any()
     cfg = _cfg(space.n, solver=method, step_size=1e-2)
-    info = geodesic_step(model, space, w, [MetricBatch(chunks)], target, cfg, keep=keep)
+    info = geodesic_step(model, space, w, [MetricBatch(chunks)], target, cfg, free=keep)
     assert torch.all(info.theta[~keep] == 0)
     assert float(info.theta @ info.theta) <= cfg.step_size * (1 + 1e-8)
 
@@ -144,7 +144,7 @@ def test_keep_free_coordinates_with_anchor(mlp_case, dense_jacobian, dense_metri
     load_vector(model, space, w_on)
     keep = target.free()
     cfg = _cfg(space.n, anchor=Anchor.START)
-    info = geodesic_step(model, space, w_on, [MetricBatch(chunks, z0)], target, cfg, keep=keep)
+    info = geodesic_step(model, space, w_on, [MetricBatch(chunks, z0)], target, cfg, free=keep)
     assert torch.all(info.theta[target.mask] == 0)
     assert float(info.theta.norm()) > 0
 

@@ -14,6 +14,7 @@ from geopath.io.data import Dataset
 from geopath.errors import UsageError
 from geopath.core.step import StepConfig
 from geopath.core.path import PathConfig, walk
+from geopath.core.record import Recorder
 from geopath.io.rundir import RunWriter
 from geopath.core.targets import HyperplaneTarget, NetworkTarget, Target, group_mask, unit_groups, unit_norms
 from geopath.jobs.transition import Leg, Switchboard, leg_target, parse_plan
@@ -490,7 +491,7 @@ def _restore_leg(tmp_path):
     cfg = PathConfig(step=StepConfig(step_size=1e-2, cg_iters=20), max_steps=3, save_every=1, batch_size=8,
                      tol=0.01, settle_steps=3)
     seen = []
-    res = walk(model, target, ds, cfg, lambda net: {}, writer, anchor=copy.deepcopy(start),
+    res = walk(model, target, ds, cfg, Recorder(writer, lambda net: {}), reference=copy.deepcopy(start),
                before_step=lambda w, t: seen.append(w.clone()))
     assert res.state.landed_at == 3 and res.state.step == 6
     return space, w_start, mask, restored, res, seen, writer

@@ -21,6 +21,7 @@ from geopath.io.data import Dataset
 from geopath.errors import NumericalError
 from geopath.core.step import Probe, StepConfig, StepInfo, step_fault
 from geopath.core.path import PathConfig, walk
+from geopath.core.record import Recorder
 from geopath.io.rundir import RunWriter
 from geopath.core.targets import NetworkTarget
 from geopath.io.trace import Trace
@@ -264,8 +265,8 @@ def test_walk_shrinks_a_faulty_step_then_gives_up(tmp_path, monkeypatch):
     real = path_mod.geodesic_step
     sizes = []
 
-    def flaky(model, space, w, batches, target, cfg, keep=None):
-        info = real(model, space, w, batches, target, cfg, keep=keep)
+    def flaky(model, space, w, batches, target, cfg, free=None):
+        info = real(model, space, w, batches, target, cfg, free=free)
         sizes.append(cfg.step_size)
         if len(sizes) in (3, 4):  # the third step fails twice, then succeeds with radius /4
             info.theta = info.theta.clone().fill_(math.nan)
@@ -276,13 +277,13 @@ def test_walk_shrinks_a_faulty_step_then_gives_up(tmp_path, monkeypatch):
                      land=False)
     writer = RunWriter(tmp_path / "a", "mlp", {}, None, "test", None)
     writer.trace.create()
-    res = walk(copy.deepcopy(model), NetworkTarget(w_b), ds, cfg, lambda m: {}, writer)
+    res = walk(copy.deepcopy(model), NetworkTarget(w_b), ds, cfg, Recorder(writer, lambda m: {}))
     assert res.state.retries == 2 and res.final["retries"] == 2
     assert sizes[2:5] == pytest.approx([1e-2, 1e-2 / 4, 1e-2 / 16])
     assert res.state.step == 5
 
-    def broken(model, space, w, batches, target, cfg, keep=None):
-        info = real(model, space, w, batches, target, cfg, keep=keep)
+    def broken(model, space, w, batches, target, cfg, free=None):
+        info = real(model, space, w, batches, target, cfg, free=free)
         if target.distance(w) < target.distance(w_saved):  # after the first step: always NaN
             info.theta = info.theta.clone().fill_(math.nan)
         return info
@@ -292,7 +293,7 @@ def test_walk_shrinks_a_faulty_step_then_gives_up(tmp_path, monkeypatch):
     writer = RunWriter(tmp_path / "b", "mlp", {}, None, "test", None)
     writer.trace.create()
     with pytest.raises(NumericalError, match=r"step 2: the solver produced a non-finite step, also with a 16× smaller"):
-        walk(copy.deepcopy(model), NetworkTarget(w_b), ds, cfg, lambda m: {}, writer)
+        walk(copy.deepcopy(model), NetworkTarget(w_b), ds, cfg, Recorder(writer, lambda m: {}))
     # what was written is finite, and nothing claims completion
     for f in (tmp_path / "b" / "steps").iterdir():
         tensors, _ = read_tensors(f)
@@ -318,5 +319,5 @@ def test_solver_breakdown_is_retried(tmp_path, monkeypatch):
     cfg = PathConfig(step=StepConfig(step_size=1e-2, cg_iters=3), max_steps=3, save_every=1, batch_size=16, land=False)
     writer = RunWriter(tmp_path, "mlp", {}, None, "test", None)
     writer.trace.create()
-    res = walk(copy.deepcopy(model), NetworkTarget(w_b), ds, cfg, lambda m: {}, writer)
+    res = walk(copy.deepcopy(model), NetworkTarget(w_b), ds, cfg, Recorder(writer, lambda m: {}))
     assert res.state.retries == 1 and len(calls) == 4
