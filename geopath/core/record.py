@@ -51,8 +51,8 @@ class Recorder:
                  drift: float = math.nan, state: dict | None = None, **tags) -> dict:
         """Record ``net`` as the network of ``step`` saved at ``path``; returns its trace row.
 
-        ``clock()`` gives the row's wall time, read once the network is evaluated; ``state`` is the engine's resumable state (default: ``landed_at: None``, a peer's row);
-        ``tags`` are extra columns of this row only (``alpha``, ``segment``)."""
+        ``clock()`` gives the row's wall time, read once the network is evaluated; ``state`` is the
+        engine's resumable state (default: ``landed_at: None``, a peer's row); ``tags`` are extra columns of this row only (``alpha``, ``segment``)."""
         if self.bn_data is not None:
             recompute_batchnorm(net, self.bn_data, device=self.device)
         row = {

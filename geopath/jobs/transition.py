@@ -279,7 +279,8 @@ class Transition(job.Job):
             pcfg = job.path_config(dataclasses.replace(cfg, beta=float(leg.overrides.get("beta", cfg.beta))),
                                    float(step_size), leg_start + max_steps, settle_steps=settle,
                                    grow_after=leg_start + steps, grow_every=steps)
-            result = walk(model, target, own["metric"], pcfg, recorder.replace(extra={"leg": i + 1, "leg_name": leg.name}),
+            leg_recorder = recorder.replace(extra={"leg": i + 1, "leg_name": leg.name})
+            result = walk(model, target, own["metric"], pcfg, leg_recorder,
                           reference=own["reference"], state=state, device=device,
                           record_start=(i == 0 and state is None), origin=w_leg,
                           final_path=f"legs/leg_{i + 1:02d}_{_safe(leg.name)}.safetensors")
