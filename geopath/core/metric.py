@@ -65,6 +65,32 @@ def bn_statistics(model: nn.Module, mode: BNStats | str) -> Iterator[None]:
             m.train(training)
 
 
+@contextmanager
+def math_attention() -> Iterator[None]:
+    """Within the block, attention runs as plain differentiable operations: ``nn.MultiheadAttention``'s
+    (and ``nn.TransformerEncoderLayer``'s) fused fast path is off and ``scaled_dot_product_attention``
+    uses its math kernel. Forward-mode AD — the JVP of every metric product — has no rule for the
+    fused kernels; the math kernel computes the same function. Restored afterwards."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    fast = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with sdpa_kernel(SDPBackend.MATH):
+            yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fast)
+
+
+@contextmanager
+def metric_mode(model: nn.Module, bn_stats: BNStats | str) -> Iterator[None]:
+    """The function the metric differentiates: ``model`` in eval mode with ``bn_stats``' BatchNorm
+    statistics (:func:`bn_statistics`) and differentiable attention (:func:`math_attention`). Metric
+    products, the reference outputs they are compared with and the step's fault check all run in it."""
+    with bn_statistics(model, bn_stats), math_attention():
+        yield
+
+
 def _output_hessian_product(kind: MetricKind, logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     if MetricKind(kind) is MetricKind.LOGITS:
         return u
@@ -131,7 +157,7 @@ class MetricOperator(LinearOperator):
         self.params = space.unflatten(w.detach())
         self.buffers = buffers_of(model)
         self._logits, self._vjps = [], []
-        with bn_statistics(model, self.bn_stats):
+        with metric_mode(model, self.bn_stats):
             for x in self.micro_batches:
                 if cache:
                     logits, vjp_fn = vjp(self._f(x), self.params)
@@ -165,7 +191,7 @@ class MetricOperator(LinearOperator):
     def _matvec(self, u: torch.Tensor) -> torch.Tensor:
         tangent = self.space.unflatten(u)
         total = torch.zeros_like(u)
-        with bn_statistics(self.model, self.bn_stats):
+        with metric_mode(self.model, self.bn_stats):
             for i, (x, logits) in enumerate(zip(self.micro_batches, self._logits)):
                 _, ju = jvp(self._f(x), (self.params,), (tangent,))
                 (grads,) = self._vjp(i)(_output_hessian_product(self.kind, logits, ju))
@@ -175,7 +201,7 @@ class MetricOperator(LinearOperator):
     def rmatvec_outputs(self, cotangents: Sequence[torch.Tensor]) -> torch.Tensor:
         """``mean_i J_iᵀ c_i`` for per-sample output cotangents (one per local micro-batch)."""
         total = torch.zeros(self.n, dtype=self.dtype, device=self.device)
-        with bn_statistics(self.model, self.bn_stats):
+        with metric_mode(self.model, self.bn_stats):
             for i, c in enumerate(cotangents):
                 (grads,) = self._vjp(i)(c)
                 total += self.space.flatten(grads)

@@ -30,7 +30,7 @@ from geopath.core.dataset import Dataset
 from geopath.errors import NumericalError
 from geopath.core.record import Recorder
 from geopath.core.step import PASS_FORWARD, Anchor, MetricBatch, StepConfig, geodesic_step, step_fault
-from geopath.core.metric import bn_statistics
+from geopath.core.metric import metric_mode
 from geopath.core.targets import Target
 from geopath.core.choices import Combine
 
@@ -145,7 +145,7 @@ def _step_batches(sources: list[MetricSource], step: int, cfg: PathConfig, devic
         x, y = metric_batch(src.data, step, cfg, device, source=i)
         z0 = None
         if cfg.step.anchor in (Anchor.START, Anchor.ENDPOINTS):
-            with torch.no_grad(), bn_statistics(src.reference, cfg.step.bn_stats):  # the metric's function
+            with torch.no_grad(), metric_mode(src.reference, cfg.step.bn_stats):  # the metric's function
                 z0 = [src.reference(xb) for xb in x]
             passes += PASS_FORWARD * min(cfg.batch_size, len(src.data))  # the whole batch, over all ranks
         out.append(MetricBatch(x, z0, y, src.weight))
@@ -180,7 +180,8 @@ def _safe_step(model, space, w, batches, target, cfg: StepConfig, free, step: in
             state.retries += 1
             cfg = dataclasses.replace(cfg, step_size=cfg.step_size / 4.0)
     raise NumericalError(f"step {step}: {reason}, also with a {2 ** SHRINKS}× smaller radius; nothing was "
-                         "written for it (start again with --overwrite and a smaller --step-size)")
+                         "written for it (start again with a smaller --step-size; --overwrite replaces what the "
+                         "run wrote)")
 
 
 def walk(

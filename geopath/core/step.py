@@ -23,7 +23,7 @@ from torch.nn import functional as F
 
 from geopath.core.params import ParamSpace, buffers_of
 from geopath.core.evaluate import has_batchnorm
-from geopath.core.metric import BNStats, MetricKind, MetricOperator, bn_statistics, output_distance, output_residual
+from geopath.core.metric import BNStats, MetricKind, MetricOperator, metric_mode, output_distance, output_residual
 from geopath.core.operators import Identity, RestrictedOperator
 from geopath.core.targets import Target
 from geopath.core.trust_region import TRMethod, trust_region_step
@@ -96,7 +96,7 @@ def step_fault(model: nn.Module, space: ParamSpace, w: torch.Tensor, info: StepI
     if info.probe is None:
         return None
     p = info.probe
-    with torch.no_grad(), bn_statistics(model, bn_stats):
+    with torch.no_grad(), metric_mode(model, bn_stats):
         out = functional_call(model, (space.unflatten(w + info.theta), buffers_of(model)), (p.inputs,))
     after = float(output_distance(metric, out, p.reference))
     bound = JUMP_FACTOR * (math.sqrt(max(p.before, 0.0)) + info.metric_length) ** 2

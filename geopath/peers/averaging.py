@@ -10,6 +10,7 @@ from torch.func import functional_call, grad, vmap
 
 from geopath.core import distributed
 from geopath.core.dataset import Dataset
+from geopath.core.metric import math_attention
 from geopath.core.params import ParamSpace, load_vector
 from geopath.peers._budget import Record
 from geopath.peers.task import PeerTask
@@ -56,7 +57,8 @@ def fisher_diag(model: nn.Module, ds: Dataset, samples: int = 2000, chunk: int =
         mine = comm.shard(len(x))  # under torchrun: this rank's per-sample gradients only
         x, y = x[mine], y[mine]
         if len(y):
-            g = per_sample(params, x, y)
+            with math_attention():  # vmap(grad) has no rule for fused attention kernels either
+                g = per_sample(params, x, y)
             total += torch.cat([g[n].reshape(len(y), -1) for n in space.names], dim=1).pow(2).sum(0)
     return comm.sum_(total) / max(len(idx), 1)
 
