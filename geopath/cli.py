@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import json
 import math
 import os
 import sys
@@ -45,7 +44,9 @@ def _err(msg: str) -> None:
 
 def _emit(obj: dict, as_json: bool) -> None:
     if as_json:
-        typer.echo(json.dumps(obj, default=str))
+        from geopath.io.jsontext import dumps
+
+        typer.echo(dumps(obj))
 
 
 def _guard(fn, debug: bool):
@@ -215,7 +216,7 @@ def _make_job_command(cls):
         def go():
             import importlib
 
-            from geopath.config import read_yaml, resolve
+            from geopath.config import changed_options, read_yaml, resolve
 
             flags = _flags(cls, kw)
             if resume:
@@ -224,11 +225,13 @@ def _make_job_command(cls):
                     raise UsageError("--resume needs --out pointing at the interrupted run")
                 if not (Path(out) / "config.yaml").is_file():
                     raise UsageError(f"{out}: nothing to resume (no config.yaml)")
-                extra = ["--" + k.replace("_", "-") for k in sorted(set(flags) - RESUME_MAY_CHANGE)]
-                extra += ["--config"] if config else []
-                if extra:
-                    raise UsageError(f"--resume continues with the run's saved options; drop {', '.join(extra)}")
-                cfg = resolve(cls, read_yaml(Path(out) / "config.yaml"), flags)
+                saved = read_yaml(Path(out) / "config.yaml")
+                given = {**read_yaml(config), **flags}  # the run's own options may be repeated, not changed
+                changed = changed_options(cls, saved, {k: v for k, v in given.items() if k not in RESUME_MAY_CHANGE})
+                if changed:
+                    raise UsageError(f"--resume continues with the run's saved options; drop {', '.join(changed)} "
+                                     f"(different from {Path(out) / 'config.yaml'})")
+                cfg = resolve(cls, saved, {k: v for k, v in flags.items() if k in RESUME_MAY_CHANGE})
             else:
                 cfg = resolve(cls, read_yaml(config), flags)
             job = importlib.import_module(cls.RUNNER).JOB
@@ -378,13 +381,18 @@ def verify(
 @app.command("eval")
 def eval_cmd(
     checkpoint: Path = typer.Argument(..., help="Network to evaluate."),
-    data: Optional[str] = typer.Option(None, help="Labelled data set. \\[default: the checkpoint's]"),
-    split: str = typer.Option("test", help="train or test."),
+    data: Optional[str] = typer.Option(None, help="Labelled data set: a named set, a folder laid out by split, or "
+                                                  "one set (PATH.npz, an image folder). \\[default: the checkpoint's, "
+                                                  "when it has a test split]"),
+    split: str = typer.Option("test", help="train or test (of a named set or a folder laid out by split)."),
     data_root: Optional[str] = typer.Option(None, envvar="GEOPATH_DATA_ROOT"),
     size: Optional[int] = typer.Option(None, help="Only the first N samples."),
-    arch: Optional[str] = typer.Option(None),
-    arch_kwargs: Optional[str] = typer.Option(None),
-    trust_pickle: bool = typer.Option(False, "--trust-pickle"),
+    arch: Optional[str] = typer.Option(None, help="Architecture (see geopath sparsify --help). \\[default: the "
+                                                     "checkpoint's]"),
+    arch_kwargs: Optional[str] = typer.Option(None, help="Architecture keyword arguments as JSON."),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow unpickling a .pt file you trust."),
+    trust_code: bool = typer.Option(False, "--trust-code", help="Build an architecture the file names outside "
+                                                                "geopath and torchvision."),
     device: str = typer.Option("cpu"),
     as_json: bool = JSON_OPT,
     debug: bool = DEBUG_OPT,
@@ -394,19 +402,24 @@ def eval_cmd(
     def go():
         from geopath.config import ARCH_KWARGS_EXAMPLE, json_object
         from geopath.io.checkpoint import load_checkpoint, sparsity_of
-        from geopath.io.data import load_dataset
+        from geopath.io.data import has_splits, load_dataset
         from geopath.core.evaluate import evaluate
         from geopath.jobs.common import resolve_device
 
         dev = resolve_device(device)
         kwargs = json_object(arch_kwargs, "--arch-kwargs", ARCH_KWARGS_EXAMPLE) if arch_kwargs else None
-        ck = load_checkpoint(checkpoint, arch, kwargs, trust_pickle)
+        ck = load_checkpoint(checkpoint, arch, kwargs, trust_pickle, trust_code)
         name = data or ck.data
         if not name:
             raise GeopathError("the checkpoint does not record its data set; pass --data")
+        one_set = not has_splits(name)  # a PATH.npz or a plain image folder: scored as it is
+        if one_set and data is None:
+            raise UsageError(f"{checkpoint} records its training data {name}, one set with no test split; pass "
+                             "--data with labelled test data")
         ds = load_dataset(name, split, data_root).head(size)
         ev = evaluate(ck.model.to(dev), ds, device=dev)
-        return {"checkpoint": str(checkpoint), "data": name, "split": split, "samples": ev.samples,
+        return {"checkpoint": str(checkpoint), "data": name, "split": None if one_set else split,
+                "samples": ev.samples,
                 "accuracy": ev.accuracy, "loss": ev.loss, "sparsity": sparsity_of(ck.model)}
 
     res = _guard(go, debug)
@@ -455,9 +468,12 @@ def inspect_cmd(
 @app.command("train")
 def train_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the trained network (.safetensors)."),
-    arch: str = typer.Option("mlp", help="mlp, lenet5, vgg11, torchvision:NAME or module:Class."),
+    arch: str = typer.Option("mlp", help="mlp, lenet5, vgg11, torchvision:NAME, module:NAME or file.py:NAME."),
     arch_kwargs: Optional[str] = typer.Option(None, help="Architecture keyword arguments as JSON."),
-    data: str = typer.Option("mnist", help="Training data set."),
+    data: str = typer.Option("mnist", help="Training data set (the train split of a named set or a folder laid out "
+                                           "by split; or one set: PATH.npz, an image folder)."),
+    eval_data: Optional[str] = typer.Option(None, help="Labelled test set for the reported accuracy. \\[default: "
+                                                       "--data's test split]"),
     data_root: Optional[str] = typer.Option(None, envvar="GEOPATH_DATA_ROOT"),
     size: Optional[int] = typer.Option(None, help="Train on the first N samples only."),
     epochs: float = typer.Option(5.0, help="Epochs of training."),
@@ -494,13 +510,17 @@ def train_cmd(
         torch.manual_seed(seed)
         kwargs = json_object(arch_kwargs, "--arch-kwargs", ARCH_KWARGS_EXAMPLE)
         model = build_model(arch, kwargs)
+        from geopath.io.data import recorded_name
+        from geopath.jobs.common import eval_set
+
+        test_name = eval_set(data, eval_data)
         tr = load_dataset(data, "train", data_root).head(size)
-        te = load_dataset(data, "test", data_root)
+        te = load_dataset(test_name, "test", data_root)
         stats = train(model, tr, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                       seed=seed, device=dev)
         ev = evaluate(model, te, device=dev)
         save_checkpoint(out, model.cpu(), arch, kwargs, step=0,
-                        extra={"data": data, "test_accuracy": f"{ev.accuracy:.4f}"})
+                        extra={"data": recorded_name(data), "test_accuracy": f"{ev.accuracy:.4f}"})
         return {"out": str(out), "arch": arch, "data": data, "epochs": epochs, "test_accuracy": ev.accuracy,
                 "test_loss": ev.loss, "sample_passes": stats.sample_passes}
 

@@ -130,11 +130,14 @@ def with_peers(job: str):
 @dataclass(frozen=True)
 class CommonOptions:
     out: str = opt("", "Output directory (must be empty unless --overwrite/--resume).", flag="--out", short="-o")
-    arch: str | None = opt(None, "Architecture if a file does not name one: mlp, lenet5, vgg11, torchvision:NAME, "
-                                 "module:Class.")
+    arch: str | None = opt(None, "Architecture (if a file does not name one, or to build yours): mlp, lenet5, vgg11, "
+                                 "torchvision:NAME, module:NAME or path/to/file.py:NAME (a class or a function "
+                                 "returning the network).")
     arch_kwargs: dict | None = opt(None, "Architecture keyword arguments as a JSON object.",
                                    example=ARCH_KWARGS_EXAMPLE)
     trust_pickle: bool = opt(False, "Allow unpickling a .pt file (only for files you trust).")
+    trust_code: bool = opt(False, "Build the architecture a checkpoint's metadata names even when it is code outside "
+                                  "geopath and torchvision (only for files you trust; --arch names it instead).")
     data_root: str | None = opt(None, "Folder with the data sets (torchvision layout); also $GEOPATH_DATA_ROOT.",
                                 default_help="$GEOPATH_DATA_ROOT, ./data, ../shared/data", envvar="GEOPATH_DATA_ROOT")
     eval_size: int | None = opt(None, "Evaluate on the first N test samples.", default_help="all")
@@ -456,6 +459,39 @@ def _legacy(cls, values: dict[str, Any]) -> dict[str, Any]:
         values = {**values, "solver": method}
         del values["method"]
     return values
+
+
+def _same(a: Any, b: Any) -> bool:
+    if a == b:
+        return True
+    if isinstance(a, str) and isinstance(b, str):  # the same file named two ways (relative, absolute)
+        return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+    return False
+
+
+def changed_options(cls, saved: dict[str, Any], given: dict[str, Any]) -> list[str]:
+    """The flags among ``given`` whose value differs from the run's ``saved`` config (a ``--resume``
+    may repeat the run's own options, not change them)."""
+    hints = typing.get_type_hints(cls)
+    defaults = {f.name: f for f in fields(cls)}
+    changed = []
+    for name, value in given.items():
+        if name not in defaults:
+            continue
+        new = _coerce(name, hints[name], value)
+        if name in saved:
+            old = saved[name]
+        else:
+            f = defaults[name]
+            old = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if name == "plan" and isinstance(new, str) and not isinstance(old, str):  # a plan file vs its legs inline
+            legs = load_yaml_file(new, "plan")
+            new = legs.get("legs") if isinstance(legs, dict) else legs
+        old = old.value if isinstance(old, Enum) else old
+        new = new.value if isinstance(new, Enum) else new
+        if not _same(new, old):
+            changed.append("--" + name.replace("_", "-"))
+    return sorted(changed)
 
 
 def resolve(cls, yaml_values: dict[str, Any], flags: dict[str, Any]):

@@ -12,7 +12,7 @@ import torch
 
 @dataclass
 class Dataset:
-    """Inputs ``x`` (float, N×C×H×W or N×D) and integer labels ``y`` held in memory."""
+    """Inputs ``x`` (float N×C×H×W or N×D, or integer token ids N×L) and integer labels ``y`` in memory."""
 
     x: torch.Tensor
     y: torch.Tensor

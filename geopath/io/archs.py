@@ -3,14 +3,25 @@
 * built-in: ``mlp``, ``lenet5``, ``vgg11`` (the CIFAR variant: 3×3 convs, BatchNorm,
   one linear classifier on 512 features);
 * ``torchvision:NAME`` — any torchvision classification model (weights never downloaded);
-* ``package.module:Class`` — any importable ``nn.Module`` class.
+* ``package.module:NAME`` — an ``nn.Module`` class, or a function that returns a module, from
+  an importable module (the current directory is importable);
+* ``path/to/file.py:NAME`` — the same from a Python file.
+
+The last two run the user's code. A checkpoint's metadata may name only the first two by itself
+(:func:`trusted`); anything else is built only when the user names it (``--arch``) or allows it
+(``--trust-code``), as a pickle is read only with ``--trust-pickle``.
 
 Keyword arguments come as a JSON object (``--arch-kwargs '{"hidden": [300, 100]}'``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import importlib.util
+import os
+import sys
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -90,6 +101,69 @@ class VGG11(nn.Module):
 BUILTIN: dict[str, Callable[..., nn.Module]] = {"mlp": MLP, "lenet5": LeNet5, "vgg11": VGG11}
 
 
+def trusted(arch: str) -> bool:
+    """Whether ``arch`` names geopath's or torchvision's code only (safe to build from a file's metadata)."""
+    return arch in BUILTIN or arch.startswith("torchvision:")
+
+
+def _import_module(name: str):
+    """Import ``name`` as ``import`` would from the current directory (the console script has no
+    current directory on ``sys.path``; ``python -m`` has)."""
+    cwd = os.getcwd()
+    added = cwd not in sys.path and "" not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        return importlib.import_module(name)
+    finally:
+        if added:
+            sys.path.remove(cwd)
+
+
+def _load_file(path: Path):
+    """Load a Python file as a module, once per file (keyed by its resolved path)."""
+    path = path.expanduser().resolve()
+    name = f"geopath_user_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:10]}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise UsageError(f"{path}: cannot be loaded as a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:
+        del sys.modules[name]
+        raise UsageError(f"{path}: failed to run ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+                         ) from None
+    return module
+
+
+def _user_factory(arch: str) -> Callable[..., nn.Module]:
+    where, _, attr = arch.rpartition(":")
+    if not where or not attr:
+        raise UsageError(f"--arch {arch!r}: expected MODULE:NAME or FILE.py:NAME")
+    if where.endswith(".py"):
+        path = Path(where)
+        if not path.expanduser().is_file():
+            raise UsageError(f"--arch {arch!r}: no such file {where}")
+        module = _load_file(path)
+    else:
+        try:
+            module = _import_module(where)
+        except ImportError as e:
+            raise UsageError(f"cannot import module {where!r} for --arch ({e}); pass a module importable from "
+                             f"the current directory, or a file: --arch path/to/{where.split('.')[-1]}.py:{attr}"
+                             ) from None
+    factory = getattr(module, attr, None)
+    if factory is None or not callable(factory):
+        raise UsageError(f"--arch {arch!r}: {where} has no class or function {attr!r}")
+    if isinstance(factory, type) and not issubclass(factory, nn.Module):
+        raise UsageError(f"--arch {arch!r} does not name an nn.Module class")
+    return factory
+
+
 def build_model(arch: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
     """Instantiate an architecture by name (see module docstring)."""
     kwargs = dict(kwargs or {})
@@ -106,18 +180,15 @@ def build_model(arch: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
             raise UsageError("torchvision weights are not downloaded by geopath; pass a checkpoint instead")
         factory = lambda **kw: tvm.get_model(name, **kw)  # noqa: E731
     elif ":" in arch:
-        module_name, _, cls_name = arch.partition(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as e:
-            raise UsageError(f"cannot import module {module_name!r} for --arch: {e}") from None
-        factory = getattr(module, cls_name, None)
-        if factory is None or not (isinstance(factory, type) and issubclass(factory, nn.Module)):
-            raise UsageError(f"{arch!r} does not name an nn.Module class")
+        factory = _user_factory(arch)
     else:
         known = ", ".join(sorted(BUILTIN))
-        raise UsageError(f"unknown architecture {arch!r} (built-in: {known}; or torchvision:NAME, package.module:Class)")
+        raise UsageError(f"unknown architecture {arch!r} (built-in: {known}; or torchvision:NAME, "
+                         "package.module:NAME, path/to/file.py:NAME)")
     try:
-        return factory(**kwargs)
+        model = factory(**kwargs)
     except TypeError as e:
         raise UsageError(f"bad keyword arguments for {arch!r}: {e}") from None
+    if not isinstance(model, nn.Module):
+        raise UsageError(f"--arch {arch!r} returned {type(model).__name__}, not an nn.Module")
+    return model

@@ -20,7 +20,7 @@ from torch import nn
 
 from geopath import __version__
 from geopath.io.atomic import atomic_path, sha256_file
-from geopath.io.archs import build_model
+from geopath.io.archs import build_model, trusted
 from geopath.errors import CheckpointError, StorageError, UsageError
 
 META_PREFIX = "geopath."
@@ -132,6 +132,14 @@ def _fit_report(model: nn.Module, tensors: dict[str, torch.Tensor]) -> str | Non
     return "; ".join(parts) or None
 
 
+def _layout_hint(tensors: dict[str, torch.Tensor]) -> str:
+    """A hint for a plain ``nn.Sequential`` state dict (keys ``0.weight``, ``2.weight``, ...)."""
+    if tensors and all(k.split(".", 1)[0].isdigit() for k in tensors):
+        return ("; its keys (" + ", ".join(list(tensors)[:2]) + ", ...) are an nn.Sequential's: pass the code that "
+                "builds it, e.g. --arch mymodels.py:make_net (a function returning the nn.Sequential)")
+    return ""
+
+
 def check_finite(tensors: dict[str, torch.Tensor], where: str) -> None:
     for k, v in tensors.items():
         if v.is_floating_point() and not bool(torch.isfinite(v).all()):
@@ -143,14 +151,24 @@ def load_checkpoint(
     arch: str | None = None,
     arch_kwargs: dict[str, Any] | None = None,
     trust_pickle: bool = False,
+    trust_code: bool = False,
 ) -> Checkpoint:
-    """Build the model a checkpoint describes (or ``arch``) and load its weights."""
+    """Build the model a checkpoint describes (or ``arch``) and load its weights.
+
+    From the file's metadata alone only geopath's and torchvision's architectures are built; one
+    that names other code (``module:NAME``, ``file.py:NAME``) is refused unless ``trust_code``: the
+    user names it with ``arch`` instead."""
     path = Path(path)
     tensors, meta = read_tensors(path, trust_pickle=trust_pickle)
     if arch is None:
         arch = meta.get(META_PREFIX + "arch")
         if arch is None:
-            raise UsageError(f"{path}: the file does not name its architecture; pass --arch (e.g. --arch mlp)")
+            raise UsageError(f"{path}: the file does not name its architecture; pass --arch (mlp, lenet5, vgg11, "
+                             f"torchvision:NAME, module:NAME or file.py:NAME){_layout_hint(tensors)}")
+        if not trusted(arch) and not trust_code:
+            raise UsageError(f"{path}: its metadata names architecture {arch!r}, code outside geopath and "
+                             f"torchvision, which geopath does not run on a file's word; pass --arch {arch} "
+                             "to build it (or --trust-code)")
         if arch_kwargs is None:
             try:
                 arch_kwargs = json.loads(meta.get(META_PREFIX + "arch_kwargs", "{}"))
@@ -160,7 +178,7 @@ def load_checkpoint(
     model = build_model(arch, arch_kwargs)
     report = _fit_report(model, tensors)
     if report:
-        raise CheckpointError(f"{path}: does not fit architecture {arch!r}: {report}")
+        raise CheckpointError(f"{path}: does not fit architecture {arch!r}: {report}{_layout_hint(tensors)}")
     check_finite(tensors, str(path))
     model.load_state_dict(tensors, strict=True)
     model.eval()

@@ -1,8 +1,11 @@
 """Data sets as in-memory tensors.
 
 ``--data`` accepts ``mnist``, ``fashion-mnist``, ``cifar10``, a ``PATH.npz`` (arrays
-``x`` and ``y``; uint8 images NHWC or NCHW, or float arrays) or an image folder
-(torchvision ``ImageFolder`` layout). Named sets are looked for, in order, under
+``x`` and ``y``; uint8 images NHWC or NCHW, other integers as token ids, or float arrays), an image folder
+(torchvision ``ImageFolder`` layout), or a folder laid out by split (``train/`` and ``test/``
+image folders, or ``train.npz`` and ``test.npz``). A named set or a folder laid out by split has
+a train and a test split; a ``PATH.npz`` or a plain image folder is one set (:func:`has_splits`),
+so a job needs ``--eval-data`` for its test accuracy. Named sets are looked for, in order, under
 ``--data-root`` (or ``$GEOPATH_DATA_ROOT``) alone when given, otherwise ``./data``,
 ``../shared/data`` and ``~/.cache/geopath/data``, in torchvision's layout (``MNIST/raw/…``,
 ``FashionMNIST/raw/…``) or, for CIFAR-10, as ``cifar10/{train,train_20k,test}.npz``.
@@ -141,15 +144,50 @@ def load_npz(path: Path, split: str = "train", mean=None, std=None) -> Dataset:
     if x.dtype == np.uint8:
         channels = x.shape[-1] if x.ndim == 4 and x.shape[-1] in (1, 3) else (x.shape[1] if x.ndim == 4 else 1)
         xt = _normalise(x, mean or (0.5,) * channels, std or (0.5,) * channels)
+    elif np.issubdtype(x.dtype, np.integer):  # token ids (an embedding's inputs): kept whole
+        xt = torch.from_numpy(np.ascontiguousarray(x).astype(np.int64))
     else:
         xt = torch.from_numpy(np.ascontiguousarray(x)).float()
     return Dataset(xt, torch.from_numpy(np.asarray(y).astype(np.int64)).reshape(-1), str(path), split)
+
+
+def split_layout(path: Path) -> str | None:
+    """How a folder holds its splits: ``"folders"`` (``train/`` and ``test/`` image folders), ``"npz"``
+    (``train.npz`` and ``test.npz``), or None (the folder is one set)."""
+    if not path.is_dir():
+        return None
+    if all((path / s).is_dir() for s in SPLITS):
+        return "folders"
+    if all((path / f"{s}.npz").is_file() for s in SPLITS):
+        return "npz"
+    return None
+
+
+def has_splits(name: str) -> bool:
+    """Whether data set ``name`` has its own train and test splits (a named set, or a folder laid out
+    by split); a ``PATH.npz`` or a plain image folder is one set, whatever split is asked for."""
+    if canonical_name(name) in NAMED:
+        return True
+    return split_layout(Path(name).expanduser()) is not None
+
+
+def recorded_name(name: str) -> str:
+    """How a run records data set ``name``: a named set by its name, a path absolute (readable from
+    any directory)."""
+    key = canonical_name(name)
+    return key if key in NAMED else str(Path(name).expanduser().resolve())
 
 
 def _load_image_folder(path: Path, split: str) -> Dataset:
     import torchvision
     from torchvision import transforms
 
+    classes = sorted(p.name for p in path.iterdir() if p.is_dir()) if path.is_dir() else []
+    if set(SPLITS) & set(classes):
+        missing = [s for s in SPLITS if s not in classes]
+        raise DataError(f"{path}: holds {', '.join(c for c in classes if c in SPLITS)}/ but not "
+                        f"{', '.join(missing)}/: a folder laid out by split needs train/ and test/ "
+                        "(each an image folder); a folder of classes must not name a class train or test")
     try:
         ds = torchvision.datasets.ImageFolder(str(path), transform=transforms.ToTensor())
     except Exception as e:
@@ -172,6 +210,11 @@ def load_dataset(name: str, split: str = "train", data_root=None, download: bool
             raise DataError(f"{path}: no such .npz data file")
         return load_npz(path, split)
     if path.is_dir():
+        layout = split_layout(path)
+        if layout == "folders":
+            return _load_image_folder(path / split, split)
+        if layout == "npz":
+            return load_npz(path / f"{split}.npz", split)
         return _load_image_folder(path, split)
     known = ", ".join(NAMED)
     raise DataError(f"unknown data set {name!r} (use one of {known}, a PATH.npz or an image folder)")

@@ -14,7 +14,6 @@ just before the summary and the manifest, so a run that stopped early never has 
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from torch import nn
 
 from geopath.core import distributed
 from geopath.io.atomic import atomic_path, sha256_file, write_text_atomic
+from geopath.io.jsontext import dumps
 from geopath.io.checkpoint import save_checkpoint
 from geopath.errors import UsageError
 from geopath.io.manifest import MANIFEST, run_files
@@ -127,7 +127,7 @@ class RunWriter:
 
     def write_json(self, name: str, obj: Any) -> None:
         if self.writes:
-            write_text_atomic(self.out / name, json.dumps(obj, indent=2, default=str) + "\n")
+            write_text_atomic(self.out / name, dumps(obj, indent=2) + "\n")
 
     def copy_network(self, rel_src: str, name: str) -> None:
         """Copy a saved network (e.g. the selected step) to ``OUT/name``, atomically."""
@@ -144,6 +144,6 @@ class RunWriter:
             return
         if (self.out / PENDING).exists():
             os.replace(self.out / PENDING, self.out / FINAL)
-        write_text_atomic(self.out / "summary.json", json.dumps(summary, indent=2) + "\n")
+        write_text_atomic(self.out / "summary.json", dumps(summary, indent=2) + "\n")
         manifest = {rel: sha256_file(self.out / rel) for rel in run_files(self.out)}
-        write_text_atomic(self.out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+        write_text_atomic(self.out / MANIFEST, dumps(manifest, indent=2) + "\n")

@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from geopath.io.atomic import STORAGE_ERRNOS, storage_error, write_text_atomic
+from geopath.io.jsontext import dumps, finite
 from geopath.io.reader import read_jsonl
 
 # the columns of every job's trace.csv; a job adds its own in the middle (trace.jsonl has all keys)
@@ -52,13 +53,13 @@ class Trace:
         write_text_atomic(self.jsonl_path, "")
 
     def append(self, row: dict) -> None:
-        clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+        clean = finite(row)
         if not self.writes:
-            self._memory = (self._memory if self._memory is not None else self.rows()) + [json.loads(json.dumps(clean))]
+            self._memory = (self._memory if self._memory is not None else self.rows()) + [json.loads(dumps(clean))]
             return
         buf = io.StringIO()
         csv.writer(buf, lineterminator="\n").writerow([_fmt(row.get(k)) for k in self.columns])
-        for path, text in ((self.csv_path, buf.getvalue()), (self.jsonl_path, json.dumps(clean) + "\n")):
+        for path, text in ((self.csv_path, buf.getvalue()), (self.jsonl_path, dumps(clean) + "\n")):
             try:
                 with open(path, "a") as f:  # one write() per row, then fsync: readers see whole rows
                     f.write(text)
@@ -85,7 +86,7 @@ class Trace:
         for r in rows:
             w.writerow([_fmt(r.get(k)) for k in self.columns])
         write_text_atomic(self.csv_path, buf.getvalue())
-        write_text_atomic(self.jsonl_path, "".join(json.dumps(r) + "\n" for r in rows))
+        write_text_atomic(self.jsonl_path, "".join(dumps(r) + "\n" for r in rows))
 
 
 def read_csv(path: str | os.PathLike) -> list[dict]:

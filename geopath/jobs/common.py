@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import math
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar, NamedTuple
@@ -22,10 +23,10 @@ from torch import nn
 
 from geopath.core import distributed
 from geopath.io.checkpoint import META_PREFIX, Checkpoint, load_checkpoint, read_tensors
-from geopath.io.data import Dataset, load_dataset
+from geopath.io.data import Dataset, has_splits, load_dataset, recorded_name
 from geopath.errors import CheckpointError, UsageError
 from geopath.core.evaluate import evaluate
-from geopath.core.path import PathConfig, PathState
+from geopath.core.path import Interrupted, PathConfig, PathState
 from geopath.core.record import PeerRecorder, Recorder
 from geopath.peers import registry
 from geopath.peers.task import PeerTask
@@ -97,7 +98,7 @@ def path_config(cfg, step_size: float, max_steps: int, **job_specific) -> PathCo
 
 def load(cfg, path: str) -> Checkpoint:
     """Load one checkpoint with the run's architecture options."""
-    return load_checkpoint(path, cfg.arch, cfg.arch_kwargs, cfg.trust_pickle)
+    return load_checkpoint(path, cfg.arch, cfg.arch_kwargs, cfg.trust_pickle, cfg.trust_code)
 
 
 def load_pair(cfg) -> tuple[Checkpoint, Checkpoint]:
@@ -122,9 +123,28 @@ def same_arch(a: Checkpoint, b: Checkpoint, hint: str = "") -> None:
 
 
 def data_name(cfg_value: str | None, ck: Checkpoint, flag: str) -> str:
+    """``flag``'s data set, else the one ``ck`` records; a path made absolute (so the run's records
+    read from any directory)."""
     name = cfg_value or ck.data
     if not name:
         raise UsageError(f"{ck.path} does not record its data set; pass {flag} (e.g. {flag} mnist)")
+    return recorded_name(name)
+
+
+def recorded(name: str | None) -> str | None:
+    """A data set as a run records it (:func:`geopath.io.data.recorded_name`); None stays None."""
+    return None if name is None else recorded_name(name)
+
+
+def eval_set(name: str, eval_name: str | None, flag: str = "--eval-data") -> str:
+    """The data set to score on: ``eval_name`` if given, else ``name``'s own test split — which a
+    ``PATH.npz`` or a plain image folder does not have (its "test" would be the training data)."""
+    if eval_name:
+        return recorded_name(eval_name)
+    if not has_splits(name):
+        raise UsageError(f"{name} is one set of labelled data, with no test split of its own: pass {flag} "
+                         "with held-out labelled data (a PATH.npz or an image folder), or use a folder laid out by "
+                         "split (train/ and test/, or train.npz and test.npz)")
     return name
 
 
@@ -176,8 +196,9 @@ def single_task_data(cfg, ck: Checkpoint, device, what: str = "the network") -> 
     """``--data`` (default: the checkpoint's) train split for the metric, ``--eval-data`` test split,
     checked against ``ck``'s network."""
     name = data_name(cfg.data, ck, "--data")
+    test_name = eval_set(name, cfg.eval_data)
     metric = load_split(name, "train", cfg, cfg.metric_size)
-    test = load_split(cfg.eval_data or name, "test", cfg, cfg.eval_size)
+    test = load_split(test_name, "test", cfg, cfg.eval_size)
     check_inputs(ck.model.to(device), test, device, what)
     return Splits(name, metric, test, metric.head(cfg.train_eval_size) if cfg.train_eval_size else None)
 
@@ -307,6 +328,18 @@ class Job:
         setup = self.prepare(cfg, device)
         writer = open_writer(out, overwrite, resume, setup.arch, setup.arch_kwargs, setup.parent_sha256, self.name,
                              setup.data, self.columns)
+        try:
+            return self._run(setup, writer, resume, on_row, on_start, device)
+        except (Interrupted, KeyboardInterrupt):
+            raise  # the run stays resumable
+        except BaseException:
+            if not resume and writer.writes and len(writer.trace.rows()) <= 1:
+                # it failed before its first step: a corrected re-run needs no --overwrite, and nothing is left
+                # that looks like a run
+                shutil.rmtree(writer.out, ignore_errors=True)
+            raise
+
+    def _run(self, setup: Setup, writer: RunWriter, resume: bool, on_row, on_start, device) -> dict[str, Any]:
         recorder = Recorder(writer, setup.evaluate, setup.epoch_size, on_row, setup.bn_data, device)
         method = getattr(getattr(setup.cfg, "method", None), "value", registry.GEODESIC)
         geodesic = method == registry.GEODESIC
@@ -319,7 +352,7 @@ class Job:
             record = PeerRecorder(recorder)
             returned = registry.get(self.name, method).run(self.peer_task(setup, record, device))
             outcome = Outcome(record.rows[-1], target=returned)
-        summary = {"job": self.name, "method": method, "out": str(out), "final": "final.safetensors",
+        summary = {"job": self.name, "method": method, "out": str(writer.out), "final": "final.safetensors",
                    "headline": self.headline, **self.summarise(setup, writer, outcome)}
         gate(summary, summary[self.gate_on], setup.cfg.min_accuracy, self.gate_on)
         writer.finish(summary)

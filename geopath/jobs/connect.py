@@ -89,8 +89,8 @@ class Connect(job.Job):
         d0 = float(torch.linalg.vector_norm(w_b - w_a))
         max_steps = cfg.max_steps or 4 * cfg.steps
         step_size = cfg.step_size or job.default_step_size(d0, cfg.steps, STEP_SCALE)
-        cfg = dataclasses.replace(cfg, data=data_name, step_size=step_size, max_steps=max_steps, arch=a.arch,
-                                  arch_kwargs=a.arch_kwargs)
+        cfg = dataclasses.replace(cfg, data=data_name, eval_data=job.recorded(cfg.eval_data), step_size=step_size,
+                                  max_steps=max_steps, arch=a.arch, arch_kwargs=a.arch_kwargs)
 
         def evaluate_row(net) -> dict:
             row = job.task_metrics(net, test, device, "test_")

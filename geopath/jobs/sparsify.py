@@ -63,8 +63,8 @@ class Sparsify(job.Job):
         target = build_target(cfg, model, space, w0)
         max_steps = cfg.max_steps or 3 * cfg.steps
         step_size = cfg.step_size or job.default_step_size(target.distance(w0), cfg.steps, STEP_SCALE)
-        cfg = dataclasses.replace(cfg, data=data_name, step_size=step_size, max_steps=max_steps, arch=ck.arch,
-                                  arch_kwargs=ck.arch_kwargs)
+        cfg = dataclasses.replace(cfg, data=data_name, eval_data=job.recorded(cfg.eval_data), step_size=step_size,
+                                  max_steps=max_steps, arch=ck.arch, arch_kwargs=ck.arch_kwargs)
         sparse_names = sparse_parameters(cfg, model)
 
         def evaluate_row(net) -> dict:

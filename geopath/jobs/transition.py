@@ -216,8 +216,8 @@ class Transition(job.Job):
         dry = Switchboard()
         for leg in legs:
             dry.apply(leg, model, space, w_start)
-        cfg = dataclasses.replace(cfg, plan=[leg.to_dict() for leg in legs], data=data_name, arch=ck.arch,
-                                  arch_kwargs=ck.arch_kwargs)
+        cfg = dataclasses.replace(cfg, plan=[leg.to_dict() for leg in legs], data=data_name,
+                                  eval_data=job.recorded(cfg.eval_data), arch=ck.arch, arch_kwargs=ck.arch_kwargs)
         layers = sorted({layer for leg in legs for layer in (*leg.remove, *leg.restore)})
 
         def evaluate_row(net) -> dict:

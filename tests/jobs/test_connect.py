@@ -211,7 +211,7 @@ def _assert_fresh_bn(path, data, stored_elsewhere):
     """``path``'s BatchNorm statistics are what recompute_batchnorm gives on ``data`` for its weights,
     and differ from the statistics stored in ``stored_elsewhere`` (the trained endpoints)."""
     tensors, _ = read_tensors(path)
-    net = load_checkpoint(path).model
+    net = load_checkpoint(path, trust_code=True).model  # a test architecture (tests._helpers:BNMLP)
     recompute_batchnorm(net, data)
     fresh = net.state_dict()
     bn_keys = [k for k in tensors if k.rsplit(".", 1)[-1] in BN_NAMES]
@@ -251,7 +251,8 @@ def test_batchnorm_statistics_are_recomputed_geodesic(tmp_path):
     a = train_net(tmp_path / "bn_a.safetensors", arch, {}, "mnist", size=1000, epochs=1, seed=0)
     b = train_net(tmp_path / "bn_b.safetensors", arch, {}, "mnist", size=1000, epochs=1, seed=1)
     out = tmp_path / "out"
-    proc = geopath("connect", a, b, "-o", out, "--points", "3", "--data-root", DATA_ROOT, "--metric-size", "1000",
+    proc = geopath("connect", a, b, "-o", out, "--arch", arch, "--points", "3", "--data-root", DATA_ROOT,
+                   "--metric-size", "1000",
                    "--eval-size", "300", "--bn-samples", "500", "--steps", "6", "--max-steps", "4", "--save-every",
                    "2", "--batch-size", "64", "--cg-iters", "3")
     assert proc.returncode == 0, proc.stderr

@@ -139,7 +139,8 @@ def test_every_saved_network_has_fresh_batchnorm_statistics(tmp_path):
 
     start = train_net(tmp_path / "bn.safetensors", "tests._helpers:BNMLP", {}, "mnist", size=1000, epochs=1, seed=0)
     out = tmp_path / "out"
-    proc = geopath("sparsify", start, "-o", out, "--structured", "fc1:16", "--data-root", DATA_ROOT,
+    proc = geopath("sparsify", start, "-o", out, "--arch", "tests._helpers:BNMLP", "--structured", "fc1:16",
+                   "--data-root", DATA_ROOT,
                    "--metric-size", "1000", "--eval-size", "300", "--bn-samples", "500", "--steps", "6",
                    "--settle-steps", "2", "--save-every", "2", "--batch-size", "64", "--cg-iters", "3")
     assert proc.returncode == 0, proc.stderr
@@ -150,5 +151,5 @@ def test_every_saved_network_has_fresh_batchnorm_statistics(tmp_path):
     assert len(rows) >= 4
     for r in rows[1:]:  # (the start keeps its trained statistics)
         _assert_fresh_bn(out / r["checkpoint"], bn_data, [ts])
-        net = load_checkpoint(out / r["checkpoint"]).model
+        net = load_checkpoint(out / r["checkpoint"], trust_code=True).model
         assert evaluate(net, test).accuracy == pytest.approx(float(r["test_accuracy"]), abs=1e-12)
