@@ -24,6 +24,7 @@ import typer
 from geopath import __version__
 from geopath.config import JOBS
 from geopath.errors import EXIT_THRESHOLD, GeopathError, UsageError
+from geopath.io.preprocess import PREPROCESS_HELP
 from geopath.report.text import fmt
 
 EXIT_INTERRUPTED = 130
@@ -385,6 +386,8 @@ def eval_cmd(
                                                   "one set (PATH.npz, an image folder). \\[default: the checkpoint's, "
                                                   "when it has a test split]"),
     split: str = typer.Option("test", help="train or test (of a named set or a folder laid out by split)."),
+    normalize: Optional[str] = typer.Option(None, help=PREPROCESS_HELP + " \\[default: the checkpoint's record, "
+                                                       "else dataset]"),
     data_root: Optional[str] = typer.Option(None, envvar="GEOPATH_DATA_ROOT"),
     size: Optional[int] = typer.Option(None, help="Only the first N samples."),
     arch: Optional[str] = typer.Option(None, help="Architecture (see geopath sparsify --help). \\[default: the "
@@ -416,10 +419,11 @@ def eval_cmd(
         if one_set and data is None:
             raise UsageError(f"{checkpoint} records its training data {name}, one set with no test split; pass "
                              "--data with labelled test data")
-        ds = load_dataset(name, split, data_root).head(size)
+        preprocess = normalize or ck.metadata.get("geopath.preprocess")
+        ds = load_dataset(name, split, data_root, preprocess=preprocess).head(size)
         ev = evaluate(ck.model.to(dev), ds, device=dev)
         return {"checkpoint": str(checkpoint), "data": name, "split": None if one_set else split,
-                "samples": ev.samples,
+                "preprocess": ds.preprocess, "samples": ev.samples,
                 "accuracy": ev.accuracy, "loss": ev.loss, "sparsity": sparsity_of(ck.model)}
 
     res = _guard(go, debug)
@@ -427,7 +431,7 @@ def eval_cmd(
         _emit(res, True)
     else:
         for k, v in res.items():
-            typer.echo(f"{k + ':':<11}{fmt(v)}")
+            typer.echo(f"{k + ':':<12}{fmt(v)}")
 
 
 @app.command("inspect")
@@ -474,6 +478,7 @@ def train_cmd(
                                            "by split; or one set: PATH.npz, an image folder)."),
     eval_data: Optional[str] = typer.Option(None, help="Labelled test set for the reported accuracy. \\[default: "
                                                        "--data's test split]"),
+    normalize: Optional[str] = typer.Option(None, help=PREPROCESS_HELP + " \\[default: dataset]"),
     data_root: Optional[str] = typer.Option(None, envvar="GEOPATH_DATA_ROOT"),
     size: Optional[int] = typer.Option(None, help="Train on the first N samples only."),
     epochs: float = typer.Option(5.0, help="Epochs of training."),
@@ -514,13 +519,14 @@ def train_cmd(
         from geopath.jobs.common import eval_set
 
         test_name = eval_set(data, eval_data)
-        tr = load_dataset(data, "train", data_root).head(size)
-        te = load_dataset(test_name, "test", data_root)
+        tr = load_dataset(data, "train", data_root, preprocess=normalize).head(size)
+        te = load_dataset(test_name, "test", data_root, preprocess=normalize)
         stats = train(model, tr, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                       seed=seed, device=dev)
         ev = evaluate(model, te, device=dev)
         save_checkpoint(out, model.cpu(), arch, kwargs, step=0,
-                        extra={"data": recorded_name(data), "test_accuracy": f"{ev.accuracy:.4f}"})
+                        extra={"data": recorded_name(data), "preprocess": tr.preprocess,
+                               "test_accuracy": f"{ev.accuracy:.4f}"})
         return {"out": str(out), "arch": arch, "data": data, "epochs": epochs, "test_accuracy": ev.accuracy,
                 "test_loss": ev.loss, "sample_passes": stats.sample_passes}
 

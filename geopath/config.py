@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from geopath.errors import UsageError
+from geopath.io.preprocess import PREPROCESS_HELP, parse_preprocess
 from geopath.peers import registry
 from geopath.core.choices import Anchor, BNStats, Combine, MaskScope, MetricKind, TRMethod
 
@@ -136,6 +137,7 @@ class CommonOptions:
     arch_kwargs: dict | None = opt(None, "Architecture keyword arguments as a JSON object.",
                                    example=ARCH_KWARGS_EXAMPLE)
     trust_pickle: bool = opt(False, "Allow unpickling a .pt file (only for files you trust).")
+    normalize: str | None = opt(None, PREPROCESS_HELP, default_help="the checkpoint's record, else dataset")
     trust_code: bool = opt(False, "Build the architecture a checkpoint's metadata names even when it is code outside "
                                   "geopath and torchvision (only for files you trust; --arch names it instead).")
     data_root: str | None = opt(None, "Folder with the data sets (torchvision layout); also $GEOPATH_DATA_ROOT.",
@@ -160,6 +162,7 @@ class CommonOptions:
             raise UsageError(f"--min-accuracy must be in [0, 1], got {self.min_accuracy}")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             raise UsageError(f"--device must be cpu or cuda, got {self.device!r}")
+        parse_preprocess(self.normalize)
         return self
 
     def to_dict(self) -> dict[str, Any]:

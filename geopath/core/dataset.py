@@ -18,6 +18,7 @@ class Dataset:
     y: torch.Tensor
     name: str
     split: str
+    preprocess: str | None = None  # how stored data became x (geopath.io.data records it)
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -25,7 +26,7 @@ class Dataset:
     def head(self, n: int | None) -> "Dataset":
         if n is None or n >= len(self):
             return self
-        return Dataset(self.x[:n], self.y[:n], self.name, self.split)
+        return Dataset(self.x[:n], self.y[:n], self.name, self.split, self.preprocess)
 
 
 def batches(ds: Dataset, batch_size: int, generator: torch.Generator | None = None, shuffle: bool = False):

@@ -253,18 +253,28 @@ def group_mask(groups: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
 class StructuredTarget(HyperplaneTarget):
     """Whole output units (conv filters / linear neurons) of named layers set to zero.
 
-    ``counts`` maps a layer name to how many of its units go: the units with the
-    smallest L2 norm of their group (see :func:`unit_groups`) at the start, so the
-    removed channel outputs exactly zero.
+    ``counts`` maps a layer name to how many of its units go: the units with the smallest L2
+    norm of their own weights at the start. With ``example`` inputs, a unit's group is every
+    parameter that produces its channel, traced through the network (:mod:`geopath.core.coupling`:
+    the following BatchNorm, and every conv and BatchNorm adding into the same residual stream),
+    so the removed channel is zero everywhere downstream; without, the layer's row and the
+    BatchNorm channel right after it (:func:`unit_groups`).
     """
 
     name = "structured"
 
-    def __init__(self, model: nn.Module, space: ParamSpace, w0: torch.Tensor, counts: dict[str, int]):
-        self.counts, self._groups = dict(counts), {}
+    def __init__(self, model: nn.Module, space: ParamSpace, w0: torch.Tensor, counts: dict[str, int],
+                 example: torch.Tensor | None = None):
+        from geopath.core.coupling import coupled_groups, coupled_layers
+
+        self.counts, self._groups, self.coupled = dict(counts), {}, {}
         for layer, k in counts.items():
             try:
-                groups = unit_groups(model, space, layer)
+                if example is None:
+                    groups = unit_groups(model, space, layer)
+                else:
+                    groups = coupled_groups(model, space, layer, example)
+                    self.coupled[layer] = coupled_layers(model, layer, example)
             except UsageError as e:
                 raise UsageError(f"--structured: {e}") from None
             if not 0 <= k < len(groups):
@@ -293,7 +303,10 @@ class StructuredTarget(HyperplaneTarget):
         return out
 
     def describe(self):
-        return {"target": self.name, "counts": self.counts, "removed": self.removed, "masked": int(self.mask.sum())}
+        out = {"target": self.name, "counts": self.counts, "removed": self.removed, "masked": int(self.mask.sum())}
+        if self.coupled:
+            out["coupled"] = self.coupled  # the other layers each removed channel is zeroed in
+        return out
 
 
 def parse_structured(spec: str | Sequence[str] | None) -> dict[str, int]:

@@ -24,6 +24,7 @@ import torch
 from geopath.core.dataset import Dataset
 
 from geopath.errors import DataError
+from geopath.io.preprocess import parse_preprocess
 
 NAMED = {
     "mnist": {"folder": "MNIST", "mean": (0.1307,), "std": (0.3081,)},
@@ -32,6 +33,30 @@ NAMED = {
 }
 ALIASES = {"fmnist": "fashion-mnist", "fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist", "cifar-10": "cifar10"}
 SPLITS = ("train", "test")
+AS_STORED = "as stored"  # float or integer arrays: no preprocessing
+
+
+def _stats(preprocess: str, channels: int, mean, std) -> tuple[tuple, tuple] | None:
+    """(mean, std) per channel for ``preprocess`` (None: x/255 only); ``mean``, ``std``: the set's own."""
+    if preprocess == "none":
+        return None
+    if preprocess == AS_STORED:
+        raise DataError("the network's inputs were arrays used as stored; these are uint8 images: pass --normalize")
+    if preprocess == "dataset":
+        return (tuple(mean) if mean else (0.5,) * channels), (tuple(std) if std else (0.5,) * channels)
+    m, s = (tuple(float(v) for v in part.split(",")) for part in preprocess.split("/"))
+    if len(m) == 1 and channels > 1:
+        m, s = m * channels, s * channels
+    if len(m) != channels:
+        raise DataError(f"--normalize {preprocess}: {len(m)} channel(s) of mean/std for images with {channels}")
+    return m, s
+
+
+def _stated(stats: tuple[tuple, tuple] | None) -> str:
+    """How a run records the preprocessing it applied."""
+    if stats is None:
+        return "none"
+    return ",".join(f"{v:g}" for v in stats[0]) + "/" + ",".join(f"{v:g}" for v in stats[1])
 
 
 def candidate_roots(data_root: str | os.PathLike | None = None) -> list[Path]:
@@ -78,18 +103,21 @@ def _find_idx(folder: Path, stem: str) -> Path | None:
     return None
 
 
-def _normalise(x: np.ndarray, mean, std) -> torch.Tensor:
+def _normalise(x: np.ndarray, preprocess: str, mean=None, std=None) -> tuple[torch.Tensor, str]:
+    """uint8 images (N×H×W, NHWC or NCHW) → float N×C×H×W: x/255, then ``preprocess``'s mean and std
+    (``mean``, ``std``: the set's own, for ``dataset``). Returns the inputs and the preprocessing applied."""
     t = torch.from_numpy(np.array(x, copy=True)).float().div_(255.0)
     if t.ndim == 3:
         t = t.unsqueeze(1)
     elif t.ndim == 4 and t.shape[-1] in (1, 3) and t.shape[1] not in (1, 3):
         t = t.permute(0, 3, 1, 2).contiguous()
-    m = torch.tensor(mean).view(1, -1, 1, 1)
-    s = torch.tensor(std).view(1, -1, 1, 1)
-    return (t - m) / s
+    stats = _stats(preprocess, int(t.shape[1]), mean, std)
+    if stats is not None:
+        t = (t - torch.tensor(stats[0]).view(1, -1, 1, 1)) / torch.tensor(stats[1]).view(1, -1, 1, 1)
+    return t, _stated(stats)
 
 
-def _load_named(name: str, split: str, roots: list[Path], download: bool) -> Dataset:
+def _load_named(name: str, split: str, roots: list[Path], download: bool, preprocess: str = "dataset") -> Dataset:
     spec = NAMED[name]
     for root in roots:
         folder = root / spec["folder"]
@@ -97,7 +125,7 @@ def _load_named(name: str, split: str, roots: list[Path], download: bool) -> Dat
             files = ["test.npz"] if split == "test" else ["train.npz", "train_20k.npz"]
             for fname in files:
                 if (folder / fname).is_file():
-                    ds = load_npz(folder / fname, split, mean=spec["mean"], std=spec["std"])
+                    ds = load_npz(folder / fname, split, preprocess, mean=spec["mean"], std=spec["std"])
                     ds.name = name
                     return ds
             continue
@@ -108,9 +136,10 @@ def _load_named(name: str, split: str, roots: list[Path], download: bool) -> Dat
             x, y = _read_idx(img), _read_idx(lab)
             if len(x) != len(y):
                 raise DataError(f"{folder}: {len(x)} images but {len(y)} labels")
-            return Dataset(_normalise(x, spec["mean"], spec["std"]), torch.from_numpy(y.astype(np.int64)), name, split)
+            xt, stated = _normalise(x, preprocess, spec["mean"], spec["std"])
+            return Dataset(xt, torch.from_numpy(y.astype(np.int64)), name, split, stated)
     if download and name != "cifar10":
-        return _download(name, split, roots[0], spec)
+        return _download(name, split, roots[0], spec, preprocess)
     searched = ", ".join(str(r) for r in roots)
     raise DataError(
         f"data set {name!r} ({split}) not found offline; searched {searched} "
@@ -118,7 +147,7 @@ def _load_named(name: str, split: str, roots: list[Path], download: bool) -> Dat
     )
 
 
-def _download(name: str, split: str, root: Path, spec) -> Dataset:
+def _download(name: str, split: str, root: Path, spec, preprocess: str) -> Dataset:
     import torchvision
 
     cls = torchvision.datasets.MNIST if name == "mnist" else torchvision.datasets.FashionMNIST
@@ -126,10 +155,10 @@ def _download(name: str, split: str, root: Path, spec) -> Dataset:
         cls(str(root), train=(split == "train"), download=True)
     except Exception as e:  # network errors come in many types
         raise DataError(f"could not download {name!r} into {root}: {str(e).splitlines()[0]}") from None
-    return _load_named(name, split, [root], download=False)
+    return _load_named(name, split, [root], download=False, preprocess=preprocess)
 
 
-def load_npz(path: Path, split: str = "train", mean=None, std=None) -> Dataset:
+def load_npz(path: Path, split: str = "train", preprocess: str = "dataset", mean=None, std=None) -> Dataset:
     try:
         with np.load(path, allow_pickle=False) as f:
             if "x" not in f or "y" not in f:
@@ -142,13 +171,17 @@ def load_npz(path: Path, split: str = "train", mean=None, std=None) -> Dataset:
     if len(x) != len(y):
         raise DataError(f"{path}: {len(x)} inputs but {len(y)} labels")
     if x.dtype == np.uint8:
-        channels = x.shape[-1] if x.ndim == 4 and x.shape[-1] in (1, 3) else (x.shape[1] if x.ndim == 4 else 1)
-        xt = _normalise(x, mean or (0.5,) * channels, std or (0.5,) * channels)
-    elif np.issubdtype(x.dtype, np.integer):  # token ids (an embedding's inputs): kept whole
-        xt = torch.from_numpy(np.ascontiguousarray(x).astype(np.int64))
+        xt, stated = _normalise(x, preprocess, mean, std)
     else:
-        xt = torch.from_numpy(np.ascontiguousarray(x)).float()
-    return Dataset(xt, torch.from_numpy(np.asarray(y).astype(np.int64)).reshape(-1), str(path), split)
+        if preprocess not in ("dataset", AS_STORED):
+            raise DataError(f"{path}: --normalize applies to uint8 images; this file holds {x.dtype} arrays, "
+                            "used as stored (pass --normalize dataset or leave it out)")
+        stated = AS_STORED
+        if np.issubdtype(x.dtype, np.integer):  # token ids (an embedding's inputs): kept whole
+            xt = torch.from_numpy(np.ascontiguousarray(x).astype(np.int64))
+        else:
+            xt = torch.from_numpy(np.ascontiguousarray(x)).float()
+    return Dataset(xt, torch.from_numpy(np.asarray(y).astype(np.int64)).reshape(-1), str(path), split, stated)
 
 
 def split_layout(path: Path) -> str | None:
@@ -178,7 +211,7 @@ def recorded_name(name: str) -> str:
     return key if key in NAMED else str(Path(name).expanduser().resolve())
 
 
-def _load_image_folder(path: Path, split: str) -> Dataset:
+def _load_image_folder(path: Path, split: str, preprocess: str = "dataset") -> Dataset:
     import torchvision
     from torchvision import transforms
 
@@ -194,27 +227,36 @@ def _load_image_folder(path: Path, split: str) -> Dataset:
         raise DataError(f"{path}: not a usable image folder ({str(e).splitlines()[0]})") from None
     xs, ys = zip(*[ds[i] for i in range(len(ds))])
     x = torch.stack(xs)
-    return Dataset((x - 0.5) / 0.5, torch.tensor(ys, dtype=torch.int64), str(path), split)
+    stats = _stats(preprocess, int(x.shape[1]), None, None)
+    if stats is not None:
+        x = (x - torch.tensor(stats[0]).view(1, -1, 1, 1)) / torch.tensor(stats[1]).view(1, -1, 1, 1)
+    return Dataset(x, torch.tensor(ys, dtype=torch.int64), str(path), split, _stated(stats))
 
 
-def load_dataset(name: str, split: str = "train", data_root=None, download: bool = False) -> Dataset:
-    """Load a data set split into memory (see module docstring for accepted names)."""
+def load_dataset(name: str, split: str = "train", data_root=None, download: bool = False,
+                 preprocess: str | None = None) -> Dataset:
+    """Load a data set split into memory (see module docstring for accepted names).
+
+    ``preprocess`` (``--normalize``; default ``dataset``) says how stored pixels become inputs; the
+    returned set states what was applied (``Dataset.preprocess``: ``M,M/S,S``, ``none`` or
+    ``as stored``), which every run records."""
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r} (use train or test)")
+    preprocess = parse_preprocess(preprocess) or "dataset"
     key = canonical_name(name)
     if key in NAMED:
-        return _load_named(key, split, candidate_roots(data_root), download)
+        return _load_named(key, split, candidate_roots(data_root), download, preprocess)
     path = Path(name).expanduser()
     if path.suffix == ".npz":
         if not path.is_file():
             raise DataError(f"{path}: no such .npz data file")
-        return load_npz(path, split)
+        return load_npz(path, split, preprocess)
     if path.is_dir():
         layout = split_layout(path)
         if layout == "folders":
-            return _load_image_folder(path / split, split)
+            return _load_image_folder(path / split, split, preprocess)
         if layout == "npz":
-            return load_npz(path / f"{split}.npz", split)
-        return _load_image_folder(path, split)
+            return load_npz(path / f"{split}.npz", split, preprocess)
+        return _load_image_folder(path, split, preprocess)
     known = ", ".join(NAMED)
     raise DataError(f"unknown data set {name!r} (use one of {known}, a PATH.npz or an image folder)")

@@ -96,9 +96,9 @@ class RunWriter:
     """
 
     def __init__(self, out: Path, arch: str, arch_kwargs: dict, parent_sha256: str | None, job: str, data: str | None,
-                 columns: tuple[str, ...] | None = None):
+                 columns: tuple[str, ...] | None = None, preprocess: str | None = None):
         self.out, self.arch, self.arch_kwargs = Path(out), arch, arch_kwargs
-        self.parent_sha256, self.job, self.data = parent_sha256, job, data
+        self.parent_sha256, self.job, self.data, self.preprocess = parent_sha256, job, data, preprocess
         self.trace = Trace(self.out, columns) if columns else Trace(self.out)
         self.writes = self.trace.writes = distributed.current().is_main
 
@@ -122,7 +122,8 @@ class RunWriter:
         if self.writes:
             save_checkpoint(self._target(path), model, self.arch, self.arch_kwargs, step=step,
                             parent_sha256=self.parent_sha256,
-                            extra={"job": self.job, **({"data": self.data} if self.data else {})})
+                            extra={"job": self.job, **({"data": self.data} if self.data else {}),
+                                   **({"preprocess": self.preprocess} if self.preprocess else {})})
         return str(Path(path).relative_to(self.out))
 
     def write_json(self, name: str, obj: Any) -> None:

@@ -155,8 +155,8 @@ def split_train(ds: Dataset, val_size: int) -> tuple[Dataset, Dataset | None]:
     if val_size >= len(ds):
         raise UsageError(f"--val-size {val_size} leaves no training samples of {ds.name} ({len(ds)} in all)")
     n = len(ds) - val_size
-    return (Dataset(ds.x[:n], ds.y[:n], ds.name, ds.split),
-            Dataset(ds.x[n:], ds.y[n:], ds.name, "val"))
+    return (Dataset(ds.x[:n], ds.y[:n], ds.name, ds.split, ds.preprocess),
+            Dataset(ds.x[n:], ds.y[n:], ds.name, "val", ds.preprocess))
 
 
 def mix(datasets: list[Dataset], total: int) -> Dataset:
@@ -164,11 +164,16 @@ def mix(datasets: list[Dataset], total: int) -> Dataset:
     each = max(1, total // len(datasets))
     parts = [d.head(each) for d in datasets]
     return Dataset(torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts]), "+".join(d.name for d in parts),
-                   parts[0].split)
+                   parts[0].split, parts[0].preprocess)
 
 
-def load_split(name: str, split: str, cfg, size: int | None = None) -> Dataset:
-    return load_dataset(name, split, cfg.data_root).head(size)
+def load_split(name: str, split: str, cfg, size: int | None = None, preprocess: str | None = None) -> Dataset:
+    return load_dataset(name, split, cfg.data_root, preprocess=preprocess).head(size)
+
+
+def preprocess_of(cfg, ck: Checkpoint) -> str | None:
+    """``--normalize`` if given, else what ``ck`` records (None: the data set's default)."""
+    return cfg.normalize or ck.metadata.get(META_PREFIX + "preprocess")
 
 
 def check_inputs(model: nn.Module, ds: Dataset, device, what: str = "the network") -> None:
@@ -197,8 +202,9 @@ def single_task_data(cfg, ck: Checkpoint, device, what: str = "the network") -> 
     checked against ``ck``'s network."""
     name = data_name(cfg.data, ck, "--data")
     test_name = eval_set(name, cfg.eval_data)
-    metric = load_split(name, "train", cfg, cfg.metric_size)
-    test = load_split(test_name, "test", cfg, cfg.eval_size)
+    preprocess = preprocess_of(cfg, ck)
+    metric = load_split(name, "train", cfg, cfg.metric_size, preprocess)
+    test = load_split(test_name, "test", cfg, cfg.eval_size, preprocess)
     check_inputs(ck.model.to(device), test, device, what)
     return Splits(name, metric, test, metric.head(cfg.train_eval_size) if cfg.train_eval_size else None)
 
@@ -282,6 +288,7 @@ class Setup:
     bn_data: Dataset | None  # BatchNorm statistics are re-estimated on it at every recorded network
     total_steps: int  # for the progress bar
     own: Any = None  # the job's own (target, endpoints, tasks, legs): read by its walk, peer task and summary
+    preprocess: str | None = None  # how stored data became inputs (every saved network records it)
 
 
 @dataclass
@@ -327,7 +334,7 @@ class Job:
         out, device = open_run(cfg, overwrite, resume)
         setup = self.prepare(cfg, device)
         writer = open_writer(out, overwrite, resume, setup.arch, setup.arch_kwargs, setup.parent_sha256, self.name,
-                             setup.data, self.columns)
+                             setup.data, self.columns, preprocess=setup.preprocess)
         try:
             return self._run(setup, writer, resume, on_row, on_start, device)
         except (Interrupted, KeyboardInterrupt):

@@ -72,7 +72,7 @@ class Tasks:
 def _shift(ds: Dataset | None, offset: int) -> Dataset | None:
     if ds is None or offset == 0:
         return ds
-    return Dataset(ds.x, ds.y + offset, ds.name, ds.split)
+    return Dataset(ds.x, ds.y + offset, ds.name, ds.split, ds.preprocess)
 
 
 def _outputs(model: nn.Module, ds: Dataset, device) -> torch.Tensor:
@@ -116,11 +116,12 @@ def prepare(cfg: MergeConfig, device) -> Tasks:
             raise UsageError(f"{flag} {name} is one set of labelled data with no test split: merge needs each task's "
                              "train and test split (a named set, or a folder holding train/ and test/ image folders "
                              "or train.npz and test.npz)")
-    train_a, val_a = job.split_train(job.load_split(data_a, "train", cfg), cfg.val_size)
-    train_b, val_b = job.split_train(job.load_split(data_b, "train", cfg), cfg.val_size)
+    pre_a, pre_b = job.preprocess_of(cfg, a), job.preprocess_of(cfg, b)  # each task's own inputs
+    train_a, val_a = job.split_train(job.load_split(data_a, "train", cfg, preprocess=pre_a), cfg.val_size)
+    train_b, val_b = job.split_train(job.load_split(data_b, "train", cfg, preprocess=pre_b), cfg.val_size)
     train_a, train_b = train_a.head(cfg.metric_size), train_b.head(cfg.metric_size)
-    test_a = job.load_split(data_a, "test", cfg, cfg.eval_size)
-    test_b = job.load_split(data_b, "test", cfg, cfg.eval_size)
+    test_a = job.load_split(data_a, "test", cfg, cfg.eval_size, pre_a)
+    test_b = job.load_split(data_b, "test", cfg, cfg.eval_size, pre_b)
     if train_a.x.shape[1:] != train_b.x.shape[1:]:
         raise UsageError(f"task A's inputs {tuple(train_a.x.shape[1:])} and task B's {tuple(train_b.x.shape[1:])} "
                          "differ; one network cannot take both")
@@ -198,15 +199,17 @@ class Merge(job.Job):
         d0 = float(torch.linalg.vector_norm(w_b - w_a))
         max_steps = cfg.max_steps or cfg.steps
         step_size = cfg.step_size or job.default_step_size(d0, cfg.steps, STEP_SCALE)
+        same = tasks.metric_a.preprocess == tasks.metric_b.preprocess  # else each checkpoint's record applies
         cfg = dataclasses.replace(cfg, data_a=tasks.data_a, data_b=tasks.data_b, step_size=step_size,
-                                  max_steps=max_steps, arch=tasks.arch, arch_kwargs=tasks.source_arch_kwargs)
+                                  max_steps=max_steps, arch=tasks.arch, arch_kwargs=tasks.source_arch_kwargs,
+                                  normalize=tasks.metric_a.preprocess if same else cfg.normalize)
         model = copy.deepcopy(tasks.model_a)
         # a network for both tasks: BatchNorm statistics from both tasks' inputs, at every evaluated network
         bn_data = job.mix([tasks.metric_a, tasks.metric_b], cfg.bn_samples) if has_batchnorm(model) else None
         epoch_size = len(tasks.metric_a) + len(tasks.metric_b)  # "epochs" count both tasks' training data
         return job.Setup(cfg, model, tasks.arch, tasks.arch_kwargs, tasks.sha_a, tasks.data_a,
                          BothTasks(tasks, device), epoch_size, bn_data, max_steps,
-                         own={"tasks": tasks, "w_a": w_a, "w_b": w_b})
+                         own={"tasks": tasks, "w_a": w_a, "w_b": w_b}, preprocess=tasks.metric_a.preprocess)
 
     def walk(self, setup: job.Setup, recorder, state, device) -> job.Outcome:
         cfg, tasks = setup.cfg, setup.own["tasks"]

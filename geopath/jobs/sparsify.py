@@ -35,10 +35,13 @@ def sparse_parameters(cfg: SparsifyConfig, model) -> list[str]:
     return list(cfg.layers) if cfg.layers else prunable_parameters(model)
 
 
-def build_target(cfg: SparsifyConfig, model, space: ParamSpace, w0: torch.Tensor) -> Target:
+def build_target(cfg: SparsifyConfig, model, space: ParamSpace, w0: torch.Tensor,
+                 example: torch.Tensor | None = None) -> Target:
+    """The sparse hyperplane: whole units of ``--structured`` layers (their channels traced through the
+    network on ``example`` inputs), else unstructured magnitude sparsity."""
     counts = parse_structured(cfg.structured)
     if counts:
-        return StructuredTarget(model, space, w0, counts)
+        return StructuredTarget(model, space, w0, counts, example)
     return MagnitudeTarget(space, w0, cfg.sparsity, sparse_parameters(cfg, model), cfg.scope,
                            dynamic=cfg.mask is MaskMode.DYNAMIC)
 
@@ -60,10 +63,11 @@ class Sparsify(job.Job):
         model = ck.model.to(device)
         space = ParamSpace.of(model)
         w0 = model_vector(model, space)
-        target = build_target(cfg, model, space, w0)
+        target = build_target(cfg, model, space, w0, example=test_data.x[:2].to(device))
         max_steps = cfg.max_steps or 3 * cfg.steps
         step_size = cfg.step_size or job.default_step_size(target.distance(w0), cfg.steps, STEP_SCALE)
-        cfg = dataclasses.replace(cfg, data=data_name, eval_data=job.recorded(cfg.eval_data), step_size=step_size,
+        cfg = dataclasses.replace(cfg, data=data_name, eval_data=job.recorded(cfg.eval_data),
+                                  normalize=metric_data.preprocess, step_size=step_size,
                                   max_steps=max_steps, arch=ck.arch, arch_kwargs=ck.arch_kwargs)
         sparse_names = sparse_parameters(cfg, model)
 
@@ -76,7 +80,8 @@ class Sparsify(job.Job):
         bn_data = metric_data.head(cfg.bn_samples) if has_batchnorm(model) else None
         return job.Setup(cfg, model, ck.arch, ck.arch_kwargs, ck.sha256, data_name, evaluate_row, len(metric_data),
                          bn_data, max_steps + cfg.settle_steps,
-                         own={"target": target, "metric": metric_data, "reference": reference})
+                         own={"target": target, "metric": metric_data, "reference": reference},
+                         preprocess=metric_data.preprocess)
 
     def walk(self, setup: job.Setup, recorder, state, device) -> job.Outcome:
         cfg, own = setup.cfg, setup.own

@@ -217,7 +217,8 @@ class Transition(job.Job):
         for leg in legs:
             dry.apply(leg, model, space, w_start)
         cfg = dataclasses.replace(cfg, plan=[leg.to_dict() for leg in legs], data=data_name,
-                                  eval_data=job.recorded(cfg.eval_data), arch=ck.arch, arch_kwargs=ck.arch_kwargs)
+                                  eval_data=job.recorded(cfg.eval_data), normalize=metric.preprocess, arch=ck.arch,
+                                  arch_kwargs=ck.arch_kwargs)
         layers = sorted({layer for leg in legs for layer in (*leg.remove, *leg.restore)})
 
         def evaluate_row(net) -> dict:
@@ -230,7 +231,8 @@ class Transition(job.Job):
         total = sum(sum(_leg_budget(cfg, leg)) for leg in legs)
         return job.Setup(cfg, model, ck.arch, ck.arch_kwargs, ck.sha256, data_name, evaluate_row, len(metric),
                          bn_data, total, own={"legs": legs, "metric": metric, "reference": reference, "space": space,
-                                              "w_start": w_start, "board": Switchboard(), "done": []})
+                                              "w_start": w_start, "board": Switchboard(), "done": []},
+                         preprocess=metric.preprocess)
 
     def begin(self, setup: job.Setup, writer, resume: bool, geodesic: bool):
         """A resumed chain continues in the leg it stopped in, or after the last leg it completed."""

@@ -1,0 +1,100 @@
+"""Which parameters carry one output channel of a layer through the whole network.
+
+Zeroing a conv filter removes its channel only if every other producer of the same channel is zeroed
+too: the BatchNorm that follows it, and, where the channel joins a residual stream (``x + f(x)``),
+every block's last conv and BatchNorm that adds into that stream. Torch-Pruning's dependency graph
+(``torch-pruning`` on PyPI, Fang et al., CVPR 2023) traces these groups from one forward pass; this
+module turns a group into the flat weight indices the geodesic holds at zero.
+
+Only the *producers* of a channel are zeroed (output rows of Linear and Conv layers, and the
+channel's entries in BatchNorm, LayerNorm and GroupNorm): a channel that is zero where it is made is
+zero downstream, and the following layers' input weights for it are left as they are (they see
+only zeros). Physical removal (``geopath export``) drops those too.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from geopath.core.params import ParamSpace
+from geopath.errors import UsageError
+
+ROW_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)  # output channels along weight dim 0
+CHANNEL_NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)  # one weight/bias entry per channel
+
+
+def dependency_graph(model: nn.Module, example: torch.Tensor):
+    """Torch-Pruning's dependency graph of ``model`` traced on ``example`` inputs (in eval mode)."""
+    import warnings
+
+    import torch_pruning as tp
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad(), warnings.catch_warnings():  # the graph is traced through autograd
+            warnings.simplefilter("ignore")
+            return tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    except Exception as e:
+        raise UsageError(f"cannot trace the network's channel dependencies ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    finally:
+        model.train(was_training)
+
+
+def producers(graph, model: nn.Module, layer: str, unit: int) -> list[tuple[str, nn.Module, int]]:
+    """``(name, module, channel)`` of every module that produces output channel ``unit`` of ``layer``
+    (the layer itself first)."""
+    module = dict(model.named_modules())[layer]
+    group = graph.get_pruning_group(module, graph.get_pruner_of_module(module).prune_out_channels, idxs=[unit])
+    names = {m: n for n, m in model.named_modules()}
+    out = []
+    for dep, idxs in group:
+        target = dep.target.module
+        if target not in names or getattr(dep.handler, "__name__", "") != "prune_out_channels":
+            continue  # an elementwise op (relu, add, pooling) or a consumer's input channels
+        if not isinstance(target, ROW_LAYERS + CHANNEL_NORMS):
+            raise UsageError(f"channel {unit} of {layer!r} also flows through {names[target]!r} "
+                             f"({type(target).__name__}), which geopath cannot zero by channel")
+        if isinstance(target, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and getattr(target, "transposed", False):
+            raise UsageError(f"{layer!r} feeds the transposed conv {names[target]!r}; not supported")
+        for i in idxs:
+            out.append((names[target], target, int(i)))
+    out.sort(key=lambda t: t[0] != layer)  # the layer itself first
+    return out
+
+
+def coupled_groups(model: nn.Module, space: ParamSpace, layer: str, example: torch.Tensor) -> torch.Tensor:
+    """Flat indices of each output unit of ``layer`` together with every coupled producer of its channel:
+    a ``[units, group size]`` tensor (every unit of a layer has groups of the same size)."""
+    module = dict(model.named_modules()).get(layer)
+    if not isinstance(module, ROW_LAYERS):
+        raise UsageError(f"{layer!r} is not a Linear or Conv layer of this model")
+    graph = dependency_graph(model, example)
+    slices, shapes = space.slices(), {n: p.shape for n, p in model.named_parameters()}
+    rows = []
+    for unit in range(module.weight.shape[0]):
+        idx = []
+        for name, target, channel in producers(graph, model, layer, unit):
+            for pname in ("weight", "bias"):
+                full = f"{name}.{pname}" if name else pname
+                if full not in slices:
+                    continue
+                shape = shapes[full]
+                if isinstance(target, nn.LayerNorm) and len(shape) != 1:
+                    raise UsageError(f"{name!r}: a LayerNorm over several dimensions is not supported")
+                per = int(torch.Size(shape[1:]).numel()) if len(shape) > 1 else 1
+                start = slices[full].start + channel * per
+                idx.append(torch.arange(start, start + per))
+        rows.append(torch.unique(torch.cat(idx)))
+    sizes = {len(r) for r in rows}
+    if len(sizes) != 1:
+        raise UsageError(f"the units of {layer!r} are coupled to different numbers of weights; not supported")
+    return torch.stack(rows)
+
+
+def coupled_layers(model: nn.Module, layer: str, example: torch.Tensor) -> list[str]:
+    """The names of the modules coupled to ``layer``'s output channels (for messages and reports)."""
+    graph = dependency_graph(model, example)
+    return sorted({name for name, _, _ in producers(graph, model, layer, 0)} - {layer})
