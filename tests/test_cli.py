@@ -12,12 +12,73 @@ from safetensors.torch import save_file
 from geopath.io.archs import build_model
 from geopath.io.checkpoint import save_checkpoint
 
-from ._helpers import FAST, SAMPLE, geopath, needs_mnist, one_error_line
+from ._helpers import FAST, SAMPLE, cli, geopath, needs_mnist, one_error_line
 
 
 def _no_final(out):
     assert not (out / "final.safetensors").exists()
     assert not (out / "summary.json").exists()
+
+
+# --------------------------------------------------------------------------- the in-process runner
+#
+# Usage and config errors run geopath.cli.main() in this process (tests/_helpers.cli); these two
+# check that runner, and that it gives what the console program gives in a subprocess.
+
+
+def _legacy_config(tmp_path):
+    """A config file with a renamed key (a UserWarning) and a misspelt one (a usage error)."""
+    cfg = tmp_path / "legacy.yaml"
+    cfg.write_text("method: steihaug\nspasity: 0.9\n")
+    return cfg
+
+
+def test_cli_runs_the_entry_point_in_process(tmp_path, capsys):
+    import os
+    import signal
+    import sys
+    import warnings
+
+    from geopath import __version__
+
+    def state():
+        return (dict(os.environ), os.getcwd(), list(sys.argv), signal.getsignal(signal.SIGTERM),
+                list(warnings.filters), warnings.showwarning, sys.excepthook, torch.get_num_threads())
+
+    before, rng = state(), torch.get_rng_state()
+    missing = cli("sparsify", "missing.safetensors", "-o", tmp_path / "out")
+    assert missing.returncode == 2 and missing.stdout == ""
+    assert "missing.safetensors: no such checkpoint" in one_error_line(missing)
+    assert not (tmp_path / "out").exists()
+    version = cli("--version")
+    assert (version.returncode, version.stdout, version.stderr) == (0, f"geopath {__version__}\n", "")
+    # a rich Console made inside a command prints to the captured stdout
+    table = cli("inspect", SAMPLE)
+    assert table.returncode == 0 and table.stderr == "", table.stderr
+    assert "┃ tensor" in table.stdout and "layers.0.weight" in table.stdout and "300×784" in table.stdout
+    # a warning goes to the captured stderr, as in a subprocess (not to pytest's warning summary)
+    warned = cli("sparsify", SAMPLE, "-o", tmp_path / "out", "--config", _legacy_config(tmp_path))
+    assert warned.returncode == 2
+    assert "UserWarning: config key 'method' for the trust-region solver is now 'solver'" in warned.stderr
+    assert warned.stderr.splitlines()[-1] == "Error: unknown option(s) in config file: spasity"
+    with pytest.raises(AssertionError, match="expected one line on stderr"):
+        one_error_line(warned)
+    # nothing reached the real streams, and what main() changes in the process is put back
+    assert capsys.readouterr() == ("", "")
+    assert state() == before
+    assert torch.equal(torch.get_rng_state(), rng)  # a job seeds torch before it checks its inputs
+
+
+def test_cli_matches_the_console_program(tmp_path):
+    """The same exit code, stdout and stderr in process as from ``python -m geopath``: an error
+    (the end-to-end check of a missing checkpoint) and a warning before an error."""
+    cases = [("sparsify", tmp_path / "missing.safetensors", "-o", tmp_path / "out"),
+             ("sparsify", SAMPLE, "-o", tmp_path / "out", "--config", _legacy_config(tmp_path))]
+    for args in cases:
+        sub, here = geopath(*args), cli(*args)
+        assert (here.returncode, here.stdout, here.stderr) == (sub.returncode, sub.stdout, sub.stderr), args
+        if args is cases[0]:
+            assert sub.returncode == 2 and "no such checkpoint" in one_error_line(sub)
 
 
 @pytest.mark.parametrize(
