@@ -30,6 +30,94 @@ def geopath(*args, cwd=None, timeout=300, **kw) -> subprocess.CompletedProcess:
                           cwd=cwd or ROOT, timeout=timeout, env=env, **kw)
 
 
+def cli(*args, env: dict | None = None, cwd=None) -> subprocess.CompletedProcess:
+    """Run the real entry point ``geopath.cli.main()`` in this process, as :func:`geopath` runs it in a
+    subprocess, and return the same ``CompletedProcess`` (``returncode``, ``stdout``, ``stderr``).
+
+    For commands that stop before real work (usage and config errors, refusals): no interpreter
+    start and no torch import per call. ``env``: variables to set (``None``: unset) on top of
+    ``GEOPATH_DATA_ROOT``; ``cwd``: where to run (default: the repository root, as :func:`geopath`).
+    What ``main()`` changes in the process is put back afterwards: the environment, the working
+    directory, ``sys.argv``, the SIGTERM handler it installs, the ``warnings`` filters,
+    ``sys.excepthook`` (typer sets one), torch's global RNG state (a job seeds it before it
+    checks its inputs) and torch's thread count.
+
+    Warnings go to the captured stderr under a fresh interpreter's filters, as in a subprocess,
+    not to pytest's warning summary, so ``one_error_line`` still sees them. A crash outside the
+    command's own error handling is a traceback on stderr and exit code 1, as in a subprocess.
+    (Writes that bypass ``sys.stdout``/``sys.stderr``, straight to the file descriptors, are not
+    captured; the program makes none.)
+    """
+    import contextlib
+    import io
+    import signal
+    import traceback
+    import warnings
+
+    from geopath.cli import main
+
+    argv = ["geopath", *map(str, args)]
+    out, err = io.StringIO(), io.StringIO()
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    saved_argv, saved_hook, saved_term = sys.argv, sys.excepthook, signal.getsignal(signal.SIGTERM)
+    torch = sys.modules.get("torch")
+    saved_torch = (torch.get_rng_state(), torch.get_num_threads()) if torch is not None else None
+    code = 0
+    try:
+        os.environ["GEOPATH_DATA_ROOT"] = str(DATA_ROOT)
+        for k, v in (env or {}).items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = str(v)
+        os.chdir(cwd or ROOT)
+        sys.argv = argv
+        with warnings.catch_warnings(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            _fresh_interpreter_warnings()
+            try:
+                main()
+            except SystemExit as e:  # what the interpreter makes of sys.exit(code)
+                if e.code is None or isinstance(e.code, int):
+                    code = e.code or 0
+                else:
+                    print(e.code, file=sys.stderr)
+                    code = 1
+            except Exception:  # uncaught: the interpreter prints the traceback and exits 1
+                traceback.print_exc()
+                code = 1
+    finally:
+        sys.argv, sys.excepthook = saved_argv, saved_hook
+        signal.signal(signal.SIGTERM, saved_term)
+        os.chdir(saved_cwd)
+        for k in set(os.environ) - set(saved_env):
+            del os.environ[k]
+        for k, v in saved_env.items():
+            if os.environ.get(k) != v:
+                os.environ[k] = v
+        if saved_torch is not None:
+            torch.set_rng_state(saved_torch[0])
+            torch.set_num_threads(saved_torch[1])
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
+
+
+def _fresh_interpreter_warnings() -> None:
+    """The warning filters of a fresh interpreter (not pytest's), shown on the current ``sys.stderr``.
+
+    https://docs.python.org/3/library/warnings.html#default-warning-filter
+    """
+    import warnings
+
+    warnings.resetwarnings()
+    warnings.filterwarnings("default", category=DeprecationWarning, module="__main__", append=True)
+    for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+        warnings.filterwarnings("ignore", category=category, append=True)
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    warnings.showwarning = show
+
+
 def one_error_line(proc: subprocess.CompletedProcess) -> str:
     lines = [l for l in proc.stderr.splitlines() if l.strip()]
     assert len(lines) == 1, f"expected one line on stderr, got:\n{proc.stderr}"

@@ -12,12 +12,73 @@ from safetensors.torch import save_file
 from geopath.io.archs import build_model
 from geopath.io.checkpoint import save_checkpoint
 
-from ._helpers import FAST, SAMPLE, geopath, needs_mnist, one_error_line
+from ._helpers import FAST, SAMPLE, cli, geopath, needs_mnist, one_error_line
 
 
 def _no_final(out):
     assert not (out / "final.safetensors").exists()
     assert not (out / "summary.json").exists()
+
+
+# --------------------------------------------------------------------------- the in-process runner
+#
+# Usage and config errors run geopath.cli.main() in this process (tests/_helpers.cli); these two
+# check that runner, and that it gives what the console program gives in a subprocess.
+
+
+def _legacy_config(tmp_path):
+    """A config file with a renamed key (a UserWarning) and a misspelt one (a usage error)."""
+    cfg = tmp_path / "legacy.yaml"
+    cfg.write_text("method: steihaug\nspasity: 0.9\n")
+    return cfg
+
+
+def test_cli_runs_the_entry_point_in_process(tmp_path, capsys):
+    import os
+    import signal
+    import sys
+    import warnings
+
+    from geopath import __version__
+
+    def state():
+        return (dict(os.environ), os.getcwd(), list(sys.argv), signal.getsignal(signal.SIGTERM),
+                list(warnings.filters), warnings.showwarning, sys.excepthook, torch.get_num_threads())
+
+    before, rng = state(), torch.get_rng_state()
+    missing = cli("sparsify", "missing.safetensors", "-o", tmp_path / "out")
+    assert missing.returncode == 2 and missing.stdout == ""
+    assert "missing.safetensors: no such checkpoint" in one_error_line(missing)
+    assert not (tmp_path / "out").exists()
+    version = cli("--version")
+    assert (version.returncode, version.stdout, version.stderr) == (0, f"geopath {__version__}\n", "")
+    # a rich Console made inside a command prints to the captured stdout
+    table = cli("inspect", SAMPLE)
+    assert table.returncode == 0 and table.stderr == "", table.stderr
+    assert "┃ tensor" in table.stdout and "layers.0.weight" in table.stdout and "300×784" in table.stdout
+    # a warning goes to the captured stderr, as in a subprocess (not to pytest's warning summary)
+    warned = cli("sparsify", SAMPLE, "-o", tmp_path / "out", "--config", _legacy_config(tmp_path))
+    assert warned.returncode == 2
+    assert "UserWarning: config key 'method' for the trust-region solver is now 'solver'" in warned.stderr
+    assert warned.stderr.splitlines()[-1] == "Error: unknown option(s) in config file: spasity"
+    with pytest.raises(AssertionError, match="expected one line on stderr"):
+        one_error_line(warned)
+    # nothing reached the real streams, and what main() changes in the process is put back
+    assert capsys.readouterr() == ("", "")
+    assert state() == before
+    assert torch.equal(torch.get_rng_state(), rng)  # a job seeds torch before it checks its inputs
+
+
+def test_cli_matches_the_console_program(tmp_path):
+    """The same exit code, stdout and stderr in process as from ``python -m geopath``: an error
+    (the end-to-end check of a missing checkpoint) and a warning before an error."""
+    cases = [("sparsify", tmp_path / "missing.safetensors", "-o", tmp_path / "out"),
+             ("sparsify", SAMPLE, "-o", tmp_path / "out", "--config", _legacy_config(tmp_path))]
+    for args in cases:
+        sub, here = geopath(*args), cli(*args)
+        assert (here.returncode, here.stdout, here.stderr) == (sub.returncode, sub.stdout, sub.stderr), args
+        if args is cases[0]:
+            assert sub.returncode == 2 and "no such checkpoint" in one_error_line(sub)
 
 
 @pytest.mark.parametrize(
@@ -33,7 +94,7 @@ def _no_final(out):
 def test_bad_checkpoint_files(tmp_path, make, needle):
     ck = tmp_path / "model.safetensors"
     make(ck)
-    proc = geopath("sparsify", ck, "-o", tmp_path / "out", "--data", "mnist")
+    proc = cli("sparsify", ck, "-o", tmp_path / "out", "--data", "mnist")
     assert proc.returncode == 2
     assert needle in one_error_line(proc)
     assert not (tmp_path / "out").exists()  # inputs load before the output directory is made
@@ -43,10 +104,10 @@ def test_failed_overwrite_keeps_the_old_run(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "summary.json").write_text("{}")  # stands for a finished run
-    proc = geopath("sparsify", tmp_path / "nope.safetensors", "-o", out, "--overwrite")
+    proc = cli("sparsify", tmp_path / "nope.safetensors", "-o", out, "--overwrite")
     assert proc.returncode == 2 and "no such checkpoint" in one_error_line(proc)
     assert (out / "summary.json").read_text() == "{}"
-    bad_data = geopath("sparsify", SAMPLE, "-o", out, "--overwrite", "--data", "imagenet")
+    bad_data = cli("sparsify", SAMPLE, "-o", out, "--overwrite", "--data", "imagenet")
     assert bad_data.returncode == 2
     assert (out / "summary.json").read_text() == "{}"
 
@@ -58,13 +119,13 @@ def test_pickle_only_pt_is_refused(tmp_path):
     ck = tmp_path / "model.pt"
     # an arbitrary object beside the weights: loading it needs full pickle
     torch.save({"state_dict": build_model("mlp").state_dict(), "args": argparse.Namespace(lr=0.1)}, ck)
-    proc = geopath("inspect", ck)
+    proc = cli("inspect", ck)
     assert proc.returncode == 2
     assert "--trust-pickle" in one_error_line(proc)
     # a plain state dict loads with weights_only=True
     plain = tmp_path / "plain.pt"
     torch.save(collections.OrderedDict(build_model("mlp").state_dict()), plain)
-    ok = geopath("inspect", plain, "--json")
+    ok = cli("inspect", plain, "--json")
     assert ok.returncode == 0, ok.stderr
     assert len(json.loads(ok.stdout)["tensors"]) == 6
 
@@ -72,7 +133,7 @@ def test_pickle_only_pt_is_refused(tmp_path):
 def test_pt_without_arch_needs_arch(tmp_path):
     plain = tmp_path / "plain.pt"
     torch.save(build_model("mlp").state_dict(), plain)
-    proc = geopath("eval", plain, "--data", "mnist")
+    proc = cli("eval", plain, "--data", "mnist")
     assert proc.returncode == 2
     assert "--arch" in one_error_line(proc)
 
@@ -80,7 +141,7 @@ def test_pt_without_arch_needs_arch(tmp_path):
 def test_architecture_mismatch(tmp_path):
     plain = tmp_path / "plain.pt"
     torch.save(build_model("mlp", {"hidden": [200, 100]}).state_dict(), plain)
-    proc = geopath("eval", plain, "--arch", "mlp", "--data", "mnist")
+    proc = cli("eval", plain, "--arch", "mlp", "--data", "mnist")
     assert proc.returncode == 2
     line = one_error_line(proc)
     assert "does not fit architecture" in line and "layers.0.weight" in line
@@ -91,7 +152,7 @@ def test_unknown_keys(tmp_path):
     sd["extra.weight"] = torch.zeros(3)
     ck = tmp_path / "x.safetensors"
     save_file({k: v.contiguous() for k, v in sd.items()}, str(ck), metadata={"geopath.arch": "mlp"})
-    proc = geopath("eval", ck, "--data", "mnist")
+    proc = cli("eval", ck, "--data", "mnist")
     assert proc.returncode == 2
     assert "unexpected keys: extra.weight" in one_error_line(proc)
 
@@ -99,7 +160,7 @@ def test_unknown_keys(tmp_path):
 def test_unknown_architecture(tmp_path):
     plain = tmp_path / "plain.pt"
     torch.save(build_model("mlp").state_dict(), plain)
-    proc = geopath("eval", plain, "--arch", "resnet9000", "--data", "mnist")
+    proc = cli("eval", plain, "--arch", "resnet9000", "--data", "mnist")
     assert proc.returncode == 2
     assert "unknown architecture" in one_error_line(proc)
 
@@ -111,7 +172,7 @@ def test_nan_weights(tmp_path):
     sd["layers.0.weight"][0, 0] = math.nan
     save_file({k: v.contiguous() for k, v in sd.items()}, str(ck),
               metadata={"geopath.arch": "mlp", "geopath.data": "mnist"})
-    proc = geopath("sparsify", ck, "-o", tmp_path / "out")
+    proc = cli("sparsify", ck, "-o", tmp_path / "out")
     assert proc.returncode == 2
     assert "NaN" in one_error_line(proc)
     _no_final(tmp_path / "out")
@@ -134,7 +195,7 @@ def test_nan_weights(tmp_path):
 def test_bad_options(tmp_path, args, needle):
     (tmp_path / "empty").mkdir()
     args = [str(tmp_path / "empty") if a == "EMPTY" else a for a in args]
-    proc = geopath("sparsify", SAMPLE, "-o", tmp_path / "out", *args)
+    proc = cli("sparsify", SAMPLE, "-o", tmp_path / "out", *args)
     assert proc.returncode == 2, proc.stderr
     assert needle in one_error_line(proc)
     assert not (tmp_path / "out").exists()  # inputs load before the output directory is made
@@ -151,14 +212,14 @@ def test_empty_data_root_names_roots(tmp_path, monkeypatch):
 
 
 def test_usage_error_from_typer_is_2(tmp_path):
-    proc = geopath("sparsify", SAMPLE, "-o", tmp_path / "o", "--sparsity", "lots")
+    proc = cli("sparsify", SAMPLE, "-o", tmp_path / "o", "--sparsity", "lots")
     assert proc.returncode == 2
 
 
 def test_config_unknown_key(tmp_path):
     cfg = tmp_path / "run.yaml"
     cfg.write_text("sparsity: 0.5\nspasity: 0.9\n")
-    proc = geopath("sparsify", SAMPLE, "-o", tmp_path / "out", "--config", cfg)
+    proc = cli("sparsify", SAMPLE, "-o", tmp_path / "out", "--config", cfg)
     assert proc.returncode == 2
     assert "unknown option(s) in config file: spasity" in one_error_line(proc)
 
@@ -166,7 +227,7 @@ def test_config_unknown_key(tmp_path):
 def test_config_bad_value(tmp_path):
     cfg = tmp_path / "run.yaml"
     cfg.write_text("metric: euclid\n")
-    proc = geopath("sparsify", SAMPLE, "-o", tmp_path / "out", "--config", cfg)
+    proc = cli("sparsify", SAMPLE, "-o", tmp_path / "out", "--config", cfg)
     assert proc.returncode == 2
     assert "one of logits, fisher" in one_error_line(proc)
 
@@ -175,7 +236,7 @@ def test_non_empty_output_dir(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("precious")
-    proc = geopath("sparsify", SAMPLE, "-o", out)
+    proc = cli("sparsify", SAMPLE, "-o", out)
     assert proc.returncode == 2
     assert "--overwrite" in one_error_line(proc)
     assert (out / "keep.txt").read_text() == "precious"
@@ -194,13 +255,13 @@ def test_output_dir_not_writable(tmp_path):
         ro.mkdir()
         ro.chmod(0o500)
         out = ro / "out"
-    proc = geopath("sparsify", SAMPLE, "-o", out)
+    proc = cli("sparsify", SAMPLE, "-o", out)
     assert proc.returncode == 2
     one_error_line(proc)
 
 
 def test_resume_without_run(tmp_path):
-    proc = geopath("sparsify", "-o", tmp_path / "nothing", "--resume")
+    proc = cli("sparsify", "-o", tmp_path / "nothing", "--resume")
     assert proc.returncode == 2
     assert "nothing to resume" in one_error_line(proc)
 
@@ -247,7 +308,7 @@ def test_train_then_eval_lenet(tmp_path):
     res = json.loads(proc.stdout)
     ev = json.loads(geopath("eval", out, "--json").stdout)  # data set and arch come from the file
     assert ev["data"] == "mnist" and ev["accuracy"] == pytest.approx(res["test_accuracy"], abs=1e-12)
-    again = geopath("train", "--arch", "lenet5", "--size", "64", "-o", out)
+    again = cli("train", "--arch", "lenet5", "--size", "64", "-o", out)
     assert again.returncode == 2 and "--overwrite" in one_error_line(again)
 
 

@@ -26,7 +26,7 @@ from geopath.io.rundir import RunWriter
 from geopath.core.targets import NetworkTarget
 from geopath.io.trace import Trace
 
-from .._helpers import DATA_ROOT, FAST, ROOT, SAMPLE, geopath, needs_mnist, one_error_line
+from .._helpers import DATA_ROOT, FAST, ROOT, SAMPLE, cli, geopath, needs_mnist, one_error_line
 
 SEED1 = ROOT / "sample_checkpoints" / "mlp_mnist_seed1.safetensors"
 FMNIST = ROOT / "sample_checkpoints" / "mlp_fashion_mnist.safetensors"
@@ -110,7 +110,7 @@ def test_endpoint_appears_only_on_completion_and_verify_checks_the_manifest(tmp_
     assert "final.safetensors" in manifest and not any(k.startswith(".") for k in manifest)
     ok = geopath("verify", out, "--json")
     assert ok.returncode == 0 and json.loads(ok.stdout)["ok"] is True
-    again = geopath("sparsify", "-o", out, "--resume")
+    again = cli("sparsify", "-o", out, "--resume")
     assert again.returncode == 2 and "already completed" in one_error_line(again)
     # a changed step and a stray file are both reported; exit 3 (a check that failed)
     step = out / "steps" / "step_00002.safetensors"
@@ -120,7 +120,7 @@ def test_endpoint_appears_only_on_completion_and_verify_checks_the_manifest(tmp_
     assert bad.returncode == 3
     res = json.loads(bad.stdout.splitlines()[0])
     assert res["changed"] == ["steps/step_00002.safetensors"] and res["unlisted"] == ["notes.txt"]
-    assert geopath("verify", tmp_path).returncode == 2  # not a run
+    assert cli("verify", tmp_path).returncode == 2  # not a run
 
 
 # --------------------------------------------------------------------------- kills
@@ -190,13 +190,13 @@ def _ckpt(tmp_path, name, **kw) -> str:
 @pytest.mark.parametrize("job", ["merge", "connect"])
 def test_two_network_jobs_refuse_bad_second_network(tmp_path, job):
     other = _ckpt(tmp_path, "other.safetensors", hidden=[32])
-    proc = geopath(job, SAMPLE, other, "-o", tmp_path / "o1")
+    proc = cli(job, SAMPLE, other, "-o", tmp_path / "o1")
     assert proc.returncode == 2
     line = one_error_line(proc)
     assert "differ" in line or "different architectures" in line
-    missing = geopath(job, SAMPLE, tmp_path / "nope.safetensors", "-o", tmp_path / "o2")
+    missing = cli(job, SAMPLE, tmp_path / "nope.safetensors", "-o", tmp_path / "o2")
     assert missing.returncode == 2 and "no such checkpoint" in one_error_line(missing)
-    one = geopath(job, SAMPLE, "-o", tmp_path / "o3")
+    one = cli(job, SAMPLE, "-o", tmp_path / "o3")
     assert one.returncode == 2 and "two checkpoints" in one_error_line(one)
     for o in ("o1", "o2", "o3"):
         assert not (tmp_path / o).exists()
@@ -211,7 +211,7 @@ def test_inf_weights_are_refused(tmp_path):
     path = tmp_path / "inf.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path),
               metadata={"geopath.arch": "mlp", "geopath.data": "mnist"})
-    proc = geopath("connect", SAMPLE, path, "-o", tmp_path / "out")
+    proc = cli("connect", SAMPLE, path, "-o", tmp_path / "out")
     assert proc.returncode == 2 and "NaN or Inf" in one_error_line(proc)
 
 
@@ -219,8 +219,8 @@ def test_inf_weights_are_refused(tmp_path):
 def test_config_unknown_keys_for_every_job(tmp_path, job):
     cfg = tmp_path / "run.yaml"
     cfg.write_text("steps: 10\nstpes: 20\n")
-    proc = geopath(job, SAMPLE, SAMPLE, "-o", tmp_path / "out", "--config", cfg) if job != "transition" else \
-        geopath(job, SAMPLE, "-o", tmp_path / "out", "--config", cfg)
+    proc = cli(job, SAMPLE, SAMPLE, "-o", tmp_path / "out", "--config", cfg) if job != "transition" else \
+        cli(job, SAMPLE, "-o", tmp_path / "out", "--config", cfg)
     assert proc.returncode == 2 and "unknown option(s) in config file: stpes" in one_error_line(proc)
 
 
@@ -228,7 +228,7 @@ def test_resume_refuses_changed_options(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "config.yaml").write_text("checkpoint: x\n")
-    proc = geopath("merge", "-o", out, "--resume", "--steps", "5")
+    proc = cli("merge", "-o", out, "--resume", "--steps", "5")
     assert proc.returncode == 2 and "drop --steps" in one_error_line(proc)
 
 

@@ -15,8 +15,8 @@ from geopath.io.data import Dataset, load_dataset
 from geopath.core.evaluate import evaluate
 from geopath.io.trace import read_csv
 
-from .._helpers import (DATA_ROOT, ROOT, SAMPLE, check_manifest, geopath, interrupt_when, jsonl, needs_mnist,
-                       one_error_line, train_net)
+from .._helpers import (DATA_ROOT, ROOT, SAMPLE, check_manifest, cli, geopath, interrupt_when, jsonl,
+                       needs_mnist, one_error_line, train_net)
 from .._helpers import one_thread_subprocesses  # noqa: F401 (autouse: one thread per run)
 
 pytestmark = needs_mnist
@@ -351,7 +351,7 @@ def test_split_head_resume_matches_uninterrupted(split, tmp_path):
 def test_different_architectures_are_refused(tmp_path):
     tiny = train_net(tmp_path / "tiny.safetensors", arch_kwargs={"hidden": [64]}, size=256, epochs=0.5)
     out = tmp_path / "out"
-    proc = geopath("merge", SAMPLE, tiny, "-o", out, *GEO)
+    proc = cli("merge", SAMPLE, tiny, "-o", out, *GEO)
     assert proc.returncode == 2, proc.stderr
     line = one_error_line(proc)
     assert "different architectures" in line or "differ in shape" in line
@@ -361,13 +361,13 @@ def test_different_architectures_are_refused(tmp_path):
 
 def test_unknown_select_is_a_usage_error(tmp_path):
     out = tmp_path / "out"
-    proc = geopath("merge", SAMPLE, FASHION, "-o", out, *GEO, "--select", "best")
+    proc = cli("merge", SAMPLE, FASHION, "-o", out, *GEO, "--select", "best")
     assert proc.returncode == 2
     assert "'best'" in proc.stderr and "max-min" in proc.stderr and "Traceback" not in proc.stderr
     _nothing_written(out)
     cfg = tmp_path / "run.yaml"
     cfg.write_text("select: best\n")
-    proc = geopath("merge", SAMPLE, FASHION, "-o", out, "--config", cfg)
+    proc = cli("merge", SAMPLE, FASHION, "-o", out, "--config", cfg)
     assert proc.returncode == 2
     assert "invalid value 'best' (one of max-min, mean, pareto)" in one_error_line(proc)
     _nothing_written(out)
@@ -375,7 +375,7 @@ def test_unknown_select_is_a_usage_error(tmp_path):
 
 def test_val_size_larger_than_training_set(tmp_path):
     out = tmp_path / "out"
-    proc = geopath("merge", SAMPLE, FASHION, "-o", out, "--data-root", DATA_ROOT, "--metric-size", "2000",
+    proc = cli("merge", SAMPLE, FASHION, "-o", out, "--data-root", DATA_ROOT, "--metric-size", "2000",
                    "--eval-size", "500", "--steps", "20", "--val-size", "60000")
     assert proc.returncode == 2, proc.stderr
     assert "--val-size 60000" in one_error_line(proc)

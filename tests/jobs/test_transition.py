@@ -13,7 +13,7 @@ from geopath.io.checkpoint import load_checkpoint, read_tensors
 from geopath.io.data import load_dataset
 from geopath.core.evaluate import evaluate
 
-from .._helpers import (DATA_ROOT, SAMPLE, check_manifest, geopath, interrupt_when, jsonl, needs_mnist,
+from .._helpers import (DATA_ROOT, SAMPLE, check_manifest, cli, geopath, interrupt_when, jsonl, needs_mnist,
                        one_error_line)
 from .._helpers import one_thread_subprocesses  # noqa: F401 (autouse: one thread per run)
 
@@ -143,7 +143,7 @@ def test_bad_plans_fail_before_any_step(tmp_path, plan, needle):
     path = tmp_path / "plan.yaml"
     path.write_text(yaml.safe_dump(plan))
     out = tmp_path / "out"
-    proc = geopath("transition", SAMPLE, "--plan", path, "-o", out, *FAST)
+    proc = cli("transition", SAMPLE, "--plan", path, "-o", out, *FAST)
     assert proc.returncode == 2, proc.stderr
     assert needle in one_error_line(proc)
     assert not (out / "steps").exists() and not (out / "trace.jsonl").exists()

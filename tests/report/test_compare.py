@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from .._helpers import DATA_ROOT, ROOT, SAMPLE, geopath, needs_mnist, one_error_line
+from .._helpers import DATA_ROOT, ROOT, SAMPLE, cli, geopath, needs_mnist, one_error_line
 from .._helpers import one_thread_subprocesses  # noqa: F401 (autouse: one thread per run)
 
 FASHION = ROOT / "sample_checkpoints" / "mlp_fashion_mnist.safetensors"
@@ -84,7 +84,7 @@ def test_compare_directory_without_summary(tmp_path):
     run = tmp_path / "unfinished"
     run.mkdir()
     (run / "config.yaml").write_text("method: geodesic\n")
-    proc = geopath("compare", run)
+    proc = cli("compare", run)
     assert proc.returncode == 2
     line = one_error_line(proc)
     assert "no summary.json" in line and "unfinished" in line
@@ -95,7 +95,7 @@ def test_compare_non_directory(tmp_path, kind):
     path = tmp_path / "summary.json"
     if kind == "file":
         path.write_text(json.dumps({"job": "merge", "method": "geodesic"}))
-    proc = geopath("compare", path)
+    proc = cli("compare", path)
     assert proc.returncode == 2
     assert "not a run directory" in one_error_line(proc)
 
@@ -106,6 +106,6 @@ def test_compare_bad_summary(tmp_path, text, needle):
     run = tmp_path / "run"
     run.mkdir()
     (run / "summary.json").write_text(text)
-    proc = geopath("compare", run, "--json")
+    proc = cli("compare", run, "--json")
     assert proc.returncode == 2 and proc.stdout == ""
     assert needle in one_error_line(proc)
