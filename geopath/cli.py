@@ -449,7 +449,7 @@ def inspect_cmd(
         tensors, meta = read_tensors(checkpoint, trust_pickle)
         rows = [{"name": k, "shape": list(v.shape), "dtype": str(v.dtype).replace("torch.", ""),
                  "zeros": int((v == 0).sum())} for k, v in tensors.items()]
-        return {"checkpoint": str(checkpoint), "metadata": meta, "tensors": rows,
+        return {"checkpoint": str(checkpoint), "metadata": dict(sorted(meta.items())), "tensors": rows,
                 "parameters": sum(v.numel() for v in tensors.values())}
 
     res = _guard(go, debug)
@@ -591,7 +591,9 @@ def main() -> None:
             raise
         ctx = getattr(e, "ctx", None)
         hint = f" (see geopath {ctx.info_name} --help)" if ctx is not None and ctx.parent is not None else ""
-        _err(" ".join(e.format_message().split()) + hint)
+        message = " ".join(e.format_message().split())
+        if message:  # (no arguments at all: the help was the answer)
+            _err(message + hint)
         code = e.exit_code
     code = code if isinstance(code, int) else 0
     # a torchrun rank that ran a job leaves without the interpreter's shutdown; a command that never

@@ -319,3 +319,14 @@ def test_torchvision_and_entry_point_architectures():
     assert net.eval()(torch.zeros(1, 3, 32, 32)).shape == (1, 7)
     mlp = build_model("geopath.io.archs:MLP", {"hidden": [8]})
     assert mlp(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_no_arguments_prints_the_help_and_no_empty_error():
+    proc = cli()
+    assert proc.returncode == 2 and "Usage" in proc.stdout
+    assert proc.stderr.strip() == ""
+
+
+def test_inspect_lists_metadata_in_a_stable_order():
+    meta = json.loads(cli("inspect", SAMPLE, "--json").stdout)["metadata"]
+    assert list(meta) == sorted(meta) and "geopath.arch" in meta
