@@ -405,7 +405,7 @@ def eval_cmd(
     def go():
         from geopath.config import ARCH_KWARGS_EXAMPLE, json_object
         from geopath.io.checkpoint import load_checkpoint, sparsity_of
-        from geopath.io.data import has_splits, load_dataset
+        from geopath.io.data import load_dataset, one_set
         from geopath.core.evaluate import evaluate
         from geopath.jobs.common import resolve_device
 
@@ -415,14 +415,14 @@ def eval_cmd(
         name = data or ck.data
         if not name:
             raise GeopathError("the checkpoint does not record its data set; pass --data")
-        one_set = not has_splits(name)  # a PATH.npz or a plain image folder: scored as it is
-        if one_set and data is None:
+        single = one_set(name)  # a PATH.npz or a plain image folder: scored as it is
+        if single and data is None:
             raise UsageError(f"{checkpoint} records its training data {name}, one set with no test split; pass "
                              "--data with labelled test data")
         preprocess = normalize or ck.metadata.get("geopath.preprocess")
         ds = load_dataset(name, split, data_root, preprocess=preprocess).head(size)
         ev = evaluate(ck.model.to(dev), ds, device=dev)
-        return {"checkpoint": str(checkpoint), "data": name, "split": None if one_set else split,
+        return {"checkpoint": str(checkpoint), "data": name, "split": None if single else split,
                 "preprocess": ds.preprocess, "samples": ev.samples,
                 "accuracy": ev.accuracy, "loss": ev.loss, "sparsity": sparsity_of(ck.model)}
 

@@ -204,6 +204,12 @@ def has_splits(name: str) -> bool:
     return split_layout(Path(name).expanduser()) is not None
 
 
+def one_set(name: str) -> bool:
+    """Whether ``name`` is an existing ``PATH.npz`` or plain image folder: one set, with no test split
+    (what does not exist is left for :func:`load_dataset` to report)."""
+    return not has_splits(name) and Path(name).expanduser().exists()
+
+
 def recorded_name(name: str) -> str:
     """How a run records data set ``name``: a named set by its name, a path absolute (readable from
     any directory)."""

@@ -23,7 +23,7 @@ from torch import nn
 
 from geopath.core import distributed
 from geopath.io.checkpoint import META_PREFIX, Checkpoint, load_checkpoint, read_tensors
-from geopath.io.data import Dataset, has_splits, load_dataset, recorded_name
+from geopath.io.data import Dataset, load_dataset, one_set, recorded_name
 from geopath.errors import CheckpointError, UsageError
 from geopath.core.evaluate import evaluate
 from geopath.core.path import Interrupted, PathConfig, PathState
@@ -141,7 +141,7 @@ def eval_set(name: str, eval_name: str | None, flag: str = "--eval-data") -> str
     ``PATH.npz`` or a plain image folder does not have (its "test" would be the training data)."""
     if eval_name:
         return recorded_name(eval_name)
-    if not has_splits(name):
+    if one_set(name):
         raise UsageError(f"{name} is one set of labelled data, with no test split of its own: pass {flag} "
                          "with held-out labelled data (a PATH.npz or an image folder), or use a folder laid out by "
                          "split (train/ and test/, or train.npz and test.npz)")

@@ -33,7 +33,7 @@ from geopath.peers.task import PeerTask
 from geopath.core.params import ParamSpace, model_vector
 from geopath.io.archs import build_model
 from geopath.config import Head, Manifold, MergeConfig
-from geopath.io.data import Dataset, has_splits
+from geopath.io.data import Dataset, one_set
 from geopath.errors import UsageError
 from geopath.core.evaluate import has_batchnorm
 from geopath.core.path import MetricSource, walk
@@ -112,7 +112,7 @@ def prepare(cfg: MergeConfig, device) -> Tasks:
     data_a = job.data_name(cfg.data_a, a, "--data-a")
     data_b = job.data_name(cfg.data_b, b, "--data-b")
     for name, flag in ((data_a, "--data-a"), (data_b, "--data-b")):
-        if not has_splits(name):
+        if one_set(name):
             raise UsageError(f"{flag} {name} is one set of labelled data with no test split: merge needs each task's "
                              "train and test split (a named set, or a folder holding train/ and test/ image folders "
                              "or train.npz and test.npz)")
