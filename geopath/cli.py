@@ -203,7 +203,7 @@ def _flags(cls, given: dict) -> dict:
     return flags
 
 
-RESUME_MAY_CHANGE = {"out", "device", "data_root"}  # where the run is, and what it runs on
+RESUME_MAY_CHANGE = {"out", "device", "data_root", "download"}  # where the run is, what it runs on, fetching
 
 
 def _make_job_command(cls):
@@ -388,6 +388,9 @@ def eval_cmd(
     split: str = typer.Option("test", help="train or test (of a named set or a folder laid out by split)."),
     normalize: Optional[str] = typer.Option(None, help=PREPROCESS_HELP + " \\[default: the checkpoint's record, "
                                                        "else dataset]"),
+    image_size: Optional[str] = typer.Option(None, help="Image folders: resize every image to S or H,W pixels."),
+    channels: Optional[int] = typer.Option(None, help="Image folders: 1 (grayscale) or 3 (RGB) channels."),
+    download: bool = typer.Option(False, "--download", help="Download a named data set that is not found."),
     data_root: Optional[str] = typer.Option(None, envvar="GEOPATH_DATA_ROOT"),
     size: Optional[int] = typer.Option(None, help="Only the first N samples."),
     arch: Optional[str] = typer.Option(None, help="Architecture (see geopath sparsify --help). \\[default: the "
@@ -420,7 +423,7 @@ def eval_cmd(
             raise UsageError(f"{checkpoint} records its training data {name}, one set with no test split; pass "
                              "--data with labelled test data")
         preprocess = normalize or ck.metadata.get("geopath.preprocess")
-        ds = load_dataset(name, split, data_root, preprocess=preprocess).head(size)
+        ds = load_dataset(name, split, data_root, download, preprocess, image_size, channels).head(size)
         ev = evaluate(ck.model.to(dev), ds, device=dev)
         return {"checkpoint": str(checkpoint), "data": name, "split": None if single else split,
                 "preprocess": ds.preprocess, "samples": ev.samples,
@@ -432,6 +435,42 @@ def eval_cmd(
     else:
         for k, v in res.items():
             typer.echo(f"{k + ':':<12}{fmt(v)}")
+
+
+@app.command("export")
+def export_cmd(
+    source: Path = typer.Argument(..., help="A finished run (its final.safetensors) or a checkpoint with zeroed "
+                                            "units."),
+    out: Path = typer.Option(..., "--out", "-o", help="The compact network (.safetensors)."),
+    data: Optional[str] = typer.Option(None, help="Data set for the inputs' shape and the checks. \\[default: the "
+                                                  "checkpoint's]"),
+    data_root: Optional[str] = typer.Option(None, envvar="GEOPATH_DATA_ROOT"),
+    arch: Optional[str] = typer.Option(None, help="Architecture (see geopath sparsify --help). \\[default: the "
+                                                  "checkpoint's]"),
+    arch_kwargs: Optional[str] = typer.Option(None, help="Architecture keyword arguments as JSON."),
+    trust_code: bool = typer.Option(False, "--trust-code", help="Build an architecture the file names outside "
+                                                                "geopath and torchvision."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing file."),
+    as_json: bool = JSON_OPT,
+    debug: bool = DEBUG_OPT,
+):
+    """Remove zeroed units physically: the smaller network, its size, MACs and latency before and after."""
+
+    def go():
+        from geopath.config import ARCH_KWARGS_EXAMPLE, json_object
+        from geopath.jobs.export import export
+
+        kwargs = json_object(arch_kwargs, "--arch-kwargs", ARCH_KWARGS_EXAMPLE) if arch_kwargs else None
+        return export(source, out, data, data_root, arch, kwargs, trust_code, overwrite)
+
+    res = _guard(go, debug)
+    if as_json:
+        _emit(res, True)
+    else:
+        from geopath.jobs.export import text
+
+        for line in text(res):
+            typer.echo(line)
 
 
 @app.command("inspect")
@@ -479,6 +518,9 @@ def train_cmd(
     eval_data: Optional[str] = typer.Option(None, help="Labelled test set for the reported accuracy. \\[default: "
                                                        "--data's test split]"),
     normalize: Optional[str] = typer.Option(None, help=PREPROCESS_HELP + " \\[default: dataset]"),
+    image_size: Optional[str] = typer.Option(None, help="Image folders: resize every image to S or H,W pixels."),
+    channels: Optional[int] = typer.Option(None, help="Image folders: 1 (grayscale) or 3 (RGB) channels."),
+    download: bool = typer.Option(False, "--download", help="Download a named data set that is not found."),
     data_root: Optional[str] = typer.Option(None, envvar="GEOPATH_DATA_ROOT"),
     size: Optional[int] = typer.Option(None, help="Train on the first N samples only."),
     epochs: float = typer.Option(5.0, help="Epochs of training."),
@@ -519,8 +561,8 @@ def train_cmd(
         from geopath.jobs.common import eval_set
 
         test_name = eval_set(data, eval_data)
-        tr = load_dataset(data, "train", data_root, preprocess=normalize).head(size)
-        te = load_dataset(test_name, "test", data_root, preprocess=normalize)
+        tr = load_dataset(data, "train", data_root, download, normalize, image_size, channels).head(size)
+        te = load_dataset(test_name, "test", data_root, download, normalize, image_size, channels)
         stats = train(model, tr, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                       seed=seed, device=dev)
         ev = evaluate(model, te, device=dev)

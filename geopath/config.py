@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from geopath.errors import UsageError
-from geopath.io.preprocess import PREPROCESS_HELP, parse_preprocess
+from geopath.io.preprocess import PREPROCESS_HELP, parse_image_size, parse_preprocess
 from geopath.peers import registry
 from geopath.core.choices import Anchor, BNStats, Combine, MaskScope, MetricKind, TRMethod
 
@@ -138,6 +138,12 @@ class CommonOptions:
                                    example=ARCH_KWARGS_EXAMPLE)
     trust_pickle: bool = opt(False, "Allow unpickling a .pt file (only for files you trust).")
     normalize: str | None = opt(None, PREPROCESS_HELP, default_help="the checkpoint's record, else dataset")
+    image_size: str | None = opt(None, "Image folders: resize every image to S or H,W pixels.",
+                                 default_help="the images' own (all alike)")
+    channels: int | None = opt(None, "Image folders: 1 (grayscale) or 3 (RGB) channels.",
+                               default_help="the first image's")
+    download: bool = opt(False, "Download a named data set that is not found (torchvision's downloader; needs a "
+                                "network).")
     trust_code: bool = opt(False, "Build the architecture a checkpoint's metadata names even when it is code outside "
                                   "geopath and torchvision (only for files you trust; --arch names it instead).")
     data_root: str | None = opt(None, "Folder with the data sets (torchvision layout); also $GEOPATH_DATA_ROOT.",
@@ -163,6 +169,9 @@ class CommonOptions:
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             raise UsageError(f"--device must be cpu or cuda, got {self.device!r}")
         parse_preprocess(self.normalize)
+        parse_image_size(self.image_size)
+        if self.channels is not None and self.channels not in (1, 3):
+            raise UsageError(f"--channels must be 1 or 3, got {self.channels}")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -98,3 +98,80 @@ def coupled_layers(model: nn.Module, layer: str, example: torch.Tensor) -> list[
     """The names of the modules coupled to ``layer``'s output channels (for messages and reports)."""
     graph = dependency_graph(model, example)
     return sorted({name for name, _, _ in producers(graph, model, layer, 0)} - {layer})
+
+
+# --------------------------------------------------------------------------- physical removal
+
+
+def output_layer(model: nn.Module, example: torch.Tensor) -> str | None:
+    """The Linear or Conv layer whose output is the network's output (its units are the classes)."""
+    seen: dict[int, str] = {}
+    hooks = [m.register_forward_hook(lambda mod, i, o, name=name: seen.__setitem__(id(o), name))
+             for name, m in model.named_modules() if isinstance(m, ROW_LAYERS)]
+    try:
+        with torch.no_grad():
+            out = model.eval()(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    if id(out) in seen:
+        return seen[id(out)]
+    layers = [n for n, m in model.named_modules() if isinstance(m, ROW_LAYERS)]
+    return layers[-1] if layers else None
+
+
+def dead_units(model: nn.Module, example: torch.Tensor) -> dict[str, list[int]]:
+    """Units of each Linear/Conv layer (but the output layer) whose whole coupled group is zero: their
+    channel is exactly zero everywhere, so removing them changes no output."""
+    space = ParamSpace.of(model)
+    w = torch.cat([p.detach().reshape(-1) for p in (dict(model.named_parameters())[n] for n in space.names)])
+    last = output_layer(model, example)
+    out = {}
+    for name, m in model.named_modules():
+        if not isinstance(m, ROW_LAYERS) or name == last:
+            continue
+        if not (m.weight.detach().reshape(m.weight.shape[0], -1) == 0).all(1).any():
+            continue  # no unit with a zero row: nothing to trace
+        groups = coupled_groups(model, space, name, example)
+        dead = (w[groups] == 0).all(1).nonzero().reshape(-1).tolist()
+        if dead and len(dead) < len(groups):
+            out[name] = dead
+    return out
+
+
+def remove_units(model: nn.Module, layer: str, units: list[int], example: torch.Tensor) -> None:
+    """Remove output ``units`` of ``layer`` and everything coupled to them from ``model``, in place
+    (Torch-Pruning's surgery: the producers' rows, BatchNorm entries and statistics, and the
+    following layers' input channels)."""
+    graph = dependency_graph(model, example)
+    module = dict(model.named_modules())[layer]
+    group = graph.get_pruning_group(module, graph.get_pruner_of_module(module).prune_out_channels, idxs=units)
+    if not graph.check_pruning_group(group):
+        raise UsageError(f"cannot remove {len(units)} units of {layer!r}: no unit of it would be left")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        group.prune()
+
+
+def compact(model: nn.Module, example: torch.Tensor) -> list[tuple[str, list[int]]]:
+    """Remove every dead unit (:func:`dead_units`) physically, a layer at a time; returns the history
+    of removals, which :func:`replay` applies to a freshly built network of the same architecture."""
+    history: list[tuple[str, list[int]]] = []
+    while True:
+        dead = dead_units(model, example)
+        if not dead:
+            return history
+        layer, units = next(iter(dead.items()))
+        remove_units(model, layer, units, example)
+        history.append((layer, units))
+
+
+def replay(model: nn.Module, history: list, example: torch.Tensor) -> nn.Module:
+    """Apply a removal history to ``model`` (a compact checkpoint's recipe; no pickle needed)."""
+    for layer, units in history:
+        if layer not in dict(model.named_modules()):
+            raise UsageError(f"the removal history names {layer!r}, which this architecture does not have")
+        remove_units(model, layer, [int(u) for u in units], example)
+    return model

@@ -132,6 +132,26 @@ def _fit_report(model: nn.Module, tensors: dict[str, torch.Tensor]) -> str | Non
     return "; ".join(parts) or None
 
 
+def example_input(meta: dict[str, str], n: int = 2) -> torch.Tensor:
+    """``n`` zero inputs of the shape and type a checkpoint records (``geopath.input_shape``, ``input_dtype``)."""
+    shape = json.loads(meta[META_PREFIX + "input_shape"])
+    dtype = torch.long if meta.get(META_PREFIX + "input_dtype", "float32").startswith("int") else torch.float32
+    return torch.zeros((n, *shape), dtype=dtype)
+
+
+def _replay_compact(model: nn.Module, meta: dict[str, str], path: Path) -> nn.Module:
+    """Rebuild a compact network from its recipe: the removal history replayed on the architecture."""
+    from geopath.core.coupling import replay
+
+    try:
+        history = json.loads(meta[META_PREFIX + "compact"])
+        example = example_input(meta)
+    except (KeyError, ValueError, TypeError):
+        raise CheckpointError(f"{path}: its compact-network metadata (geopath.compact, geopath.input_shape) "
+                              "is not readable") from None
+    return replay(model.eval(), history, example)
+
+
 def _layout_hint(tensors: dict[str, torch.Tensor]) -> str:
     """A hint for a plain ``nn.Sequential`` state dict (keys ``0.weight``, ``2.weight``, ...)."""
     if tensors and all(k.split(".", 1)[0].isdigit() for k in tensors):
@@ -176,6 +196,8 @@ def load_checkpoint(
                 raise CheckpointError(f"{path}: metadata geopath.arch_kwargs is not valid JSON") from None
     arch_kwargs = dict(arch_kwargs or {})
     model = build_model(arch, arch_kwargs)
+    if META_PREFIX + "compact" in meta:  # a compact network: the architecture with units removed
+        model = _replay_compact(model, meta, path)
     report = _fit_report(model, tensors)
     if report:
         raise CheckpointError(f"{path}: does not fit architecture {arch!r}: {report}{_layout_hint(tensors)}")

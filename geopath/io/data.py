@@ -1,20 +1,24 @@
 """Data sets as in-memory tensors.
 
-``--data`` accepts ``mnist``, ``fashion-mnist``, ``cifar10``, a ``PATH.npz`` (arrays
-``x`` and ``y``; uint8 images NHWC or NCHW, other integers as token ids, or float arrays), an image folder
-(torchvision ``ImageFolder`` layout), or a folder laid out by split (``train/`` and ``test/``
-image folders, or ``train.npz`` and ``test.npz``). A named set or a folder laid out by split has
-a train and a test split; a ``PATH.npz`` or a plain image folder is one set (:func:`has_splits`),
-so a job needs ``--eval-data`` for its test accuracy. Named sets are looked for, in order, under
-``--data-root`` (or ``$GEOPATH_DATA_ROOT``) alone when given, otherwise ``./data``,
-``../shared/data`` and ``~/.cache/geopath/data``, in torchvision's layout (``MNIST/raw/…``,
-``FashionMNIST/raw/…``) or, for CIFAR-10, as ``cifar10/{train,train_20k,test}.npz``.
-Nothing is downloaded unless ``download=True``.
+``--data`` accepts a named set (``mnist``, ``fashion-mnist``, ``cifar10``, ``cifar100``), a
+``PATH.npz`` (arrays ``x`` and ``y``; uint8 images NHWC or NCHW, other integers as token ids, or
+float arrays), an image folder (torchvision ``ImageFolder`` layout), a folder laid out by split
+(``train/`` and ``test/`` image folders, or ``train.npz`` and ``test.npz``), or torchvision's CIFAR
+folder itself (``cifar-10-batches-py/``, ``cifar-100-python/``). A named set or a folder laid out
+by split has a train and a test split; a ``PATH.npz`` or a plain image folder is one set
+(:func:`has_splits`), so a job needs ``--eval-data`` for its test accuracy.
+
+Named sets are looked for under ``--data-root`` (or ``$GEOPATH_DATA_ROOT``) alone when given,
+otherwise ``./data``, ``../shared/data`` and ``~/.cache/geopath/data``: MNIST and Fashion-MNIST
+through torchvision's dataset classes (``MNIST/raw/…``, ``FashionMNIST/raw/…``); CIFAR as offline
+copies ``cifar10/{train,train_20k,test}.npz`` (``cifar100/…``) or in torchvision's layout
+(``cifar-10-batches-py/``, ``cifar-100-python/``), whose pickled batches are read by an
+unpickler that admits numpy arrays and nothing else (no code from the file runs). Nothing is
+downloaded unless ``download=True`` (``--download``: torchvision's downloader, into the first root).
 """
 
 from __future__ import annotations
 
-import gzip
 import os
 from pathlib import Path
 
@@ -24,14 +28,20 @@ import torch
 from geopath.core.dataset import Dataset
 
 from geopath.errors import DataError
-from geopath.io.preprocess import parse_preprocess
+from geopath.io.preprocess import parse_image_size, parse_preprocess
 
 NAMED = {
     "mnist": {"folder": "MNIST", "mean": (0.1307,), "std": (0.3081,)},
     "fashion-mnist": {"folder": "FashionMNIST", "mean": (0.2860,), "std": (0.3530,)},
     "cifar10": {"folder": "cifar10", "mean": (0.4914, 0.4822, 0.4465), "std": (0.2470, 0.2435, 0.2616)},
+    "cifar100": {"folder": "cifar100", "mean": (0.5071, 0.4865, 0.4409), "std": (0.2673, 0.2564, 0.2762)},
 }
-ALIASES = {"fmnist": "fashion-mnist", "fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist", "cifar-10": "cifar10"}
+ALIASES = {"fmnist": "fashion-mnist", "fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist",
+           "cifar-10": "cifar10", "cifar-100": "cifar100"}
+CIFAR_BATCHES = {  # torchvision's CIFAR layouts: folder, training files, test files, label key
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels"),
+    "cifar100": ("cifar-100-python", ["train"], ["test"], "fine_labels"),
+}
 SPLITS = ("train", "test")
 AS_STORED = "as stored"  # float or integer arrays: no preprocessing
 
@@ -80,27 +90,47 @@ def canonical_name(name: str) -> str:
     return ALIASES.get(key, key)
 
 
-def _read_idx(path: Path) -> np.ndarray:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    if len(data) < 8 or data[0] != 0 or data[1] != 0:
-        raise DataError(f"{path}: not an IDX file")
-    dtype_code, ndim = data[2], data[3]
-    if dtype_code != 0x08:
-        raise DataError(f"{path}: unsupported IDX element type 0x{dtype_code:02x}")
-    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
-    if arr.size != int(np.prod(dims)):
-        raise DataError(f"{path}: truncated IDX file")
-    return arr.reshape(dims)
+def _restricted_unpickle(path: Path) -> dict:
+    """A CIFAR batch file (a pickled dict of numpy arrays) read with an unpickler that admits numpy's
+    array reconstruction and nothing else: no code from the file runs (as torch.load(weights_only))."""
+    import pickle
+
+    allowed = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+
+    class Arrays(pickle.Unpickler):
+        def find_class(self, module, name):
+            if (module, name) in allowed:
+                return super().find_class(module, name)
+            raise pickle.UnpicklingError(f"{module}.{name} is not an array")
+
+    try:
+        with open(path, "rb") as f:
+            return Arrays(f, encoding="latin1").load()
+    except Exception as e:
+        raise DataError(f"{path}: not a readable CIFAR batch ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+                        ) from None
 
 
-def _find_idx(folder: Path, stem: str) -> Path | None:
-    for cand in (folder / "raw" / stem, folder / "raw" / (stem + ".gz"), folder / stem, folder / (stem + ".gz")):
-        if cand.is_file():
-            return cand
+def cifar_batches(folder: Path) -> str | None:
+    """Which torchvision CIFAR layout ``folder`` is (``cifar10``, ``cifar100``), if any."""
+    for name, (_, train, test, _) in CIFAR_BATCHES.items():
+        if all((folder / f).is_file() for f in train[:1] + test):
+            return name
     return None
+
+
+def _read_cifar_batches(folder: Path, kind: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    _, train, test, key = CIFAR_BATCHES[kind]
+    xs, ys = [], []
+    for fname in (train if split == "train" else test):
+        if not (folder / fname).is_file():
+            continue  # a partial copy (e.g. two training batches) is fine
+        batch = _restricted_unpickle(folder / fname)
+        xs.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        ys.append(np.asarray(batch[key], dtype=np.int64))
+    return np.concatenate(xs), np.concatenate(ys)
 
 
 def _normalise(x: np.ndarray, preprocess: str, mean=None, std=None) -> tuple[torch.Tensor, str]:
@@ -117,48 +147,60 @@ def _normalise(x: np.ndarray, preprocess: str, mean=None, std=None) -> tuple[tor
     return t, _stated(stats)
 
 
-def _load_named(name: str, split: str, roots: list[Path], download: bool, preprocess: str = "dataset") -> Dataset:
-    spec = NAMED[name]
-    for root in roots:
-        folder = root / spec["folder"]
-        if name == "cifar10":
-            files = ["test.npz"] if split == "test" else ["train.npz", "train_20k.npz"]
-            for fname in files:
-                if (folder / fname).is_file():
-                    ds = load_npz(folder / fname, split, preprocess, mean=spec["mean"], std=spec["std"])
-                    ds.name = name
-                    return ds
-            continue
-        prefix = "t10k" if split == "test" else "train"
-        img = _find_idx(folder, f"{prefix}-images-idx3-ubyte")
-        lab = _find_idx(folder, f"{prefix}-labels-idx1-ubyte")
-        if img and lab:
-            x, y = _read_idx(img), _read_idx(lab)
-            if len(x) != len(y):
-                raise DataError(f"{folder}: {len(x)} images but {len(y)} labels")
-            xt, stated = _normalise(x, preprocess, spec["mean"], spec["std"])
-            return Dataset(xt, torch.from_numpy(y.astype(np.int64)), name, split, stated)
-    if download and name != "cifar10":
-        return _download(name, split, roots[0], spec, preprocess)
-    searched = ", ".join(str(r) for r in roots)
-    raise DataError(
-        f"data set {name!r} ({split}) not found offline; searched {searched} "
-        f"(set --data-root or GEOPATH_DATA_ROOT to a folder holding {spec['folder']}/)"
-    )
-
-
-def _download(name: str, split: str, root: Path, spec, preprocess: str) -> Dataset:
+def _mnist_like(name: str, split: str, root: Path, download: bool) -> tuple[np.ndarray, np.ndarray] | None:
+    """MNIST or Fashion-MNIST through torchvision's dataset class (its IDX reader, its downloader)."""
     import torchvision
 
     cls = torchvision.datasets.MNIST if name == "mnist" else torchvision.datasets.FashionMNIST
     try:
-        cls(str(root), train=(split == "train"), download=True)
+        ds = cls(str(root), train=split == "train", download=download)
+    except RuntimeError as e:
+        if download:
+            raise DataError(f"could not download {name!r} into {root}: {str(e).splitlines()[0]}") from None
+        return None  # not in this root
     except Exception as e:  # network errors come in many types
-        raise DataError(f"could not download {name!r} into {root}: {str(e).splitlines()[0]}") from None
-    return _load_named(name, split, [root], download=False, preprocess=preprocess)
+        raise DataError(f"could not read or download {name!r} in {root}: {str(e).splitlines()[0]}") from None
+    return ds.data.numpy(), ds.targets.numpy()
 
 
-def load_npz(path: Path, split: str = "train", preprocess: str = "dataset", mean=None, std=None) -> Dataset:
+def _cifar(name: str, split: str, root: Path, download: bool) -> tuple[np.ndarray, np.ndarray] | None:
+    """CIFAR from an offline ``.npz`` copy, else torchvision's layout (downloaded there with ``download``)."""
+    folder = root / NAMED[name]["folder"]
+    for fname in (["test.npz"] if split == "test" else ["train.npz", "train_20k.npz"]):
+        if (folder / fname).is_file():
+            return _npz_arrays(folder / fname)
+    batches = root / CIFAR_BATCHES[name][0]
+    if not cifar_batches(batches) and download:
+        import torchvision
+
+        cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+        try:
+            cls(str(root), train=split == "train", download=True)
+        except Exception as e:
+            raise DataError(f"could not download {name!r} into {root}: {str(e).splitlines()[0]}") from None
+    if cifar_batches(batches) == name:
+        return _read_cifar_batches(batches, name, split)
+    return None
+
+
+def _load_named(name: str, split: str, roots: list[Path], download: bool, preprocess: str = "dataset") -> Dataset:
+    spec = NAMED[name]
+    for i, root in enumerate(roots):
+        get = _cifar if name.startswith("cifar") else _mnist_like
+        arrays = get(name, split, root, download and i == 0)
+        if arrays is not None:
+            x, y = arrays
+            if len(x) != len(y):
+                raise DataError(f"{root}: {name} has {len(x)} images but {len(y)} labels")
+            xt, stated = _normalise(x, preprocess, spec["mean"], spec["std"])
+            return Dataset(xt, torch.from_numpy(np.asarray(y).astype(np.int64)).reshape(-1), name, split, stated)
+    searched = ", ".join(str(r) for r in roots)
+    layout = f"{spec['folder']}/" + (f" or {CIFAR_BATCHES[name][0]}/" if name in CIFAR_BATCHES else "")
+    raise DataError(f"data set {name!r} ({split}) not found offline; searched {searched} (set --data-root or "
+                    f"GEOPATH_DATA_ROOT to a folder holding {layout}, or pass --download on a machine with a network)")
+
+
+def _npz_arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as f:
             if "x" not in f or "y" not in f:
@@ -170,6 +212,11 @@ def load_npz(path: Path, split: str = "train", preprocess: str = "dataset", mean
         raise DataError(f"{path}: not a readable .npz file ({str(e).splitlines()[0]})") from None
     if len(x) != len(y):
         raise DataError(f"{path}: {len(x)} inputs but {len(y)} labels")
+    return x, y
+
+
+def load_npz(path: Path, split: str = "train", preprocess: str = "dataset", mean=None, std=None) -> Dataset:
+    x, y = _npz_arrays(path)
     if x.dtype == np.uint8:
         xt, stated = _normalise(x, preprocess, mean, std)
     else:
@@ -186,9 +233,12 @@ def load_npz(path: Path, split: str = "train", preprocess: str = "dataset", mean
 
 def split_layout(path: Path) -> str | None:
     """How a folder holds its splits: ``"folders"`` (``train/`` and ``test/`` image folders), ``"npz"``
-    (``train.npz`` and ``test.npz``), or None (the folder is one set)."""
+    (``train.npz`` and ``test.npz``), ``"cifar10"``/``"cifar100"`` (torchvision's CIFAR folder), or None
+    (the folder is one set)."""
     if not path.is_dir():
         return None
+    if cifar_batches(path):
+        return cifar_batches(path)
     if all((path / s).is_dir() for s in SPLITS):
         return "folders"
     if all((path / f"{s}.npz").is_file() for s in SPLITS):
@@ -217,9 +267,15 @@ def recorded_name(name: str) -> str:
     return key if key in NAMED else str(Path(name).expanduser().resolve())
 
 
-def _load_image_folder(path: Path, split: str, preprocess: str = "dataset") -> Dataset:
+SIZE_PROBE = 64  # images whose size is read up front (the rest are checked as they are decoded)
+
+
+def _load_image_folder(path: Path, split: str, preprocess: str = "dataset", image_size: str | None = None,
+                       channels: int | None = None) -> Dataset:
+    """An image folder, streamed: file names and labels now, pixels a batch at a time (io/images.py)."""
     import torchvision
-    from torchvision import transforms
+
+    from geopath.io.images import ImageFiles, image_mode
 
     classes = sorted(p.name for p in path.iterdir() if p.is_dir()) if path.is_dir() else []
     if set(SPLITS) & set(classes):
@@ -227,25 +283,36 @@ def _load_image_folder(path: Path, split: str, preprocess: str = "dataset") -> D
         raise DataError(f"{path}: holds {', '.join(c for c in classes if c in SPLITS)}/ but not "
                         f"{', '.join(missing)}/: a folder laid out by split needs train/ and test/ "
                         "(each an image folder); a folder of classes must not name a class train or test")
-    try:
-        ds = torchvision.datasets.ImageFolder(str(path), transform=transforms.ToTensor())
+    try:  # lists the files; decodes nothing
+        samples = torchvision.datasets.ImageFolder(str(path)).samples
     except Exception as e:
         raise DataError(f"{path}: not a usable image folder ({str(e).splitlines()[0]})") from None
-    xs, ys = zip(*[ds[i] for i in range(len(ds))])
-    x = torch.stack(xs)
-    stats = _stats(preprocess, int(x.shape[1]), None, None)
-    if stats is not None:
-        x = (x - torch.tensor(stats[0]).view(1, -1, 1, 1)) / torch.tensor(stats[1]).view(1, -1, 1, 1)
-    return Dataset(x, torch.tensor(ys, dtype=torch.int64), str(path), split, _stated(stats))
+    files = [Path(f) for f, _ in samples]
+    first_channels, first_size = image_mode(files[0])
+    if channels is not None and channels not in (1, 3):
+        raise DataError(f"--channels must be 1 or 3, got {channels}")
+    size = parse_image_size(image_size)
+    if size is None:
+        for f in files[1:SIZE_PROBE]:
+            other = image_mode(f)[1]
+            if other != first_size:
+                raise DataError(f"{path}: images differ in size ({files[0].name} {first_size[0]}×{first_size[1]}, "
+                                f"{f.name} {other[0]}×{other[1]}): pass --image-size to resize them all")
+    ch = channels or first_channels
+    stats = _stats(preprocess, ch, None, None)
+    x = ImageFiles(files, ch, size or first_size, stats, resize=size is not None)
+    return Dataset(x, torch.tensor([c for _, c in samples], dtype=torch.int64), str(path), split, _stated(stats))
 
 
 def load_dataset(name: str, split: str = "train", data_root=None, download: bool = False,
-                 preprocess: str | None = None) -> Dataset:
+                 preprocess: str | None = None, image_size: str | None = None, channels: int | None = None) -> Dataset:
     """Load a data set split into memory (see module docstring for accepted names).
 
     ``preprocess`` (``--normalize``; default ``dataset``) says how stored pixels become inputs; the
     returned set states what was applied (``Dataset.preprocess``: ``M,M/S,S``, ``none`` or
-    ``as stored``), which every run records."""
+    ``as stored``), which every run records. Image folders are streamed (``Dataset.x`` is an
+    :class:`geopath.io.images.ImageFiles`), their images converted to ``channels`` (default: the
+    first image's, 1 for grayscale) and resized to ``image_size`` (``S`` or ``H,W``) when given."""
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r} (use train or test)")
     preprocess = parse_preprocess(preprocess) or "dataset"
@@ -259,10 +326,15 @@ def load_dataset(name: str, split: str = "train", data_root=None, download: bool
         return load_npz(path, split, preprocess)
     if path.is_dir():
         layout = split_layout(path)
+        if layout in CIFAR_BATCHES:
+            x, y = _read_cifar_batches(path, layout, split)
+            xt, stated = _normalise(x, preprocess, NAMED[layout]["mean"], NAMED[layout]["std"])
+            return Dataset(xt, torch.from_numpy(y), str(path), split, stated)
         if layout == "folders":
-            return _load_image_folder(path / split, split, preprocess)
+            return _load_image_folder(path / split, split, preprocess, image_size, channels)
         if layout == "npz":
             return load_npz(path / f"{split}.npz", split, preprocess)
-        return _load_image_folder(path, split, preprocess)
+        return _load_image_folder(path, split, preprocess, image_size, channels)
     known = ", ".join(NAMED)
-    raise DataError(f"unknown data set {name!r} (use one of {known}, a PATH.npz or an image folder)")
+    raise DataError(f"unknown data set {name!r} (use one of {known}, a PATH.npz, an image folder or a folder laid "
+                    "out by split)")

@@ -1,4 +1,5 @@
-"""``--normalize``: how stored pixels become a network's inputs (torch-free, so options validate fast).
+"""``--normalize`` and ``--image-size``: how stored pixels become a network's inputs (torch-free, so options
+validate fast).
 
 A run states the preprocessing it applied (``M,M/S,S`` per channel, ``none`` or ``as stored``) in its
 ``config.yaml`` and in every network it saves (metadata ``geopath.preprocess``); a later command on
@@ -34,3 +35,14 @@ def parse_preprocess(text: str | None) -> str | None:
     return ",".join(f"{v:g}" for v in m) + "/" + ",".join(f"{v:g}" for v in sd)
 
 
+def parse_image_size(text: str | None) -> tuple[int, int] | None:
+    """``--image-size`` ``S`` or ``H,W`` → (H, W); None stays None."""
+    if text is None or str(text).strip() == "":
+        return None
+    try:
+        parts = [int(v) for v in str(text).replace("x", ",").split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2) or min(parts) < 1:
+        raise DataError(f"--image-size {text!r}: expected S or H,W in pixels (e.g. 32 or 28,28)")
+    return (parts[0], parts[-1])

@@ -163,12 +163,14 @@ def mix(datasets: list[Dataset], total: int) -> Dataset:
     """The first ``total / len(datasets)`` samples of each data set, together (e.g. BatchNorm data)."""
     each = max(1, total // len(datasets))
     parts = [d.head(each) for d in datasets]
-    return Dataset(torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts]), "+".join(d.name for d in parts),
+    xs = [p.x if isinstance(p.x, torch.Tensor) else p.x.to("cpu") for p in parts]  # streamed images: decoded
+    return Dataset(torch.cat(xs), torch.cat([p.y for p in parts]), "+".join(d.name for d in parts),
                    parts[0].split, parts[0].preprocess)
 
 
 def load_split(name: str, split: str, cfg, size: int | None = None, preprocess: str | None = None) -> Dataset:
-    return load_dataset(name, split, cfg.data_root, preprocess=preprocess).head(size)
+    return load_dataset(name, split, cfg.data_root, download=cfg.download, preprocess=preprocess,
+                        image_size=cfg.image_size, channels=cfg.channels).head(size)
 
 
 def preprocess_of(cfg, ck: Checkpoint) -> str | None:

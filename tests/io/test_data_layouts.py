@@ -59,3 +59,112 @@ def test_recorded_names_are_absolute_paths_or_canonical_names(tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     assert recorded_name("data.npz") == str(tmp_path / "data.npz")
     assert recorded_name("fmnist") == "fashion-mnist" and recorded_name("CIFAR-10") == "cifar10"
+
+
+# --------------------------------------------------------------------------- torchvision's CIFAR layout
+
+
+def _cifar_batches(folder, n=6, seed=0):
+    import pickle
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for name in ["data_batch_1", "data_batch_2", "test_batch"]:
+        batch = {"data": rng.integers(0, 255, (n, 3072), dtype=np.uint8), "labels": list(rng.integers(0, 10, n)),
+                 "batch_label": name}
+        (folder / name).write_bytes(pickle.dumps(batch))
+
+
+def test_torchvisions_cifar_folder_reads_without_running_code(tmp_path):
+    _cifar_batches(tmp_path / "cifar-10-batches-py")
+    assert split_layout(tmp_path / "cifar-10-batches-py") == "cifar10"
+    tr = load_dataset(str(tmp_path / "cifar-10-batches-py"), "train")
+    te = load_dataset("cifar10", "test", tmp_path)  # the named set finds the same layout under a root
+    assert tr.x.shape == (12, 3, 32, 32) and te.x.shape == (6, 3, 32, 32)
+    assert te.preprocess == "0.4914,0.4822,0.4465/0.247,0.2435,0.2616"
+
+
+def test_a_cifar_batch_that_carries_code_is_refused(tmp_path):
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (exec, ("open(%r, 'w').write('ran')" % str(tmp_path / "ran.txt"),))
+
+    _cifar_batches(tmp_path / "cifar-10-batches-py")
+    (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(pickle.dumps({"data": Evil(), "labels": [0]}))
+    with pytest.raises(DataError, match="not a readable CIFAR batch.*builtins.exec is not an array"):
+        load_dataset(str(tmp_path / "cifar-10-batches-py"), "test")
+    assert not (tmp_path / "ran.txt").exists()
+
+
+# --------------------------------------------------------------------------- streamed image folders
+
+
+def test_image_folders_are_streamed_a_batch_at_a_time(tmp_path, monkeypatch):
+    from geopath.core.evaluate import evaluate
+    from geopath.io import images
+
+    _images(tmp_path / "imgs", n=40, size=8)
+    decoded = []
+    real = images.ImageFiles._decode
+    monkeypatch.setattr(images.ImageFiles, "_decode", lambda self, files: decoded.append(len(files)) or
+                        real(self, files))
+    ds = load_dataset(str(tmp_path / "imgs"))
+    assert isinstance(ds.x, images.ImageFiles) and ds.x.shape == (80, 3, 8, 8) and decoded == []
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 2))
+    evaluate(model, ds, batch_size=16)
+    assert decoded == [16, 16, 16, 16, 16]  # never more than one batch of pixels
+    assert ds.head(5).x.shape[0] == 5 and ds.x[torch.tensor([3, 1])].shape == (2, 3, 8, 8)
+
+
+def test_mixed_sizes_need_a_size_and_grayscale_stays_one_channel(tmp_path):
+    from PIL import Image
+
+    for c in ("a", "b"):
+        (tmp_path / "mixed" / c).mkdir(parents=True)
+        Image.new("L", (10, 12), 200).save(tmp_path / "mixed" / c / "big.png")
+        Image.new("L", (6, 6), 50).save(tmp_path / "mixed" / c / "small.png")
+    with pytest.raises(DataError, match="differ in size.*--image-size"):
+        load_dataset(str(tmp_path / "mixed"))
+    ds = load_dataset(str(tmp_path / "mixed"), image_size="8", preprocess="none")
+    assert ds.x.shape == (4, 1, 8, 8) and ds.preprocess == "none"
+    x = ds.x[torch.arange(4)]
+    assert float(x.max()) <= 1.0 and abs(float(x[0].mean()) - 200 / 255) < 0.02
+    rgb = load_dataset(str(tmp_path / "mixed"), image_size="8,6", channels=3)
+    assert rgb.x.shape == (4, 3, 8, 6) and rgb.preprocess == "0.5,0.5,0.5/0.5,0.5,0.5"
+
+
+def test_a_job_runs_on_a_split_image_folder(tmp_path):
+    import json
+
+    import yaml
+
+    from geopath.io.archs import build_model
+    from geopath.io.checkpoint import save_checkpoint
+
+    from .._helpers import cli
+
+    rng = np.random.default_rng(0)
+    from PIL import Image
+
+    for split, n in (("train", 24), ("test", 10)):
+        for c, level in (("dark", 40), ("light", 210)):
+            (tmp_path / "imgs" / split / c).mkdir(parents=True)
+            for i in range(n):
+                pixels = np.clip(level + rng.normal(0, 20, (8, 8)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels, "L").save(tmp_path / "imgs" / split / c / f"{i}.png")
+    kw = {"in_features": 64, "hidden": [8], "num_classes": 2}
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "net.safetensors", build_model("mlp", kw), "mlp", kw)
+    out = tmp_path / "out"
+    proc = cli("sparsify", tmp_path / "net.safetensors", "-o", out, "--data", tmp_path / "imgs", "--sparsity", "0.5",
+               "--steps", "2", "--max-steps", "2", "--settle-steps", "1", "--batch-size", "8", "--cg-iters", "2",
+               "--save-every", "1", "--train-eval-size", "0", "--json")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.splitlines()[-1])
+    assert summary["sparsity"] == pytest.approx(0.5, abs=0.02)
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["data"] == str((tmp_path / "imgs").resolve()) and saved["normalize"] == "0.5/0.5"
+    ev = json.loads(cli("eval", out / "final.safetensors", "--json").stdout)  # the split's test images
+    assert ev["samples"] == 20 and ev["split"] == "test" and ev["preprocess"] == "0.5/0.5"

@@ -1,0 +1,86 @@
+"""Image folders read from disk a batch at a time: memory O(batch), not O(data set).
+
+:class:`ImageFiles` stands where a data set's input tensor would: ``len``, ``shape``, slicing (a
+lazy view) and indexing by an index tensor (decodes just those images) are what the core uses
+(:mod:`geopath.core.dataset`, :mod:`geopath.core.path`, :mod:`geopath.core.evaluate`), so a path,
+an evaluation or a peer never holds more than one batch of decoded images. Each image is converted
+to the folder's channel count (grayscale ``L`` or ``RGB``), resized when ``size`` is given, scaled
+to [0, 1] and normalised by ``stats``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from geopath.errors import DataError
+
+GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
+
+
+def image_mode(path: Path) -> tuple[int, tuple[int, int]]:
+    """(channels, (height, width)) of an image file, from its header: 1 for grayscale modes, else 3."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return (1 if im.mode in GRAY_MODES else 3), (im.height, im.width)
+    except Exception as e:
+        raise DataError(f"{path}: not a readable image ({str(e).splitlines()[0] if str(e) else ''})") from None
+
+
+class ImageFiles:
+    """A lazily decoded ``[N, C, H, W]`` float tensor of image files."""
+
+    def __init__(self, files: Sequence[Path], channels: int, size: tuple[int, int],
+                 stats: tuple[tuple, tuple] | None, resize: bool):
+        self.files, self.channels, self.size, self.stats, self.resize = list(files), channels, size, stats, resize
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self.files), self.channels, *self.size))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def _view(self, files) -> "ImageFiles":
+        return ImageFiles(files, self.channels, self.size, self.stats, self.resize)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self._view(self.files[index])
+        if isinstance(index, int):
+            return self._decode([self.files[index]])[0]
+        idx = torch.as_tensor(index).reshape(-1).tolist()
+        return self._decode([self.files[i] for i in idx])
+
+    def to(self, *args, **kwargs) -> torch.Tensor:
+        """All images of this view, decoded (used on small views: a batch, a probe)."""
+        return self._decode(self.files).to(*args, **kwargs)
+
+    def _decode(self, files) -> torch.Tensor:
+        from PIL import Image
+        from torchvision.transforms.functional import pil_to_tensor, resize
+
+        out = torch.empty(len(files), self.channels, *self.size)
+        for i, f in enumerate(files):
+            try:
+                with Image.open(f) as im:
+                    t = pil_to_tensor(im.convert("L" if self.channels == 1 else "RGB")).float().div_(255.0)
+            except Exception as e:
+                raise DataError(f"{f}: not a readable image ({str(e).splitlines()[0] if str(e) else ''})") from None
+            if tuple(t.shape[1:]) != self.size:
+                if not self.resize:
+                    raise DataError(f"{f}: {t.shape[1]}×{t.shape[2]} pixels, other images of the folder "
+                                    f"{self.size[0]}×{self.size[1]}: pass --image-size to resize them all")
+                t = resize(t, list(self.size), antialias=True)
+            out[i] = t
+        if self.stats is not None:
+            out = (out - torch.tensor(self.stats[0]).view(1, -1, 1, 1)) / torch.tensor(self.stats[1]).view(1, -1, 1, 1)
+        return out
