@@ -26,6 +26,7 @@ def evaluate(model: nn.Module, ds: Dataset, batch_size: int = 2048, device="cpu"
     rank returns the whole data set's figures (every rank must call this together).
     """
     comm = distributed.current()
+    batch_size = min(batch_size, getattr(ds.x, "max_batch", batch_size))  # streamed inputs: a smaller batch
     mine = comm.shard(len(ds))
     xs, ys = ds.x[mine], ds.y[mine]
     was_training = model.training
@@ -66,6 +67,7 @@ def recompute_batchnorm(model: nn.Module, ds: Dataset, batch_size: int = 256, ma
     was_training = model.training
     model.train()
     n = min(len(ds), max_samples)
+    batch_size = min(batch_size, getattr(ds.x, "max_batch", batch_size))
     for i in range(0, n, batch_size):
         model(ds.x[i:min(i + batch_size, n)].to(device))
     for m, mom in saved:

@@ -32,7 +32,12 @@ def image_mode(path: Path) -> tuple[int, tuple[int, int]]:
 
 
 class ImageFiles:
-    """A lazily decoded ``[N, C, H, W]`` float tensor of image files."""
+    """A lazily decoded ``[N, C, H, W]`` float tensor of image files.
+
+    ``max_batch`` bounds how many images a reader that picks its own batch size (evaluation,
+    BatchNorm re-estimation) decodes at once."""
+
+    max_batch = 64
 
     def __init__(self, files: Sequence[Path], channels: int, size: tuple[int, int],
                  stats: tuple[tuple, tuple] | None, resize: bool):

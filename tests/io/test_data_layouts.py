@@ -115,6 +115,9 @@ def test_image_folders_are_streamed_a_batch_at_a_time(tmp_path, monkeypatch):
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 2))
     evaluate(model, ds, batch_size=16)
     assert decoded == [16, 16, 16, 16, 16]  # never more than one batch of pixels
+    decoded.clear()
+    evaluate(model, ds)  # a reader's own large batch is capped for streamed images
+    assert decoded == [64, 16]
     assert ds.head(5).x.shape[0] == 5 and ds.x[torch.tensor([3, 1])].shape == (2, 3, 8, 8)
 
 
