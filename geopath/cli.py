@@ -422,8 +422,11 @@ def eval_cmd(
         if single and data is None:
             raise UsageError(f"{checkpoint} records its training data {name}, one set with no test split; pass "
                              "--data with labelled test data")
-        preprocess = normalize or ck.metadata.get("geopath.preprocess")
-        ds = load_dataset(name, split, data_root, download, preprocess, image_size, channels).head(size)
+        meta = ck.metadata
+        preprocess = normalize or meta.get("geopath.preprocess")
+        size_, channels_ = image_size or meta.get("geopath.image_size"), channels or meta.get("geopath.channels")
+        ds = load_dataset(name, split, data_root, download, preprocess, size_,
+                          int(channels_) if channels_ else None).head(size)
         ev = evaluate(ck.model.to(dev), ds, device=dev)
         return {"checkpoint": str(checkpoint), "data": name, "split": None if single else split,
                 "preprocess": ds.preprocess, "samples": ev.samples,
@@ -450,6 +453,10 @@ def export_cmd(
     arch_kwargs: Optional[str] = typer.Option(None, help="Architecture keyword arguments as JSON."),
     trust_code: bool = typer.Option(False, "--trust-code", help="Build an architecture the file names outside "
                                                                 "geopath and torchvision."),
+    normalize: Optional[str] = typer.Option(None, help=PREPROCESS_HELP + " \\[default: the checkpoint's record, "
+                                                       "else dataset]"),
+    image_size: Optional[str] = typer.Option(None, help="Image folders: resize every image to S or H,W pixels."),
+    channels: Optional[int] = typer.Option(None, help="Image folders: 1 (grayscale) or 3 (RGB) channels."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing file."),
     as_json: bool = JSON_OPT,
     debug: bool = DEBUG_OPT,
@@ -461,7 +468,8 @@ def export_cmd(
         from geopath.jobs.export import export
 
         kwargs = json_object(arch_kwargs, "--arch-kwargs", ARCH_KWARGS_EXAMPLE) if arch_kwargs else None
-        return export(source, out, data, data_root, arch, kwargs, trust_code, overwrite)
+        return export(source, out, data, data_root, arch, kwargs, trust_code, overwrite, normalize, image_size,
+                      channels)
 
     res = _guard(go, debug)
     if as_json:
@@ -562,13 +570,15 @@ def train_cmd(
 
         test_name = eval_set(data, eval_data)
         tr = load_dataset(data, "train", data_root, download, normalize, image_size, channels).head(size)
-        te = load_dataset(test_name, "test", data_root, download, normalize, image_size, channels)
+        te = load_dataset(test_name, "test", data_root, download, tr.preprocess, image_size, channels)
         stats = train(model, tr, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                       seed=seed, device=dev)
         ev = evaluate(model, te, device=dev)
         save_checkpoint(out, model.cpu(), arch, kwargs, step=0,
                         extra={"data": recorded_name(data), "preprocess": tr.preprocess,
-                               "test_accuracy": f"{ev.accuracy:.4f}"})
+                               "test_accuracy": f"{ev.accuracy:.4f}",
+                               **({"image_size": image_size} if image_size else {}),
+                               **({"channels": str(channels)} if channels else {})})
         return {"out": str(out), "arch": arch, "data": data, "epochs": epochs, "test_accuracy": ev.accuracy,
                 "test_loss": ev.loss, "sample_passes": stats.sample_passes}
 

@@ -496,14 +496,37 @@ def changed_options(cls, saved: dict[str, Any], given: dict[str, Any]) -> list[s
         else:
             f = defaults[name]
             old = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        if name == "plan" and isinstance(new, str) and not isinstance(old, str):  # a plan file vs its legs inline
-            legs = load_yaml_file(new, "plan")
-            new = legs.get("legs") if isinstance(legs, dict) else legs
         old = old.value if isinstance(old, Enum) else old
-        new = new.value if isinstance(new, Enum) else new
+        new = _as_recorded(name, new.value if isinstance(new, Enum) else new, old)
         if not _same(new, old):
             changed.append("--" + name.replace("_", "-"))
     return sorted(changed)
+
+
+def _as_recorded(name: str, new: Any, old: Any) -> Any:
+    """A flag's value in the form a run records it, so that repeating it compares equal: data sets by
+    canonical name or absolute path, a plan file as its legs, ``--normalize`` per channel (``dataset``
+    names the default the run resolved: taken as the saved value)."""
+    if new is None:
+        return new
+    if name in ("data", "eval_data", "data_a", "data_b") and isinstance(new, str):
+        from geopath.io.data import recorded_name
+
+        return recorded_name(new)
+    if name == "plan" and isinstance(new, str) and not isinstance(old, str):  # a plan file vs its legs inline
+        from geopath.jobs.transition import parse_plan
+
+        return [leg.to_dict() for leg in parse_plan(new)]
+    if name == "normalize" and isinstance(old, str):
+        new = parse_preprocess(new)
+        if new == "dataset":
+            return old
+        if "/" in new and "/" in old:  # one value for every channel, as the run spelled it out
+            m, s = (part.split(",") for part in new.split("/"))
+            om = old.split("/")[0].split(",")
+            if len(m) == 1 and len(om) > 1:
+                return ",".join(m * len(om)) + "/" + ",".join(s * len(om))
+    return new
 
 
 def resolve(cls, yaml_values: dict[str, Any], flags: dict[str, Any]):

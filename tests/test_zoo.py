@@ -21,8 +21,7 @@ from geopath.core.params import ParamSpace, model_vector
 from geopath.io.archs import build_model
 from geopath.io.checkpoint import save_checkpoint
 
-from ._helpers import DATA_ROOT, cifar10_present, geopath, needs_mnist, one_thread_subprocesses  # noqa: F401
-from . import zoo
+from ._helpers import DATA_ROOT, cifar10_present, cli, geopath, needs_mnist, one_thread_subprocesses  # noqa: F401
 
 # name: (--arch, arch kwargs, data set, input shape, integer inputs)
 ZOO = {
@@ -115,7 +114,7 @@ def test_a_short_sparsify_run_through_the_command_line(name, tmp_path, tokens):
         ck = tmp_path / "net.safetensors"
         save_checkpoint(ck, model, arch, kwargs)
     out = tmp_path / "out"
-    proc = geopath("sparsify", ck, "-o", out, "--arch", arch, "--arch-kwargs", json.dumps(kwargs), "--data", data,
+    proc = cli("sparsify", ck, "-o", out, "--arch", arch, "--arch-kwargs", json.dumps(kwargs), "--data", data,
                    "--data-root", DATA_ROOT, "--sparsity", "0.5", "--steps", "2", "--max-steps", "2",
                    "--settle-steps", "1", "--batch-size", "16", "--metric-size", "64", "--eval-size", "64",
                    "--bn-samples", "64", "--train-eval-size", "0", "--cg-iters", "2", "--save-every", "1", "--json")

@@ -12,7 +12,11 @@ import torch
 
 @dataclass
 class Dataset:
-    """Inputs ``x`` (float N×C×H×W or N×D, or integer token ids N×L) and integer labels ``y`` in memory."""
+    """Inputs ``x`` (float N×C×H×W or N×D, or integer token ids N×L) and integer labels ``y``.
+
+    ``x`` is a tensor, or anything that slices and indexes like one (``len``, ``shape``, ``x[a:b]``,
+    ``x[index_tensor]``, ``x[a:b].to(device)``): :class:`geopath.io.images.ImageFiles` streams an image
+    folder that way. Readers that choose their own batch size cap it at ``x.max_batch`` when present."""
 
     x: torch.Tensor
     y: torch.Tensor

@@ -1,8 +1,8 @@
 """Trace rows, made in one place: evaluate a network, save it through the run's writer, append its row.
 
 The path engine (:func:`geopath.core.path.walk`), the peers (through :class:`PeerRecorder`) and
-connect's landing segment all record through a :class:`Recorder`, so every row of every run has the
-same keys in the same order::
+connect's landing segment all record through a :class:`Recorder`, so every row of every run has its
+keys in this order (a peer's row has no engine state but ``landed_at``)::
 
     step, <extra>, t, distance, length, drift, sample_passes, epochs, <the job's evaluate(net)>,
     wall_time, <the engine's state: landed_at, ...>, <tags>, checkpoint

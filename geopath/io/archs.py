@@ -152,7 +152,7 @@ def _user_factory(arch: str) -> Callable[..., nn.Module]:
     else:
         try:
             module = _import_module(where)
-        except ImportError as e:
+        except Exception as e:
             raise UsageError(f"cannot import module {where!r} for --arch ({e}); pass a module importable from "
                              f"the current directory, or a file: --arch path/to/{where.split('.')[-1]}.py:{attr}"
                              ) from None

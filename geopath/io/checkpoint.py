@@ -146,10 +146,12 @@ def _replay_compact(model: nn.Module, meta: dict[str, str], path: Path) -> nn.Mo
     try:
         history = json.loads(meta[META_PREFIX + "compact"])
         example = example_input(meta)
-    except (KeyError, ValueError, TypeError):
+        return replay(model.eval(), history, example)
+    except UsageError:
+        raise
+    except Exception:
         raise CheckpointError(f"{path}: its compact-network metadata (geopath.compact, geopath.input_shape) "
-                              "is not readable") from None
-    return replay(model.eval(), history, example)
+                              "does not describe this architecture") from None
 
 
 def _layout_hint(tensors: dict[str, torch.Tensor]) -> str:

@@ -128,8 +128,11 @@ def _read_cifar_batches(folder: Path, kind: str, split: str) -> tuple[np.ndarray
         if not (folder / fname).is_file():
             continue  # a partial copy (e.g. two training batches) is fine
         batch = _restricted_unpickle(folder / fname)
-        xs.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        ys.append(np.asarray(batch[key], dtype=np.int64))
+        try:
+            xs.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            ys.append(np.asarray(batch[key], dtype=np.int64))
+        except Exception:
+            raise DataError(f"{folder / fname}: not a CIFAR batch (a dict of 'data' and {key!r})") from None
     return np.concatenate(xs), np.concatenate(ys)
 
 
@@ -271,22 +274,32 @@ SIZE_PROBE = 64  # images whose size is read up front (the rest are checked as t
 
 
 def _load_image_folder(path: Path, split: str, preprocess: str = "dataset", image_size: str | None = None,
-                       channels: int | None = None) -> Dataset:
-    """An image folder, streamed: file names and labels now, pixels a batch at a time (io/images.py)."""
+                       channels: int | None = None, classes: list[str] | None = None) -> Dataset:
+    """An image folder, streamed: file names and labels now, pixels a batch at a time (io/images.py).
+
+    ``classes`` (a folder laid out by split: the training folder's) fixes the label of each class
+    folder, so a test folder that lacks a class does not shift the others."""
     import torchvision
 
     from geopath.io.images import ImageFiles, image_mode
 
-    classes = sorted(p.name for p in path.iterdir() if p.is_dir()) if path.is_dir() else []
-    if set(SPLITS) & set(classes):
-        missing = [s for s in SPLITS if s not in classes]
-        raise DataError(f"{path}: holds {', '.join(c for c in classes if c in SPLITS)}/ but not "
+    folders = sorted(p.name for p in path.iterdir() if p.is_dir()) if path.is_dir() else []
+    if set(SPLITS) & set(folders):
+        missing = [s for s in SPLITS if s not in folders]
+        raise DataError(f"{path}: holds {', '.join(c for c in folders if c in SPLITS)}/ but not "
                         f"{', '.join(missing)}/: a folder laid out by split needs train/ and test/ "
                         "(each an image folder); a folder of classes must not name a class train or test")
     try:  # lists the files; decodes nothing
-        samples = torchvision.datasets.ImageFolder(str(path)).samples
+        folder = torchvision.datasets.ImageFolder(str(path))
     except Exception as e:
         raise DataError(f"{path}: not a usable image folder ({str(e).splitlines()[0]})") from None
+    samples = folder.samples
+    if classes is not None:
+        unknown = sorted(set(folder.classes) - set(classes))
+        if unknown:
+            raise DataError(f"{path}: class folder(s) {', '.join(unknown)} have no counterpart in the training "
+                            "folder")
+        samples = [(f, classes.index(folder.classes[c])) for f, c in samples]
     files = [Path(f) for f, _ in samples]
     first_channels, first_size = image_mode(files[0])
     if channels is not None and channels not in (1, 3):
@@ -331,7 +344,8 @@ def load_dataset(name: str, split: str = "train", data_root=None, download: bool
             xt, stated = _normalise(x, preprocess, NAMED[layout]["mean"], NAMED[layout]["std"])
             return Dataset(xt, torch.from_numpy(y), str(path), split, stated)
         if layout == "folders":
-            return _load_image_folder(path / split, split, preprocess, image_size, channels)
+            train_classes = sorted(p.name for p in (path / "train").iterdir() if p.is_dir())
+            return _load_image_folder(path / split, split, preprocess, image_size, channels, train_classes)
         if layout == "npz":
             return load_npz(path / f"{split}.npz", split, preprocess)
         return _load_image_folder(path, split, preprocess, image_size, channels)

@@ -3,7 +3,8 @@
 :class:`ImageFiles` stands where a data set's input tensor would: ``len``, ``shape``, slicing (a
 lazy view) and indexing by an index tensor (decodes just those images) are what the core uses
 (:mod:`geopath.core.dataset`, :mod:`geopath.core.path`, :mod:`geopath.core.evaluate`), so a path,
-an evaluation or a peer never holds more than one batch of decoded images. Each image is converted
+an evaluation or a peer holds one batch of decoded images at a time (merge's BatchNorm data, the
+first ``--bn-samples`` of both tasks together, is decoded whole). Each image is converted
 to the folder's channel count (grayscale ``L`` or ``RGB``), resized when ``size`` is given, scaled
 to [0, 1] and normalised by ``stats``.
 """

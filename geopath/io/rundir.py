@@ -96,9 +96,10 @@ class RunWriter:
     """
 
     def __init__(self, out: Path, arch: str, arch_kwargs: dict, parent_sha256: str | None, job: str, data: str | None,
-                 columns: tuple[str, ...] | None = None, preprocess: str | None = None):
+                 columns: tuple[str, ...] | None = None, preprocess: str | None = None, carry: dict | None = None):
         self.out, self.arch, self.arch_kwargs = Path(out), arch, arch_kwargs
         self.parent_sha256, self.job, self.data, self.preprocess = parent_sha256, job, data, preprocess
+        self.carry = dict(carry or {})  # metadata every saved network inherits (a compact network's recipe)
         self.trace = Trace(self.out, columns) if columns else Trace(self.out)
         self.writes = self.trace.writes = distributed.current().is_main
 
@@ -123,7 +124,7 @@ class RunWriter:
             save_checkpoint(self._target(path), model, self.arch, self.arch_kwargs, step=step,
                             parent_sha256=self.parent_sha256,
                             extra={"job": self.job, **({"data": self.data} if self.data else {}),
-                                   **({"preprocess": self.preprocess} if self.preprocess else {})})
+                                   **({"preprocess": self.preprocess} if self.preprocess else {}), **self.carry})
         return str(Path(path).relative_to(self.out))
 
     def write_json(self, name: str, obj: Any) -> None:

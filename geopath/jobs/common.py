@@ -173,6 +173,15 @@ def load_split(name: str, split: str, cfg, size: int | None = None, preprocess: 
                         image_size=cfg.image_size, channels=cfg.channels).head(size)
 
 
+COMPACT_KEYS = ("compact", "input_shape", "input_dtype")  # a compact network's recipe (geopath export)
+
+
+def carried(ck: Checkpoint) -> dict[str, str]:
+    """What the networks a run saves inherit from its start checkpoint: an exported network's removal
+    history and input shape, without which they would not load."""
+    return {k: ck.metadata[META_PREFIX + k] for k in COMPACT_KEYS if META_PREFIX + k in ck.metadata}
+
+
 def preprocess_of(cfg, ck: Checkpoint) -> str | None:
     """``--normalize`` if given, else what ``ck`` records (None: the data set's default)."""
     return cfg.normalize or ck.metadata.get(META_PREFIX + "preprocess")
@@ -204,9 +213,8 @@ def single_task_data(cfg, ck: Checkpoint, device, what: str = "the network") -> 
     checked against ``ck``'s network."""
     name = data_name(cfg.data, ck, "--data")
     test_name = eval_set(name, cfg.eval_data)
-    preprocess = preprocess_of(cfg, ck)
-    metric = load_split(name, "train", cfg, cfg.metric_size, preprocess)
-    test = load_split(test_name, "test", cfg, cfg.eval_size, preprocess)
+    metric = load_split(name, "train", cfg, cfg.metric_size, preprocess_of(cfg, ck))
+    test = load_split(test_name, "test", cfg, cfg.eval_size, metric.preprocess)  # exactly what training inputs got
     check_inputs(ck.model.to(device), test, device, what)
     return Splits(name, metric, test, metric.head(cfg.train_eval_size) if cfg.train_eval_size else None)
 
@@ -291,6 +299,7 @@ class Setup:
     total_steps: int  # for the progress bar
     own: Any = None  # the job's own (target, endpoints, tasks, legs): read by its walk, peer task and summary
     preprocess: str | None = None  # how stored data became inputs (every saved network records it)
+    carry: dict | None = None  # metadata every saved network inherits from the start checkpoint (carried())
 
 
 @dataclass
@@ -300,6 +309,18 @@ class Outcome:
     final: dict  # the endpoint's trace row
     target: Any = None  # sparsify: the target a peer chose its own masks for
     reached: bool = True  # connect: the approach reached B before landing
+
+
+def _remove_run(out: Path, keep_directory: bool) -> None:
+    """Remove what a failed run wrote: the directory it made, or the contents of one that was there."""
+    if not keep_directory:
+        shutil.rmtree(out, ignore_errors=True)
+        return
+    for child in out.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
 
 
 class Job:
@@ -335,8 +356,11 @@ class Job:
             on_start: Callable[[Any, int], None] | None = None) -> dict[str, Any]:
         out, device = open_run(cfg, overwrite, resume)
         setup = self.prepare(cfg, device)
+        existed = out.exists()  # (an empty directory the user made is theirs to keep)
+        carry = {**(setup.carry or {}), **{k: str(getattr(setup.cfg, k)) for k in ("image_size", "channels")
+                                           if getattr(setup.cfg, k, None) is not None}}  # how images were read
         writer = open_writer(out, overwrite, resume, setup.arch, setup.arch_kwargs, setup.parent_sha256, self.name,
-                             setup.data, self.columns, preprocess=setup.preprocess)
+                             setup.data, self.columns, preprocess=setup.preprocess, carry=carry)
         try:
             return self._run(setup, writer, resume, on_row, on_start, device)
         except (Interrupted, KeyboardInterrupt):
@@ -345,7 +369,7 @@ class Job:
             if not resume and writer.writes and len(writer.trace.rows()) <= 1:
                 # it failed before its first step: a corrected re-run needs no --overwrite, and nothing is left
                 # that looks like a run
-                shutil.rmtree(writer.out, ignore_errors=True)
+                _remove_run(writer.out, keep_directory=existed)
             raise
 
     def _run(self, setup: Setup, writer: RunWriter, resume: bool, on_row, on_start, device) -> dict[str, Any]:

@@ -91,7 +91,8 @@ class Connect(job.Job):
         step_size = cfg.step_size or job.default_step_size(d0, cfg.steps, STEP_SCALE)
         cfg = dataclasses.replace(cfg, data=data_name, eval_data=job.recorded(cfg.eval_data),
                                   normalize=metric.preprocess, step_size=step_size,
-                                  max_steps=max_steps, arch=a.arch, arch_kwargs=a.arch_kwargs)
+                                  max_steps=max_steps, arch=a.arch, arch_kwargs=a.arch_kwargs,
+                                  checkpoint=str(a.path.resolve()), checkpoint_b=str(b.path.resolve()))
 
         def evaluate_row(net) -> dict:
             row = job.task_metrics(net, test, device, "test_")
@@ -101,7 +102,7 @@ class Connect(job.Job):
         return job.Setup(cfg, copy.deepcopy(model_a), a.arch, a.arch_kwargs, a.sha256, data_name, evaluate_row,
                          len(metric), bn_data, max_steps,
                          own={"metric": metric, "model_a": model_a, "model_b": model_b, "w_a": w_a, "w_b": w_b,
-                              "d0": d0, "space": space}, preprocess=metric.preprocess)
+                              "d0": d0, "space": space}, preprocess=metric.preprocess, carry=job.carried(a))
 
     def walk(self, setup: job.Setup, recorder, state, device) -> job.Outcome:
         cfg, own = setup.cfg, setup.own

@@ -1,7 +1,8 @@
 """``geopath export``: the smaller network a structured run stands for.
 
-A structured path (``sparsify --structured``, a transition) zeroes whole units; their channels are
-exactly zero everywhere. Export removes them physically (Torch-Pruning's surgery, through
+A structured path (``sparsify --structured``; a transition's units on networks without residual
+coupling) zeroes whole units with everything that produces their channels, so the channels are
+exactly zero everywhere; export removes only units whose whole coupled group is zero. Export removes them physically (Torch-Pruning's surgery, through
 :mod:`geopath.core.coupling`), checks that the compact network computes what the zeroed one did,
 and writes safetensors that rebuild without pickle: the architecture, the removal history
 (``geopath.compact``) and the input shape to trace it on. ``geopath eval`` and every job read it
@@ -57,7 +58,8 @@ def _cost(model: torch.nn.Module, x: torch.Tensor) -> dict[str, float]:
 
 
 def export(source: str | Path, out: str | Path, data: str | None = None, data_root=None, arch: str | None = None,
-           arch_kwargs: dict | None = None, trust_code: bool = False, overwrite: bool = False) -> dict[str, Any]:
+           arch_kwargs: dict | None = None, trust_code: bool = False, overwrite: bool = False,
+           normalize: str | None = None, image_size: str | None = None, channels: int | None = None) -> dict[str, Any]:
     """Write the compact network of ``source`` to ``out``; returns the report."""
     out = Path(out)
     if out.suffix != ".safetensors":
@@ -71,8 +73,12 @@ def export(source: str | Path, out: str | Path, data: str | None = None, data_ro
     name = data or ck.data
     if not name:
         raise UsageError(f"{path} does not record its data set; pass --data (its inputs' shape is needed)")
-    preprocess = ck.metadata.get(META_PREFIX + "preprocess")
-    x = load_dataset(name, "test", data_root, preprocess=preprocess).x[:LATENCY_BATCH]
+    meta = ck.metadata
+    preprocess = normalize or meta.get(META_PREFIX + "preprocess")
+    image_size = image_size or meta.get(META_PREFIX + "image_size")
+    channels = channels or (int(meta[META_PREFIX + "channels"]) if META_PREFIX + "channels" in meta else None)
+    x = load_dataset(name, "test", data_root, preprocess=preprocess, image_size=image_size,
+                     channels=channels).x[:LATENCY_BATCH]
     x = x if isinstance(x, torch.Tensor) else x.to("cpu")
     model = ck.model.eval()
     with torch.no_grad():
@@ -90,7 +96,8 @@ def export(source: str | Path, out: str | Path, data: str | None = None, data_ro
                              "nothing was written")
     after = _cost(model, x)
     extra = {k[len(META_PREFIX):]: v for k, v in ck.metadata.items()
-             if k.startswith(META_PREFIX) and k[len(META_PREFIX):] in ("data", "preprocess", "job")}
+             if k.startswith(META_PREFIX) and k[len(META_PREFIX):] in ("data", "preprocess", "job", "image_size",
+                                                                       "channels")}
     extra.update({"compact": history, "input_shape": list(x.shape[1:]),
                   "input_dtype": str(x.dtype).replace("torch.", "")})
     save_checkpoint(out, model, ck.arch, ck.arch_kwargs, parent_sha256=ck.sha256, extra=extra)

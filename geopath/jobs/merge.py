@@ -67,6 +67,7 @@ class Tasks:
     test_a: Dataset
     test_b: Dataset
     offset_b: int  # added to task B's labels (split head)
+    carry: dict | None = None  # what saved networks inherit from A (a compact network's recipe)
 
 
 def _shift(ds: Dataset | None, offset: int) -> Dataset | None:
@@ -120,8 +121,8 @@ def prepare(cfg: MergeConfig, device) -> Tasks:
     train_a, val_a = job.split_train(job.load_split(data_a, "train", cfg, preprocess=pre_a), cfg.val_size)
     train_b, val_b = job.split_train(job.load_split(data_b, "train", cfg, preprocess=pre_b), cfg.val_size)
     train_a, train_b = train_a.head(cfg.metric_size), train_b.head(cfg.metric_size)
-    test_a = job.load_split(data_a, "test", cfg, cfg.eval_size, pre_a)
-    test_b = job.load_split(data_b, "test", cfg, cfg.eval_size, pre_b)
+    test_a = job.load_split(data_a, "test", cfg, cfg.eval_size, train_a.preprocess)
+    test_b = job.load_split(data_b, "test", cfg, cfg.eval_size, train_b.preprocess)
     if train_a.x.shape[1:] != train_b.x.shape[1:]:
         raise UsageError(f"task A's inputs {tuple(train_a.x.shape[1:])} and task B's {tuple(train_b.x.shape[1:])} "
                          "differ; one network cannot take both")
@@ -156,7 +157,8 @@ def prepare(cfg: MergeConfig, device) -> Tasks:
                              f"{classes_b} (geopath widens them) or {classes_a + classes_b} each (B's classes "
                              f"from {classes_a})")
     return Tasks(model_a, model_b, a.arch, arch_kwargs, a.arch_kwargs, a.sha256, data_a, data_b, train_a, _shift(train_b, offset),
-                 val_a, _shift(val_b, offset), test_a, _shift(test_b, offset), offset)
+                 val_a, _shift(val_b, offset), test_a, _shift(test_b, offset), offset,
+                 carry=job.carried(a))
 
 
 class BothTasks:
@@ -202,14 +204,18 @@ class Merge(job.Job):
         same = tasks.metric_a.preprocess == tasks.metric_b.preprocess  # else each checkpoint's record applies
         cfg = dataclasses.replace(cfg, data_a=tasks.data_a, data_b=tasks.data_b, step_size=step_size,
                                   max_steps=max_steps, arch=tasks.arch, arch_kwargs=tasks.source_arch_kwargs,
-                                  normalize=tasks.metric_a.preprocess if same else cfg.normalize)
+                                  normalize=tasks.metric_a.preprocess if same else cfg.normalize,
+                                  checkpoint=str(Path(cfg.checkpoint).resolve()),
+                                  checkpoint_b=str(Path(cfg.checkpoint_b).resolve()))
         model = copy.deepcopy(tasks.model_a)
         # a network for both tasks: BatchNorm statistics from both tasks' inputs, at every evaluated network
         bn_data = job.mix([tasks.metric_a, tasks.metric_b], cfg.bn_samples) if has_batchnorm(model) else None
         epoch_size = len(tasks.metric_a) + len(tasks.metric_b)  # "epochs" count both tasks' training data
         return job.Setup(cfg, model, tasks.arch, tasks.arch_kwargs, tasks.sha_a, tasks.data_a,
                          BothTasks(tasks, device), epoch_size, bn_data, max_steps,
-                         own={"tasks": tasks, "w_a": w_a, "w_b": w_b}, preprocess=tasks.metric_a.preprocess)
+                         own={"tasks": tasks, "w_a": w_a, "w_b": w_b},
+                         preprocess=tasks.metric_a.preprocess if same else None,  # else: eval needs --normalize
+                         carry=tasks.carry)
 
     def walk(self, setup: job.Setup, recorder, state, device) -> job.Outcome:
         cfg, tasks = setup.cfg, setup.own["tasks"]

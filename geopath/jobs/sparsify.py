@@ -68,7 +68,8 @@ class Sparsify(job.Job):
         step_size = cfg.step_size or job.default_step_size(target.distance(w0), cfg.steps, STEP_SCALE)
         cfg = dataclasses.replace(cfg, data=data_name, eval_data=job.recorded(cfg.eval_data),
                                   normalize=metric_data.preprocess, step_size=step_size,
-                                  max_steps=max_steps, arch=ck.arch, arch_kwargs=ck.arch_kwargs)
+                                  max_steps=max_steps, arch=ck.arch, arch_kwargs=ck.arch_kwargs,
+                                  checkpoint=str(ck.path.resolve()))
         sparse_names = sparse_parameters(cfg, model)
 
         def evaluate_row(net) -> dict:
@@ -81,7 +82,7 @@ class Sparsify(job.Job):
         return job.Setup(cfg, model, ck.arch, ck.arch_kwargs, ck.sha256, data_name, evaluate_row, len(metric_data),
                          bn_data, max_steps + cfg.settle_steps,
                          own={"target": target, "metric": metric_data, "reference": reference},
-                         preprocess=metric_data.preprocess)
+                         preprocess=metric_data.preprocess, carry=job.carried(ck))
 
     def walk(self, setup: job.Setup, recorder, state, device) -> job.Outcome:
         cfg, own = setup.cfg, setup.own

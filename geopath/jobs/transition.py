@@ -218,7 +218,7 @@ class Transition(job.Job):
             dry.apply(leg, model, space, w_start)
         cfg = dataclasses.replace(cfg, plan=[leg.to_dict() for leg in legs], data=data_name,
                                   eval_data=job.recorded(cfg.eval_data), normalize=metric.preprocess, arch=ck.arch,
-                                  arch_kwargs=ck.arch_kwargs)
+                                  arch_kwargs=ck.arch_kwargs, checkpoint=str(ck.path.resolve()))
         layers = sorted({layer for leg in legs for layer in (*leg.remove, *leg.restore)})
 
         def evaluate_row(net) -> dict:
@@ -232,7 +232,7 @@ class Transition(job.Job):
         return job.Setup(cfg, model, ck.arch, ck.arch_kwargs, ck.sha256, data_name, evaluate_row, len(metric),
                          bn_data, total, own={"legs": legs, "metric": metric, "reference": reference, "space": space,
                                               "w_start": w_start, "board": Switchboard(), "done": []},
-                         preprocess=metric.preprocess)
+                         preprocess=metric.preprocess, carry=job.carried(ck))
 
     def begin(self, setup: job.Setup, writer, resume: bool, geodesic: bool):
         """A resumed chain continues in the leg it stopped in, or after the last leg it completed."""

@@ -78,7 +78,8 @@ BEZIER_EPOCHS = Option("epochs", float, 5.0, "Epochs of training the curve's mid
 
 
 def _no_dynamic_mask(cfg) -> None:
-    if getattr(cfg, "mask", None) is not None and getattr(cfg.mask, "value", cfg.mask) == "dynamic":
+    dynamic = getattr(cfg, "mask", None) is not None and getattr(cfg.mask, "value", cfg.mask) == "dynamic"
+    if dynamic and not getattr(cfg, "structured", None):  # (a structured target has no magnitude mask)
         raise UsageError("--method iterative-prune chooses its own masks; it does not take --mask dynamic")
 
 

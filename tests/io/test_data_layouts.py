@@ -171,3 +171,16 @@ def test_a_job_runs_on_a_split_image_folder(tmp_path):
     assert saved["data"] == str((tmp_path / "imgs").resolve()) and saved["normalize"] == "0.5/0.5"
     ev = json.loads(cli("eval", out / "final.safetensors", "--json").stdout)  # the split's test images
     assert ev["samples"] == 20 and ev["split"] == "test" and ev["preprocess"] == "0.5/0.5"
+
+
+def test_a_test_folder_missing_a_class_keeps_the_training_labels(tmp_path):
+    _images(tmp_path / "train", classes=("ant", "bee", "cat"), n=2)
+    _images(tmp_path / "test", classes=("ant", "cat"), n=2, seed=1)
+    te = load_dataset(str(tmp_path), "test")
+    assert sorted(te.y.tolist()) == [0, 0, 2, 2]  # cat is class 2, as in training, not 1
+    (tmp_path / "test" / "dog").mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (6, 6)).save(tmp_path / "test" / "dog" / "0.png")
+    with pytest.raises(DataError, match="dog have no counterpart"):
+        load_dataset(str(tmp_path), "test")

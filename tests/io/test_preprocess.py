@@ -13,7 +13,7 @@ from geopath.io.checkpoint import read_tensors
 from geopath.io.data import load_dataset
 from geopath.io.preprocess import parse_preprocess
 
-from .._helpers import DATA_ROOT, FAST, SAMPLE, cifar10_present, geopath, needs_mnist
+from .._helpers import DATA_ROOT, FAST, SAMPLE, cifar10_present, cli, geopath, needs_mnist
 
 
 def test_the_flag_has_one_canonical_form():
@@ -72,22 +72,22 @@ def test_a_network_trained_on_plain_pixels_is_scored_on_plain_pixels(tmp_path):
     assert trained.returncode == 0, trained.stderr
     _, meta = read_tensors(net)
     assert meta["geopath.preprocess"] == "none"
-    ev = json.loads(geopath("eval", net, "--size", "1000", "--json").stdout)
+    ev = json.loads(cli("eval", net, "--size", "1000", "--json").stdout)
     assert ev["preprocess"] == "none"
-    wrong = json.loads(geopath("eval", net, "--size", "1000", "--normalize", "dataset", "--json").stdout)
+    wrong = json.loads(cli("eval", net, "--size", "1000", "--normalize", "dataset", "--json").stdout)
     assert wrong["preprocess"] == "0.1307/0.3081" and wrong["accuracy"] != ev["accuracy"]
     out = tmp_path / "run"
-    proc = geopath("sparsify", net, "-o", out, "--sparsity", "0.5", *FAST, "--json")
+    proc = cli("sparsify", net, "-o", out, "--sparsity", "0.5", *FAST, "--json")
     assert proc.returncode == 0, proc.stderr
     assert "normalize: none" in (out / "config.yaml").read_text()
     _, meta = read_tensors(out / "final.safetensors")
     assert meta["geopath.preprocess"] == "none"
     start = json.loads((out / "trace.jsonl").read_text().splitlines()[0])
-    head = json.loads(geopath("eval", net, "--size", "500", "--json").stdout)
+    head = json.loads(cli("eval", net, "--size", "500", "--json").stdout)
     assert start["test_accuracy"] == pytest.approx(head["accuracy"], abs=1e-12)
 
 
 @needs_mnist
 def test_shipped_checkpoints_keep_their_figures():
-    ev = json.loads(geopath("eval", SAMPLE, "--size", "1000", "--json").stdout)
+    ev = json.loads(cli("eval", SAMPLE, "--size", "1000", "--json").stdout)
     assert ev["preprocess"] == "0.1307/0.3081" and ev["accuracy"] > 0.97

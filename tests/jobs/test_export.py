@@ -78,3 +78,18 @@ def test_export_refuses_what_it_cannot_do(zeroed, tmp_path):
     (tmp_path / "run").mkdir()
     assert "did not finish" in cli("export", tmp_path / "run", "-o", tmp_path / "y.safetensors").stderr
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_a_job_on_a_compact_network_saves_networks_that_load(zeroed, tmp_path):
+    tmp, ck, data = zeroed
+    small = tmp_path / "small.safetensors"
+    assert cli("export", ck, "-o", small).returncode == 0
+    out = tmp_path / "run"
+    proc = cli("sparsify", small, "-o", out, "--sparsity", "0.3", "--steps", "1", "--max-steps", "1",
+               "--settle-steps", "0", "--batch-size", "8", "--cg-iters", "1", "--train-eval-size", "0",
+               "--bn-samples", "16", "--eval-size", "16", "--metric-size", "16")
+    assert proc.returncode == 0, proc.stderr
+    final = load_checkpoint(out / "final.safetensors").model  # carries the removal history
+    assert final.conv1.out_channels == 59
+    _, meta = read_tensors(out / "final.safetensors")
+    assert json.loads(meta["geopath.input_shape"]) == [3, 32, 32]

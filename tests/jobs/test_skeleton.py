@@ -3,7 +3,6 @@ behind; one that fails later stays resumable; --resume may repeat the run's own 
 
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 import pytest
@@ -49,6 +48,7 @@ def test_the_toy_run_completes(toy, tmp_path):
     assert summary["sparsity"] == pytest.approx(0.5, abs=0.01)
     saved = yaml.safe_load((tmp_path / "ok" / "config.yaml").read_text())
     assert saved["data"] == str(data.resolve())  # recorded absolute: the run reads from any directory
+    assert saved["checkpoint"] == str(ck.resolve())
 
 
 def test_a_run_that_fails_at_its_first_step_leaves_nothing(toy, tmp_path, monkeypatch):
@@ -63,11 +63,18 @@ def test_a_run_that_fails_at_its_first_step_leaves_nothing(toy, tmp_path, monkey
         run_sparsify(_cfg(ck, out))
     assert not out.exists()
     # over an old run with --overwrite: the old run was replaced, and the failed one leaves nothing either
+    # (the directory was there before: it stays, empty)
     out.mkdir()
     (out / "summary.json").write_text("{}")
     with pytest.raises(RuntimeError):
         run_sparsify(_cfg(ck, out), overwrite=True)
-    assert not out.exists()
+    assert out.is_dir() and not any(out.iterdir())
+    # an empty directory the user made is kept
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    with pytest.raises(RuntimeError):
+        run_sparsify(_cfg(ck, mine))
+    assert mine.is_dir() and not any(mine.iterdir())
 
 
 def test_a_peer_that_fails_before_its_first_step_leaves_nothing(toy, tmp_path, monkeypatch):
@@ -123,6 +130,23 @@ def test_resume_accepts_the_runs_own_options_and_refuses_changes(toy, tmp_path):
     # an option the saved config does not list is compared with its default
     assert changed_options(SparsifyConfig, {"checkpoint": "x"}, {"rounds": 5}) == []
     assert changed_options(SparsifyConfig, {"checkpoint": "x"}, {"rounds": 6}) == ["--rounds"]
+    # repeated the way a user types them: a data set's alias, one value for every channel, the default
+    recorded = {"data": "fashion-mnist", "normalize": "0.5,0.5,0.5/0.5,0.5,0.5", "checkpoint": "x"}
+    assert changed_options(SparsifyConfig, recorded, {"data": "fmnist", "normalize": "0.5/0.5"}) == []
+    assert changed_options(SparsifyConfig, recorded, {"normalize": "dataset"}) == []
+    assert changed_options(SparsifyConfig, recorded, {"data": "mnist", "normalize": "none"}) == ["--data",
+                                                                                               "--normalize"]
+
+
+def test_resume_accepts_the_plan_file_the_run_started_from(tmp_path):
+    from geopath.config import TransitionConfig
+
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("legs:\n  - sparsity: 0.5\n  - name: back\n    sparsity: 0.0\n")
+    saved = {"checkpoint": "x", "plan": [{"name": "leg1", "sparsity": 0.5}, {"name": "back", "sparsity": 0.0}]}
+    assert changed_options(TransitionConfig, saved, {"plan": str(plan)}) == []
+    plan.write_text("legs:\n  - sparsity: 0.6\n")
+    assert changed_options(TransitionConfig, saved, {"plan": str(plan)}) == ["--plan"]
 
 
 def test_a_single_set_needs_its_test_data_named(toy, tmp_path):
