@@ -407,30 +407,11 @@ def eval_cmd(
 
     def go():
         from geopath.config import ARCH_KWARGS_EXAMPLE, json_object
-        from geopath.io.checkpoint import load_checkpoint, sparsity_of
-        from geopath.io.data import load_dataset, one_set
-        from geopath.core.evaluate import evaluate
-        from geopath.jobs.common import resolve_device
+        from geopath.jobs.checkpoints import evaluate_checkpoint
 
-        dev = resolve_device(device)
         kwargs = json_object(arch_kwargs, "--arch-kwargs", ARCH_KWARGS_EXAMPLE) if arch_kwargs else None
-        ck = load_checkpoint(checkpoint, arch, kwargs, trust_pickle, trust_code)
-        name = data or ck.data
-        if not name:
-            raise GeopathError("the checkpoint does not record its data set; pass --data")
-        single = one_set(name)  # a PATH.npz or a plain image folder: scored as it is
-        if single and data is None:
-            raise UsageError(f"{checkpoint} records its training data {name}, one set with no test split; pass "
-                             "--data with labelled test data")
-        meta = ck.metadata
-        preprocess = normalize or meta.get("geopath.preprocess")
-        size_, channels_ = image_size or meta.get("geopath.image_size"), channels or meta.get("geopath.channels")
-        ds = load_dataset(name, split, data_root, download, preprocess, size_,
-                          int(channels_) if channels_ else None).head(size)
-        ev = evaluate(ck.model.to(dev), ds, device=dev)
-        return {"checkpoint": str(checkpoint), "data": name, "split": None if single else split,
-                "preprocess": ds.preprocess, "samples": ev.samples,
-                "accuracy": ev.accuracy, "loss": ev.loss, "sparsity": sparsity_of(ck.model)}
+        return evaluate_checkpoint(checkpoint, data, split, normalize, image_size, channels, download, data_root,
+                                   size, arch, kwargs, trust_pickle, trust_code, device)
 
     res = _guard(go, debug)
     if as_json:
@@ -491,13 +472,9 @@ def inspect_cmd(
     """Architecture, tensors and metadata of a checkpoint."""
 
     def go():
-        from geopath.io.checkpoint import read_tensors
+        from geopath.jobs.checkpoints import inspect_checkpoint
 
-        tensors, meta = read_tensors(checkpoint, trust_pickle)
-        rows = [{"name": k, "shape": list(v.shape), "dtype": str(v.dtype).replace("torch.", ""),
-                 "zeros": int((v == 0).sum())} for k, v in tensors.items()]
-        return {"checkpoint": str(checkpoint), "metadata": dict(sorted(meta.items())), "tensors": rows,
-                "parameters": sum(v.numel() for v in tensors.values())}
+        return inspect_checkpoint(checkpoint, trust_pickle)
 
     res = _guard(go, debug)
     if as_json:
@@ -544,43 +521,12 @@ def train_cmd(
     """Train a network from scratch and save it as self-describing safetensors."""
 
     def go():
-        import torch
-
         from geopath.config import ARCH_KWARGS_EXAMPLE, json_object
-        from geopath.io.archs import build_model
-        from geopath.io.checkpoint import save_checkpoint
-        from geopath.io.data import load_dataset
-        from geopath.errors import UsageError
-        from geopath.core.evaluate import evaluate
-        from geopath.jobs.common import resolve_device
-        from geopath.core.train import train
+        from geopath.jobs.checkpoints import train_checkpoint
 
-        if out.exists() and not overwrite:
-            raise UsageError(f"{out}: already exists (pass --overwrite to replace it)")
-        if out.suffix != ".safetensors":
-            raise UsageError(f"{out}: the output must be a .safetensors file")
-        if epochs <= 0 or lr <= 0 or batch_size < 1:
-            raise UsageError("--epochs and --lr must be > 0 and --batch-size ≥ 1")
-        dev = resolve_device(device)
-        torch.manual_seed(seed)
         kwargs = json_object(arch_kwargs, "--arch-kwargs", ARCH_KWARGS_EXAMPLE)
-        model = build_model(arch, kwargs)
-        from geopath.io.data import recorded_name
-        from geopath.jobs.common import eval_set
-
-        test_name = eval_set(data, eval_data)
-        tr = load_dataset(data, "train", data_root, download, normalize, image_size, channels).head(size)
-        te = load_dataset(test_name, "test", data_root, download, tr.preprocess, image_size, channels)
-        stats = train(model, tr, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                      seed=seed, device=dev)
-        ev = evaluate(model, te, device=dev)
-        save_checkpoint(out, model.cpu(), arch, kwargs, step=0,
-                        extra={"data": recorded_name(data), "preprocess": tr.preprocess,
-                               "test_accuracy": f"{ev.accuracy:.4f}",
-                               **({"image_size": image_size} if image_size else {}),
-                               **({"channels": str(channels)} if channels else {})})
-        return {"out": str(out), "arch": arch, "data": data, "epochs": epochs, "test_accuracy": ev.accuracy,
-                "test_loss": ev.loss, "sample_passes": stats.sample_passes}
+        return train_checkpoint(out, arch, kwargs, data, eval_data, normalize, image_size, channels, download,
+                                data_root, size, epochs, batch_size, lr, weight_decay, seed, device, overwrite)
 
     res = _guard(go, debug)
     if as_json:

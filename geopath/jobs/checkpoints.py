@@ -1,0 +1,91 @@
+"""The commands on one checkpoint: ``eval``, ``train`` and ``inspect`` (``export`` has its own module).
+
+The command line only parses their flags and prints what these return; the same functions serve a
+Python caller.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from geopath.core.evaluate import evaluate
+from geopath.errors import UsageError
+from geopath.io.checkpoint import META_PREFIX, load_checkpoint, read_tensors, save_checkpoint, sparsity_of
+from geopath.io.data import load_dataset, one_set, recorded_name
+from geopath.jobs.common import eval_set, resolve_device
+
+
+def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split: str = "test",
+                        normalize: str | None = None, image_size: str | None = None, channels: int | None = None,
+                        download: bool = False, data_root=None, size: int | None = None, arch: str | None = None,
+                        arch_kwargs: dict | None = None, trust_pickle: bool = False, trust_code: bool = False,
+                        device: str = "cpu") -> dict[str, Any]:
+    """Accuracy, loss and sparsity of a network on ``data`` (default: the test split of the data set it
+    records, read as it records: preprocessing, image size, channels)."""
+    dev = resolve_device(device)
+    ck = load_checkpoint(checkpoint, arch, arch_kwargs, trust_pickle, trust_code)
+    name = data or ck.data
+    if not name:
+        raise UsageError("the checkpoint does not record its data set; pass --data")
+    single = one_set(name)  # a PATH.npz or a plain image folder: scored as it is
+    if single and data is None:
+        raise UsageError(f"{checkpoint} records its training data {name}, one set with no test split; pass "
+                         "--data with labelled test data")
+    meta = ck.metadata
+    recorded_channels = meta.get(META_PREFIX + "channels")
+    ds = load_dataset(name, split, data_root, download, normalize or meta.get(META_PREFIX + "preprocess"),
+                      image_size or meta.get(META_PREFIX + "image_size"),
+                      channels or (int(recorded_channels) if recorded_channels else None)).head(size)
+    ev = evaluate(ck.model.to(dev), ds, device=dev)
+    return {"checkpoint": str(checkpoint), "data": name, "split": None if single else split,
+            "preprocess": ds.preprocess, "samples": ev.samples, "accuracy": ev.accuracy, "loss": ev.loss,
+            "sparsity": sparsity_of(ck.model)}
+
+
+def train_checkpoint(out: str | Path, arch: str = "mlp", arch_kwargs: dict | None = None, data: str = "mnist",
+                     eval_data: str | None = None, normalize: str | None = None, image_size: str | None = None,
+                     channels: int | None = None, download: bool = False, data_root=None, size: int | None = None,
+                     epochs: float = 5.0, batch_size: int = 128, lr: float = 0.05, weight_decay: float = 0.0,
+                     seed: int = 0, device: str = "cpu", overwrite: bool = False) -> dict[str, Any]:
+    """Train a network from scratch and save it as self-describing safetensors (its data set, the
+    preprocessing and image options it was trained with, its test accuracy)."""
+    from geopath.core.train import train
+    from geopath.io.archs import build_model
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise UsageError(f"{out}: already exists (pass --overwrite to replace it)")
+    if out.suffix != ".safetensors":
+        raise UsageError(f"{out}: the output must be a .safetensors file")
+    if epochs <= 0 or lr <= 0 or batch_size < 1:
+        raise UsageError("--epochs and --lr must be > 0 and --batch-size ≥ 1")
+    dev = resolve_device(device)
+    torch.manual_seed(seed)
+    kwargs = dict(arch_kwargs or {})
+    model = build_model(arch, kwargs)
+    test_name = eval_set(data, eval_data)
+    tr = load_dataset(data, "train", data_root, download, normalize, image_size, channels).head(size)
+    te = load_dataset(test_name, "test", data_root, download, tr.preprocess, image_size, channels)
+    stats = train(model, tr, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed,
+                  device=dev)
+    ev = evaluate(model, te, device=dev)
+    save_checkpoint(out, model.cpu(), arch, kwargs, step=0,
+                    extra={"data": recorded_name(data), "preprocess": tr.preprocess,
+                           "test_accuracy": f"{ev.accuracy:.4f}",
+                           **({"image_size": image_size} if image_size else {}),
+                           **({"channels": str(channels)} if channels else {})})
+    return {"out": str(out), "arch": arch, "data": data, "epochs": epochs, "test_accuracy": ev.accuracy,
+            "test_loss": ev.loss, "sample_passes": stats.sample_passes}
+
+
+def inspect_checkpoint(checkpoint: str | Path, trust_pickle: bool = False) -> dict[str, Any]:
+    """A checkpoint's tensors (shape, dtype, zeros) and metadata (sorted: safetensors keeps no order);
+    builds no network, so it runs no code."""
+    tensors, meta = read_tensors(checkpoint, trust_pickle)
+    rows = [{"name": k, "shape": list(v.shape), "dtype": str(v.dtype).replace("torch.", ""),
+             "zeros": int((v == 0).sum())} for k, v in tensors.items()]
+    return {"checkpoint": str(checkpoint), "metadata": dict(sorted(meta.items())), "tensors": rows,
+            "parameters": sum(v.numel() for v in tensors.values())}
