@@ -65,13 +65,13 @@ def producers(graph, model: nn.Module, layer: str, unit: int) -> list[tuple[str,
     return out
 
 
-def coupled_groups(model: nn.Module, space: ParamSpace, layer: str, example: torch.Tensor) -> torch.Tensor:
+def coupled_groups(model: nn.Module, space: ParamSpace, layer: str, graph) -> torch.Tensor:
     """Flat indices of each output unit of ``layer`` together with every coupled producer of its channel:
-    a ``[units, group size]`` tensor (every unit of a layer has groups of the same size)."""
+    a ``[units, group size]`` tensor (every unit of a layer has groups of the same size). ``graph``:
+    :func:`dependency_graph` of ``model``, traced once for all the layers a caller asks about."""
     module = dict(model.named_modules()).get(layer)
     if not isinstance(module, ROW_LAYERS):
         raise UsageError(f"{layer!r} is not a Linear or Conv layer of this model")
-    graph = dependency_graph(model, example)
     slices, shapes = space.slices(), {n: p.shape for n, p in model.named_parameters()}
     rows = []
     for unit in range(module.weight.shape[0]):
@@ -94,9 +94,8 @@ def coupled_groups(model: nn.Module, space: ParamSpace, layer: str, example: tor
     return torch.stack(rows)
 
 
-def coupled_layers(model: nn.Module, layer: str, example: torch.Tensor) -> list[str]:
+def coupled_layers(model: nn.Module, layer: str, graph) -> list[str]:
     """The names of the modules coupled to ``layer``'s output channels (for messages and reports)."""
-    graph = dependency_graph(model, example)
     return sorted({name for name, _, _ in producers(graph, model, layer, 0)} - {layer})
 
 
@@ -126,13 +125,15 @@ def dead_units(model: nn.Module, example: torch.Tensor) -> dict[str, list[int]]:
     space = ParamSpace.of(model)
     w = torch.cat([p.detach().reshape(-1) for p in (dict(model.named_parameters())[n] for n in space.names)])
     last = output_layer(model, example)
-    out = {}
+    out, graph = {}, None
     for name, m in model.named_modules():
         if not isinstance(m, ROW_LAYERS) or name == last:
             continue
         if not (m.weight.detach().reshape(m.weight.shape[0], -1) == 0).all(1).any():
             continue  # no unit with a zero row: nothing to trace
-        groups = coupled_groups(model, space, name, example)
+        if graph is None:  # traced once, for every candidate layer
+            graph = dependency_graph(model, example)
+        groups = coupled_groups(model, space, name, graph)
         dead = (w[groups] == 0).all(1).nonzero().reshape(-1).tolist()
         if dead and len(dead) < len(groups):
             out[name] = dead

@@ -265,16 +265,19 @@ class StructuredTarget(HyperplaneTarget):
 
     def __init__(self, model: nn.Module, space: ParamSpace, w0: torch.Tensor, counts: dict[str, int],
                  example: torch.Tensor | None = None):
-        from geopath.core.coupling import coupled_groups, coupled_layers
+        from geopath.core.coupling import coupled_groups, coupled_layers, dependency_graph
 
         self.counts, self._groups, self.coupled = dict(counts), {}, {}
+        graph = None
         for layer, k in counts.items():
             try:
                 if example is None:
                     groups = unit_groups(model, space, layer)
                 else:
-                    groups = coupled_groups(model, space, layer, example)
-                    self.coupled[layer] = coupled_layers(model, layer, example)
+                    if graph is None:  # traced once for every layer
+                        graph = dependency_graph(model, example)
+                    groups = coupled_groups(model, space, layer, graph)
+                    self.coupled[layer] = coupled_layers(model, layer, graph)
             except UsageError as e:
                 raise UsageError(f"--structured: {e}") from None
             if not 0 <= k < len(groups):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from geopath.core.coupling import coupled_groups
+from geopath.core.coupling import coupled_groups, dependency_graph
 from geopath.core.params import ParamSpace, load_vector, model_vector
 from geopath.io.archs import build_model
 from geopath.io.checkpoint import load_checkpoint, read_tensors, save_checkpoint
@@ -33,8 +33,9 @@ def zeroed(tmp_path_factory):
     space = ParamSpace.of(model)
     x = torch.randn(2, 3, 32, 32)
     w = model_vector(model, space)
-    w[coupled_groups(model, space, "conv1", x)[[0, 3, 7, 8, 60]].reshape(-1)] = 0
-    w[coupled_groups(model, space, "layer2.0.conv1", x)[[1, 2, 100]].reshape(-1)] = 0
+    graph = dependency_graph(model, x)
+    w[coupled_groups(model, space, "conv1", graph)[[0, 3, 7, 8, 60]].reshape(-1)] = 0
+    w[coupled_groups(model, space, "layer2.0.conv1", graph)[[1, 2, 100]].reshape(-1)] = 0
     load_vector(model, space, w)
     ck = tmp / "zeroed.safetensors"
     save_checkpoint(ck, model, ARCH, KW, extra={"data": str(data)})
