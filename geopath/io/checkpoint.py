@@ -42,6 +42,15 @@ class Checkpoint:
         """The data set the network was trained on, if recorded."""
         return self.metadata.get(META_PREFIX + "data")
 
+    def reading(self, normalize: str | None = None, image_size: str | None = None,
+                channels: int | None = None) -> tuple[str | None, str | None, int | None]:
+        """How to read its data: ``(preprocess, image_size, channels)``, each the flag if given, else what
+        the checkpoint records (None: the data set's default)."""
+        recorded_channels = self.metadata.get(META_PREFIX + "channels")
+        return (normalize or self.metadata.get(META_PREFIX + "preprocess"),
+                image_size or self.metadata.get(META_PREFIX + "image_size"),
+                channels or (int(recorded_channels) if recorded_channels else None))
+
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     from safetensors import safe_open

@@ -28,6 +28,7 @@ import torch
 from geopath.core.dataset import Dataset
 
 from geopath.errors import DataError
+from geopath.io.images import ImageFiles, image_mode, standardise
 from geopath.io.preprocess import parse_image_size, parse_preprocess
 
 NAMED = {
@@ -145,9 +146,7 @@ def _normalise(x: np.ndarray, preprocess: str, mean=None, std=None) -> tuple[tor
     elif t.ndim == 4 and t.shape[-1] in (1, 3) and t.shape[1] not in (1, 3):
         t = t.permute(0, 3, 1, 2).contiguous()
     stats = _stats(preprocess, int(t.shape[1]), mean, std)
-    if stats is not None:
-        t = (t - torch.tensor(stats[0]).view(1, -1, 1, 1)) / torch.tensor(stats[1]).view(1, -1, 1, 1)
-    return t, _stated(stats)
+    return standardise(t, stats), _stated(stats)
 
 
 def _mnist_like(name: str, split: str, root: Path, download: bool) -> tuple[np.ndarray, np.ndarray] | None:
@@ -240,8 +239,9 @@ def split_layout(path: Path) -> str | None:
     (the folder is one set)."""
     if not path.is_dir():
         return None
-    if cifar_batches(path):
-        return cifar_batches(path)
+    cifar = cifar_batches(path)
+    if cifar:
+        return cifar
     if all((path / s).is_dir() for s in SPLITS):
         return "folders"
     if all((path / f"{s}.npz").is_file() for s in SPLITS):
@@ -280,8 +280,6 @@ def _load_image_folder(path: Path, split: str, preprocess: str = "dataset", imag
     ``classes`` (a folder laid out by split: the training folder's) fixes the label of each class
     folder, so a test folder that lacks a class does not shift the others."""
     import torchvision
-
-    from geopath.io.images import ImageFiles, image_mode
 
     folders = sorted(p.name for p in path.iterdir() if p.is_dir()) if path.is_dir() else []
     if set(SPLITS) & set(folders):

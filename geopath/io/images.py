@@ -32,6 +32,13 @@ def image_mode(path: Path) -> tuple[int, tuple[int, int]]:
         raise DataError(f"{path}: not a readable image ({str(e).splitlines()[0] if str(e) else ''})") from None
 
 
+def standardise(x: torch.Tensor, stats: tuple[tuple, tuple] | None) -> torch.Tensor:
+    """``(x − mean) / std`` per channel of an ``N×C×H×W`` batch (``stats``: (mean, std); None: ``x``)."""
+    if stats is None:
+        return x
+    return (x - torch.tensor(stats[0]).view(1, -1, 1, 1)) / torch.tensor(stats[1]).view(1, -1, 1, 1)
+
+
 class ImageFiles:
     """A lazily decoded ``[N, C, H, W]`` float tensor of image files.
 
@@ -87,6 +94,4 @@ class ImageFiles:
                                     f"{self.size[0]}×{self.size[1]}: pass --image-size to resize them all")
                 t = resize(t, list(self.size), antialias=True)
             out[i] = t
-        if self.stats is not None:
-            out = (out - torch.tensor(self.stats[0]).view(1, -1, 1, 1)) / torch.tensor(self.stats[1]).view(1, -1, 1, 1)
-        return out
+        return standardise(out, self.stats)

@@ -13,7 +13,7 @@ import torch
 
 from geopath.core.evaluate import evaluate
 from geopath.errors import UsageError
-from geopath.io.checkpoint import META_PREFIX, load_checkpoint, read_tensors, save_checkpoint, sparsity_of
+from geopath.io.checkpoint import load_checkpoint, read_tensors, save_checkpoint, sparsity_of
 from geopath.io.data import load_dataset, one_set, recorded_name
 from geopath.jobs.common import eval_set, resolve_device
 
@@ -34,11 +34,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split: 
     if single and data is None:
         raise UsageError(f"{checkpoint} records its training data {name}, one set with no test split; pass "
                          "--data with labelled test data")
-    meta = ck.metadata
-    recorded_channels = meta.get(META_PREFIX + "channels")
-    ds = load_dataset(name, split, data_root, download, normalize or meta.get(META_PREFIX + "preprocess"),
-                      image_size or meta.get(META_PREFIX + "image_size"),
-                      channels or (int(recorded_channels) if recorded_channels else None)).head(size)
+    ds = load_dataset(name, split, data_root, download, *ck.reading(normalize, image_size, channels)).head(size)
     ev = evaluate(ck.model.to(dev), ds, device=dev)
     return {"checkpoint": str(checkpoint), "data": name, "split": None if single else split,
             "preprocess": ds.preprocess, "samples": ev.samples, "accuracy": ev.accuracy, "loss": ev.loss,

@@ -184,7 +184,7 @@ def carried(ck: Checkpoint) -> dict[str, str]:
 
 def preprocess_of(cfg, ck: Checkpoint) -> str | None:
     """``--normalize`` if given, else what ``ck`` records (None: the data set's default)."""
-    return cfg.normalize or ck.metadata.get(META_PREFIX + "preprocess")
+    return ck.reading(cfg.normalize)[0]
 
 
 def check_inputs(model: nn.Module, ds: Dataset, device, what: str = "the network") -> None:

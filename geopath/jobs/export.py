@@ -73,10 +73,7 @@ def export(source: str | Path, out: str | Path, data: str | None = None, data_ro
     name = data or ck.data
     if not name:
         raise UsageError(f"{path} does not record its data set; pass --data (its inputs' shape is needed)")
-    meta = ck.metadata
-    preprocess = normalize or meta.get(META_PREFIX + "preprocess")
-    image_size = image_size or meta.get(META_PREFIX + "image_size")
-    channels = channels or (int(meta[META_PREFIX + "channels"]) if META_PREFIX + "channels" in meta else None)
+    preprocess, image_size, channels = ck.reading(normalize, image_size, channels)
     x = load_dataset(name, "test", data_root, preprocess=preprocess, image_size=image_size,
                      channels=channels).x[:LATENCY_BATCH]
     x = x if isinstance(x, torch.Tensor) else x.to("cpu")
