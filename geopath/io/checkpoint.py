@@ -141,6 +141,12 @@ def _fit_report(model: nn.Module, tensors: dict[str, torch.Tensor]) -> str | Non
     return "; ".join(parts) or None
 
 
+def reading_record(image_size: str | None, channels: int | None) -> dict[str, str]:
+    """The image options a saved network records (what :meth:`Checkpoint.reading` reads back)."""
+    record = {"image_size": str(image_size) if image_size else None, "channels": str(channels) if channels else None}
+    return {k: v for k, v in record.items() if v is not None}
+
+
 def example_input(meta: dict[str, str], n: int = 2) -> torch.Tensor:
     """``n`` zero inputs of the shape and type a checkpoint records (``geopath.input_shape``, ``input_dtype``)."""
     shape = json.loads(meta[META_PREFIX + "input_shape"])

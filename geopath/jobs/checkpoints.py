@@ -13,7 +13,7 @@ import torch
 
 from geopath.core.evaluate import evaluate
 from geopath.errors import UsageError
-from geopath.io.checkpoint import load_checkpoint, read_tensors, save_checkpoint, sparsity_of
+from geopath.io.checkpoint import load_checkpoint, read_tensors, reading_record, save_checkpoint, sparsity_of
 from geopath.io.data import load_dataset, one_set, recorded_name
 from geopath.jobs.common import eval_set, resolve_device
 
@@ -70,9 +70,7 @@ def train_checkpoint(out: str | Path, arch: str = "mlp", arch_kwargs: dict | Non
     ev = evaluate(model, te, device=dev)
     save_checkpoint(out, model.cpu(), arch, kwargs, step=0,
                     extra={"data": recorded_name(data), "preprocess": tr.preprocess,
-                           "test_accuracy": f"{ev.accuracy:.4f}",
-                           **({"image_size": image_size} if image_size else {}),
-                           **({"channels": str(channels)} if channels else {})})
+                           "test_accuracy": f"{ev.accuracy:.4f}", **reading_record(image_size, channels)})
     return {"out": str(out), "arch": arch, "data": data, "epochs": epochs, "test_accuracy": ev.accuracy,
             "test_loss": ev.loss, "sample_passes": stats.sample_passes}
 

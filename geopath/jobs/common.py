@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from geopath.core import distributed
-from geopath.io.checkpoint import META_PREFIX, Checkpoint, load_checkpoint, read_tensors
+from geopath.io.checkpoint import META_PREFIX, Checkpoint, load_checkpoint, read_tensors, reading_record
 from geopath.io.data import Dataset, load_dataset, one_set, recorded_name
 from geopath.errors import CheckpointError, UsageError
 from geopath.core.evaluate import evaluate
@@ -357,8 +357,7 @@ class Job:
         out, device = open_run(cfg, overwrite, resume)
         setup = self.prepare(cfg, device)
         existed = out.exists()  # (an empty directory the user made is theirs to keep)
-        carry = {**(setup.carry or {}), **{k: str(getattr(setup.cfg, k)) for k in ("image_size", "channels")
-                                           if getattr(setup.cfg, k, None) is not None}}  # how images were read
+        carry = {**(setup.carry or {}), **reading_record(setup.cfg.image_size, setup.cfg.channels)}
         writer = open_writer(out, overwrite, resume, setup.arch, setup.arch_kwargs, setup.parent_sha256, self.name,
                              setup.data, self.columns, preprocess=setup.preprocess, carry=carry)
         try:
