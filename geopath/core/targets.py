@@ -141,12 +141,16 @@ class MagnitudeTarget(HyperplaneTarget):
 
     With ``dynamic=True`` the mask is re-chosen from the current weights before
     every step (weights may leave and re-enter); otherwise it is fixed at the start.
+    With ``scores`` (one non-negative number per coordinate, e.g. the metric's diagonal
+    from :func:`geopath.core.saliency.metric_diagonal`) weights are ranked by ``w² · score``
+    (Optimal Brain Damage's saliency) instead of ``|w|``.
     """
 
     name = "magnitude"
 
     def __init__(self, space: ParamSpace, w0: torch.Tensor, sparsity: float,
-                 parameters: Sequence[str], scope: MaskScope | str = MaskScope.GLOBAL, dynamic: bool = False):
+                 parameters: Sequence[str], scope: MaskScope | str = MaskScope.GLOBAL, dynamic: bool = False,
+                 scores: torch.Tensor | None = None):
         if not 0.0 <= sparsity < 1.0:
             raise UsageError(f"sparsity must be in [0, 1), got {sparsity}")
         unknown = [p for p in parameters if p not in space.names]
@@ -156,12 +160,20 @@ class MagnitudeTarget(HyperplaneTarget):
             raise UsageError("no prunable parameters (no Linear or Conv layers found)")
         self.space, self.sparsity, self.parameters = space, float(sparsity), list(parameters)
         self.scope, self.dynamic = MaskScope(scope), dynamic
+        self.scores = None if scores is None else scores.detach()
         slices = space.slices()
         self._slices = [slices[p] for p in self.parameters]
         super().__init__(self._choose(w0))
 
+    def _ranked(self, w: torch.Tensor) -> torch.Tensor:
+        """What the smallest are chosen by: ``|w|``, or ``w² · scores``."""
+        if self.scores is None:
+            return w
+        return w.pow(2) * self.scores.to(w)
+
     def _choose(self, w: torch.Tensor) -> torch.Tensor:
         mask = torch.zeros_like(w, dtype=torch.bool)
+        w = self._ranked(w)
         if self.scope is MaskScope.GLOBAL:
             values = torch.cat([w[s] for s in self._slices])
             chosen = _smallest(values, int(round(self.sparsity * values.numel())))
@@ -186,11 +198,12 @@ class MagnitudeTarget(HyperplaneTarget):
         nested masks (iterative pruning's geometric schedule).
         """
         s = self.sparsity if fraction >= 1 else 1.0 - (1.0 - self.sparsity) ** fraction
-        return MagnitudeTarget(self.space, w, s, self.parameters, self.scope)
+        return MagnitudeTarget(self.space, w, s, self.parameters, self.scope, scores=self.scores)
 
     def describe(self):
         return {"target": self.name, "sparsity": self.sparsity, "scope": self.scope.value,
-                "dynamic": self.dynamic, "parameters": self.parameters, "masked": int(self.mask.sum())}
+                "dynamic": self.dynamic, "criterion": "magnitude" if self.scores is None else "saliency",
+                "parameters": self.parameters, "masked": int(self.mask.sum())}
 
 
 def _following_batchnorm(model: nn.Module, layer_name: str, channels: int) -> str | None:
