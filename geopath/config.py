@@ -43,6 +43,27 @@ def opt(default, help: str, *, arg: bool = False, flag: str | None = None, short
 # --------------------------------------------------------------------------- choices
 
 
+class Criterion(str, Enum):
+    """How the weights that go are ranked (unstructured targets)."""
+
+    MAGNITUDE = "magnitude"
+    """Smallest ``|w|`` first."""
+    SALIENCY = "saliency"
+    """Smallest ``w² · [g]_qq`` first: the function's cost of removing each weight (Optimal Brain Damage's
+    saliency with the metric's diagonal, estimated on ``--saliency-samples`` inputs)."""
+
+
+class Settle(str, Enum):
+    """How the path settles on the hyperplane after landing (``sparsify``)."""
+
+    GEODESIC = "geodesic"
+    """``--settle-steps`` geodesic steps restricted to the hyperplane, back toward the start's function."""
+    FINETUNE = "finetune"
+    """``--settle-epochs`` of masked SGD on the labels (cross-entropy), from the landed network."""
+    DISTILL = "distill"
+    """``--settle-epochs`` of masked SGD on the start network's outputs alone (no labels; T = 2)."""
+
+
 class MaskMode(str, Enum):
     """Whether the set of pruned weights may change along the path."""
 
@@ -201,7 +222,9 @@ class WalkOptions(CommonOptions):
     metric: MetricKind = opt(MetricKind.LOGITS, "Output metric pulled back: logits (JᵀJ) or fisher.")
     solver: TRMethod = opt(TRMethod.STEIHAUG, "Trust-region solver.")
     anchor: Anchor = opt(Anchor.START, "What functional change is measured against: the start network's outputs, "
-                                       "the endpoints' blended outputs (connect), the labels, or only locally.")
+                                       "the endpoints' blended outputs (connect), the labels, both the start's "
+                                       "outputs and the labels (start+labels), or only locally.")
+    label_weight: float = opt(1.0, "λ of --anchor start+labels: r = (z − z_start) + λ (softmax(z) − onehot(y)).")
     batch_size: int = opt(128, "Metric batch size.")
     micro_batch: int | None = opt(None, "Split metric batches into micro-batches of this size: products are "
                                      "accumulated over them and only one micro-batch's activations are held "
@@ -228,6 +251,8 @@ class WalkOptions(CommonOptions):
             raise UsageError(f"--beta-growth must be ≥ 1, got {self.beta_growth}")
         if self.damping < 0:
             raise UsageError(f"--damping must be ≥ 0, got {self.damping}")
+        if not self.label_weight >= 0:
+            raise UsageError(f"--label-weight must be ≥ 0, got {self.label_weight}")
         if not 0 < self.tol < 1:
             raise UsageError(f"--tol must be in (0, 1), got {self.tol}")
         return self
@@ -248,9 +273,19 @@ class SparsifyConfig(WalkOptions):
     sparsity: float = opt(0.7, "Fraction of weights to zero, in [0, 1).")
     scope: MaskScope = opt(MaskScope.GLOBAL, "Unstructured: global or per-layer magnitude.")
     mask: MaskMode = opt(MaskMode.FIXED, "Unstructured mask fixed at the start or re-chosen each step.")
+    criterion: Criterion | None = opt(None, "Unstructured: which weights go first: smallest magnitude, or smallest "
+                                            "saliency w²·[g]_qq (the metric's diagonal).",
+                                      default_help="saliency for the geodesic and obd, magnitude for the other peers")
+    saliency_samples: int = opt(1024, "Inputs the metric's diagonal is estimated on (--criterion saliency).")
     layers: list | None = opt(None, "Prune only these parameters (repeatable, e.g. layers.0.weight).", flag="--layer")
     structured: str | None = opt(None, "Remove whole units instead: LAYER:COUNT[,LAYER:COUNT] (e.g. features.0:50).")
     settle_steps: int = opt(150, "Steps on the target after landing.")
+    settle: Settle = opt(Settle.FINETUNE, "After landing: geodesic steps on the hyperplane, or masked SGD on the "
+                                          "labels (finetune) or on the start's outputs (distill).")
+    settle_anchor: Anchor | None = opt(None, "The anchor of geodesic settle steps (e.g. labels).",
+                                       default_help="--anchor")
+    settle_epochs: float = opt(2.5, "Epochs of masked SGD after landing (--settle finetune or distill).")
+    settle_lr: float = opt(0.05, "Learning rate of --settle finetune/distill (SGD, momentum 0.9, cosine decay).")
 
     def validate(self):
         super().validate()
@@ -260,6 +295,10 @@ class SparsifyConfig(WalkOptions):
             raise UsageError(f"--sparsity must be in [0, 1), got {self.sparsity}")
         for name in ("settle_steps", "train_eval_size"):
             _non_negative(self, name)
+        if not self.settle_epochs >= 0 or not self.settle_lr > 0:
+            raise UsageError("--settle-epochs must be ≥ 0 and --settle-lr > 0")
+        if self.saliency_samples < 1:
+            raise UsageError(f"--saliency-samples must be ≥ 1, got {self.saliency_samples}")
         return self
 
 

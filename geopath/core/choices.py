@@ -46,6 +46,17 @@ class Anchor(str, Enum):
     """The metric inputs' labels: the linear term is the cross-entropy gradient ``Jᵀ(p − y)``."""
     ENDPOINTS = "endpoints"
     """Outputs blended from the start and the target network by the path's progress (connect)."""
+    START_LABELS = "start+labels"
+    """Both: the starting network's outputs and the labels, ``r = r_start + λ (p − y)`` (``--label-weight``)."""
+
+    @property
+    def keeps_reference(self) -> bool:
+        """Whether steps need the reference network's outputs."""
+        return self in (Anchor.START, Anchor.ENDPOINTS, Anchor.START_LABELS)
+
+    @property
+    def uses_labels(self) -> bool:
+        return self in (Anchor.LABELS, Anchor.START_LABELS)
 
 
 class Combine(str, Enum):

@@ -60,10 +60,13 @@ class PathConfig:
     beta_growth: float = 1.0  # after step grow_after, β grows by this factor every grow_every approach steps
     grow_after: int = 0
     grow_every: int = 1
+    settle_anchor: Anchor | None = None  # the anchor of the steps on the target (None: the approach's)
     seed: int = 0
 
     def __post_init__(self):  # accept plain strings from library callers
         object.__setattr__(self, "combine", Combine(self.combine))
+        if self.settle_anchor is not None:
+            object.__setattr__(self, "settle_anchor", Anchor(self.settle_anchor))
 
 
 @dataclass
@@ -135,7 +138,8 @@ class _StopFlag:
             signal.signal(sig, old)
 
 
-def _step_batches(sources: list[MetricSource], step: int, cfg: PathConfig, device) -> tuple[list[MetricBatch], float]:
+def _step_batches(sources: list[MetricSource], step: int, cfg: PathConfig, device,
+                  anchor: Anchor | None = None) -> tuple[list[MetricBatch], float]:
     """The metric batches of one step and the forward passes spent on reference outputs."""
     chosen = list(enumerate(sources))
     if cfg.combine is Combine.ALTERNATE:
@@ -144,7 +148,7 @@ def _step_batches(sources: list[MetricSource], step: int, cfg: PathConfig, devic
     for i, src in chosen:
         x, y = metric_batch(src.data, step, cfg, device, source=i)
         z0 = None
-        if cfg.step.anchor in (Anchor.START, Anchor.ENDPOINTS):
+        if (anchor or cfg.step.anchor).keeps_reference:
             with torch.no_grad(), metric_mode(src.reference, cfg.step.bn_stats):  # the metric's function
                 z0 = [src.reference(xb) for xb in x]
             passes += PASS_FORWARD * min(cfg.batch_size, len(src.data))  # the whole batch, over all ranks
@@ -274,9 +278,11 @@ def walk(
             step += 1
             if before_step is not None:
                 before_step(w, progress(w))
-            batches, reference_passes = _step_batches(sources, step, cfg, device)
-            step_free = target.free() if landed_at is not None else free
             step_cfg = cfg.step
+            if landed_at is not None and cfg.settle_anchor is not None:
+                step_cfg = dataclasses.replace(step_cfg, anchor=cfg.settle_anchor)
+            batches, reference_passes = _step_batches(sources, step, cfg, device, step_cfg.anchor)
+            step_free = target.free() if landed_at is not None else free
             if landed_at is None and cfg.beta_growth != 1.0:
                 over = max(0.0, (step - cfg.grow_after) / cfg.grow_every)
                 step_cfg = dataclasses.replace(step_cfg, beta=step_cfg.beta * cfg.beta_growth ** over)

@@ -47,6 +47,7 @@ class StepConfig:
     metric: MetricKind = MetricKind.LOGITS
     solver: TRMethod = TRMethod.STEIHAUG
     anchor: Anchor = Anchor.START
+    label_weight: float = 1.0  # λ of anchor="start+labels"
     bn_stats: BNStats = BNStats.BATCH
     cache: bool = True  # linearise each micro-batch once per step (False: O(one micro-batch) memory)
 
@@ -126,17 +127,20 @@ class MetricBatch:
 
 def _residuals(cfg: StepConfig, G: MetricOperator, batch: MetricBatch):
     """Output residuals ``r`` and the mean distance they are the gradient of, or ``(None, 0)``."""
-    if cfg.anchor in (Anchor.START, Anchor.ENDPOINTS) and batch.reference_logits is not None:
+    res, dist = None, 0.0
+    if cfg.anchor.keeps_reference and batch.reference_logits is not None:
         pairs = list(zip(G.logits, batch.reference_logits))
         res = [output_residual(cfg.metric, z, z0) for z, z0 in pairs]
         dist = sum(float(output_distance(cfg.metric, z, z0)) * len(z) for z, z0 in pairs)
-        return res, G.comm.sum_float(dist) / G.num_samples
-    if cfg.anchor is Anchor.LABELS and batch.labels is not None:
+    if cfg.anchor.uses_labels and batch.labels is not None:
+        lam = cfg.label_weight if cfg.anchor is Anchor.START_LABELS else 1.0
         pairs = list(zip(G.logits, batch.labels))
-        res = [torch.softmax(z, -1) - F.one_hot(y, z.shape[-1]).to(z.dtype) for z, y in pairs]
-        dist = sum(float(F.cross_entropy(z, y, reduction="sum")) for z, y in pairs)
-        return res, G.comm.sum_float(dist) / G.num_samples
-    return None, 0.0
+        ce = [lam * (torch.softmax(z, -1) - F.one_hot(y, z.shape[-1]).to(z.dtype)) for z, y in pairs]
+        res = ce if res is None else [a + b for a, b in zip(res, ce)]
+        dist += lam * sum(float(F.cross_entropy(z, y, reduction="sum")) for z, y in pairs)
+    if res is None:
+        return None, 0.0
+    return res, G.comm.sum_float(dist) / G.num_samples
 
 
 def geodesic_step(
@@ -198,6 +202,6 @@ def _probe(cfg: StepConfig, G: MetricOperator, batch: MetricBatch) -> Probe:
     # with batch statistics an output depends on its whole micro-batch: probe all of it
     k = None if cfg.bn_stats is BNStats.BATCH and has_batchnorm(G.model) else PROBE_SAMPLES
     x, z = batch.inputs[0][:k], G.logits[0][:k]
-    anchored = cfg.anchor in (Anchor.START, Anchor.ENDPOINTS) and batch.reference_logits is not None
+    anchored = cfg.anchor.keeps_reference and batch.reference_logits is not None
     ref = batch.reference_logits[0][:k] if anchored else z
     return Probe(x, ref.detach(), float(output_distance(cfg.metric, z, ref)) if anchored else 0.0)

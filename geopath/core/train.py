@@ -47,10 +47,16 @@ def train(
     max_passes: int | None = None,
     on_step: Callable[[int, int], None] | None = None,
     penalty: Callable[[], torch.Tensor] | None = None,
+    optimizer: str = "sgd",
+    loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    remask: Callable[[int], torch.Tensor | None] | None = None,
 ) -> TrainStats:
     """Train with cross-entropy; cosine learning-rate decay over the whole run.
 
-    ``on_step(step, passes)`` is called after every optimizer step (the model is in
+    ``optimizer``: ``sgd`` (with ``momentum``) or ``adam``. ``loss_fn(logits, x, y)`` replaces the
+    cross-entropy (e.g. distillation from a teacher's outputs on ``x``). ``remask(step)`` is called
+    before every step and may return a new ``mask`` (gradual pruning); newly masked weights are
+    zeroed. ``on_step(step, passes)`` is called after every optimizer step (the model is in
     train mode; a caller that evaluates must restore it). ``penalty()`` is added to
     every batch's loss (e.g. an EWC term).
     """
@@ -59,7 +65,13 @@ def train(
     space = ParamSpace.of(model)
     free = None if mask is None else (~mask.bool()).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    elif optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    else:
+        raise ValueError(f"unknown optimizer {optimizer!r} (sgd or adam)")
+    loss_of = loss_fn or (lambda logits, x, y: nn.functional.cross_entropy(logits, y))
     total_steps = max(1, int(round(epochs * len(ds) / batch_size)))
     if max_passes is not None:
         total_steps = max(1, min(total_steps, max_passes // batch_size))
@@ -74,16 +86,22 @@ def train(
             if step >= total_steps:
                 break
             x, y = x.to(device), y.to(device)
+            if remask is not None:
+                new_mask = remask(step)
+                if new_mask is not None:
+                    free = (~new_mask.bool()).to(device)
+                    load_vector(model, space, model_vector(model, space) * free)
+                    model.train()
             opt.zero_grad(set_to_none=True)
             if comm.world == 1:
-                loss = nn.functional.cross_entropy(model(x), y)
+                loss = loss_of(model(x), x, y)
                 total = loss + penalty() if penalty is not None else loss
                 _check_finite(float(total.detach()), step)
                 total.backward()
                 loss = float(loss.detach())
             else:
                 def shard_loss(s, x=x, y=y):
-                    return nn.functional.cross_entropy(model(x[s]), y[s], reduction="sum") if len(y[s]) else None
+                    return loss_of(model(x[s]), x[s], y[s]) * len(y[s]) if len(y[s]) else None
 
                 loss, total = sharded_backward(shard_loss, len(y), params, model.buffers(), comm, penalty)
                 _check_finite(total, step)

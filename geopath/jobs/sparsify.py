@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,11 @@ from geopath.report.text import fmt
 from geopath.peers.task import PeerTask
 from geopath.core.params import ParamSpace, model_vector
 from geopath.io.checkpoint import sparsity_of
-from geopath.config import MaskMode, SparsifyConfig
+from geopath.config import Criterion, MaskMode, Settle, SparsifyConfig, SparsifyMethod
+from geopath.core.step import PASS_FORWARD
+from geopath.errors import UsageError
 from geopath.core.evaluate import evaluate, has_batchnorm
-from geopath.core.path import walk
+from geopath.core.path import PathState, walk
 from geopath.core.targets import MagnitudeTarget, StructuredTarget, Target, parse_structured, prunable_parameters
 from geopath.io.trace import columns
 
@@ -35,15 +38,66 @@ def sparse_parameters(cfg: SparsifyConfig, model) -> list[str]:
     return list(cfg.layers) if cfg.layers else prunable_parameters(model)
 
 
+def saliency_scores(cfg: SparsifyConfig, model, space: ParamSpace, w0: torch.Tensor, data) -> tuple[torch.Tensor, int]:
+    """The metric's diagonal at the start on ``--saliency-samples`` inputs drawn (seeded by ``--seed``) from
+    ``data``, and its cost in sample passes (one forward+backward per sample)."""
+    from geopath.core.saliency import metric_diagonal
+
+    n = min(cfg.saliency_samples, len(data))
+    idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(cfg.seed))[:n]
+    return metric_diagonal(model, space, w0, data.x[idx], cfg.metric, seed=cfg.seed), n
+
+
 def build_target(cfg: SparsifyConfig, model, space: ParamSpace, w0: torch.Tensor,
-                 example: torch.Tensor | None = None) -> Target:
+                 example: torch.Tensor | None = None, scores: torch.Tensor | None = None) -> Target:
     """The sparse hyperplane: whole units of ``--structured`` layers (their channels traced through the
-    network on ``example`` inputs), else unstructured magnitude sparsity."""
+    network on ``example`` inputs), else unstructured sparsity, ranked by magnitude or by ``w²·scores``."""
     counts = parse_structured(cfg.structured)
     if counts:
         return StructuredTarget(model, space, w0, counts, example)
     return MagnitudeTarget(space, w0, cfg.sparsity, sparse_parameters(cfg, model), cfg.scope,
-                           dynamic=cfg.mask is MaskMode.DYNAMIC)
+                           dynamic=cfg.mask is MaskMode.DYNAMIC, scores=scores)
+
+
+SETTLE_TEMPERATURE = 2.0  # --settle distill
+SETTLE_RECORDS = 20  # about this many trace rows while settling by training
+
+
+def settle_by_training(cfg: SparsifyConfig, model, target: Target, data, reference, result, recorder,
+                       device) -> dict:
+    """``--settle finetune|distill``: masked SGD on the hyperplane from where the walk landed, for
+    ``--settle-epochs`` of sample passes (a distillation step also pays the teacher's forward pass).
+    Its networks continue the walk's trace (steps count SGD steps on from the landing); the last is
+    ``final.safetensors``. Returns its trace row."""
+    from geopath.core.train import train
+    from geopath.peers.pruning import distillation_loss
+
+    state = result.state
+    loss_fn, per_sample = None, 1.0
+    if cfg.settle is Settle.DISTILL:
+        loss_fn, per_sample = distillation_loss(reference, SETTLE_TEMPERATURE), 1.0 + PASS_FORWARD
+    budget = int(cfg.settle_epochs * len(data) / per_sample)
+    steps = budget // cfg.batch_size
+    every = max(1, steps // SETTLE_RECORDS)
+    tic = time.perf_counter() - state.wall_time
+    row_state = {"landed_at": state.landed_at, "milestone": state.milestone, "landing_gap": state.landing_gap,
+                 "retries": state.retries}
+
+    def record(step: int, passes: float, path) -> dict:
+        return recorder(state.step + step, model, path, t=1.0, distance=0.0, length=state.length,
+                        sample_passes=state.sample_passes + passes * per_sample,
+                        clock=lambda: time.perf_counter() - tic, state=row_state)
+
+    def on_step(step, passes):
+        if step % every == 0 and step < steps:
+            record(step, passes, recorder.writer.step_path(state.step + step))
+
+    passes = 0
+    if steps:
+        passes = train(model, data, epochs=budget / len(data), batch_size=cfg.batch_size, lr=cfg.settle_lr,
+                       seed=cfg.seed, mask=target.mask, device=device, max_passes=budget, on_step=on_step,
+                       loss_fn=loss_fn).sample_passes
+    return record(steps, passes, recorder.writer.out / "final.safetensors")
 
 
 class Sparsify(job.Job):
@@ -63,7 +117,15 @@ class Sparsify(job.Job):
         model = ck.model.to(device)
         space = ParamSpace.of(model)
         w0 = model_vector(model, space)
-        target = build_target(cfg, model, space, w0, example=test_data.x[:2].to(device))
+        scores, spent = None, 0
+        if cfg.method is SparsifyMethod.OBD:  # the peer is one-shot pruning by saliency
+            cfg = dataclasses.replace(cfg, criterion=Criterion.SALIENCY)
+        elif cfg.criterion is None:  # the geodesic ranks by saliency; the magnitude peers by magnitude
+            geodesic = cfg.method is SparsifyMethod.GEODESIC
+            cfg = dataclasses.replace(cfg, criterion=Criterion.SALIENCY if geodesic else Criterion.MAGNITUDE)
+        if cfg.criterion is Criterion.SALIENCY and not cfg.structured:
+            scores, spent = saliency_scores(cfg, model, space, w0, metric_data)
+        target = build_target(cfg, model, space, w0, example=test_data.x[:2].to(device), scores=scores)
         max_steps = cfg.max_steps or 3 * cfg.steps
         step_size = cfg.step_size or job.default_step_size(target.distance(w0), cfg.steps, STEP_SCALE)
         cfg = dataclasses.replace(cfg, data=data_name, eval_data=job.recorded(cfg.eval_data),
@@ -81,20 +143,33 @@ class Sparsify(job.Job):
         bn_data = metric_data.head(cfg.bn_samples) if has_batchnorm(model) else None
         return job.Setup(cfg, model, ck.arch, ck.arch_kwargs, ck.sha256, data_name, evaluate_row, len(metric_data),
                          bn_data, max_steps + cfg.settle_steps,
-                         own={"target": target, "metric": metric_data, "reference": reference},
+                         own={"target": target, "metric": metric_data, "reference": reference, "spent": spent},
                          preprocess=metric_data.preprocess, carry=job.carried(ck))
 
     def walk(self, setup: job.Setup, recorder, state, device) -> job.Outcome:
         cfg, own = setup.cfg, setup.own
-        pcfg = job.path_config(cfg, cfg.step_size, cfg.max_steps, settle_steps=cfg.settle_steps)
+        by_training = cfg.settle is not Settle.GEODESIC
+        if by_training and state is not None and state.landed_at is not None:
+            raise UsageError(f"{recorder.writer.out}: the run stopped after landing, during --settle "
+                             f"{cfg.settle.value} (the optimizer's state is not saved); start it again with "
+                             "--overwrite")
+        pcfg = job.path_config(cfg, cfg.step_size, cfg.max_steps, settle_steps=0 if by_training else cfg.settle_steps,
+                               settle_anchor=cfg.settle_anchor)
+        record_start = None
+        if state is None and own["spent"]:  # the passes spent choosing the mask count from the start
+            state, record_start = PathState(sample_passes=float(own["spent"])), True
         result = walk(setup.model, own["target"], own["metric"], pcfg, recorder, reference=own["reference"],
-                      state=state, device=device)
+                      state=state, device=device, record_start=record_start,
+                      final_path="steps/landed.safetensors" if by_training else "final.safetensors")
+        if by_training:
+            return job.Outcome(settle_by_training(cfg, setup.model, own["target"], own["metric"], own["reference"],
+                                                  result, recorder, device))
         return job.Outcome(result.final)
 
     def peer_task(self, setup: job.Setup, record, device) -> PeerTask:
         cfg = setup.cfg
         return PeerTask(setup.model, setup.own["metric"], record, cfg, device, target=setup.own["target"],
-                        records=max(2, (3 * cfg.steps + cfg.settle_steps) // cfg.save_every))
+                        records=max(2, (3 * cfg.steps + cfg.settle_steps) // cfg.save_every), spent=setup.own["spent"])
 
     def summarise(self, setup: job.Setup, writer, outcome: job.Outcome) -> dict[str, Any]:
         final, start = outcome.final, writer.trace.rows()[0]

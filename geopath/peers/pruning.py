@@ -1,55 +1,147 @@
-"""Pruning peers of ``sparsify``: one-shot magnitude pruning + fine-tuning, and iterative prune-and-retrain."""
+"""Pruning peers of ``sparsify``: one-shot pruning (by magnitude or by the metric's saliency) + fine-tuning,
+iterative prune-and-retrain, gradual magnitude pruning, and pruning + distillation (no labels)."""
 
 from __future__ import annotations
 
+import copy
+
+import torch
 from torch import nn
 
 from geopath.core.dataset import Dataset
 from geopath.core.params import ParamSpace, load_vector, model_vector
 from geopath.core.targets import HyperplaneTarget, MagnitudeTarget, StructuredTarget
 from geopath.core.train import TrainStats, train
+from geopath.core.step import PASS_FORWARD
 from geopath.peers._budget import Record, record_every, train_steps
 from geopath.peers.task import PeerTask
 
 
 def prune_finetune(model: nn.Module, target: HyperplaneTarget, ds: Dataset, sample_passes: int,
                    batch_size: int = 128, lr: float = 0.05, seed: int = 0, device="cpu",
-                   record: Record | None = None, records: int = 20) -> TrainStats:
-    """One-shot projection onto ``target``, then masked SGD for ``sample_passes`` samples.
+                   record: Record | None = None, records: int = 20, optimizer: str = "sgd",
+                   temperature: float | None = None, spent: int = 0) -> TrainStats:
+    """One-shot projection onto ``target``, then masked training for ``sample_passes`` samples.
 
-    ``sample_passes = 0`` is plain one-shot magnitude pruning. With ``record``, the
-    dense start (step 0), the pruned network and about ``records`` networks along the
-    fine-tuning are written, the last as ``final``.
+    ``sample_passes = 0`` is plain one-shot pruning. Training is on the labels (cross-entropy), or with
+    ``temperature`` on the dense network's outputs alone: distillation, ``T²·KL(p_T(dense) ‖ p_T(w))``,
+    whose teacher forward pass costs 1/3 of a sample pass (so it takes fewer steps for the same
+    budget). ``spent`` passes (choosing the mask) are counted first. With ``record``, the dense start
+    (step 0), the pruned network and about ``records`` networks along the fine-tuning are written,
+    the last as ``final``.
     """
     space = ParamSpace.of(model)
     w0 = model_vector(model, space)
     d0 = target.distance(w0)
     if record:
-        record(0, model, 0, t=0.0, distance=d0)
+        record(0, model, spent, t=0.0, distance=d0)
+    teacher = loss_fn = None
+    if temperature is not None:
+        teacher = copy.deepcopy(model).to(device).eval()
+        loss_fn = distillation_loss(teacher, temperature)
     load_vector(model, space, target.project(w0))
-    steps = train_steps(sample_passes, batch_size)
+    per_sample = 1.0 + (PASS_FORWARD if teacher is not None else 0.0)
+    budget = int(max(sample_passes - spent, 0) / per_sample)
+    steps = train_steps(budget, batch_size)
     if steps == 0:
         if record:
-            record(0, model, 0, t=1.0, distance=0.0, final=True)
+            record(0, model, spent, t=1.0, distance=0.0, final=True)
         return TrainStats(0.0, 0, float("nan"))
     if record:
-        record(0, model, 0, t=1.0, distance=0.0, name="step_00000_pruned")
+        record(0, model, spent, t=1.0, distance=0.0, name="step_00000_pruned")
     every = record_every(steps, records)
 
     def on_step(step, passes):
         if record and step % every == 0 and step < steps:
-            record(step, model, passes, t=1.0, distance=0.0)
+            record(step, model, spent + passes * per_sample, t=1.0, distance=0.0)
 
-    stats = train(model, ds, epochs=sample_passes / len(ds), batch_size=batch_size, lr=lr, seed=seed,
-                  mask=target.mask, device=device, max_passes=sample_passes, on_step=on_step)
+    stats = train(model, ds, epochs=budget / len(ds), batch_size=batch_size, lr=lr, seed=seed,
+                  mask=target.mask, device=device, max_passes=budget, on_step=on_step, optimizer=optimizer,
+                  loss_fn=loss_fn)
+    if record:
+        record(steps, model, spent + stats.sample_passes * per_sample, t=1.0, distance=0.0, final=True)
+    return stats
+
+
+def distillation_loss(teacher: nn.Module, temperature: float):
+    """``loss(logits, x, y) = T²·KL(softmax(teacher(x)/T) ‖ softmax(logits/T))``, batch mean; ``y`` unused."""
+    def loss(logits, x, y):
+        with torch.no_grad():
+            t = torch.log_softmax(teacher(x) / temperature, -1)
+        s = torch.log_softmax(logits / temperature, -1)
+        return temperature ** 2 * nn.functional.kl_div(s, t, log_target=True, reduction="batchmean")
+
+    return loss
+
+
+def cubic_sparsity(final: float, progress: float) -> float:
+    """Zhu & Gupta's schedule: ``s_f (1 − (1 − progress)³)`` for ``progress`` in [0, 1] (then ``s_f``)."""
+    p = min(max(progress, 0.0), 1.0)
+    return final * (1.0 - (1.0 - p) ** 3)
+
+
+GRADUAL_UPDATES = 40  # mask updates along the schedule
+
+
+def gradual_prune(model: nn.Module, target: MagnitudeTarget | StructuredTarget, ds: Dataset, sample_passes: int,
+                  prune_until: float = 0.75, batch_size: int = 128, lr: float = 0.05, seed: int = 0, device="cpu",
+                  record: Record | None = None, records: int = 20, optimizer: str = "sgd") -> HyperplaneTarget:
+    """Gradual magnitude pruning (Zhu & Gupta 2018) within one training run of ``sample_passes``.
+
+    Over the first ``prune_until`` of the steps the sparsity grows on the cubic schedule
+    (:func:`cubic_sparsity`), the mask re-chosen by the current magnitudes :data:`GRADUAL_UPDATES`
+    times (structured: that fraction of each layer's units); the rest of the run trains at the
+    target's sparsity. Pruned weights are zero, hence the smallest, so the masks are nested.
+    Returns the final target (its mask is chosen along the way).
+    """
+    space = ParamSpace.of(model)
+    d0 = target.distance(model_vector(model, space))
+    if record:
+        record(0, model, 0, t=0.0, distance=d0)
+    steps = train_steps(sample_passes, batch_size)
+    ramp = min(max(1, int(round(prune_until * steps))), max(steps, 1))
+    every_update = max(1, -(-ramp // GRADUAL_UPDATES))
+    final_fraction = _sparsity_of(target)
+
+    def remask(step):  # at steps 0, Δ, 2Δ, … until the schedule reaches the target's sparsity
+        if step % every_update or step > ramp + every_update - 1:
+            return None
+        fraction = cubic_sparsity(1.0, step / ramp)
+        return _stage_at(target, model_vector(model, space), fraction, final_fraction).mask
+
+    every = record_every(steps, records)
+
+    def on_step(step, passes):
+        if record and step % every == 0 and step < steps:
+            w = model_vector(model, space)
+            record(step, model, passes, t=1.0 - target.distance(w) / d0 if d0 else 1.0, distance=target.distance(w))
+
+    stats = train(model, ds, epochs=sample_passes / len(ds), batch_size=batch_size, lr=lr, seed=seed, device=device,
+                  max_passes=sample_passes, on_step=on_step, optimizer=optimizer, remask=remask)
+    final = _stage_at(target, model_vector(model, space), 1.0, final_fraction)
+    load_vector(model, space, final.project(model_vector(model, space)))
     if record:
         record(steps, model, stats.sample_passes, t=1.0, distance=0.0, final=True)
-    return stats
+    return final
+
+
+def _sparsity_of(target) -> float:
+    return target.sparsity if isinstance(target, MagnitudeTarget) else 1.0
+
+
+def _stage_at(target, w: torch.Tensor, fraction: float, final: float):
+    """``target`` re-chosen at ``w`` with ``fraction`` of its removals (unstructured: sparsity ``fraction·s``)."""
+    if fraction >= 1.0:
+        return target.stage(w, 1.0)
+    if isinstance(target, MagnitudeTarget):
+        return MagnitudeTarget(target.space, w, fraction * final, target.parameters, target.scope,
+                               scores=target.scores)
+    return target.stage(w, fraction)
 
 
 def iterative_prune(model: nn.Module, target: MagnitudeTarget | StructuredTarget, ds: Dataset, sample_passes: int,
                     rounds: int = 5, batch_size: int = 128, lr: float = 0.05, seed: int = 0, device="cpu",
-                    record: Record | None = None, records: int = 20) -> HyperplaneTarget:
+                    record: Record | None = None, records: int = 20, optimizer: str = "sgd") -> HyperplaneTarget:
     """Iterative pruning with fine-tuning: ``rounds`` rounds, budget split evenly.
 
     Round ``r`` prunes by the *current* weights to ``target.stage(w, r / rounds)`` —
@@ -85,7 +177,7 @@ def iterative_prune(model: nn.Module, target: MagnitudeTarget | StructuredTarget
                        distance=target.distance(model_vector(model, space)))
 
         stats = train(model, ds, epochs=per_round / len(ds), batch_size=batch_size, lr=lr, seed=seed + r,
-                      mask=current.mask, device=device, max_passes=per_round, on_step=on_step)
+                      mask=current.mask, device=device, max_passes=per_round, on_step=on_step, optimizer=optimizer)
         done_steps += steps_per_round
         done_passes += stats.sample_passes
     if record:
@@ -93,16 +185,37 @@ def iterative_prune(model: nn.Module, target: MagnitudeTarget | StructuredTarget
     return current
 
 
-def run_prune_finetune(task: PeerTask) -> None:
-    """``--method prune-finetune``: ``--finetune-epochs`` of masked SGD after one-shot pruning."""
+def _training(task: PeerTask) -> dict:
     o = task.options
-    prune_finetune(task.model, task.target, task.data, task.passes(o.finetune_epochs), batch_size=o.batch_size,
-                   lr=o.lr, seed=o.seed, device=task.device, record=task.record, records=task.records)
+    return dict(batch_size=o.batch_size, lr=o.lr, seed=o.seed, device=task.device, record=task.record,
+                records=task.records, optimizer=getattr(o.optimizer, "value", o.optimizer))
+
+
+def run_prune_finetune(task: PeerTask) -> None:
+    """``--method prune-finetune``: ``--finetune-epochs`` of masked training after one-shot pruning."""
+    prune_finetune(task.model, task.target, task.data, task.passes(task.options.finetune_epochs), **_training(task))
+
+
+def run_obd(task: PeerTask) -> None:
+    """``--method obd``: the job ranked the weights by saliency (``--criterion saliency``); its passes count."""
+    prune_finetune(task.model, task.target, task.data, task.passes(task.options.finetune_epochs),
+                   spent=task.spent, **_training(task))
+
+
+def run_distill(task: PeerTask) -> None:
+    """``--method distill``: one-shot pruning, then ``--finetune-epochs`` of distillation (labels unused)."""
+    prune_finetune(task.model, task.target, task.data, task.passes(task.options.finetune_epochs),
+                   temperature=task.options.temperature, **_training(task))
+
+
+def run_gradual(task: PeerTask) -> HyperplaneTarget:
+    """``--method gradual``: ``--finetune-epochs`` of training while the sparsity grows; returns the masks reached."""
+    return gradual_prune(task.model, task.target, task.data, task.passes(task.options.finetune_epochs),
+                         prune_until=task.options.prune_until, **_training(task))
 
 
 def run_iterative_prune(task: PeerTask) -> HyperplaneTarget:
     """``--method iterative-prune``: ``--rounds`` rounds sharing ``--finetune-epochs``; returns the masks reached."""
     o = task.options
     return iterative_prune(task.model, task.target, task.data, task.passes(o.finetune_epochs), rounds=o.rounds,
-                           batch_size=o.batch_size, lr=o.lr, seed=o.seed, device=task.device, record=task.record,
-                           records=task.records)
+                           **_training(task))

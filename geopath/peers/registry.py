@@ -66,7 +66,22 @@ class Peer:
 
 # --------------------------------------------------------------------------- options
 
-LR = Option("lr", float, 0.05, "Learning rate (SGD, momentum 0.9, cosine decay).", above=0)
+class Optimizer(str, Enum):
+    """The optimizer of a training peer."""
+
+    SGD = "sgd"
+    """SGD with momentum 0.9."""
+    ADAM = "adam"
+    """Adam (pass a smaller --lr, e.g. 0.001)."""
+
+
+LR = Option("lr", float, 0.05, "Learning rate (cosine decay to zero).", above=0)
+OPTIMIZER = Option("optimizer", Optimizer, Optimizer.SGD, "Optimizer: sgd (momentum 0.9) or adam.")
+TEMPERATURE = Option("temperature", float, 2.0, "Distillation temperature T of the loss T²·KL(p_T(teacher) ‖ "
+                                                 "p_T(student)).", above=0)
+PRUNE_UNTIL = Option("prune_until", float, 0.75, "Fraction of the budget over which the sparsity grows (cubic "
+                                                 "schedule); the rest fine-tunes at the final sparsity.",
+                     above=0)
 FINETUNE_EPOCHS = Option("finetune_epochs", float, 5.0, "Epochs of fine-tuning.", at_least=0,
                          default_help="5; the bench gives geopath's passes")
 ROUNDS = Option("rounds", int, 5, "Pruning rounds (sparsity grows geometrically).", at_least=1)
@@ -80,17 +95,32 @@ BEZIER_EPOCHS = Option("epochs", float, 5.0, "Epochs of training the curve's mid
 def _no_dynamic_mask(cfg) -> None:
     dynamic = getattr(cfg, "mask", None) is not None and getattr(cfg.mask, "value", cfg.mask) == "dynamic"
     if dynamic and not getattr(cfg, "structured", None):  # (a structured target has no magnitude mask)
-        raise UsageError("--method iterative-prune chooses its own masks; it does not take --mask dynamic")
+        method = getattr(cfg.method, "value", cfg.method)
+        raise UsageError(f"--method {method} chooses its own masks; it does not take --mask dynamic")
+
+
+def _unstructured(cfg) -> None:
+    if getattr(cfg, "structured", None):
+        raise UsageError("--method obd ranks single weights; it does not take --structured")
 
 
 # --------------------------------------------------------------------------- the peers
 
 PEERS: tuple[Peer, ...] = (
-    Peer("sparsify", "prune-finetune", "One-shot magnitude pruning, then masked SGD fine-tuning.",
-         "Han et al. 2015", "geopath.peers.pruning:run_prune_finetune", (FINETUNE_EPOCHS, LR)),
+    Peer("sparsify", "prune-finetune", "One-shot magnitude pruning, then masked fine-tuning on the labels.",
+         "Han et al. 2015", "geopath.peers.pruning:run_prune_finetune", (FINETUNE_EPOCHS, LR, OPTIMIZER)),
     Peer("sparsify", "iterative-prune", "Prune a little, fine-tune, repeat (iterative prune-and-retrain).",
          "Han et al. 2015; Frankle & Carbin 2019", "geopath.peers.pruning:run_iterative_prune",
-         (FINETUNE_EPOCHS, ROUNDS, LR), check=_no_dynamic_mask),
+         (FINETUNE_EPOCHS, ROUNDS, LR, OPTIMIZER), check=_no_dynamic_mask),
+    Peer("sparsify", "gradual", "Gradual magnitude pruning: the sparsity grows on a cubic schedule during training.",
+         "Zhu & Gupta 2018", "geopath.peers.pruning:run_gradual", (FINETUNE_EPOCHS, PRUNE_UNTIL, LR, OPTIMIZER),
+         check=_no_dynamic_mask),
+    Peer("sparsify", "distill", "One-shot magnitude pruning, then masked distillation from the dense network's "
+         "outputs on the inputs alone (no labels).", "Hinton et al. 2015; Sanh et al. 2020",
+         "geopath.peers.pruning:run_distill", (FINETUNE_EPOCHS, TEMPERATURE, LR, OPTIMIZER)),
+    Peer("sparsify", "obd", "One-shot pruning by the saliency w²·[g]_qq (the metric's diagonal), then masked "
+         "fine-tuning on the labels (--finetune-epochs 0: one-shot).", "LeCun et al. 1990; Singh & Alistarh 2020",
+         "geopath.peers.pruning:run_obd", (FINETUNE_EPOCHS, LR, OPTIMIZER), check=_unstructured),
     Peer("merge", "average", "Weight averaging (1 − α) w_A + α w_B over a sweep of α.",
          "Wortsman et al. 2022", "geopath.peers.averaging:run_average", (ALPHAS,)),
     Peer("merge", "fisher", "Fisher-weighted averaging (diagonal Fisher of each task) over a sweep of α.",

@@ -33,6 +33,7 @@ class PeerTask:
     model_a: nn.Module | None = None  # merge: both networks and task A's inputs (each task's Fisher)
     model_b: nn.Module | None = None
     data_a: Dataset | None = None
+    spent: int = 0  # sample passes the job spent before the peer runs (sparsify: ranking the weights)
 
     def passes(self, epochs: float, data: Dataset | None = None) -> int:
         """A budget of ``epochs`` over ``data`` (default: the training inputs) in sample passes."""

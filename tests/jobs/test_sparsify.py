@@ -22,11 +22,15 @@ from .._helpers import DATA_ROOT, FAST, ROOT, SAMPLE, geopath, needs_mnist
 
 pytestmark = needs_mnist
 
+# the path engine alone (a magnitude mask the tests can rebuild, geodesic settle steps); the defaults
+# (saliency mask, settle by fine-tuning) have their own tests below
+ENGINE = ["--criterion", "magnitude", "--settle", "geodesic"]
+
 
 @pytest.fixture(scope="module")
 def run70(tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "out"
-    proc = geopath("sparsify", SAMPLE, "-o", out, "--sparsity", "0.7", *FAST, "--json")
+    proc = geopath("sparsify", SAMPLE, "-o", out, "--sparsity", "0.7", *FAST, *ENGINE, "--json")
     assert proc.returncode == 0, proc.stderr
     return out, [json.loads(l) for l in proc.stdout.splitlines()]
 
@@ -96,7 +100,7 @@ def test_resume_after_interrupt_matches_uninterrupted(run70, tmp_path):
     full_out, _ = run70
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "geopath", "sparsify", str(SAMPLE), "-o", str(out), "--sparsity", "0.7",
-           *FAST, "--json"]
+           *FAST, *ENGINE, "--json"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     seen = 0
     for line in proc.stdout:  # wait for the row of step 2, then interrupt
@@ -153,3 +157,45 @@ def test_every_saved_network_has_fresh_batchnorm_statistics(tmp_path):
         _assert_fresh_bn(out / r["checkpoint"], bn_data, [ts])
         net = load_checkpoint(out / r["checkpoint"], trust_code=True).model
         assert evaluate(net, test).accuracy == pytest.approx(float(r["test_accuracy"]), abs=1e-12)
+
+
+def test_defaults_rank_by_saliency_and_settle_by_finetuning(tmp_path):
+    out = tmp_path / "out"
+    proc = geopath("sparsify", SAMPLE, "-o", out, "--sparsity", "0.9", *FAST, "--settle-epochs", "0.5", "--json")
+    assert proc.returncode == 0, proc.stderr
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["criterion"] == "saliency" and cfg["settle"] == "finetune"  # resolved and recorded
+    rows = [json.loads(l) for l in (out / "trace.jsonl").read_text().splitlines()]
+    landed = [r for r in rows if r["checkpoint"] == "steps/landed.safetensors"]
+    assert len(landed) == 1 and landed[0]["t"] == 1.0
+    after = rows[rows.index(landed[0]):]
+    assert [r["step"] for r in after] == sorted(r["step"] for r in after)
+    assert all(r["distance"] == 0.0 and r["landed_at"] == landed[0]["landed_at"] for r in after)
+    # the settle phase spends --settle-epochs of the 2000 metric inputs (SGD steps of 64)
+    spent = after[-1]["sample_passes"] - landed[0]["sample_passes"]
+    assert spent == (int(0.5 * 2000) // 64) * 64
+    assert rows[0]["sample_passes"] == 1024  # the saliency estimate is paid for up front
+    # the mask of the landed network is the final network's: fine-tuning never revives a weight
+    landed_w, _ = read_tensors(out / "steps" / "landed.safetensors")
+    final_w, _ = read_tensors(out / "final.safetensors")
+    for name in prunable_parameters(load_checkpoint(SAMPLE).model):
+        assert torch.equal(landed_w[name] == 0, final_w[name] == 0)
+        assert not torch.equal(landed_w[name], final_w[name])  # and it did train
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["sparsity"] == pytest.approx(0.9, abs=1e-4)
+    assert summary["target"]["criterion"] == "saliency"
+
+
+def test_peers_rank_by_magnitude_unless_obd(tmp_path):
+    common = [SAMPLE, "--sparsity", "0.9", *FAST, "--finetune-epochs", "0"]
+    geopath("sparsify", *common, "-o", tmp_path / "pf", "--method", "prune-finetune", check=True)
+    geopath("sparsify", *common, "-o", tmp_path / "obd", "--method", "obd", check=True)
+    pf = yaml.safe_load((tmp_path / "pf" / "config.yaml").read_text())
+    obd = yaml.safe_load((tmp_path / "obd" / "config.yaml").read_text())
+    assert pf["criterion"] == "magnitude" and obd["criterion"] == "saliency"
+    a, _ = read_tensors(tmp_path / "pf" / "final.safetensors")
+    b, _ = read_tensors(tmp_path / "obd" / "final.safetensors")
+    assert not torch.equal(a["layers.0.weight"] == 0, b["layers.0.weight"] == 0)  # different weights went
+    refused = geopath("sparsify", SAMPLE, "-o", tmp_path / "s", "--method", "obd", "--structured", "layers.0:10",
+                      *FAST)
+    assert refused.returncode == 2 and "does not take --structured" in refused.stderr

@@ -526,3 +526,85 @@ def test_ewc_distance_is_nan_without_w_b():
     baselines.ewc(model, w_a, torch.ones_like(w_a), _data(16), sample_passes=16, lam=1.0, batch_size=8, record=rec)
     assert all(math.isnan(c["distance"]) for c in rec.calls)
     assert rec.calls[0]["passes"] == 0.0 and rec.calls[-1]["passes"] == 16
+
+
+# --------------------------------------------------------------------------- gradual, distill (issue 19)
+
+
+def test_cubic_schedule_is_zhu_and_gupta():
+    assert pruning.cubic_sparsity(0.9, 0.0) == 0.0
+    assert pruning.cubic_sparsity(0.9, 1.0) == pytest.approx(0.9)
+    assert pruning.cubic_sparsity(0.9, 0.5) == pytest.approx(0.9 * (1 - 0.5 ** 3))
+    assert pruning.cubic_sparsity(0.9, 2.0) == pytest.approx(0.9)  # held at the end
+
+
+def test_gradual_prune_grows_nested_masks_to_the_target():
+    model, ds = _mlp(hidden=(16,)), _data(n=256)
+    space = ParamSpace.of(model)
+    target = MagnitudeTarget(space, _vec(model), 0.8, prunable_parameters(model))
+    rec = Recorder()
+    masks = []
+    original = pruning.train
+
+    def spy(*args, remask=None, **kw):
+        def watching(step):
+            m = remask(step)
+            if m is not None:
+                masks.append(m.clone())
+            return m
+        return original(*args, remask=watching, **kw)
+
+    pruning.train = spy
+    try:
+        final = pruning.gradual_prune(model, target, ds, 256 * 8, batch_size=32, lr=0.05, record=rec)
+    finally:
+        pruning.train = original
+    w = _vec(model)
+    sizes = [int(m.sum()) for m in masks]
+    assert sizes[0] == 0 and sizes == sorted(sizes) and len(sizes) > 5  # a schedule, growing
+    assert sizes[-1] == int(final.mask.sum()) == int(target.mask.sum())  # ends at the target's sparsity
+    for a, b in zip(masks, masks[1:]):
+        assert bool((a <= b).all())  # nested: a pruned weight stays pruned
+    assert bool((w[final.mask] == 0).all())
+    assert rec.calls[-1]["final"] and rec.calls[-1]["passes"] == 256 * 8
+
+
+def test_distillation_ignores_labels_and_is_zero_at_the_teacher():
+    teacher, ds = _mlp(), _data()
+    loss = pruning.distillation_loss(teacher, 2.0)
+    with torch.no_grad():
+        z = teacher(ds.x)
+    assert float(loss(z, ds.x, ds.y)) == pytest.approx(0.0, abs=1e-12)
+    assert float(loss(z + torch.randn_like(z), ds.x, ds.y)) > 0
+    # the peer never reads the labels: shuffled labels give the same network
+    results = []
+    for labels in (ds.y, ds.y[torch.randperm(len(ds.y), generator=torch.Generator().manual_seed(0))]):
+        model = _mlp()
+        space = ParamSpace.of(model)
+        target = MagnitudeTarget(space, _vec(model), 0.5, prunable_parameters(model))
+        pruning.prune_finetune(model, target, Dataset(ds.x, labels, "toy", "train"), 200, batch_size=16,
+                               temperature=2.0)
+        results.append(_vec(model))
+    torch.testing.assert_close(results[0], results[1])
+
+
+def test_distillation_pays_the_teacher_forward_pass():
+    model, ds = _mlp(), _data(n=64)
+    space = ParamSpace.of(model)
+    target = MagnitudeTarget(space, _vec(model), 0.5, prunable_parameters(model))
+    rec = Recorder()
+    stats = pruning.prune_finetune(model, target, ds, 640, batch_size=16, temperature=2.0, record=rec)
+    assert stats.sample_passes == 480  # 640 / (1 + 1/3) sample passes of training
+    assert rec.calls[-1]["passes"] == pytest.approx(640)
+
+
+def test_adam_and_a_custom_loss_reach_train():
+    model, ds = _mlp(), _data()
+    before = _vec(model).clone()
+    with pytest.raises(ValueError, match="optimizer"):
+        train(model, ds, epochs=1, optimizer="lbfgs")
+    train(model, ds, epochs=1, batch_size=16, lr=1e-3, optimizer="adam", loss_fn=lambda z, x, y: z.pow(2).mean())
+    after = _vec(model)
+    assert not torch.equal(before, after)
+    with torch.no_grad():  # the custom loss (outputs toward zero) was the one minimised
+        assert float(model(ds.x).pow(2).mean()) < float(_mlp()(ds.x).pow(2).mean())

@@ -54,8 +54,11 @@ def test_each_peer_option_is_one_field_with_its_declared_default(job):
 
 
 def test_shared_options_are_declared_once():
-    assert [o.name for o in registry.options_of("sparsify")] == ["finetune_epochs", "lr", "rounds"]
-    assert registry.users_of("sparsify", "finetune_epochs") == ["prune-finetune", "iterative-prune"]
+    assert [o.name for o in registry.options_of("sparsify")] == ["finetune_epochs", "lr", "optimizer", "rounds",
+                                                                 "prune_until", "temperature"]
+    assert registry.users_of("sparsify", "finetune_epochs") == ["prune-finetune", "iterative-prune", "gradual",
+                                                                "distill", "obd"]
+    assert registry.users_of("sparsify", "temperature") == ["distill"]
     assert registry.users_of("merge", "fisher_samples") == ["fisher", "ewc"]
     assert registry.options_of("transition") == []
 

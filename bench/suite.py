@@ -1,0 +1,231 @@
+"""The sparsify suite: the geodesic against every pruning peer, on networks it was not tuned on.
+
+    python bench/suite.py [--quick] [--cases NAME ...] [--budgets 1 2 5] [--seeds 0 1 2]
+
+Every method runs on the same network, data and budget of forward+backward sample passes
+(docs/method.md): the geodesic first (CLI defaults; the only rule that depends on the budget
+``B`` epochs is ``--steps 5·B --settle-epochs 0.75·B``), then every peer given exactly the passes the
+geodesic spent. Peers are tuned fairly: each runs over a small grid (SGD lr 0.05 and 0.01, Adam lr
+0.001) and its best test accuracy is reported (chosen on the test set: generous to the peers).
+Networks: the shipped MNIST and Fashion-MNIST MLPs, the MLPs of ``bench/train_mlps.py`` (Adam on
+[0, 1] inputs, plain SGD without normalisation, a wide 784-1000-1000-10) and a LeNet-5 trained here.
+
+The bar (issue 19): at the largest budget the geodesic is ≥ the best peer in every case (a
+shortfall within the larger seed spread is a tie) and ahead of the best peer on the suite mean.
+A label-free table follows: only N unlabeled inputs, geodesic (``--settle distill``) against
+prune + distillation and one-shot saliency pruning.
+
+Writes docs/bench_suite.{json,md} (``--quick``: docs/bench_suite_quick.*: one seed, budget 5,
+three networks, SGD lr 0.05 only; a smoke run, not a result); prints the table and a one-line
+summary; exits 3 when the bar is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from _common import ROOT, machine  # noqa: E402 (bench/ is on sys.path when run as a script)
+
+sys.path.insert(0, str(ROOT))
+
+import train_mlps  # noqa: E402
+
+from geopath.config import SparsifyConfig  # noqa: E402
+from geopath.jobs.checkpoints import train_checkpoint  # noqa: E402
+from geopath.jobs.sparsify import run_sparsify  # noqa: E402
+
+SHIPPED = ROOT / "sample_checkpoints"
+WORK = ROOT / "bench" / "_work" / "suite"
+# case: (network, sparsity)
+CASES = {
+    "mnist_mlp_90": ("mlp_mnist", 0.90),
+    "mnist_mlp_95": ("mlp_mnist", 0.95),
+    "mnist_mlp_98": ("mlp_mnist", 0.98),
+    "fmnist_mlp_90": ("mlp_fashion_mnist", 0.90),
+    "fmnist_mlp_95": ("mlp_fashion_mnist", 0.95),
+    "fmnist_adam_90": ("fmnist_adam", 0.90),
+    "fmnist_adam_95": ("fmnist_adam", 0.95),
+    "mnist_sgd_raw_90": ("mnist_sgd_raw", 0.90),
+    "mnist_wide_95": ("mnist_wide", 0.95),
+    "lenet5_95": ("lenet5", 0.95),
+}
+QUICK_CASES = ["mnist_mlp_90", "fmnist_adam_90", "mnist_sgd_raw_90"]
+PEERS = ["prune-finetune", "gradual", "iterative-prune", "distill", "obd"]
+GRID = [("sgd", 0.05), ("sgd", 0.01), ("adam", 0.001)]
+LABEL_FREE_CASES = ["mnist_mlp_90", "fmnist_adam_90"]
+
+
+def network(name: str, data_root: str) -> Path:
+    """The checkpoint of ``name``: shipped, made by bench/train_mlps.py, or trained here (LeNet-5)."""
+    if (SHIPPED / f"{name}.safetensors").exists():
+        return SHIPPED / f"{name}.safetensors"
+    if name in train_mlps.RECIPES:
+        return train_mlps.ensure([name], data_root=data_root)[name]
+    path = WORK / "nets" / f"{name}.safetensors"
+    if not path.exists():  # LeNet-5 on MNIST: geopath train's recipe, 3 epochs (about 2 CPU minutes)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        print(json.dumps(train_checkpoint(path, arch="lenet5", data="mnist", data_root=data_root, epochs=3)))
+    return path
+
+
+def run(ckpt: Path, out: Path, data_root: str, **options) -> dict:
+    shutil.rmtree(out, ignore_errors=True)
+    cfg = SparsifyConfig(checkpoint=str(ckpt), out=str(out), data_root=data_root, save_every=1000,
+                         train_eval_size=0, **options).validate()
+    t0 = time.perf_counter()
+    s = run_sparsify(cfg)
+    return {"accuracy": s["test_accuracy"], "passes": s["sample_passes"], "epochs": s["epochs"],
+            "seconds": time.perf_counter() - t0, "dense": s["dense_test_accuracy"]}
+
+
+def geodesic_options(budget: float) -> dict:
+    """The one budget rule: approach steps and settle epochs scale with the budget."""
+    return {"steps": max(5, int(round(5 * budget))), "settle_epochs": 0.75 * budget}
+
+
+def best_peer(ckpt, out, data_root, method, sparsity, epochs, seed, grid, **extra) -> dict:
+    best = None
+    for opt, lr in grid:
+        r = run(ckpt, out / f"{method}_{opt}_{lr:g}", data_root, method=method, sparsity=sparsity,
+                finetune_epochs=epochs, optimizer=opt, lr=lr, seed=seed, **extra)
+        r["grid"] = f"{opt} {lr:g}"
+        if best is None or r["accuracy"] > best["accuracy"]:
+            best = r
+    return best
+
+
+def spread(xs: list[float]) -> float:
+    return max(xs) - min(xs) if len(xs) > 1 else 0.0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
+    ap.add_argument("--docs", default=str(ROOT / "docs"))
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--cases", nargs="+", choices=sorted(CASES))
+    ap.add_argument("--budgets", type=float, nargs="+")
+    ap.add_argument("--seeds", type=int, nargs="+")
+    ap.add_argument("--label-free", type=int, nargs="*", help="N unlabeled inputs (default 1000 10000; none: skip)")
+    args = ap.parse_args()
+    cases = args.cases or (QUICK_CASES if args.quick else list(CASES))
+    budgets = args.budgets or ([5.0] if args.quick else [1.0, 2.0, 5.0])
+    seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
+    grid = GRID[:1] if args.quick else GRID
+    label_free = args.label_free if args.label_free is not None else ([1000] if args.quick else [1000, 10000])
+
+    rows = []
+    for case in cases:
+        net, sparsity = CASES[case]
+        ckpt = network(net, args.data_root)
+        for budget in budgets:
+            per_method: dict[str, list[dict]] = {}
+            for seed in seeds:
+                out = WORK / case / f"b{budget:g}_s{seed}"
+                geo = run(ckpt, out / "geodesic", args.data_root, sparsity=sparsity, seed=seed,
+                          **geodesic_options(budget))
+                per_method.setdefault("geodesic", []).append(geo)
+                epochs = geo["epochs"]  # every peer gets the geodesic's passes
+                per_method.setdefault("one-shot", []).append(
+                    run(ckpt, out / "oneshot", args.data_root, method="prune-finetune", sparsity=sparsity,
+                        finetune_epochs=0, seed=seed))
+                for method in PEERS:
+                    per_method.setdefault(method, []).append(
+                        best_peer(ckpt, out, args.data_root, method, sparsity, epochs, seed, grid))
+            row = {"case": case, "budget": budget, "sparsity": sparsity, "dense": per_method["geodesic"][0]["dense"],
+                   "methods": {m: {"mean": statistics.mean(r["accuracy"] for r in rs),
+                                   "spread": spread([r["accuracy"] for r in rs]),
+                                   "epochs": statistics.mean(r["epochs"] for r in rs),
+                                   "seconds": statistics.mean(r["seconds"] for r in rs),
+                                   "grid": [r.get("grid") for r in rs]} for m, rs in per_method.items()}}
+            rows.append(row)
+            print(json.dumps({"case": case, "budget": budget,
+                              **{m: round(v["mean"], 4) for m, v in row["methods"].items()}}), flush=True)
+
+    free_rows = []
+    for case in (LABEL_FREE_CASES if label_free else []):
+        if case not in CASES:
+            continue
+        net, sparsity = CASES[case]
+        ckpt = network(net, args.data_root)
+        for n in label_free:
+            out = WORK / case / f"labelfree_{n}"
+            geo = run(ckpt, out / "geodesic", args.data_root, sparsity=sparsity, settle="distill", metric_size=n,
+                      **geodesic_options(5.0 if n >= 5000 else 2.0))
+            dist = best_peer(ckpt, out, args.data_root, "distill", sparsity, geo["epochs"], 0, grid, metric_size=n)
+            obd = run(ckpt, out / "obd", args.data_root, method="obd", sparsity=sparsity, finetune_epochs=0,
+                      metric_size=n)
+            free_rows.append({"case": case, "inputs": n, "geodesic": geo["accuracy"], "distill": dist["accuracy"],
+                              "obd_one_shot": obd["accuracy"], "epochs": geo["epochs"], "dense": geo["dense"]})
+            print(json.dumps(free_rows[-1]), flush=True)
+
+    # the bar: at the largest budget, geodesic >= best peer (within the larger seed spread) everywhere; ahead on mean
+    top = max(budgets)
+    checks, gaps = [], []
+    for r in rows:
+        if r["budget"] != top:
+            continue
+        peers = {m: v for m, v in r["methods"].items() if m != "geodesic"}
+        best = max(peers, key=lambda m: peers[m]["mean"])
+        geo = r["methods"]["geodesic"]
+        tie = max(geo["spread"], peers[best]["spread"])
+        gap = geo["mean"] - peers[best]["mean"]
+        gaps.append(gap)
+        checks.append((f"{r['case']}: geodesic {geo['mean']:.2%} vs {best} {peers[best]['mean']:.2%}",
+                       gap >= -tie - 1e-12))
+    if gaps:
+        checks.append((f"suite mean: geodesic ahead of the best peer by {statistics.mean(gaps) * 100:+.2f} points",
+                       statistics.mean(gaps) > 0))
+
+    stem = "bench_suite_quick" if args.quick else "bench_suite"
+    host = machine()
+    docs = Path(args.docs)
+    docs.mkdir(exist_ok=True)
+    (docs / f"{stem}.json").write_text(json.dumps({"machine": host, "seeds": seeds, "budgets": budgets,
+                                                   "grid": grid, "results": rows, "label_free": free_rows,
+                                                   "checks": dict(checks)}, indent=2) + "\n")
+    methods = ["geodesic", "one-shot"] + PEERS
+    lines = [f"# Sparsify suite{' (quick: a smoke run, not a result)' if args.quick else ''}", "",
+             f"Produced by `python bench/suite.py{' --quick' if args.quick else ''}` on {host}. Test accuracy "
+             f"(mean over seeds {seeds}, ± the spread max − min); every peer gets the geodesic's sample passes "
+             "and reports the best of its grid "
+             f"({', '.join(f'{o} lr {lr:g}' for o, lr in grid)}).", "",
+             "| case | budget (epochs) | dense | " + " | ".join(methods) + " | geodesic s | best peer s |",
+             "|---|---:|---:|" + "---:|" * len(methods) + "---:|---:|"]
+    for r in rows:
+        ms = r["methods"]
+        peers = {m: v for m, v in ms.items() if m != "geodesic"}
+        best = max(peers, key=lambda m: peers[m]["mean"])
+        cells = []
+        for m in methods:
+            v = ms[m]
+            cell = f"{v['mean']:.2%}" + (f" ±{v['spread'] * 100:.2f}" if len(seeds) > 1 else "")
+            cells.append(f"**{cell}**" if m == best or (m == "geodesic" and v["mean"] >= peers[best]["mean"])
+                         else cell)
+        lines.append(f"| {r['case']} | {ms['geodesic']['epochs']:.2f} | {r['dense']:.2%} | " + " | ".join(cells)
+                     + f" | {ms['geodesic']['seconds']:.0f} | {peers[best]['seconds']:.0f} |")
+    if free_rows:
+        lines += ["", "## Label-free: N unlabeled inputs", "",
+                  "| case | inputs | dense | geodesic (settle distill) | prune + distill | one-shot saliency | epochs |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for r in free_rows:
+            lines.append(f"| {r['case']} | {r['inputs']:,} | {r['dense']:.2%} | {r['geodesic']:.2%} | "
+                         f"{r['distill']:.2%} | {r['obd_one_shot']:.2%} | {r['epochs']:.2f} |")
+    lines += ["", "Checks against the bar of issue 19:", ""]
+    lines += [f"- {'PASS' if ok else 'MISS'} — {name}" for name, ok in checks]
+    (docs / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    missed = [n for n, ok in checks if not ok]
+    print(f"suite: {len(checks) - len(missed)}/{len(checks)} checks passed" + (f"; missed: {'; '.join(missed)}"
+                                                                              if missed else ""))
+    return 3 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
