@@ -26,8 +26,8 @@ from geopath.io.checkpoint import save_checkpoint  # noqa: E402
 from geopath.jobs.export import export  # noqa: E402
 from geopath.jobs.sparsify import run_sparsify  # noqa: E402
 
-SHORT = {"steps": 2, "max_steps": 2, "settle_steps": 1, "batch_size": 32, "metric_size": 512, "eval_size": 512,
-         "bn_samples": 256, "cg_iters": 2, "train_eval_size": 0, "save_every": 10}
+SHORT = {"steps": 2, "max_steps": 2, "settle_steps": 1, "settle": "geodesic", "batch_size": 32, "metric_size": 512,
+         "eval_size": 512, "bn_samples": 256, "cg_iters": 2, "train_eval_size": 0, "save_every": 10}
 
 
 def case(name, checkpoint, structured, work, data_root):

@@ -50,7 +50,7 @@ def main() -> int:
         runs.append(out)
         shutil.rmtree(out, ignore_errors=True)
         cfg = SparsifyConfig(checkpoint=str(CKPT), out=str(out), data="mnist", data_root=args.data_root,
-                             sparsity=s, save_every=25).validate()
+                             sparsity=s, save_every=25, criterion="magnitude", settle="geodesic").validate()
         t0 = time.perf_counter()
         summary = run_sparsify(cfg)
         geo_time = time.perf_counter() - t0

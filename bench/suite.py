@@ -12,8 +12,9 @@ Networks: the shipped MNIST and Fashion-MNIST MLPs, the MLPs of ``bench/train_ml
 
 The bar (issue 19): at the largest budget the geodesic is ≥ the best peer in every case (a
 shortfall within the larger seed spread is a tie) and ahead of the best peer on the suite mean.
-A label-free table follows: only N unlabeled inputs, geodesic (``--settle distill``) against
-prune + distillation and one-shot saliency pruning.
+A label-free table follows: only N unlabeled inputs, geodesic (``--settle distill``, ``--steps 10``,
+settling for 3/4 of 120,000 sample passes) against prune + distillation (the geodesic's passes) and
+one-shot saliency pruning.
 
 Writes docs/bench_suite.{json,md} (``--quick``: docs/bench_suite_quick.*: one seed, budget 5,
 three networks, SGD lr 0.05 only; a smoke run, not a result); prints the table and a one-line
@@ -59,6 +60,7 @@ QUICK_CASES = ["mnist_mlp_90", "fmnist_adam_90", "mnist_sgd_raw_90"]
 PEERS = ["prune-finetune", "gradual", "iterative-prune", "distill", "obd"]
 GRID = [("sgd", 0.05), ("sgd", 0.01), ("adam", 0.001)]
 LABEL_FREE_CASES = ["mnist_mlp_90", "fmnist_adam_90"]
+LABEL_FREE_PASSES = 120_000  # two epochs of the 60,000 training images, in passes over the N inputs
 
 
 def network(name: str, data_root: str) -> Path:
@@ -156,8 +158,9 @@ def main() -> int:
         ckpt = network(net, args.data_root)
         for n in label_free:
             out = WORK / case / f"labelfree_{n}"
+            # the budget: LABEL_FREE_PASSES sample passes whatever N (the approach's steps are fixed)
             geo = run(ckpt, out / "geodesic", args.data_root, sparsity=sparsity, settle="distill", metric_size=n,
-                      **geodesic_options(5.0 if n >= 5000 else 2.0))
+                      steps=10, settle_epochs=0.75 * LABEL_FREE_PASSES / n)
             dist = best_peer(ckpt, out, args.data_root, "distill", sparsity, geo["epochs"], 0, grid, metric_size=n)
             obd = run(ckpt, out / "obd", args.data_root, method="obd", sparsity=sparsity, finetune_epochs=0,
                       metric_size=n)

@@ -177,8 +177,11 @@ class CommonOptions:
 
     def __post_init__(self):  # library callers may pass plain strings for choices
         for name, tp in typing.get_type_hints(type(self)).items():
-            if isinstance(tp, type) and issubclass(tp, Enum) and not isinstance(getattr(self, name), tp):
-                object.__setattr__(self, name, _coerce(name, tp, getattr(self, name)))
+            value = getattr(self, name)
+            if value is not None and type(None) in typing.get_args(tp):  # Choice | None
+                tp = next(a for a in typing.get_args(tp) if a is not type(None))
+            if isinstance(tp, type) and issubclass(tp, Enum) and not isinstance(value, tp):
+                object.__setattr__(self, name, _coerce(name, tp, value))
 
     def validate(self):
         if not self.out:

@@ -29,6 +29,7 @@ ZOO = {
     "lenet5": ("lenet5", {}, "mnist", (1, 28, 28)),
     "vgg11": ("vgg11", {"width": 0.125}, "cifar10", (3, 32, 32)),
     "resnet18": ("torchvision:resnet18", {"num_classes": 10}, "cifar10", (3, 32, 32)),
+    "resnet20": ("resnet20", {"width": 0.5}, "cifar10", (3, 32, 32)),
     "mobilenet_v3_small": ("torchvision:mobilenet_v3_small", {"num_classes": 10}, "cifar10", (3, 32, 32)),
     "vit_mha": ("tests/zoo.py:vit_mha", {}, "mnist", (1, 28, 28)),
     "vit_sdpa": ("tests/zoo.py:vit_sdpa", {}, "mnist", (1, 28, 28)),
@@ -116,11 +117,12 @@ def test_a_short_sparsify_run_through_the_command_line(name, tmp_path, tokens):
     out = tmp_path / "out"
     proc = cli("sparsify", ck, "-o", out, "--arch", arch, "--arch-kwargs", json.dumps(kwargs), "--data", data,
                    "--data-root", DATA_ROOT, "--sparsity", "0.5", "--steps", "2", "--max-steps", "2",
-                   "--settle-steps", "1", "--batch-size", "16", "--metric-size", "64", "--eval-size", "64",
-                   "--bn-samples", "64", "--train-eval-size", "0", "--cg-iters", "2", "--save-every", "1", "--json")
+                   "--settle-steps", "1", "--settle", "geodesic", "--batch-size", "16", "--metric-size", "64",
+                   "--eval-size", "64", "--bn-samples", "64", "--train-eval-size", "0", "--cg-iters", "2",
+                   "--save-every", "1", "--saliency-samples", "32", "--json")
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout.splitlines()[-1])
-    assert summary["sparsity"] == pytest.approx(0.5, abs=1e-3) and summary["step"] == 3
+    assert summary["sparsity"] == pytest.approx(0.5, abs=1e-3) and summary["step"] <= 3  # approach ≤ 2, settle 1
     assert 0 <= summary["test_accuracy"] <= 1
     assert (out / "final.safetensors").is_file()
 

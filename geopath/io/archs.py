@@ -1,7 +1,8 @@
 """Architectures by name.
 
 * built-in: ``mlp``, ``lenet5``, ``vgg11`` (the CIFAR variant: 3×3 convs, BatchNorm,
-  one linear classifier on 512 features);
+  one linear classifier on 512 features), ``resnet20`` (He et al.'s CIFAR ResNet-20, 1×1 conv
+  shortcuts where the shape changes);
 * ``torchvision:NAME`` — any torchvision classification model (weights never downloaded);
 * ``package.module:NAME`` — an ``nn.Module`` class, or a function that returns a module, from
   an importable module (the current directory is importable);
@@ -98,7 +99,56 @@ class VGG11(nn.Module):
         return self.classifier(self.features(x).flatten(1))
 
 
-BUILTIN: dict[str, Callable[..., nn.Module]] = {"mlp": MLP, "lenet5": LeNet5, "vgg11": VGG11}
+class BasicBlock(nn.Module):
+    """Two 3×3 conv + BatchNorm layers with an identity shortcut, or a 1×1 conv + BatchNorm one where the
+    shape changes (He et al. 2016's option B)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class ResNetCifar(nn.Module):
+    """The CIFAR ResNet of He et al. 2016 (§4.2): a 3×3 conv of 16 filters, three stages of ``blocks`` basic
+    blocks (16, 32, 64 filters, times ``width``), global average pooling, one linear classifier.
+    ``blocks=3`` is ResNet-20 (0.27 M parameters)."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, blocks: int = 3, width: float = 1.0):
+        super().__init__()
+        widths = [max(1, int(round(c * width))) for c in (16, 32, 64)]
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        stages, c = [], widths[0]
+        for i, w in enumerate(widths):
+            layers = []
+            for b in range(blocks):
+                layers.append(BasicBlock(c, w, 2 if (b == 0 and i > 0) else 1))
+                c = w
+            stages.append(nn.Sequential(*layers))
+        self.layer1, self.layer2, self.layer3 = stages
+        self.fc = nn.Linear(c, num_classes)
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.layer3(self.layer2(self.layer1(out)))
+        return self.fc(out.mean(dim=(2, 3)))
+
+
+def resnet20(num_classes: int = 10, in_channels: int = 3, width: float = 1.0) -> ResNetCifar:
+    return ResNetCifar(num_classes, in_channels, blocks=3, width=width)
+
+
+BUILTIN: dict[str, Callable[..., nn.Module]] = {"mlp": MLP, "lenet5": LeNet5, "vgg11": VGG11, "resnet20": resnet20}
 
 
 def trusted(arch: str) -> bool:

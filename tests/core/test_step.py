@@ -177,3 +177,23 @@ def test_string_config_values_behave_like_enums(mlp_case):
     b = geodesic_step(model, space, w, [MetricBatch(chunks, z0)], target, str_cfg)
     assert b.drift == pytest.approx(a.drift, rel=1e-12)
     torch.testing.assert_close(b.theta, a.theta, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.5, 2.0])
+def test_start_plus_labels_anchor_adds_both_residuals(mlp_case, lam, dense_jacobian, dense_metric, dense_tr):
+    """``anchor=start+labels``: ``r = (z − z0) + λ (softmax(z) − onehot(y))`` (logits metric)."""
+    model, space, w, x, chunks, target = _setup(mlp_case)
+    z0_chunks = _perturbed_anchor_logits(model, space, w, chunks)
+    y = torch.arange(x.shape[0]) % 3
+    y_chunks = list(torch.split(y, [len(c) for c in chunks]))
+    cfg = _cfg(space.n, anchor=Anchor.START_LABELS, label_weight=lam, step_size=1e-2)
+    info = geodesic_step(model, space, w, [MetricBatch(chunks, z0_chunks, y_chunks)], target, cfg)
+    z, z0 = _eval_logits(model, x), torch.cat(z0_chunks)
+    r = (z - z0) + lam * (torch.softmax(z, -1) - torch.nn.functional.one_hot(y, 3).to(z.dtype))
+    J = dense_jacobian(model, space, w, x)
+    g = dense_metric(J, z, "logits")
+    b = cfg.beta * target.direction(w) - 2.0 * torch.einsum("nci,nc->i", J, r) / x.shape[0]
+    theta_ref, _ = dense_tr(2.0 * g, b, math.sqrt(cfg.step_size))
+    assert _rel(info.theta, theta_ref) <= 1e-6
+    ce = float(torch.nn.functional.cross_entropy(z, y))
+    assert info.drift == pytest.approx(float(((z - z0) ** 2).sum(-1).mean()) + lam * ce, rel=1e-10)
