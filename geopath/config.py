@@ -26,7 +26,7 @@ import yaml
 from geopath.errors import UsageError
 from geopath.io.preprocess import PREPROCESS_HELP, parse_image_size, parse_preprocess
 from geopath.peers import registry
-from geopath.core.choices import Anchor, BNStats, Combine, MaskScope, MetricKind, TRMethod
+from geopath.core.choices import Anchor, BNStats, Combine, JVPMode, MaskScope, MetricKind, TRMethod
 
 
 def opt(default, help: str, *, arg: bool = False, flag: str | None = None, short: str | None = None,
@@ -235,6 +235,8 @@ class WalkOptions(CommonOptions):
     bn_stats: BNStats = opt(BNStats.BATCH, "BatchNorm in metric products: the batch's own statistics (the function "
                                            "with fresh running statistics) or the stored running statistics.")
     bn_samples: int = opt(2000, "Samples used to re-estimate BatchNorm statistics at every evaluated network.")
+    jvp: JVPMode = opt(JVPMode.FORWARD, "How a metric product computes J u: forward-mode AD, or reverse: the "
+                                        "transpose of the step's cached VJP (checked against forward mode once).")
 
     ENDPOINTS_ANCHOR = False  # --anchor endpoints needs two endpoint networks (connect)
 

@@ -17,6 +17,16 @@ class MetricKind(str, Enum):
     """Softmax Fisher / GGN: ``Jᵀ(diag p − ppᵀ)J``."""
 
 
+class JVPMode(str, Enum):
+    """How a cached metric product computes ``J u``."""
+
+    FORWARD = "forward"
+    """Forward-mode AD (``torch.func.jvp``): redoes the forward pass alongside the tangent at every product."""
+    REVERSE = "reverse"
+    """Transpose the cached VJP (the VJP of ``c ↦ Jᵀc``): one extra backward graph per step, no forward pass
+    per product; needs twice-differentiable layers (falls back to ``forward`` otherwise)."""
+
+
 class BNStats(str, Enum):
     """Which statistics BatchNorm layers normalise with in metric products and anchors."""
 

@@ -26,6 +26,7 @@ updates buffers.
 
 from __future__ import annotations
 
+import weakref
 from contextlib import contextmanager
 from typing import Iterator, Sequence
 
@@ -36,7 +37,7 @@ from torch.func import functional_call, jvp, vjp
 from geopath.core import distributed
 from geopath.core.params import ParamSpace, buffers_of
 from geopath.core.operators import LinearOperator
-from geopath.core.choices import BNStats, MetricKind
+from geopath.core.choices import BNStats, JVPMode, MetricKind
 
 
 @contextmanager
@@ -119,6 +120,10 @@ def output_distance(kind: MetricKind, logits: torch.Tensor, reference_logits: to
     return 2 * (logp0.exp() * (logp0 - logp)).sum(-1).mean()
 
 
+# per network: whether reverse-mode J u agreed with forward mode (checked once per process)
+_REVERSE_CHECKED: "weakref.WeakKeyDictionary[nn.Module, bool]" = weakref.WeakKeyDictionary()
+
+
 class MetricOperator(LinearOperator):
     """``g(w)`` averaged over the samples of one or more micro-batches of inputs.
 
@@ -142,12 +147,15 @@ class MetricOperator(LinearOperator):
         bn_stats: BNStats | str = BNStats.BATCH,
         cache: bool = True,
         comm: distributed.Single | None = None,
+        jvp_mode: JVPMode | str = JVPMode.FORWARD,
     ):
         super().__init__(space.n, w.dtype, w.device)
         self.model, self.space = model, space
         self.kind = MetricKind(kind)
         self.bn_stats = BNStats(bn_stats)
         self.cache = cache
+        self.jvp_mode = JVPMode(jvp_mode) if cache else JVPMode.FORWARD
+        self._transposed: list = []  # per micro-batch: u ↦ J u, the VJP of the cached VJP (jvp_mode reverse)
         self.comm = comm or distributed.current()
         self.micro_batches = [x for x in ([inputs] if isinstance(inputs, torch.Tensor) else inputs) if len(x)]
         self.local_samples = sum(int(x.shape[0]) for x in self.micro_batches)
@@ -188,12 +196,42 @@ class MetricOperator(LinearOperator):
             return self._vjps[i]
         return vjp(self._f(self.micro_batches[i]), self.params)[1]
 
+    def _jvp(self, i: int, x: torch.Tensor, tangent: dict) -> torch.Tensor:
+        """``J u`` on micro-batch ``i``: forward mode, or (``jvp_mode`` reverse) the transpose of its cached VJP.
+
+        The transpose is only as right as every layer's backward is differentiable: the first time a
+        network is used in reverse mode its ``J u`` is checked against forward mode (once per network and
+        process, :data:`_REVERSE_CHECKED`); a layer without a second derivative, or one whose backward is
+        not differentiable (a silent zero), sends that network to forward mode for good."""
+        if self.jvp_mode is JVPMode.REVERSE:
+            try:
+                if len(self._transposed) <= i:
+                    vjp_fn = self._vjps[i]
+                    _, transposed = vjp(lambda c: vjp_fn(c)[0], torch.zeros_like(self._logits[i]))
+                    self._transposed.append(transposed)
+                ju = self._transposed[i](tangent)[0]
+                ok = _REVERSE_CHECKED.get(self.model)
+                if ok is None:
+                    exact = jvp(self._f(x), (self.params,), (tangent,))[1]
+                    scale = float(exact.abs().max()) + 1e-30
+                    ok = bool(torch.isfinite(ju).all()) and float((ju - exact).abs().max()) <= 1e-4 * scale
+                    _REVERSE_CHECKED[self.model] = ok
+                    if not ok:
+                        self.jvp_mode, self._transposed = JVPMode.FORWARD, []
+                        return exact
+                if ok:
+                    return ju
+            except RuntimeError:  # a layer without a second derivative
+                _REVERSE_CHECKED[self.model] = False
+            self.jvp_mode, self._transposed = JVPMode.FORWARD, []
+        return jvp(self._f(x), (self.params,), (tangent,))[1]
+
     def _matvec(self, u: torch.Tensor) -> torch.Tensor:
         tangent = self.space.unflatten(u)
         total = torch.zeros_like(u)
         with metric_mode(self.model, self.bn_stats):
             for i, (x, logits) in enumerate(zip(self.micro_batches, self._logits)):
-                _, ju = jvp(self._f(x), (self.params,), (tangent,))
+                ju = self._jvp(i, x, tangent)
                 (grads,) = self._vjp(i)(_output_hessian_product(self.kind, logits, ju))
                 total += self.space.flatten(grads)
         return self.comm.sum_(total) / self.num_samples

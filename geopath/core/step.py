@@ -27,7 +27,7 @@ from geopath.core.metric import BNStats, MetricKind, MetricOperator, metric_mode
 from geopath.core.operators import Identity, RestrictedOperator
 from geopath.core.targets import Target
 from geopath.core.trust_region import TRMethod, trust_region_step
-from geopath.core.choices import Anchor
+from geopath.core.choices import Anchor, JVPMode
 
 # Cost model in forward+backward sample passes (a forward is counted 1/3, a
 # backward 2/3; a JVP as two forwards): used for budgets and reports.
@@ -50,12 +50,14 @@ class StepConfig:
     label_weight: float = 1.0  # λ of anchor="start+labels"
     bn_stats: BNStats = BNStats.BATCH
     cache: bool = True  # linearise each micro-batch once per step (False: O(one micro-batch) memory)
+    jvp_mode: JVPMode = JVPMode.FORWARD  # how a cached product computes J u
 
     def __post_init__(self):  # accept plain strings from library callers
         object.__setattr__(self, "bn_stats", BNStats(self.bn_stats))
         object.__setattr__(self, "metric", MetricKind(self.metric))
         object.__setattr__(self, "solver", TRMethod(self.solver))
         object.__setattr__(self, "anchor", Anchor(self.anchor))
+        object.__setattr__(self, "jvp_mode", JVPMode(self.jvp_mode))
 
 
 @dataclass
@@ -163,7 +165,8 @@ def geodesic_step(
     G = None
     drift, passes, parts, probe = 0.0, 0.0, [], None
     for bt in batches:
-        Gs = MetricOperator(model, space, w, bt.inputs, cfg.metric, cfg.bn_stats, cache=cfg.cache)
+        Gs = MetricOperator(model, space, w, bt.inputs, cfg.metric, cfg.bn_stats, cache=cfg.cache,
+                            jvp_mode=cfg.jvp_mode)
         omega = bt.weight / total_weight
         parts.append(Gs)
         G = omega * Gs if G is None else G + omega * Gs

@@ -84,7 +84,8 @@ def step_config(cfg, step_size: float) -> StepConfig:
     """One step's options from a job's (``--micro-batch`` turns the metric's cache off)."""
     return StepConfig(beta=cfg.beta, step_size=step_size, cg_iters=cfg.cg_iters, cg_rtol=cfg.cg_rtol,
                       damping=cfg.damping, metric=cfg.metric, solver=cfg.solver, anchor=cfg.anchor,
-                      label_weight=cfg.label_weight, bn_stats=cfg.bn_stats, cache=cfg.micro_batch is None)
+                      label_weight=cfg.label_weight, bn_stats=cfg.bn_stats, cache=cfg.micro_batch is None,
+                      jvp_mode=cfg.jvp)
 
 
 def path_config(cfg, step_size: float, max_steps: int, **job_specific) -> PathConfig:

@@ -205,3 +205,74 @@ def test_empty_inputs_rejected(mlp_case):
     model, space, w, x = _setup(mlp_case)
     with pytest.raises(ValueError):
         MetricOperator(model, space, w, x[:0])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_reverse_mode_jvp_gives_the_dense_metric(case, kind, dense_jacobian):
+    """``jvp_mode="reverse"`` (``J u`` as the VJP of the cached VJP) gives the same products as forward mode."""
+    model, space, w, x = _setup(case)
+    forward = MetricOperator(model, space, w, list(torch.split(x, 2)), kind=kind)
+    reverse = MetricOperator(model, space, w, list(torch.split(x, 2)), kind=kind, jvp_mode="reverse")
+    torch.testing.assert_close(reverse.to_dense(), forward.to_dense(), rtol=0, atol=1e-10)
+    assert reverse.jvp_mode.value == "reverse" and len(reverse._transposed) == 2  # one per micro-batch, reused
+
+
+def test_reverse_mode_falls_back_without_a_second_derivative(rng):
+    """A layer whose backward is not differentiable again: the operator computes J u in forward mode instead."""
+
+    class FirstOrderOnly(torch.autograd.Function):
+        @staticmethod
+        def forward(t):
+            return t.clamp(min=0)
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            ctx.save_for_backward(inputs[0])
+            ctx.save_for_forward(inputs[0])
+
+        @staticmethod
+        def backward(ctx, g):
+            (t,) = ctx.saved_tensors
+            return g.detach() * (t.detach() > 0)  # detached: not differentiable a second time
+
+        @staticmethod
+        def jvp(ctx, dt):
+            (t,) = ctx.saved_tensors
+            return dt * (t > 0)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(3, 4), torch.nn.Linear(4, 2)
+
+        def forward(self, t):
+            return self.b(FirstOrderOnly.apply(self.a(t)))
+
+    torch.manual_seed(0)
+    model = Net().double()
+    space = ParamSpace.of(model)
+    w = model_vector(model, space)
+    x = torch.randn(5, 3, dtype=D)
+    u = torch.randn(space.n, generator=rng, dtype=D)
+    reference = MetricOperator(model, space, w, x).matvec(u)
+    G = MetricOperator(model, space, w, x, jvp_mode="reverse")
+    torch.testing.assert_close(G.matvec(u), reference, rtol=0, atol=1e-10)
+    assert G.jvp_mode.value == "forward"  # it fell back
+
+
+def test_products_equal_curvlinops_ggn(case, rng):
+    """The same ``JᵀJ`` from an independent library: curvlinops' GGN of the summed MSE on the logits is
+    ``2 Σ_i J_iᵀ J_i``, ``2N`` times geopath's mean (eval-mode BatchNorm on both sides)."""
+    curvlinops = pytest.importorskip("curvlinops")
+    model, space, w, x = _setup(case)
+    model.eval()
+    params = [p for p in model.parameters()]
+    G = curvlinops.GGNLinearOperator(model, torch.nn.MSELoss(reduction="sum"), params,
+                                     [(x, torch.zeros(x.shape[0], case.num_classes, dtype=D))],
+                                     check_deterministic=False)
+    ours = MetricOperator(model, space, w, x, bn_stats="running")
+    for _ in range(2):
+        u = torch.randn(space.n, generator=rng, dtype=D)
+        us = [t.view(p.shape) for t, p in zip(torch.split(u, [p.numel() for p in params]), params)]
+        theirs = torch.cat([t.reshape(-1) for t in G @ us]) / (2 * x.shape[0])
+        torch.testing.assert_close(ours.matvec(u), theirs, rtol=0, atol=1e-10)

@@ -1,0 +1,145 @@
+"""Where the seconds of a whole ``sparsify`` run go, phase by phase, next to prune + fine-tune's.
+
+    python bench/profile_sparsify.py [--sparsity 0.9] [--quick]
+
+Runs ``geopath sparsify`` on the shipped MNIST MLP twice — the defaults (saliency mask, settle by
+fine-tuning) and the former path (``--criterion magnitude --settle geodesic``) — with a timer
+around each phase, then ``--method prune-finetune`` given exactly each run's sample passes, in the
+same process, one after the other. Phases: the saliency estimate, building the metric (forward
+pass + VJP closure), metric products inside CG, the anchor's forward passes, the step's fault
+probe, the settle's SGD, evaluating recorded networks, BatchNorm re-estimation, checkpoint
+writes, and the rest (Python, the solver's vector algebra). Writes docs/profile_sparsify.{json,md};
+prints a one-line summary; exits 3 when a geodesic run takes more wall-clock than its prune +
+fine-tune peer at equal passes (issue 21's goal).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import shutil
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from _common import ROOT, machine  # noqa: E402 (bench/ is on sys.path when run as a script)
+
+sys.path.insert(0, str(ROOT))
+
+import geopath.core.evaluate as evaluate_mod  # noqa: E402
+import geopath.core.metric as metric_mod  # noqa: E402
+import geopath.core.path as path_mod  # noqa: E402
+import geopath.core.record as record_mod  # noqa: E402
+import geopath.core.saliency as saliency_mod  # noqa: E402
+import geopath.core.train as train_mod  # noqa: E402
+import geopath.io.rundir as rundir_mod  # noqa: E402
+import geopath.jobs.sparsify as sparsify_mod  # noqa: E402
+import geopath.peers.pruning as pruning_mod  # noqa: E402
+from geopath.config import SparsifyConfig  # noqa: E402
+
+CKPT = ROOT / "sample_checkpoints" / "mlp_mnist.safetensors"
+TIMES: dict[str, float] = defaultdict(float)
+_STACK: list[list[float]] = []  # per active phase: the time spent in phases nested in it
+
+
+def timed(phase: str, fn):
+    """``fn`` with its own wall time (minus that of timed phases nested in it) added to ``TIMES[phase]``."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        _STACK.append([0.0])
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            elapsed = time.perf_counter() - t0
+            nested = _STACK.pop()[0]
+            TIMES[phase] += elapsed - nested
+            if _STACK:
+                _STACK[-1][0] += elapsed
+    return wrapper
+
+
+def instrument() -> None:
+    """Put a timer around each phase where the engine and the job call it."""
+    metric_mod.MetricOperator.__init__ = timed("metric build (forward + VJP closure)",
+                                               metric_mod.MetricOperator.__init__)
+    metric_mod.MetricOperator._matvec = timed("metric products (CG)", metric_mod.MetricOperator._matvec)
+    metric_mod.MetricOperator.rmatvec_outputs = timed("anchor residual VJP", metric_mod.MetricOperator.rmatvec_outputs)
+    path_mod._step_batches = timed("anchor forward passes + batch draw", path_mod._step_batches)
+    path_mod.step_fault = timed("fault probe", path_mod.step_fault)
+    saliency_mod.metric_diagonal = timed("saliency estimate", saliency_mod.metric_diagonal)
+    train_mod.train = timed("settle / fine-tune SGD", train_mod.train)
+    pruning_mod.train = train_mod.train
+    record_mod.recompute_batchnorm = timed("BatchNorm re-estimation", record_mod.recompute_batchnorm)
+    rundir_mod.RunWriter.save_network = timed("checkpoint writes", rundir_mod.RunWriter.save_network)
+    evaluate_mod.evaluate = timed("evaluating recorded networks", evaluate_mod.evaluate)
+    sparsify_mod.evaluate = evaluate_mod.evaluate
+
+
+def run(out: Path, **options) -> tuple[dict, dict[str, float], float]:
+    shutil.rmtree(out, ignore_errors=True)
+    TIMES.clear()
+    cfg = SparsifyConfig(checkpoint=str(CKPT), out=str(out), data="mnist", **options).validate()
+    t0 = time.perf_counter()
+    summary = sparsify_mod.run_sparsify(cfg)
+    total = time.perf_counter() - t0
+    phases = dict(TIMES)
+    phases["rest (Python, solver algebra, setup)"] = total - sum(phases.values())
+    return summary, phases, total
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
+    ap.add_argument("--docs", default=str(ROOT / "docs"))
+    ap.add_argument("--work", default=str(ROOT / "bench" / "_work" / "profile"))
+    ap.add_argument("--sparsity", type=float, default=0.9)
+    ap.add_argument("--quick", action="store_true", help="5,000 inputs and few steps (a smoke test, not a result)")
+    args = ap.parse_args()
+    instrument()
+    common = {"data_root": args.data_root, "sparsity": args.sparsity}
+    if args.quick:
+        common.update(metric_size=5000, eval_size=1000, steps=10, settle_steps=20, settle_epochs=0.5)
+    variants = {"geodesic (defaults)": {},
+                "geodesic (--criterion magnitude --settle geodesic)": {"criterion": "magnitude", "settle": "geodesic"}}
+    rows = []
+    for name, opts in variants.items():
+        work = Path(args.work)
+        summary, phases, total = run(work / "geodesic", **common, **opts)
+        _, peer_phases, peer_total = run(work / "peer", **common, method="prune-finetune",
+                                         finetune_epochs=summary["epochs"])
+        rows.append({"variant": name, "seconds": total, "phases": phases, "epochs": summary["epochs"],
+                     "test_accuracy": summary["test_accuracy"], "peer_seconds": peer_total,
+                     "peer_phases": peer_phases})
+        print(json.dumps({"variant": name, "seconds": round(total, 1), "peer_seconds": round(peer_total, 1),
+                          "epochs": round(summary["epochs"], 2)}), flush=True)
+    host = machine()
+    ok = all(r["seconds"] <= r["peer_seconds"] for r in rows)
+    if not args.quick:
+        docs = Path(args.docs)
+        (docs / "profile_sparsify.json").write_text(json.dumps({"machine": host, "results": rows}, indent=2) + "\n")
+        lines = ["# Where a sparsify run's seconds go", "",
+                 f"Produced by `python bench/profile_sparsify.py` on {host}: the shipped MNIST MLP at "
+                 f"{args.sparsity:.0%} sparsity, full MNIST, each geodesic run followed by prune + fine-tune "
+                 "given exactly its sample passes, in the same process. Seconds per phase, each "
+                 "without the phases nested in it (recording inside the fine-tuning counts as recording).", ""]
+        for r in rows:
+            lines += [f"## {r['variant']}", "",
+                      f"{r['epochs']:.2f} epochs of passes, test accuracy {r['test_accuracy']:.2%}: "
+                      f"**{r['seconds']:.1f} s**, prune + fine-tune at the same passes **{r['peer_seconds']:.1f} s** "
+                      f"({r['seconds'] / r['peer_seconds']:.2f}×).", "",
+                      "| phase | geodesic s | share | prune + fine-tune s |", "|---|---:|---:|---:|"]
+            for phase in sorted(set(r["phases"]) | set(r["peer_phases"]), key=lambda p: -r["phases"].get(p, 0)):
+                g, p = r["phases"].get(phase, 0.0), r["peer_phases"].get(phase, 0.0)
+                lines.append(f"| {phase} | {g:.1f} | {g / r['seconds']:.0%} | {p:.1f} |")
+            lines.append("")
+        (docs / "profile_sparsify.md").write_text("\n".join(lines) + "\n")
+    print(f"profile_sparsify: geodesic / prune+fine-tune wall-clock at equal passes: "
+          + ", ".join(f"{r['seconds'] / r['peer_seconds']:.2f}×" for r in rows) + f" {'PASS' if ok else 'MISS'}")
+    return 0 if ok else 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())
