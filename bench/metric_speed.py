@@ -308,7 +308,8 @@ def write_md(path: Path, machine: str, results: list[dict], args) -> None:
         lines.append(f"| {r['model']} | {r['parameters']:,} | " + " | ".join(cells) + " |")
     lines += ["", "Largest relative difference of each product to geopath's forward-mode product, same `u` "
               f"(the run stops above {AGREE:g}):", "",
-              "| model | " + " | ".join(results[0]["agreement"]) + " |", "|---|" + "---:|" * len(results[0]["agreement"])]
+              "| model | " + " | ".join(results[0]["agreement"]) + " |",
+              "|---|" + "---:|" * len(results[0]["agreement"])]
     for r in results:
         lines.append(f"| {r['model']} | " + " | ".join(f"{v:.1e}" for v in r["agreement"].values()) + " |")
     lines += ["", "Peak memory growth while doing each operation three times, MiB, against the parameters' memory "
@@ -322,7 +323,15 @@ def write_md(path: Path, machine: str, results: list[dict], args) -> None:
               "bounds and ~1 MiB-granular); the explicit Jacobian alone is batch × classes × parameters × 4 bytes.",
               "A cached product holds the whole batch's linearisation (the VJP's saved activations) and the JVP's "
               "own activations on top; the micro-batch product holds one micro-batch's at a time (a quarter of the batch here), "
-              "so its peak no longer grows with the batch size (`--micro-batch`, docs/scaling.md).", ""]
+              "so its peak no longer grows with the batch size (`--micro-batch`, docs/scaling.md).", "",
+              "`--jvp` stays `forward` by default: on this CPU the transposed VJP is the faster `J u` on the MLP and "
+              "LeNet-5 and the slower on the VGG11s (BatchNorm, convolutions), and neither reaches the 1.3× goal of "
+              "issue 21 on every network. `torch.func.linearize` (a JVP that reuses the primal) was measured too: "
+              "its products cost 0.97× (MLP), 1.00× (LeNet-5), 1.31× (VGG11 w0.25) a forward+backward pass, but "
+              "tracing it costs 33×, 12× and 8× one, once per step and micro-batch, more than it saves at "
+              "`--cg-iters 5`.", "",
+              "Where the seconds of a whole `sparsify` run go, next to prune + fine-tune at the same passes: "
+              "[profile_sparsify.md](profile_sparsify.md) (`bench/profile_sparsify.py`).", ""]
     path.write_text("\n".join(lines) + "\n")
 
 

@@ -136,7 +136,7 @@ def main() -> int:
                 lines.append(f"| {phase} | {g:.1f} | {g / r['seconds']:.0%} | {p:.1f} |")
             lines.append("")
         (docs / "profile_sparsify.md").write_text("\n".join(lines) + "\n")
-    print(f"profile_sparsify: geodesic / prune+fine-tune wall-clock at equal passes: "
+    print("profile_sparsify: geodesic / prune+fine-tune wall-clock at equal passes: "
           + ", ".join(f"{r['seconds'] / r['peer_seconds']:.2f}×" for r in rows) + f" {'PASS' if ok else 'MISS'}")
     return 0 if ok else 3
 

@@ -91,7 +91,8 @@ class HyperplaneTarget(Target):
         return torch.where(self._mask_at(w), self._c(w) - w, torch.zeros_like(w))
 
     def distance(self, w):
-        return float(torch.linalg.vector_norm((w - self._c(w))[self._mask_at(w)]))
+        off = w if self.values is None else w - self._c(w)
+        return float(torch.linalg.vector_norm(off.masked_fill(~self._mask_at(w), 0)))
 
     def project(self, w):
         return torch.where(self._mask_at(w), self._c(w), w)

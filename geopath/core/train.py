@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from geopath.core import distributed
-from geopath.core.params import ParamSpace, load_vector, model_vector
+from geopath.core.params import ParamSpace
 from geopath.core.dataset import Dataset, batches
 from geopath.errors import NumericalError
 
@@ -64,6 +64,14 @@ def train(
     comm = distributed.current()
     space = ParamSpace.of(model)
     free = None if mask is None else (~mask.bool()).to(device)
+    named = dict(model.named_parameters())
+
+    @torch.no_grad()
+    def apply_mask() -> None:
+        """Masked weights to zero, parameter by parameter in place (no flat copy of the whole network)."""
+        for name, keep in zip(space.names, torch.split(free, space.numels)):
+            if not bool(keep.all()):
+                named[name].mul_(keep.view_as(named[name]))
     params = [p for p in model.parameters() if p.requires_grad]
     if optimizer == "adam":
         opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
@@ -79,7 +87,7 @@ def train(
     gen = torch.Generator().manual_seed(seed)
     step, passes, last_loss = 0, 0, float("nan")
     if free is not None:
-        load_vector(model, space, model_vector(model, space) * free)
+        apply_mask()
     while step < total_steps:
         model.train()
         for x, y in batches(ds, batch_size, generator=gen, shuffle=True):
@@ -90,8 +98,7 @@ def train(
                 new_mask = remask(step)
                 if new_mask is not None:
                     free = (~new_mask.bool()).to(device)
-                    load_vector(model, space, model_vector(model, space) * free)
-                    model.train()
+                    apply_mask()
             opt.zero_grad(set_to_none=True)
             if comm.world == 1:
                 loss = loss_of(model(x), x, y)
@@ -108,7 +115,7 @@ def train(
             opt.step()
             sched.step()
             if free is not None:
-                load_vector(model, space, model_vector(model, space) * free)
+                apply_mask()
             step += 1
             passes += len(y)
             last_loss = loss

@@ -563,3 +563,23 @@ def test_resume_repeats_the_uninterrupted_path(tmp_path, how):
         assert rb["distance"] == pytest.approx(ra["distance"], rel=1e-9, abs=1e-12)
         assert rb["length"] == pytest.approx(ra["length"], rel=1e-12)
         assert rb["epochs"] == pytest.approx(ra["epochs"], rel=1e-12)
+
+
+def test_settle_anchor_applies_on_the_target_only(tmp_path, monkeypatch):
+    """``settle_anchor``: approach steps use the step's anchor (with the reference's outputs), settle steps the
+    settle anchor (labels: no reference outputs are computed or paid for)."""
+    seen = []
+    real = path_mod.geodesic_step
+
+    def spy(model, space, w, batches, target, cfg, **kw):
+        seen.append((cfg.anchor.value, batches[0].reference_logits is not None, kw.get("free") is not None))
+        return real(model, space, w, batches, target, cfg, **kw)
+
+    monkeypatch.setattr(path_mod, "geodesic_step", spy)
+    model = _model()
+    result = walk(model, _magnitude(model), _data(), _mag_cfg(model, settle_anchor="labels"),
+                  Recorder(_writer(tmp_path), _no_eval))
+    landed = result.state.landed_at
+    assert 0 < landed < len(seen) and len(seen) - landed == 3
+    assert all(s[:2] == ("start", True) for s in seen[:landed])
+    assert all(s[:2] == ("labels", False) and s[2] for s in seen[landed:])  # restricted to the hyperplane too
