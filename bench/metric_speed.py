@@ -324,9 +324,9 @@ def write_md(path: Path, machine: str, results: list[dict], args) -> None:
               "A cached product holds the whole batch's linearisation (the VJP's saved activations) and the JVP's "
               "own activations on top; the micro-batch product holds one micro-batch's at a time (a quarter of the batch here), "
               "so its peak no longer grows with the batch size (`--micro-batch`, docs/scaling.md).", "",
-              "`--jvp` stays `forward` by default: on this CPU the transposed VJP is the faster `J u` on the MLP and "
-              "LeNet-5 and the slower on the VGG11s (BatchNorm, convolutions), and neither reaches the 1.3× goal of "
-              "issue 21 on every network. `torch.func.linearize` (a JVP that reuses the primal) was measured too: "
+              "`--jvp auto` (the default) takes the transposed VJP on the CPU for networks without BatchNorm: it is "
+              "the faster `J u` on the MLP and LeNet-5 and the slower on the VGG11s (BatchNorm), and neither mode "
+              "reaches the 1.3× goal of issue 21 on every network. `torch.func.linearize` (a JVP that reuses the primal) was measured too: "
               "its products cost 0.97× (MLP), 1.00× (LeNet-5), 1.31× (VGG11 w0.25) a forward+backward pass, but "
               "tracing it costs 33×, 12× and 8× one, once per step and micro-batch, more than it saves at "
               "`--cg-iters 5`.", "",

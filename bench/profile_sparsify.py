@@ -2,8 +2,9 @@
 
     python bench/profile_sparsify.py [--sparsity 0.9] [--quick]
 
-Runs ``geopath sparsify`` on the shipped MNIST MLP twice — the defaults (saliency mask, settle by
-fine-tuning) and the former path (``--criterion magnitude --settle geodesic``) — with a timer
+Runs ``geopath sparsify`` on the shipped MNIST MLP three times — the defaults (saliency mask, settle by
+fine-tuning; ``--jvp auto`` is reverse mode on this MLP), the same with ``--jvp forward``, and the former path (``--criterion magnitude --settle
+geodesic``) — with a timer
 around each phase, then ``--method prune-finetune`` given exactly each run's sample passes, in the
 same process, one after the other. Phases: the saliency estimate, building the metric (forward
 pass + VJP closure), metric products inside CG, the anchor's forward passes, the step's fault
@@ -103,7 +104,10 @@ def main() -> int:
     if args.quick:
         common.update(metric_size=5000, eval_size=1000, steps=10, settle_steps=20, settle_epochs=0.5)
     variants = {"geodesic (defaults)": {},
+                "geodesic (--jvp forward)": {"jvp": "forward"},
                 "geodesic (--criterion magnitude --settle geodesic)": {"criterion": "magnitude", "settle": "geodesic"}}
+    run(Path(args.work) / "warm-up", **{**common, "metric_size": 512, "eval_size": 256, "steps": 2,
+                                        "settle_epochs": 0.1})  # first-call costs (lazy imports) out of the timings
     rows = []
     for name, opts in variants.items():
         work = Path(args.work)

@@ -235,8 +235,9 @@ class WalkOptions(CommonOptions):
     bn_stats: BNStats = opt(BNStats.BATCH, "BatchNorm in metric products: the batch's own statistics (the function "
                                            "with fresh running statistics) or the stored running statistics.")
     bn_samples: int = opt(2000, "Samples used to re-estimate BatchNorm statistics at every evaluated network.")
-    jvp: JVPMode = opt(JVPMode.FORWARD, "How a metric product computes J u: forward-mode AD, or reverse: the "
-                                        "transpose of the step's cached VJP (checked against forward mode once).")
+    jvp: JVPMode = opt(JVPMode.AUTO, "How a metric product computes J u: forward-mode AD, reverse: the transpose "
+                                     "of the step's cached VJP (checked against forward mode once), or auto: reverse "
+                                     "on the CPU for networks without BatchNorm, else forward.")
 
     ENDPOINTS_ANCHOR = False  # --anchor endpoints needs two endpoint networks (connect)
 

@@ -25,6 +25,9 @@ class JVPMode(str, Enum):
     REVERSE = "reverse"
     """Transpose the cached VJP (the VJP of ``c ↦ Jᵀc``): one extra backward graph per step, no forward pass
     per product; needs twice-differentiable layers (falls back to ``forward`` otherwise)."""
+    AUTO = "auto"
+    """``reverse`` on the CPU for networks without BatchNorm, ``forward`` otherwise: the faster of the two as
+    measured (docs/performance.md)."""
 
 
 class BNStats(str, Enum):

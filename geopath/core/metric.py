@@ -49,6 +49,9 @@ def bn_statistics(model: nn.Module, mode: BNStats | str) -> Iterator[None]:
     statistics. The modules' modes and flags are restored afterwards.
     """
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns and not any(m.training for m in model.modules()):  # nothing to switch (a metric product's case)
+        yield
+        return
     saved_training, saved = model.training, [(m, m.training, m.track_running_stats) for m in bns]
     model.eval()
     if BNStats(mode) is BNStats.BATCH:
@@ -120,6 +123,16 @@ def output_distance(kind: MetricKind, logits: torch.Tensor, reference_logits: to
     return 2 * (logp0.exp() * (logp0 - logp)).sum(-1).mean()
 
 
+def resolve_jvp_mode(mode: JVPMode | str, model: nn.Module, device: torch.device) -> JVPMode:
+    """``auto``: ``reverse`` on the CPU for a network without BatchNorm (faster there: MLP 2.3× → 1.6×,
+    LeNet-5 1.8× → 1.5× a forward+backward pass), ``forward`` otherwise (VGG11 with BatchNorm: 1.9× → 2.2×)."""
+    mode = JVPMode(mode)
+    if mode is not JVPMode.AUTO:
+        return mode
+    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    return JVPMode.REVERSE if torch.device(device).type == "cpu" and not has_bn else JVPMode.FORWARD
+
+
 # per network: whether reverse-mode J u agreed with forward mode (checked once per process)
 _REVERSE_CHECKED: "weakref.WeakKeyDictionary[nn.Module, bool]" = weakref.WeakKeyDictionary()
 
@@ -154,7 +167,7 @@ class MetricOperator(LinearOperator):
         self.kind = MetricKind(kind)
         self.bn_stats = BNStats(bn_stats)
         self.cache = cache
-        self.jvp_mode = JVPMode(jvp_mode) if cache else JVPMode.FORWARD
+        self.jvp_mode = resolve_jvp_mode(jvp_mode, model, w.device) if cache else JVPMode.FORWARD
         self._transposed: list = []  # per micro-batch: u ↦ J u, the VJP of the cached VJP (jvp_mode reverse)
         self.comm = comm or distributed.current()
         self.micro_batches = [x for x in ([inputs] if isinstance(inputs, torch.Tensor) else inputs) if len(x)]

@@ -276,3 +276,11 @@ def test_products_equal_curvlinops_ggn(case, rng):
         us = [t.view(p.shape) for t, p in zip(torch.split(u, [p.numel() for p in params]), params)]
         theirs = torch.cat([t.reshape(-1) for t in G @ us]) / (2 * x.shape[0])
         torch.testing.assert_close(ours.matvec(u), theirs, rtol=0, atol=1e-10)
+
+
+def test_auto_jvp_mode_is_reverse_on_cpu_without_batchnorm(case):
+    model, space, w, x = _setup(case)
+    G = MetricOperator(model, space, w, x, jvp_mode="auto")
+    has_bn = case.name == "cnn_bn"
+    assert G.jvp_mode.value == ("forward" if has_bn else "reverse")
+    assert MetricOperator(model, space, w, [x], jvp_mode="auto", cache=False).jvp_mode.value == "forward"
