@@ -193,7 +193,8 @@ def _training(task: PeerTask) -> dict:
 
 def run_prune_finetune(task: PeerTask) -> None:
     """``--method prune-finetune``: ``--finetune-epochs`` of masked training after one-shot pruning."""
-    prune_finetune(task.model, task.target, task.data, task.passes(task.options.finetune_epochs), **_training(task))
+    prune_finetune(task.model, task.target, task.data, task.passes(task.options.finetune_epochs), spent=task.spent,
+                   **_training(task))
 
 
 def run_obd(task: PeerTask) -> None:
@@ -205,7 +206,7 @@ def run_obd(task: PeerTask) -> None:
 def run_distill(task: PeerTask) -> None:
     """``--method distill``: one-shot pruning, then ``--finetune-epochs`` of distillation (labels unused)."""
     prune_finetune(task.model, task.target, task.data, task.passes(task.options.finetune_epochs),
-                   temperature=task.options.temperature, **_training(task))
+                   temperature=task.options.temperature, spent=task.spent, **_training(task))
 
 
 def run_gradual(task: PeerTask) -> HyperplaneTarget:

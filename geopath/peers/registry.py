@@ -92,6 +92,16 @@ EWC_LAMBDA = Option("ewc_lambda", float, 100.0, "Strength of the penalty ½λ Σ
 BEZIER_EPOCHS = Option("epochs", float, 5.0, "Epochs of training the curve's middle point.", above=0)
 
 
+def _magnitude_stages(cfg) -> None:
+    """Peers that re-choose their masks as they go rank by magnitude (their stages would not pay for saliency)."""
+    _no_dynamic_mask(cfg)
+    criterion = getattr(getattr(cfg, "criterion", None), "value", getattr(cfg, "criterion", None))
+    if criterion == "saliency" and not getattr(cfg, "structured", None):
+        method = getattr(cfg.method, "value", cfg.method)
+        raise UsageError(f"--method {method} re-chooses its masks by magnitude; it does not take --criterion "
+                         "saliency (--method obd prunes by saliency)")
+
+
 def _no_dynamic_mask(cfg) -> None:
     dynamic = getattr(cfg, "mask", None) is not None and getattr(cfg.mask, "value", cfg.mask) == "dynamic"
     if dynamic and not getattr(cfg, "structured", None):  # (a structured target has no magnitude mask)
@@ -111,10 +121,10 @@ PEERS: tuple[Peer, ...] = (
          "Han et al. 2015", "geopath.peers.pruning:run_prune_finetune", (FINETUNE_EPOCHS, LR, OPTIMIZER)),
     Peer("sparsify", "iterative-prune", "Prune a little, fine-tune, repeat (iterative prune-and-retrain).",
          "Han et al. 2015; Frankle & Carbin 2019", "geopath.peers.pruning:run_iterative_prune",
-         (FINETUNE_EPOCHS, ROUNDS, LR, OPTIMIZER), check=_no_dynamic_mask),
+         (FINETUNE_EPOCHS, ROUNDS, LR, OPTIMIZER), check=_magnitude_stages),
     Peer("sparsify", "gradual", "Gradual magnitude pruning: the sparsity grows on a cubic schedule during training.",
          "Zhu & Gupta 2018", "geopath.peers.pruning:run_gradual", (FINETUNE_EPOCHS, PRUNE_UNTIL, LR, OPTIMIZER),
-         check=_no_dynamic_mask),
+         check=_magnitude_stages),
     Peer("sparsify", "distill", "One-shot magnitude pruning, then masked distillation from the dense network's "
          "outputs on the inputs alone (no labels).", "Hinton et al. 2015; Sanh et al. 2020",
          "geopath.peers.pruning:run_distill", (FINETUNE_EPOCHS, TEMPERATURE, LR, OPTIMIZER)),

@@ -199,3 +199,18 @@ def test_peers_rank_by_magnitude_unless_obd(tmp_path):
     refused = geopath("sparsify", SAMPLE, "-o", tmp_path / "s", "--method", "obd", "--structured", "layers.0:10",
                       *FAST)
     assert refused.returncode == 2 and "does not take --structured" in refused.stderr
+
+
+def test_saliency_passes_count_for_every_peer_and_stages_refuse_it(tmp_path):
+    from .._helpers import cli
+
+    out = tmp_path / "pf"
+    geopath("sparsify", SAMPLE, "-o", out, "--sparsity", "0.9", *FAST, "--method", "prune-finetune",
+            "--criterion", "saliency", "--finetune-epochs", "1", check=True)
+    rows = [json.loads(l) for l in (out / "trace.jsonl").read_text().splitlines()]
+    assert rows[0]["sample_passes"] == 1024  # the diagonal's passes, first
+    assert rows[-1]["sample_passes"] <= 2000 + 1e-9  # and inside the budget of one epoch of 2000 inputs
+    for method in ("gradual", "iterative-prune"):
+        refused = cli("sparsify", SAMPLE, "-o", tmp_path / method, "--method", method, "--criterion", "saliency",
+                      *FAST)
+        assert refused.returncode == 2 and "does not take --criterion saliency" in refused.stderr
