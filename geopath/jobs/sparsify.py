@@ -60,14 +60,15 @@ def build_target(cfg: SparsifyConfig, model, space: ParamSpace, w0: torch.Tensor
 
 
 SETTLE_TEMPERATURE = 2.0  # --settle distill
-SETTLE_RECORDS = 20  # about this many trace rows while settling by training
+SGD_STEPS_PER_STEP = 8  # a geodesic step costs about as many sample passes as 8 SGD steps (docs/method.md)
 
 
 def settle_by_training(cfg: SparsifyConfig, model, target: Target, data, reference, result, recorder,
                        device) -> dict:
     """``--settle finetune|distill``: masked SGD on the hyperplane from where the walk landed, for
     ``--settle-epochs`` of sample passes (a distillation step also pays the teacher's forward pass).
-    Its networks continue the walk's trace (steps count SGD steps on from the landing); the last is
+    Its networks continue the walk's trace (steps count SGD steps on from the landing), one every
+    ``--save-every`` × 8 SGD steps (the passes of ``--save-every`` geodesic steps); the last is
     ``final.safetensors``. Returns its trace row."""
     from geopath.core.train import train
     from geopath.peers.pruning import distillation_loss
@@ -78,7 +79,7 @@ def settle_by_training(cfg: SparsifyConfig, model, target: Target, data, referen
         loss_fn, per_sample = distillation_loss(reference, SETTLE_TEMPERATURE), 1.0 + PASS_FORWARD
     budget = int(cfg.settle_epochs * len(data) / per_sample)
     steps = budget // cfg.batch_size
-    every = max(1, steps // SETTLE_RECORDS)
+    every = max(1, cfg.save_every * SGD_STEPS_PER_STEP)  # --save-every, in geodesic steps' worth of passes
     tic = time.perf_counter() - state.wall_time
     row_state = {"landed_at": state.landed_at, "milestone": state.milestone, "landing_gap": state.landing_gap,
                  "retries": state.retries}
