@@ -31,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import ROOT, machine  # noqa: E402 (bench/ is on sys.path when run as a script)
+from _common import ROOT, add_common_args, machine  # noqa: E402 (bench/ is on sys.path when run as a script)
 
 sys.path.insert(0, str(ROOT))
 
@@ -108,9 +108,7 @@ def spread(xs: list[float]) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
-    ap.add_argument("--docs", default=str(ROOT / "docs"))
-    ap.add_argument("--quick", action="store_true")
+    add_common_args(ap)
     ap.add_argument("--cases", nargs="+", choices=sorted(CASES))
     ap.add_argument("--budgets", type=float, nargs="+")
     ap.add_argument("--seeds", type=int, nargs="+")

@@ -38,6 +38,7 @@ from geopath.core import distributed
 from geopath.core.params import ParamSpace, buffers_of
 from geopath.core.operators import LinearOperator
 from geopath.core.choices import BNStats, JVPMode, MetricKind
+from geopath.core.evaluate import has_batchnorm
 
 
 @contextmanager
@@ -129,8 +130,7 @@ def resolve_jvp_mode(mode: JVPMode | str, model: nn.Module, device: torch.device
     mode = JVPMode(mode)
     if mode is not JVPMode.AUTO:
         return mode
-    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-    return JVPMode.REVERSE if torch.device(device).type == "cpu" and not has_bn else JVPMode.FORWARD
+    return JVPMode.REVERSE if torch.device(device).type == "cpu" and not has_batchnorm(model) else JVPMode.FORWARD
 
 
 # per network: whether reverse-mode J u agreed with forward mode (checked once per process)
@@ -216,28 +216,33 @@ class MetricOperator(LinearOperator):
         network is used in reverse mode its ``J u`` is checked against forward mode (once per network and
         process, :data:`_REVERSE_CHECKED`); a layer without a second derivative, or one whose backward is
         not differentiable (a silent zero), sends that network to forward mode for good."""
-        if self.jvp_mode is JVPMode.REVERSE:
-            try:
-                if len(self._transposed) <= i:
-                    vjp_fn = self._vjps[i]
-                    _, transposed = vjp(lambda c: vjp_fn(c)[0], torch.zeros_like(self._logits[i]))
-                    self._transposed.append(transposed)
-                ju = self._transposed[i](tangent)[0]
-                ok = _REVERSE_CHECKED.get(self.model)
-                if ok is None:
-                    exact = jvp(self._f(x), (self.params,), (tangent,))[1]
-                    scale = float(exact.abs().max()) + 1e-30
-                    ok = bool(torch.isfinite(ju).all()) and float((ju - exact).abs().max()) <= 1e-4 * scale
-                    _REVERSE_CHECKED[self.model] = ok
-                    if not ok:
-                        self.jvp_mode, self._transposed = JVPMode.FORWARD, []
-                        return exact
-                if ok:
-                    return ju
-            except RuntimeError:  # a layer without a second derivative
-                _REVERSE_CHECKED[self.model] = False
+        ok = _REVERSE_CHECKED.get(self.model)
+        ju = self._reverse_jvp(i, tangent) if self.jvp_mode is JVPMode.REVERSE and ok is not False else None
+        if ju is not None and ok:
+            return ju
+        exact = jvp(self._f(x), (self.params,), (tangent,))[1]
+        if ju is not None:  # the first reverse product of this network: check it
+            scale = float(exact.abs().max()) + 1e-30
+            ok = bool(torch.isfinite(ju).all()) and float((ju - exact).abs().max()) <= 1e-4 * scale
+            _REVERSE_CHECKED[self.model] = ok
+            if ok:
+                return ju
+        if self.jvp_mode is JVPMode.REVERSE:  # this network's J u comes by forward mode from here on
             self.jvp_mode, self._transposed = JVPMode.FORWARD, []
-        return jvp(self._f(x), (self.params,), (tangent,))[1]
+        return exact
+
+    def _reverse_jvp(self, i: int, tangent: dict) -> torch.Tensor | None:
+        """``J u`` as the VJP of micro-batch ``i``'s cached VJP (built once per operator), or ``None`` (and the
+        network marked) when a layer has no second derivative."""
+        try:
+            if len(self._transposed) <= i:
+                vjp_fn = self._vjps[i]
+                _, transposed = vjp(lambda c: vjp_fn(c)[0], torch.zeros_like(self._logits[i]))
+                self._transposed.append(transposed)
+            return self._transposed[i](tangent)[0]
+        except RuntimeError:
+            _REVERSE_CHECKED[self.model] = False
+            return None
 
     def _matvec(self, u: torch.Tensor) -> torch.Tensor:
         tangent = self.space.unflatten(u)

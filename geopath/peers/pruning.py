@@ -101,13 +101,12 @@ def gradual_prune(model: nn.Module, target: MagnitudeTarget | StructuredTarget, 
     steps = train_steps(sample_passes, batch_size)
     ramp = min(max(1, int(round(prune_until * steps))), max(steps, 1))
     every_update = max(1, -(-ramp // GRADUAL_UPDATES))
-    final_fraction = _sparsity_of(target)
 
     def remask(step):  # at steps 0, Δ, 2Δ, … until the schedule reaches the target's sparsity
         if step % every_update or step > ramp + every_update - 1:
             return None
         fraction = cubic_sparsity(1.0, step / ramp)
-        return _stage_at(target, model_vector(model, space), fraction, final_fraction).mask
+        return _stage_at(target, model_vector(model, space), fraction).mask
 
     every = record_every(steps, records)
 
@@ -118,23 +117,18 @@ def gradual_prune(model: nn.Module, target: MagnitudeTarget | StructuredTarget, 
 
     stats = train(model, ds, epochs=sample_passes / len(ds), batch_size=batch_size, lr=lr, seed=seed, device=device,
                   max_passes=sample_passes, on_step=on_step, optimizer=optimizer, remask=remask)
-    final = _stage_at(target, model_vector(model, space), 1.0, final_fraction)
+    final = target.stage(model_vector(model, space), 1.0)
     load_vector(model, space, final.project(model_vector(model, space)))
     if record:
         record(steps, model, stats.sample_passes, t=1.0, distance=0.0, final=True)
     return final
 
 
-def _sparsity_of(target) -> float:
-    return target.sparsity if isinstance(target, MagnitudeTarget) else 1.0
-
-
-def _stage_at(target, w: torch.Tensor, fraction: float, final: float):
-    """``target`` re-chosen at ``w`` with ``fraction`` of its removals (unstructured: sparsity ``fraction·s``)."""
-    if fraction >= 1.0:
-        return target.stage(w, 1.0)
-    if isinstance(target, MagnitudeTarget):
-        return MagnitudeTarget(target.space, w, fraction * final, target.parameters, target.scope,
+def _stage_at(target, w: torch.Tensor, fraction: float):
+    """``target`` re-chosen at ``w`` with ``fraction`` of its removals: unstructured, sparsity ``fraction·s``
+    (:meth:`MagnitudeTarget.stage` is geometric in ``fraction``); structured, that fraction of each layer's units."""
+    if fraction < 1.0 and isinstance(target, MagnitudeTarget):
+        return MagnitudeTarget(target.space, w, fraction * target.sparsity, target.parameters, target.scope,
                                scores=target.scores)
     return target.stage(w, fraction)
 
@@ -192,15 +186,10 @@ def _training(task: PeerTask) -> dict:
 
 
 def run_prune_finetune(task: PeerTask) -> None:
-    """``--method prune-finetune``: ``--finetune-epochs`` of masked training after one-shot pruning."""
+    """``--method prune-finetune`` and ``--method obd`` (the job ranked the weights by saliency): ``--finetune-epochs``
+    of masked training after one-shot pruning; the passes the job spent ranking the weights count first."""
     prune_finetune(task.model, task.target, task.data, task.passes(task.options.finetune_epochs), spent=task.spent,
                    **_training(task))
-
-
-def run_obd(task: PeerTask) -> None:
-    """``--method obd``: the job ranked the weights by saliency (``--criterion saliency``); its passes count."""
-    prune_finetune(task.model, task.target, task.data, task.passes(task.options.finetune_epochs),
-                   spent=task.spent, **_training(task))
 
 
 def run_distill(task: PeerTask) -> None:

@@ -109,9 +109,12 @@ def _no_dynamic_mask(cfg) -> None:
         raise UsageError(f"--method {method} chooses its own masks; it does not take --mask dynamic")
 
 
-def _unstructured(cfg) -> None:
+def _saliency_only(cfg) -> None:
     if getattr(cfg, "structured", None):
         raise UsageError("--method obd ranks single weights; it does not take --structured")
+    if getattr(getattr(cfg, "criterion", None), "value", getattr(cfg, "criterion", None)) == "magnitude":
+        raise UsageError("--method obd ranks weights by saliency; it does not take --criterion magnitude "
+                         "(--method prune-finetune prunes by magnitude)")
 
 
 # --------------------------------------------------------------------------- the peers
@@ -130,7 +133,7 @@ PEERS: tuple[Peer, ...] = (
          "geopath.peers.pruning:run_distill", (FINETUNE_EPOCHS, TEMPERATURE, LR, OPTIMIZER)),
     Peer("sparsify", "obd", "One-shot pruning by the saliency w²·[g]_qq (the metric's diagonal), then masked "
          "fine-tuning on the labels (--finetune-epochs 0: one-shot).", "LeCun et al. 1990; Singh & Alistarh 2020",
-         "geopath.peers.pruning:run_obd", (FINETUNE_EPOCHS, LR, OPTIMIZER), check=_unstructured),
+         "geopath.peers.pruning:run_prune_finetune", (FINETUNE_EPOCHS, LR, OPTIMIZER), check=_saliency_only),
     Peer("merge", "average", "Weight averaging (1 − α) w_A + α w_B over a sweep of α.",
          "Wortsman et al. 2022", "geopath.peers.averaging:run_average", (ALPHAS,)),
     Peer("merge", "fisher", "Fisher-weighted averaging (diagonal Fisher of each task) over a sweep of α.",

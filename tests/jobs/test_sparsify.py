@@ -214,3 +214,11 @@ def test_saliency_passes_count_for_every_peer_and_stages_refuse_it(tmp_path):
         refused = cli("sparsify", SAMPLE, "-o", tmp_path / method, "--method", method, "--criterion", "saliency",
                       *FAST)
         assert refused.returncode == 2 and "does not take --criterion saliency" in refused.stderr
+
+
+def test_obd_refuses_a_magnitude_ranking(tmp_path):
+    from .._helpers import cli
+
+    refused = cli("sparsify", SAMPLE, "-o", tmp_path / "o", "--method", "obd", "--criterion", "magnitude", *FAST)
+    assert refused.returncode == 2 and "does not take --criterion magnitude" in refused.stderr
+    assert not (tmp_path / "o").exists()
