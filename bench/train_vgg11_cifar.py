@@ -1,9 +1,13 @@
 """Train the CIFAR-10 networks the reproduction figures and the suite start from (VGG11, ResNet-20).
 
-    python bench/train_vgg11_cifar.py [--arch vgg11|resnet20] [--width 0.25] [--epochs 45] [--seed 0] [--out PATH]
+    python bench/train_vgg11_cifar.py [--arch vgg11|resnet20] [--width 0.25] [--hidden N N] [--epochs 45] [--seed 0]
+                                      [--out PATH]
 
 ``--arch resnet20`` trains the built-in ResNet-20 (full width, 0.27 M parameters) the same way,
-written to ``bench/_work/nets/resnet20_cifar10[_seedN].safetensors`` (not shipped).
+written to ``bench/_work/nets/resnet20_cifar10[_seedN].safetensors`` (not shipped). ``--hidden 1024 1024``
+gives the VGG11 the original VGG's fully connected classifier layers (scaled: 4096 × 0.25), as the
+transitions reproduction needs (``bench/transitions_vgg.py``); written to
+``bench/_work/nets/vgg11w025fc_cifar10[_seedN].safetensors`` (not shipped).
 
 Runs ``geopath train`` on the 20,000 CIFAR-10 training images of ``../shared/data``
 (SGD, momentum 0.9, lr 0.05 with cosine decay, weight decay 5e-4, batch 128, no augmentation)
@@ -27,10 +31,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def default_out(width: float, seed: int, arch: str = "vgg11") -> Path:
+def default_out(width: float, seed: int, arch: str = "vgg11", hidden: list[int] | None = None) -> Path:
+    suffix = f"_cifar10{'' if seed == 0 else f'_seed{seed}'}.safetensors"
     if arch != "vgg11":
-        return ROOT / "bench" / "_work" / "nets" / f"{arch}_cifar10{'' if seed == 0 else f'_seed{seed}'}.safetensors"
+        return ROOT / "bench" / "_work" / "nets" / f"{arch}{suffix}"
     tag = "" if width == 1 else f"w{str(width).replace('0.', '0')}"
+    if hidden:
+        return ROOT / "bench" / "_work" / "nets" / f"vgg11{tag}fc{suffix}"
     return ROOT / "sample_checkpoints" / f"vgg11{tag}_cifar10{'' if seed == 0 else f'_seed{seed}'}.safetensors"
 
 
@@ -38,6 +45,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", choices=["vgg11", "resnet20"], default="vgg11")
     ap.add_argument("--width", type=float, default=None, help="default: 0.25 for vgg11, 1 for resnet20")
+    ap.add_argument("--hidden", type=int, nargs="+", default=None, help="vgg11: fully connected hidden layers")
     ap.add_argument("--epochs", type=float, default=45.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
@@ -47,10 +55,13 @@ def main() -> int:
     args = ap.parse_args()
     if args.width is None:
         args.width = 0.25 if args.arch == "vgg11" else 1.0
-    out = Path(args.out) if args.out else default_out(args.width, args.seed, args.arch)
+    if args.hidden and args.arch != "vgg11":
+        ap.error("--hidden is a vgg11 option")
+    out = Path(args.out) if args.out else default_out(args.width, args.seed, args.arch, args.hidden)
+    kwargs = {"width": args.width, **({"hidden": args.hidden} if args.hidden else {})}
     out.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "geopath", "train", "-o", str(out), "--arch", args.arch,
-           "--arch-kwargs", json.dumps({"width": args.width}), "--data", "cifar10", "--data-root", args.data_root,
+           "--arch-kwargs", json.dumps(kwargs), "--data", "cifar10", "--data-root", args.data_root,
            "--epochs", f"{args.epochs:g}", "--lr", "0.05", "--weight-decay", "5e-4", "--batch-size", "128",
            "--seed", str(args.seed), "--device", args.device, "--overwrite", "--json"]
     t0 = time.perf_counter()
@@ -60,7 +71,7 @@ def main() -> int:
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     acc = result.get("test_accuracy")
     ok = acc is not None and acc >= args.min_accuracy
-    print(json.dumps({"bench": "train_vgg11_cifar", "arch": args.arch, "out": str(out), "width": args.width, "epochs": args.epochs,
+    print(json.dumps({"bench": "train_vgg11_cifar", "arch": args.arch, "out": str(out), "width": args.width, "hidden": args.hidden, "epochs": args.epochs,
                       "test_accuracy": acc, "seconds": round(time.perf_counter() - t0),
                       "result": "PASS" if ok else f"MISS (< {args.min_accuracy})"}))
     return 0 if ok else 3

@@ -39,11 +39,12 @@ PLAN = ROOT / "docs" / "examples" / "plan_mlp.yaml"
 LAYERS = ("layers.0", "layers.1")
 
 
-def gated(start, leg_net) -> torch.nn.Module:
-    """The trained network with exactly the units that are off in ``leg_net`` zeroed, nothing else changed."""
+def gated(start, leg_net, layers=LAYERS) -> torch.nn.Module:
+    """The trained network with exactly the units of ``layers`` that are off in ``leg_net`` zeroed (with a
+    following BatchNorm's scale and shift), nothing else changed."""
     space = ParamSpace.of(start)
     w, w_leg = model_vector(start, space), model_vector(leg_net, space)
-    for layer in LAYERS:
+    for layer in layers:
         for g in unit_groups(start, space, layer):
             if bool((w_leg[g] == 0).all()):
                 w[g] = 0.0

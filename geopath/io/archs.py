@@ -23,7 +23,7 @@ import importlib.util
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -75,10 +75,14 @@ VGG11_CFG = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
 class VGG11(nn.Module):
     """VGG11 for 32×32 CIFAR images: ``features.0`` is the first (64-filter) conv.
 
-    ``width`` scales every layer's channels (``width=0.5`` halves them) for CPU runs.
+    ``width`` scales every layer's channels (``width=0.5`` halves them) for CPU runs. The classifier
+    is one linear layer on the last conv's features (``classifier``), or with ``hidden`` sizes the
+    original VGG's fully connected ReLU layers (``hidden=[4096, 4096]``: ``classifier.0`` and
+    ``classifier.2`` are the hidden layers, ``classifier.4`` the output layer; no dropout).
     """
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 3, batch_norm: bool = True, width: float = 1.0):
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, batch_norm: bool = True, width: float = 1.0,
+                 hidden: Sequence[int] = ()):
         super().__init__()
         layers: list[nn.Module] = []
         c = in_channels
@@ -93,7 +97,16 @@ class VGG11(nn.Module):
             layers.append(nn.ReLU(inplace=False))
             c = out
         self.features = nn.Sequential(*layers)
-        self.classifier = nn.Linear(c, num_classes)
+        if any(int(h) < 1 for h in hidden):
+            raise UsageError(f"vgg11: hidden layer sizes must be positive, got {list(hidden)}")
+        if not hidden:
+            self.classifier = nn.Linear(c, num_classes)
+        else:
+            head: list[nn.Module] = []
+            for h in hidden:
+                head += [nn.Linear(c, int(h)), nn.ReLU(inplace=False)]
+                c = int(h)
+            self.classifier = nn.Sequential(*head, nn.Linear(c, num_classes))
 
     def forward(self, x):
         return self.classifier(self.features(x).flatten(1))

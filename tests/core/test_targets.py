@@ -307,3 +307,33 @@ def test_targets_and_restriction_follow_the_vectors_device(bn_case):
         assert target.project(w_dev).device.type == "meta"
     A = RestrictedOperator(Identity(space.n, w.dtype, "meta"), keep)
     assert A.matvec(w_dev).device.type == "meta"
+
+
+def test_vgg11_hidden_classifier_units_are_removable():
+    """``hidden`` gives VGG11 the original fully connected layers; removing hidden neurons of
+    ``classifier.0`` kills exactly those neurons (the transitions' C3 leg), and without ``hidden`` the
+    parameter names of shipped checkpoints are unchanged."""
+    assert [n for n, _ in VGG11(width=0.0625).named_parameters()][-2:] == ["classifier.weight", "classifier.bias"]
+    torch.manual_seed(3)
+    model = VGG11(num_classes=10, width=0.0625, hidden=[12, 8]).to(D).eval()
+    names = [n for n, _ in model.named_parameters()]
+    assert names[-6:] == ["classifier.0.weight", "classifier.0.bias", "classifier.2.weight", "classifier.2.bias",
+                          "classifier.4.weight", "classifier.4.bias"]
+    assert model.classifier[0].in_features == 32 and model.classifier[4].out_features == 10
+    space = ParamSpace.of(model)
+    w = model_vector(model, space)
+    target = StructuredTarget(model, space, w, {"classifier.0": 5})
+    load_vector(model, space, target.project(w))
+    acts = {}
+    hook = model.classifier[1].register_forward_hook(lambda m, a, out: acts.__setitem__("h", out))
+    try:
+        with torch.no_grad():
+            model(torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(2), dtype=D))
+    finally:
+        hook.remove()
+    removed = target.removed["classifier.0"]
+    assert len(removed) == 5
+    assert torch.all(acts["h"][:, removed] == 0)
+    assert int((acts["h"].abs().sum(0) > 0).sum()) >= 12 - 5 - 2  # the others mostly alive (ReLU may zero a few)
+    with pytest.raises(UsageError):
+        VGG11(hidden=[0])
