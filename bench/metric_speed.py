@@ -47,6 +47,7 @@ from geopath.core.params import ParamSpace, model_vector  # noqa: E402
 from geopath.io.archs import build_model  # noqa: E402
 from geopath.jobs.common import full_float32_on_cuda  # noqa: E402
 from geopath.core.metric import MetricOperator  # noqa: E402
+from geopath.core.saliency import metric_diagonal  # noqa: E402
 
 MODELS = {
     "mlp": ("mlp", {}, (1, 28, 28)),
@@ -54,7 +55,8 @@ MODELS = {
     "vgg11_w025": ("vgg11", {"width": 0.25}, (3, 32, 32)),
     "vgg11": ("vgg11", {}, (3, 32, 32)),
 }
-OPS = ("fwd+bwd", "linearize", "g·u", "g·u, reverse J u", "curvlinops GGN", "g·u, micro-batch", "explicit J")
+OPS = ("fwd+bwd", "linearize", "g·u", "g·u, reverse J u", "curvlinops GGN", "g·u, micro-batch", "saliency diagonal",
+       "explicit J")
 MICRO = 32
 AGREE = 1e-4  # relative difference allowed between products (float32)
 TARGET_RATIO = 1.3  # issue 21: the cached product (the faster J u mode) within 1.3 forward+backward passes
@@ -95,6 +97,8 @@ def run_op(op: str, model: nn.Module, x, y):
     if op == "g·u, micro-batch":
         G = MetricOperator(model, space, w, list(torch.split(x, MICRO)), cache=False)
         return lambda: G.matvec(u)
+    if op == "saliency diagonal":  # counted as one forward+backward pass per sample (docs/method.md)
+        return lambda: metric_diagonal(model, space, w, x)
     if op == "explicit J":
         params = space.unflatten(w)
 
@@ -300,7 +304,10 @@ def write_md(path: Path, machine: str, results: list[dict], args) -> None:
              "reverse J u* computes `J u` as the transpose of the cached VJP (`--jvp reverse`; its extra backward "
              "graph is built once per step, inside the product timed here only once in the warm-up); *curvlinops "
              "GGN* is curvlinops' `GGNLinearOperator` for the same `JᵀJ` (MSE on the logits); *g·u, micro-batch* "
-             f"accumulates over micro-batches of {MICRO} without the cached linearisation (`--micro-batch`).", "",
+             f"accumulates over micro-batches of {MICRO} without the cached linearisation (`--micro-batch`); *saliency "
+             "diagonal* is the metric's diagonal estimated on the batch (`--criterion saliency`, counted as one "
+             "forward+backward pass per sample: one backward pass and a matrix product per layer on an MLP, "
+             "per-sample gradients by `torch.func.vmap` otherwise).", "",
              "| model | parameters | " + " | ".join(OPS) + " |", "|---|---:|" + "---:|" * len(OPS)]
     for r in results:
         cells = [f"{r['ratio'][op]:.2f}× ({r['seconds'][op]:.3g} s)" if op in r["ratio"] else "—" for op in OPS]
@@ -323,9 +330,13 @@ def write_md(path: Path, machine: str, results: list[dict], args) -> None:
               "A cached product holds the whole batch's linearisation (the VJP's saved activations) and the JVP's "
               "own activations on top; the micro-batch product holds one micro-batch's at a time (a quarter of the batch here), "
               "so its peak no longer grows with the batch size (`--micro-batch`, docs/scaling.md).", "",
-              "`--jvp auto` (the default) takes the transposed VJP on the CPU for networks without BatchNorm: it is "
-              "the faster `J u` on the MLP and LeNet-5 and the slower on the VGG11s (BatchNorm), and neither mode "
-              "reaches the 1.3× goal of issue 21 on every network. `torch.func.linearize` (a JVP that reuses the primal) was measured too: "
+              "`--jvp auto` (the default) takes the transposed VJP on the CPU for networks without BatchNorm and "
+              "forward mode otherwise. In this run the faster `J u` was: "
+              + "; ".join(f"{r['model']} {'reverse' if r['ratio']['g·u, reverse J u'] < r['ratio']['g·u'] else 'forward'}"
+                          for r in results)
+              + " (the MLP has been faster in reverse mode and the VGG11s in forward mode in every run so far; "
+              "LeNet-5 swaps between runs, within ±0.3×). Neither mode reaches the 1.3× goal of issue 21 on every "
+              "network. `torch.func.linearize` (a JVP that reuses the primal) was measured too: "
               "its products cost 0.97× (MLP), 1.00× (LeNet-5), 1.31× (VGG11 w0.25) a forward+backward pass, but "
               "tracing it costs 33×, 12× and 8× one, once per step and micro-batch, more than it saves at "
               "`--cg-iters 5`.", "",

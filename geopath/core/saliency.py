@@ -12,6 +12,12 @@ per-sample products ``J_iᵀ u_i`` come from one vectorised backward pass
 (:func:`torch.func.vmap` of :func:`torch.func.vjp`), so the estimate over ``N`` samples costs
 about ``N`` forward+backward sample passes per probe, and its noise shrinks with ``N``.
 
+A network whose every parameter belongs to an ``nn.Linear`` applied once to ``(batch, features)``
+inputs (an MLP) needs no per-sample gradients at all: sample ``i``'s gradient of a weight is the
+outer product ``δ_i h_iᵀ`` of the layer's output cotangent and input, so the sum of its squares
+is ``(δ²)ᵀ(h²)``, one matrix product per layer after one ordinary backward pass (BackPACK's
+trick). Same estimate, same probes; about 20× faster than the vectorised per-sample pass there.
+
 With BatchNorm, a single sample has no batch statistics: the per-sample products use the
 stored running statistics (the network as it was trained). A network :func:`torch.func.vmap`
 cannot batch falls back to random signs over micro-batches of :data:`FALLBACK_BATCH` samples
@@ -31,6 +37,11 @@ from geopath.core.params import ParamSpace, buffers_of
 
 FALLBACK_BATCH = 8
 CHUNK = 16  # samples per vectorised backward pass (CHUNK gradient copies; larger chunks measured slower on CPU)
+LINEAR_CHUNK = 256  # samples per backward pass of the Linear-only path (no per-sample copies)
+
+
+class _NotLinearOnly(Exception):
+    """The network is not a stack of ``nn.Linear`` layers on ``(batch, features)`` inputs."""
 
 
 def _probe_vectors(kind: MetricKind, logits: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -54,7 +65,17 @@ def metric_diagonal(model: nn.Module, space: ParamSpace, w: torch.Tensor, inputs
     total = torch.zeros_like(w)
     count = 0
     rows = inputs.repeat(probes, *([1] * (inputs.dim() - 1))) if probes > 1 else inputs
+    layers = _linear_layers(model, space)
     with metric_mode(model, bn):
+        if layers is not None:
+            try:
+                for start in range(0, len(rows), LINEAR_CHUNK):
+                    x = rows[start:start + LINEAR_CHUNK].to(w.device)
+                    total += _linear_squares(model, params, buffers, space, layers, x, kind, gen)
+                return total / max(len(rows), 1)
+            except _NotLinearOnly:  # a layer used twice, or on inputs with more dimensions
+                total.zero_()
+                gen.manual_seed(seed)
         for start in range(0, len(rows), CHUNK):
             x = rows[start:start + CHUNK].to(w.device)
             try:
@@ -63,6 +84,51 @@ def metric_diagonal(model: nn.Module, space: ParamSpace, w: torch.Tensor, inputs
                 total += _micro_batch_squares(model, params, buffers, space, x, kind, gen)
             count += len(x)
     return total / max(count, 1)
+
+
+def _linear_layers(model: nn.Module, space: ParamSpace) -> dict[nn.Module, tuple[str, str | None]] | None:
+    """Each ``nn.Linear`` of ``model`` with its weight's and bias's names, when those are all of ``space``'s
+    parameters; else ``None``."""
+    layers, covered = {}, set()
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Linear):
+            prefix = f"{name}." if name else ""
+            weight = prefix + "weight"
+            bias = prefix + "bias" if m.bias is not None else None
+            layers[m] = (weight, bias)
+            covered.update(n for n in (weight, bias) if n)
+    return layers if layers and set(space.names) <= covered else None
+
+
+def _linear_squares(model, params, buffers, space, layers, x, kind, gen) -> torch.Tensor:
+    """``Σ_i (J_iᵀ u_i)²`` over the samples ``x`` for a Linear-only network: per layer ``(δ²)ᵀ(h²)``."""
+    seen: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def keep(module, args, out):
+        if module in seen or args[0].dim() != 2:
+            raise _NotLinearOnly
+        seen[module] = (args[0].detach(), out)
+
+    handles = [m.register_forward_hook(keep) for m in layers]
+    try:
+        leaves = {k: v.detach().requires_grad_() for k, v in params.items()}
+        logits = functional_call(model, (leaves, buffers), (x,))
+    finally:
+        for h in handles:
+            h.remove()
+    if len(seen) != len(layers):
+        raise _NotLinearOnly
+    u = _probe_vectors(kind, logits.detach(), gen)
+    mods = list(seen)
+    deltas = torch.autograd.grad((logits * u).sum(), [seen[m][1] for m in mods], allow_unused=True)
+    squares = {}
+    for m, d in zip(mods, deltas):
+        weight, bias = layers[m]
+        d2 = torch.zeros_like(seen[m][1]) if d is None else d.pow(2)
+        squares[weight] = d2.T @ seen[m][0].pow(2)
+        if bias:
+            squares[bias] = d2.sum(0)
+    return space.flatten({n: squares[n] for n in space.names})
 
 
 def _per_sample_squares(model, params, buffers, space, x, kind, gen) -> torch.Tensor:

@@ -82,3 +82,63 @@ def test_zero_input_weights_have_zero_saliency():
     diag = metric_diagonal(model, space, w, x, probes=4)
     first = diag[space.slices()["0.weight"]].view(4, 3)
     assert torch.all(first[:, 0] == 0) and torch.all(first[:, 1:] > 0)
+
+
+def _squares_both_ways(model, x, kind):
+    """One chunk's ``Σ_i (J_iᵀ u_i)²`` by the Linear-only path and by per-sample vmap, same probes."""
+    space = ParamSpace.of(model)
+    params = space.unflatten(model_vector(model, space))
+    buffers = dict(model.named_buffers())
+    layers = saliency._linear_layers(model, space)
+    assert layers is not None
+    fast = saliency._linear_squares(model, params, buffers, space, layers, x, kind,
+                                    torch.Generator().manual_seed(5))
+    slow = saliency._per_sample_squares(model, params, buffers, space, x, kind, torch.Generator().manual_seed(5))
+    return fast, slow
+
+
+@pytest.mark.parametrize("kind", ["logits", "fisher"])
+def test_linear_only_path_is_the_per_sample_sum(kind):
+    """An MLP's squares come from (δ²)ᵀ(h²) after one backward pass: exactly the per-sample sum."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 4),
+                                torch.nn.ReLU(), torch.nn.Linear(4, 3, bias=False)).double()
+    x = torch.randn(12, 2, 3, dtype=torch.float64)  # fewer than one vmap chunk: the same probe draws
+    fast, slow = _squares_both_ways(model, x, kind)
+    assert slow.abs().max() > 1e-3
+    torch.testing.assert_close(fast, slow, rtol=1e-10, atol=1e-12)
+
+
+class _Shared(torch.nn.Module):
+    """One Linear applied twice: its per-sample gradient is a sum of two outer products."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(4, 4), torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.b(torch.tanh(self.a(torch.tanh(self.a(x)))))
+
+
+class _Sequence(torch.nn.Module):
+    """A Linear on (batch, tokens, features): the per-sample gradient sums over tokens first."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(4, 4), torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.b(torch.tanh(self.a(x.view(len(x), 2, 4))).mean(1))
+
+
+@pytest.mark.parametrize("make", [_Shared, _Sequence])
+def test_linear_only_path_falls_back_when_the_shortcut_is_wrong(make, dense_jacobian):
+    torch.manual_seed(0)
+    model = make().double()
+    space = ParamSpace.of(model)
+    w = model_vector(model, space)
+    x = torch.randn(10, 8 if make is _Sequence else 4, dtype=torch.float64)
+    J = torch.cat([dense_jacobian(model, space, w, x[i:i + 1]) for i in range(len(x))])
+    est = metric_diagonal(model, space, w, x, probes=3000, seed=1)
+    dense = J.pow(2).sum(1).mean(0)
+    torch.testing.assert_close(est, dense, rtol=0, atol=0.08 * dense.abs().max())
