@@ -1,6 +1,6 @@
 """Where the seconds of a whole ``sparsify`` run go, phase by phase, next to prune + fine-tune's.
 
-    python bench/profile_sparsify.py [--sparsity 0.9] [--quick]
+    python bench/profile_sparsify.py [--sparsity 0.9] [--case mlp|vgg] [--quick]
 
 Runs ``geopath sparsify`` on the shipped MNIST MLP three times — the defaults (saliency mask, settle by
 fine-tuning; ``--jvp auto`` is reverse mode on this MLP), the same with ``--jvp forward``, and the former path (``--criterion magnitude --settle
@@ -41,6 +41,7 @@ import geopath.peers.pruning as pruning_mod  # noqa: E402
 from geopath.config import SparsifyConfig  # noqa: E402
 
 CKPT = ROOT / "sample_checkpoints" / "mlp_mnist.safetensors"
+VGG_CKPT = ROOT / "sample_checkpoints" / "vgg11w025_cifar10.safetensors"
 TIMES: dict[str, float] = defaultdict(float)
 _STACK: list[list[float]] = []  # per active phase: the time spent in phases nested in it
 
@@ -79,10 +80,10 @@ def instrument() -> None:
     sparsify_mod.evaluate = evaluate_mod.evaluate
 
 
-def run(out: Path, **options) -> tuple[dict, dict[str, float], float]:
+def run(out: Path, checkpoint: Path = CKPT, data: str = "mnist", **options) -> tuple[dict, dict[str, float], float]:
     shutil.rmtree(out, ignore_errors=True)
     TIMES.clear()
-    cfg = SparsifyConfig(checkpoint=str(CKPT), out=str(out), data="mnist", **options).validate()
+    cfg = SparsifyConfig(checkpoint=str(checkpoint), out=str(out), data=data, **options).validate()
     t0 = time.perf_counter()
     summary = sparsify_mod.run_sparsify(cfg)
     total = time.perf_counter() - t0
@@ -97,17 +98,28 @@ def main() -> int:
     ap.add_argument("--docs", default=str(ROOT / "docs"))
     ap.add_argument("--work", default=str(ROOT / "bench" / "_work" / "profile"))
     ap.add_argument("--sparsity", type=float, default=0.9)
+    ap.add_argument("--case", choices=["mlp", "vgg"], default="mlp")
     ap.add_argument("--quick", action="store_true", help="5,000 inputs and few steps (a smoke test, not a result)")
     args = ap.parse_args()
     instrument()
-    common = {"data_root": args.data_root, "sparsity": args.sparsity}
+    if args.case == "vgg":
+        from vgg_filters import GEODESIC, LAYER
+
+        common = {"data_root": args.data_root, "checkpoint": VGG_CKPT, "data": "cifar10",
+                  "structured": f"{LAYER}:12", "train_eval_size": 0}
+        variants = {"geodesic (bench/vgg_filters.py options)": dict(GEODESIC)}
+        title = "the shipped width-0.25 VGG11, 12 of its 16 layer-1 filters removed, the 20k CIFAR-10 training images"
+    else:
+        common = {"data_root": args.data_root, "sparsity": args.sparsity}
+        variants = {"geodesic (defaults)": {},
+                    "geodesic (--jvp forward)": {"jvp": "forward"},
+                    "geodesic (--criterion magnitude --settle geodesic)": {"criterion": "magnitude",
+                                                                           "settle": "geodesic"}}
+        title = f"the shipped MNIST MLP at {args.sparsity:.0%} sparsity, full MNIST"
     if args.quick:
         common.update(metric_size=5000, eval_size=1000, steps=10, settle_steps=20, settle_epochs=0.5)
-    variants = {"geodesic (defaults)": {},
-                "geodesic (--jvp forward)": {"jvp": "forward"},
-                "geodesic (--criterion magnitude --settle geodesic)": {"criterion": "magnitude", "settle": "geodesic"}}
     run(Path(args.work) / "warm-up", **{**common, "metric_size": 512, "eval_size": 256, "steps": 2,
-                                        "settle_epochs": 0.1})  # first-call costs (lazy imports) out of the timings
+                                        "settle_epochs": 0.1, "settle_steps": 2})  # first-call costs (lazy imports) out of the timings
     rows = []
     for name, opts in variants.items():
         work = Path(args.work)
@@ -123,10 +135,11 @@ def main() -> int:
     ok = all(r["seconds"] <= r["peer_seconds"] for r in rows)
     if not args.quick:
         docs = Path(args.docs)
-        (docs / "profile_sparsify.json").write_text(json.dumps({"machine": host, "results": rows}, indent=2) + "\n")
+        stem = "profile_sparsify" + ("_vgg" if args.case == "vgg" else "")
+        (docs / f"{stem}.json").write_text(json.dumps({"machine": host, "results": rows}, indent=2) + "\n")
         lines = ["# Where a sparsify run's seconds go", "",
-                 f"Produced by `python bench/profile_sparsify.py` on {host}: the shipped MNIST MLP at "
-                 f"{args.sparsity:.0%} sparsity, full MNIST, each geodesic run followed by prune + fine-tune "
+                 f"Produced by `python bench/profile_sparsify.py{' --case vgg' if args.case == 'vgg' else ''}` on "
+                 f"{host}: {title}, each geodesic run followed by prune + fine-tune "
                  "given exactly its sample passes, in the same process. Seconds per phase, each "
                  "without the phases nested in it (recording inside the fine-tuning counts as recording).", ""]
         for r in rows:
@@ -139,7 +152,7 @@ def main() -> int:
                 g, p = r["phases"].get(phase, 0.0), r["peer_phases"].get(phase, 0.0)
                 lines.append(f"| {phase} | {g:.1f} | {g / r['seconds']:.0%} | {p:.1f} |")
             lines.append("")
-        (docs / "profile_sparsify.md").write_text("\n".join(lines) + "\n")
+        (docs / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("profile_sparsify: geodesic / prune+fine-tune wall-clock at equal passes: "
           + ", ".join(f"{r['seconds'] / r['peer_seconds']:.2f}×" for r in rows) + f" {'PASS' if ok else 'MISS'}")
     return 0 if ok else 3

@@ -16,7 +16,7 @@ A network whose every parameter belongs to an ``nn.Linear`` applied once to ``(b
 inputs (an MLP) needs no per-sample gradients at all: sample ``i``'s gradient of a weight is the
 outer product ``δ_i h_iᵀ`` of the layer's output cotangent and input, so the sum of its squares
 is ``(δ²)ᵀ(h²)``, one matrix product per layer after one ordinary backward pass (BackPACK's
-trick). Same estimate, same probes; about 20× faster than the vectorised per-sample pass there.
+trick). Same estimate, same probes; ~77× faster than the vectorised per-sample pass on the MNIST MLP.
 
 With BatchNorm, a single sample has no batch statistics: the per-sample products use the
 stored running statistics (the network as it was trained). A network :func:`torch.func.vmap`
