@@ -106,7 +106,8 @@ def run(ckpt: Path, sparsity: float, variant: str, epochs: float, seed: int, dat
         nonlocal scores
         if step % every or step > ramp + every - 1:
             return None
-        if refreshes > 1 and step and (step * refreshes) // ramp != ((step - every) * refreshes) // ramp:
+        k = (step * refreshes) // ramp  # re-estimates 1 … refreshes − 1 at the k/refreshes points of the ramp
+        if refreshes > 1 and step and 0 < k < refreshes and k != ((step - every) * refreshes) // ramp:
             scores = diagonal()
         w = model_vector(model, space)
         mask = MagnitudeTarget(space, w, cubic_sparsity(sparsity, step / ramp), names, setup.cfg.scope,

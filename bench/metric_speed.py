@@ -334,9 +334,8 @@ def write_md(path: Path, machine: str, results: list[dict], args) -> None:
               "forward mode otherwise. In this run the faster `J u` was: "
               + "; ".join(f"{r['model']} {'reverse' if r['ratio']['g·u, reverse J u'] < r['ratio']['g·u'] else 'forward'}"
                           for r in results)
-              + " (the MLP has been faster in reverse mode and the VGG11s in forward mode in every run so far; "
-              "LeNet-5 swaps between runs, within ±0.3×). Neither mode reaches the 1.3× goal of issue 21 on every "
-              "network. `torch.func.linearize` (a JVP that reuses the primal) was measured too: "
+              + " (the ranking has changed between runs on this machine; earlier runs are in this file's history). "
+              "Neither mode reaches the 1.3× goal of issue 21 on every network. `torch.func.linearize` (a JVP that reuses the primal) was measured too: "
               "its products cost 0.97× (MLP), 1.00× (LeNet-5), 1.31× (VGG11 w0.25) a forward+backward pass, but "
               "tracing it costs 33×, 12× and 8× one, once per step and micro-batch, more than it saves at "
               "`--cg-iters 5`.", "",

@@ -116,15 +116,14 @@ def main() -> int:
                     "geodesic (--criterion magnitude --settle geodesic)": {"criterion": "magnitude",
                                                                            "settle": "geodesic"}}
         title = f"the shipped MNIST MLP at {args.sparsity:.0%} sparsity, full MNIST"
-    if args.quick:
-        common.update(metric_size=5000, eval_size=1000, steps=10, settle_steps=20, settle_epochs=0.5)
+    quick = dict(metric_size=5000, eval_size=1000, steps=10, settle_steps=20, settle_epochs=0.5) if args.quick else {}
     run(Path(args.work) / "warm-up", **{**common, "metric_size": 512, "eval_size": 256, "steps": 2,
                                         "settle_epochs": 0.1, "settle_steps": 2})  # first-call costs (lazy imports) out of the timings
     rows = []
     for name, opts in variants.items():
         work = Path(args.work)
-        summary, phases, total = run(work / "geodesic", **common, **opts)
-        _, peer_phases, peer_total = run(work / "peer", **common, method="prune-finetune",
+        summary, phases, total = run(work / "geodesic", **{**common, **opts, **quick})
+        _, peer_phases, peer_total = run(work / "peer", **{**common, **quick}, method="prune-finetune",
                                          finetune_epochs=summary["epochs"])
         rows.append({"variant": name, "seconds": total, "phases": phases, "epochs": summary["epochs"],
                      "test_accuracy": summary["test_accuracy"], "peer_seconds": peer_total,

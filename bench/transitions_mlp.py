@@ -64,7 +64,7 @@ def main() -> int:
     t0 = time.perf_counter()
     summary = run_transition(cfg)
     seconds = time.perf_counter() - t0
-    test = load_dataset("mnist", "test", args.data_root)
+    test = load_dataset("mnist", "test", args.data_root, preprocess=load_checkpoint(CKPT).reading(None)[0])
     if args.quick:
         test = test.head(1000)
     start_acc = summary["start_test_accuracy"]

@@ -97,15 +97,16 @@ class VGG11(nn.Module):
             layers.append(nn.ReLU(inplace=False))
             c = out
         self.features = nn.Sequential(*layers)
-        if any(int(h) < 1 for h in hidden):
-            raise UsageError(f"vgg11: hidden layer sizes must be positive, got {list(hidden)}")
+        if not isinstance(hidden, (list, tuple)) or not all(isinstance(h, int) and not isinstance(h, bool) and h > 0
+                                                            for h in hidden):
+            raise UsageError(f"vgg11: hidden must be a list of positive layer sizes, got {hidden!r}")
         if not hidden:
             self.classifier = nn.Linear(c, num_classes)
         else:
             head: list[nn.Module] = []
             for h in hidden:
-                head += [nn.Linear(c, int(h)), nn.ReLU(inplace=False)]
-                c = int(h)
+                head += [nn.Linear(c, h), nn.ReLU(inplace=False)]
+                c = h
             self.classifier = nn.Sequential(*head, nn.Linear(c, num_classes))
 
     def forward(self, x):

@@ -71,3 +71,20 @@ def test_peer_rows_name_their_files_and_leave_metric_length_empty(tmp_path):
     assert list(a)[-2:] == ["landed_at", "checkpoint"]
     assert record.rows == [a, b, c]
     assert (tmp_path / ".final.pending.safetensors").is_file()  # the endpoint waits for finish()
+
+
+def test_evaluation_does_not_depend_on_its_batch_size():
+    """The CPU scores in batches of 256 (faster than 2048 there); the figures are the same, a ragged last
+    batch included: the loss is a sum over samples divided once."""
+    from geopath.core.evaluate import eval_batch_size, evaluate
+
+    torch.manual_seed(1)
+    net = MLP(4, [8], 3).double()
+    ds = Dataset(torch.randn(1000, 4, dtype=torch.float64), torch.randint(0, 3, (1000,)), "random", "test")
+    ref = evaluate(net, ds, batch_size=1000)
+    assert eval_batch_size("cpu") == 256 and eval_batch_size("cuda") == 2048
+    for bs in (None, 7, 256, 2048):
+        ev = evaluate(net, ds, batch_size=bs)
+        assert ev.accuracy == ref.accuracy and ev.samples == 1000
+        assert math.isclose(ev.loss, ref.loss, rel_tol=1e-12)
+    assert 0.0 < ref.accuracy < 1.0

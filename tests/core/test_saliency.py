@@ -131,7 +131,53 @@ class _Sequence(torch.nn.Module):
         return self.b(torch.tanh(self.a(x.view(len(x), 2, 4))).mean(1))
 
 
-@pytest.mark.parametrize("make", [_Shared, _Sequence])
+class _InPlace(torch.nn.Module):
+    """A Linear followed by an in-place ReLU: the hooked output is overwritten by the activation."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(4, 6), torch.nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.b(torch.relu_(self.a(x)))
+
+
+class _Tied(torch.nn.Module):
+    """Two Linear layers sharing one weight matrix (the space lists it once)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = torch.nn.Linear(4, 4), torch.nn.Linear(4, 4), torch.nn.Linear(4, 3)
+        self.b.weight = self.a.weight
+
+    def forward(self, x):
+        return self.c(torch.tanh(self.b(torch.tanh(self.a(x)))))
+
+
+class _Outside(torch.nn.Module):
+    """A Linear's weight also used directly, outside the layer's forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(4, 4), torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.b(torch.tanh(self.a(x)) + 0.5 * x @ self.a.weight.T)
+
+
+class _Frozen(torch.nn.Module):
+    """A frozen first layer (not in the space): only the trainable layers are estimated."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(4, 5), torch.nn.Linear(5, 3)
+        self.a.requires_grad_(False)
+
+    def forward(self, x):
+        return self.b(torch.tanh(self.a(x)))
+
+
+@pytest.mark.parametrize("make", [_Shared, _Sequence, _InPlace, _Tied, _Outside, _Frozen])
 def test_linear_only_path_falls_back_when_the_shortcut_is_wrong(make, dense_jacobian):
     torch.manual_seed(0)
     model = make().double()
@@ -142,3 +188,5 @@ def test_linear_only_path_falls_back_when_the_shortcut_is_wrong(make, dense_jaco
     est = metric_diagonal(model, space, w, x, probes=3000, seed=1)
     dense = J.pow(2).sum(1).mean(0)
     torch.testing.assert_close(est, dense, rtol=0, atol=0.08 * dense.abs().max())
+    with torch.no_grad():  # a caller inside no_grad gets the same estimate
+        torch.testing.assert_close(metric_diagonal(model, space, w, x, probes=3000, seed=1), est)
