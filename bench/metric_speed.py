@@ -340,7 +340,8 @@ def write_md(path: Path, machine: str, results: list[dict], args) -> None:
               "tracing it costs 33×, 12× and 8× one, once per step and micro-batch, more than it saves at "
               "`--cg-iters 5`.", "",
               "Where the seconds of a whole `sparsify` run go, next to prune + fine-tune at the same passes: "
-              "[profile_sparsify.md](profile_sparsify.md) (`bench/profile_sparsify.py`).", ""]
+              "[profile_sparsify.md](profile_sparsify.md) (`bench/profile_sparsify.py`); for the VGG11 filter removal, "
+              "[profile_sparsify_vgg.md](profile_sparsify_vgg.md) (`--case vgg`).", ""]
     path.write_text("\n".join(lines) + "\n")
 
 
