@@ -39,6 +39,7 @@ from geopath.core.params import ParamSpace, buffers_of
 FALLBACK_BATCH = 8
 CHUNK = 16  # samples per vectorised backward pass (CHUNK gradient copies; larger chunks measured slower on CPU)
 LINEAR_CHUNK = 256  # samples per backward pass of the Linear-only path (no per-sample copies)
+CHECK_SEED = 20261203  # the random direction the Linear-only path checks its batch gradient along
 
 
 class _NotLinearOnly(Exception):
@@ -135,14 +136,18 @@ def _linear_squares(model, params, buffers, space, layers, x, kind, gen) -> torc
                                 allow_unused=True)
     deltas, batch = grads[:len(mods)], dict(zip(names, grads[len(mods):]))
     squares = {}
+    check = torch.Generator().manual_seed(CHECK_SEED)  # its own stream: the probes stay the per-sample path's
     for m, d in zip(mods, deltas):
         weight, bias = layers[m]
         h = seen[m][0]
         d = torch.zeros_like(seen[m][1]) if d is None else d
-        for name, value in ((weight, d.T @ h), (bias, d.sum(0) if bias else None)):
+        # the batch gradient must be δᵀh: compared along a random direction r, (δᵀh) r = δᵀ(h r), at the
+        # cost of two matrix-vector products instead of a third weight-sized matrix product
+        r = torch.randn(h.shape[1], generator=check).to(h)
+        for name, got, value in ((weight, lambda g: g @ r, d.T @ (h @ r)), (bias, lambda g: g, d.sum(0))):
             if name is None:
                 continue
-            g = batch[name] if batch[name] is not None else torch.zeros_like(value)
+            g = got(batch[name]) if batch[name] is not None else torch.zeros_like(value)
             if float((g - value).norm()) > 1e-3 * float(g.norm()) + 1e-12:
                 raise _NotLinearOnly
         d2 = d.pow(2)
