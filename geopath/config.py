@@ -384,6 +384,11 @@ class TransitionConfig(WalkOptions):
     eval_data: str | None = opt(None, "Labelled test set for accuracy.", default_help="--data")
     train_eval_size: int = opt(0, "Train accuracy on the first N metric inputs (0: off).")
     settle_steps: int = opt(100, "Steps on each leg's hyperplane after landing (a leg may override it).")
+    settle: Settle = opt(Settle.GEODESIC, "After each landing: geodesic steps on the hyperplane, or masked SGD on the "
+                                          "labels (finetune) or on the start's outputs (distill).")
+    settle_epochs: float = opt(2.5, "Epochs of masked SGD after each landing (--settle finetune or distill; a leg "
+                                    "may override it).")
+    settle_lr: float = opt(0.05, "Learning rate of --settle finetune/distill (SGD, momentum 0.9, cosine decay).")
 
     def validate(self):
         super().validate()
@@ -393,6 +398,8 @@ class TransitionConfig(WalkOptions):
             raise UsageError("--plan is required (a YAML file of legs)")
         for name in ("settle_steps", "train_eval_size"):
             _non_negative(self, name)
+        if not self.settle_epochs >= 0 or not self.settle_lr > 0:
+            raise UsageError("--settle-epochs must be ≥ 0 and --settle-lr > 0")
         return self
 
 

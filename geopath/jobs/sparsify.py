@@ -9,19 +9,18 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from geopath.jobs import common as job
+from geopath.jobs.settle import SGD_STEPS_PER_STEP, settle_by_training
 from geopath.report.text import fmt
 from geopath.peers.task import PeerTask
 from geopath.core.params import ParamSpace, model_vector
 from geopath.io.checkpoint import sparsity_of
 from geopath.config import Criterion, MaskMode, Settle, SparsifyConfig, SparsifyMethod
-from geopath.core.step import PASS_FORWARD
 from geopath.errors import UsageError
 from geopath.core.evaluate import evaluate, has_batchnorm
 from geopath.core.path import PathState, walk
@@ -57,48 +56,6 @@ def build_target(cfg: SparsifyConfig, model, space: ParamSpace, w0: torch.Tensor
         return StructuredTarget(model, space, w0, counts, example)
     return MagnitudeTarget(space, w0, cfg.sparsity, sparse_parameters(cfg, model), cfg.scope,
                            dynamic=cfg.mask is MaskMode.DYNAMIC, scores=scores)
-
-
-SETTLE_TEMPERATURE = 2.0  # --settle distill
-SGD_STEPS_PER_STEP = 8  # a geodesic step costs about as many sample passes as 8 SGD steps (docs/method.md)
-
-
-def settle_by_training(cfg: SparsifyConfig, model, target: Target, data, reference, result, recorder,
-                       device) -> dict:
-    """``--settle finetune|distill``: masked SGD on the hyperplane from where the walk landed, for
-    ``--settle-epochs`` of sample passes (a distillation step also pays the teacher's forward pass).
-    Its networks continue the walk's trace (steps count SGD steps on from the landing), one every
-    ``--save-every`` × 8 SGD steps (the passes of ``--save-every`` geodesic steps); the last is
-    ``final.safetensors``. Returns its trace row."""
-    from geopath.core.train import train
-    from geopath.peers.pruning import distillation_loss
-
-    state = result.state
-    loss_fn, per_sample = None, 1.0
-    if cfg.settle is Settle.DISTILL:
-        loss_fn, per_sample = distillation_loss(reference, SETTLE_TEMPERATURE), 1.0 + PASS_FORWARD
-    budget = int(cfg.settle_epochs * len(data) / per_sample)
-    steps = budget // cfg.batch_size
-    every = max(1, cfg.save_every * SGD_STEPS_PER_STEP)  # --save-every, in geodesic steps' worth of passes
-    tic = time.perf_counter() - state.wall_time
-    row_state = {"landed_at": state.landed_at, "milestone": state.milestone, "landing_gap": state.landing_gap,
-                 "retries": state.retries}
-
-    def record(step: int, passes: float, path) -> dict:
-        return recorder(state.step + step, model, path, t=1.0, distance=0.0, length=state.length,
-                        sample_passes=state.sample_passes + passes * per_sample,
-                        clock=lambda: time.perf_counter() - tic, state=row_state)
-
-    def on_step(step, passes):
-        if step % every == 0 and step < steps:
-            record(step, passes, recorder.writer.step_path(state.step + step))
-
-    passes = 0
-    if steps:
-        passes = train(model, data, epochs=budget / len(data), batch_size=cfg.batch_size, lr=cfg.settle_lr,
-                       seed=cfg.seed, mask=target.mask, device=device, max_passes=budget, on_step=on_step,
-                       loss_fn=loss_fn).sample_passes
-    return record(steps, passes, recorder.writer.out / "final.safetensors")
 
 
 class Sparsify(job.Job):
@@ -169,8 +126,12 @@ class Sparsify(job.Job):
 
     def peer_task(self, setup: job.Setup, record, device) -> PeerTask:
         cfg = setup.cfg
+        # the geodesic's cadence: one network every --save-every geodesic steps' worth of passes, so that
+        # both runs spend the same time recording at equal passes
+        every = cfg.save_every * SGD_STEPS_PER_STEP * cfg.batch_size
+        budget = cfg.finetune_epochs * len(setup.own["metric"])
         return PeerTask(setup.model, setup.own["metric"], record, cfg, device, target=setup.own["target"],
-                        records=max(2, (3 * cfg.steps + cfg.settle_steps) // cfg.save_every), spent=setup.own["spent"])
+                        records=max(2, round(budget / every)), spent=setup.own["spent"])
 
     def summarise(self, setup: job.Setup, writer, outcome: job.Outcome) -> dict[str, Any]:
         final, start = outcome.final, writer.trace.rows()[0]

@@ -9,7 +9,8 @@ A plan is a list of legs; each changes which units or weights are switched off::
         remove: {classifier: 4}        # 4 neurons of the classifier off (the 50 filters stay off)
       - name: C4
         restore: {features.0: 30}      # 30 of the removed filters back on
-        settle_steps: 200              # per-leg overrides: steps, max_steps, settle_steps, step_size, beta
+        settle_steps: 200              # per-leg overrides: steps, max_steps, settle_steps, settle_epochs,
+                                       #   step_size, beta
       - name: C5
         sparsity: 0.5                  # unstructured: 50 % of all Linear/Conv weights off
 
@@ -36,10 +37,11 @@ from typing import Any
 import torch
 
 from geopath.jobs import common as job
+from geopath.jobs.settle import settle_by_training
 from geopath.report.text import fmt
 from geopath.core.params import ParamSpace, model_vector
 from geopath.io.checkpoint import read_tensors, sparsity_of
-from geopath.config import TransitionConfig, load_yaml_file
+from geopath.config import Settle, TransitionConfig, load_yaml_file
 from geopath.errors import UsageError
 from geopath.core.evaluate import evaluate, has_batchnorm
 from geopath.core.path import walk
@@ -49,7 +51,8 @@ from geopath.io.trace import columns
 COLUMNS = columns("leg", "leg_name", "train_accuracy", "test_accuracy", "test_loss", "sparsity", "units_off")
 HEADLINE = ["test_accuracy", "sparsity", "units_off", "epochs", "wall_time"]
 STEP_SCALE = 4.0  # default ε of a leg = (STEP_SCALE · d0 / steps)², d0 the leg's starting distance
-LEG_KEYS = {"name", "remove", "restore", "sparsity", "steps", "max_steps", "settle_steps", "step_size", "beta"}
+OVERRIDES = ("steps", "max_steps", "settle_steps", "settle_epochs", "step_size", "beta")
+LEG_KEYS = {"name", "remove", "restore", "sparsity", *OVERRIDES}
 
 
 @dataclass(frozen=True)
@@ -112,7 +115,7 @@ def parse_plan(plan: Any) -> list[Leg]:
         leg = Leg(name=str(raw.get("name", f"leg{i}")), remove=_counts(raw.get("remove", {}), f"{where}: remove"),
                   restore=_counts(raw.get("restore", {}), f"{where}: restore"),
                   sparsity=None if sparsity is None else float(sparsity),
-                  overrides={k: raw[k] for k in ("steps", "max_steps", "settle_steps", "step_size", "beta") if k in raw})
+                  overrides={k: raw[k] for k in OVERRIDES if k in raw})
         if not (leg.remove or leg.restore or leg.sparsity is not None):
             raise UsageError(f"{where}: a leg needs remove, restore or sparsity")
         legs.append(leg)
@@ -128,6 +131,9 @@ def _check_overrides(raw: dict, where: str) -> None:
         v = raw.get(key)
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0):
             raise UsageError(f"{where}: {key} must be a number > 0, got {v!r}")
+    v = raw.get("settle_epochs")
+    if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0):
+        raise UsageError(f"{where}: settle_epochs must be a number ≥ 0, got {v!r}")
 
 
 @dataclass
@@ -249,6 +255,10 @@ class Transition(job.Job):
             state = dataclasses.replace(state, landed_at=None, milestone=0, landing_gap=None)
         else:
             done = done[: int(row.get("leg", 1)) - 1]
+            if state.landed_at is not None and setup.cfg.settle is not Settle.GEODESIC:
+                raise UsageError(f"{writer.out}: the run stopped after landing in leg {row.get('leg', 1)}, during "
+                                 f"--settle {setup.cfg.settle.value} (the optimizer's state is not saved); start it "
+                                 "again with --overwrite")
         if done:
             own["board"] = Switchboard({k: list(v) for k, v in done[-1]["switchboard"]["removed"].items()},
                                        done[-1]["switchboard"]["sparsity"])
@@ -273,21 +283,29 @@ class Transition(job.Job):
             revive = prev_units & ~board.unit_mask(model, space, w_leg)
             target = leg_target(prev_mask, board.mask(model, space, w_leg, revive, w_start), w_start)
             max_steps, settle = _leg_budget(cfg, leg)
+            by_training = cfg.settle is not Settle.GEODESIC
+            final_path = f"legs/leg_{i + 1:02d}_{_safe(leg.name)}.safetensors"
             step_size = leg.overrides.get("step_size", cfg.step_size)
             steps = int(leg.overrides.get("steps", cfg.steps))
             if step_size is None:
                 step_size = job.default_step_size(target.distance(w_leg), steps, STEP_SCALE)
             leg_start = done[-1]["step"] if done else 0
             pcfg = job.path_config(dataclasses.replace(cfg, beta=float(leg.overrides.get("beta", cfg.beta))),
-                                   float(step_size), leg_start + max_steps, settle_steps=settle,
+                                   float(step_size), leg_start + max_steps, settle_steps=0 if by_training else settle,
                                    grow_after=leg_start + steps, grow_every=steps)
             leg_recorder = recorder.replace(extra={"leg": i + 1, "leg_name": leg.name})
             result = walk(model, target, own["metric"], pcfg, leg_recorder,
                           reference=own["reference"], state=state, device=device,
                           record_start=(i == 0 and state is None), origin=w_leg,
-                          final_path=f"legs/leg_{i + 1:02d}_{_safe(leg.name)}.safetensors")
-            done.append({"leg": i + 1, "name": leg.name, "file": result.final["checkpoint"], **leg.to_dict(),
-                         "switchboard": board.to_dict(), **{k: result.final[k] for k in
+                          final_path=f"steps/leg_{i + 1:02d}_landed.safetensors" if by_training else final_path)
+            final = result.final
+            if by_training:  # masked SGD on the leg's hyperplane: its zeros stay, restored weights train
+                leg_cfg = dataclasses.replace(cfg, settle_epochs=float(leg.overrides.get("settle_epochs",
+                                                                                         cfg.settle_epochs)))
+                final = settle_by_training(leg_cfg, model, target, own["metric"], own["reference"], result,
+                                           leg_recorder, device, final_path=final_path, held=~target.free())
+            done.append({"leg": i + 1, "name": leg.name, "file": final["checkpoint"], **leg.to_dict(),
+                         "switchboard": board.to_dict(), **{k: final[k] for k in
                          ("step", "test_accuracy", "test_loss", "sparsity", "units_off", "epochs")}})
             writer.write_json("legs.json", done)
             w_end = model_vector(result.model, space)

@@ -222,3 +222,18 @@ def test_obd_refuses_a_magnitude_ranking(tmp_path):
     refused = cli("sparsify", SAMPLE, "-o", tmp_path / "o", "--method", "obd", "--criterion", "magnitude", *FAST)
     assert refused.returncode == 2 and "does not take --criterion magnitude" in refused.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_peers_record_at_the_geodesics_cadence_in_passes(tmp_path):
+    """A sparsify peer writes one network every --save-every geodesic steps' worth of passes (8 SGD steps
+    of --batch-size each), so at equal passes both runs spend the same time recording."""
+    counts = {}
+    for save_every in (1, 2):
+        out = tmp_path / f"every{save_every}"
+        options = [o if o != "2" or FAST[i - 1] != "--save-every" else str(save_every) for i, o in enumerate(FAST)]
+        geopath("sparsify", SAMPLE, "-o", out, "--sparsity", "0.9", *options, "--method", "prune-finetune",
+                "--finetune-epochs", "2", check=True)
+        rows = [json.loads(l) for l in (out / "trace.jsonl").read_text().splitlines()]
+        counts[save_every] = len(rows) - 3  # beside the dense start, the pruned network and the final one
+    # 2 epochs of 2000 inputs = 4000 passes; one network per save_every × 8 × 64 passes
+    assert counts == {1: round(4000 / 512), 2: round(4000 / 1024)}

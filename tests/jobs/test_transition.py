@@ -175,3 +175,57 @@ def test_resume_in_the_middle_of_leg_two(run, plan_file, tmp_path):
     assert [(r["step"], r["leg"]) for r in ra] == [(r["step"], r["leg"]) for r in rb]
     assert [r["test_accuracy"] for r in ra] == [r["test_accuracy"] for r in rb]
     check_manifest(out)
+
+
+def test_settle_by_finetuning_keeps_each_legs_zeros_and_trains_the_rest(plan_file, tmp_path):
+    """--settle finetune: each leg lands, then masked SGD on the labels for --settle-epochs (a leg may
+    override it): the leg's units stay exactly off, restored units train, the passes add up."""
+    plan = {"legs": [*PLAN["legs"][:2], {**PLAN["legs"][2], "settle_epochs": 0.5}]}
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump(plan, sort_keys=False))
+    out = tmp_path / "out"
+    proc = geopath("transition", SAMPLE, "--plan", path, "-o", out, *FAST, "--settle", "finetune",
+                   "--settle-epochs", "0.25", "--json")
+    assert proc.returncode == 0, proc.stderr
+    start, _ = read_tensors(SAMPLE)
+    legs = [read_tensors(out / f)[0] for f in LEG_FILES]
+    landed = [read_tensors(out / f"steps/leg_{i:02d}_landed.safetensors")[0] for i in (1, 2, 3)]
+    off0 = _smallest_units(start, "layers.0", 100)
+    assert _dead(legs[0], "layers.0") == off0 and not _dead(legs[0], "layers.1")
+    off1 = _dead(legs[1], "layers.1")
+    assert len(off1) == 30 and _dead(legs[1], "layers.0") == off0
+    assert off1 == _smallest_units(legs[0], "layers.1", 30)
+    still = _dead(legs[2], "layers.0")
+    assert len(still) == 50 and still < off0 and _dead(legs[2], "layers.1") == off1
+    back = sorted(off0 - still)
+    for a, b in zip(landed, legs):  # SGD moved the network from where it landed
+        assert not torch.equal(a["layers.2.weight"], b["layers.2.weight"])
+    assert not torch.equal(landed[2]["layers.0.weight"][back], legs[2]["layers.0.weight"][back])  # restored: trained
+    rows = jsonl(out / "trace.jsonl")
+    by_file = {r["checkpoint"]: r for r in rows}
+    for i, epochs in ((1, 0.25), (2, 0.25), (3, 0.5)):  # each settle: its epochs of the 2000 inputs, in SGD steps of 64
+        a, b = by_file[f"steps/leg_{i:02d}_landed.safetensors"], by_file[LEG_FILES[i - 1]]
+        assert b["sample_passes"] - a["sample_passes"] == (int(epochs * 2000) // 64) * 64
+        assert b["step"] - a["step"] == int(epochs * 2000) // 64 and b["distance"] == 0.0
+    assert [r["step"] for r in rows] == sorted(r["step"] for r in rows)
+    assert [d["units_off"] for d in json.loads((out / "legs.json").read_text())] == [100, 130, 80]
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["settle"] == "finetune" and cfg["settle_epochs"] == 0.25
+    check_manifest(out)
+
+
+def test_a_run_stopped_while_settling_by_training_is_refused_on_resume(plan_file, tmp_path):
+    out = tmp_path / "out"
+    rc, err, hit = interrupt_when(["transition", SAMPLE, "--plan", plan_file, "-o", out, *FAST, "--settle", "finetune",
+                                   "--settle-epochs", "3", "--json"],
+                                  lambda r: r["checkpoint"] == "steps/leg_02_landed.safetensors")
+    assert hit is not None and rc == 130, err
+    resumed = cli("transition", "-o", out, "--resume")
+    assert resumed.returncode == 2 and "during --settle finetune" in one_error_line(resumed)
+
+
+def test_a_bad_settle_epochs_override_fails_before_any_step(tmp_path):
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump({"legs": [{"remove": {"layers.0": 5}, "settle_epochs": -1}]}))
+    proc = cli("transition", SAMPLE, "--plan", path, "-o", tmp_path / "out", *FAST)
+    assert proc.returncode == 2 and "settle_epochs must be a number ≥ 0" in one_error_line(proc)
