@@ -12,15 +12,15 @@ chain, its counts scaled to the width (50 of 64 layer-1 filters → 12 of 16; 10
 * C3: also 250 of the 1024 neurons of the first classifier layer (``classifier.0``) off;
 * C4: 8 of the removed layer-1 filters back on.
 
-Each leg a geodesic with the options the filter-removal bench found for BatchNorm networks
-(docs/method.md: β 16 growing ×4, land at 15 % of the distance, metric batches of 32, settle steps
-on the hyperplane), sized to at most 5 epochs of the 20k training images per leg. Beside every
+Each leg a geodesic with the approach the filter-removal bench uses for BatchNorm networks
+(docs/method.md: β 16 growing ×4, land at 15 % of the distance), then 4 epochs of masked SGD on the
+hyperplane (``--settle finetune``), at most 5 epochs of the 20k training images per leg. Beside every
 configuration: the same units switched off in the trained network with no updates (gating).
 Accuracy on the full 10,000-image test set, BatchNorm statistics re-estimated for every geodesic
 network (the gated ones keep the trained statistics: no updates). Writes
 docs/bench_transitions_vgg.{json,md} and docs/img/transitions_vgg.png; prints a one-line summary;
 exits 3 when a configuration ends more than 2 points below C1 or a leg takes more than 5 epochs
-(issue 20's bar).
+(issue 20's bar). ``--settle geodesic`` runs the former settle (geodesic steps on each hyperplane).
 """
 
 from __future__ import annotations
@@ -51,8 +51,12 @@ LAYERS = ("features.0", "classifier.0")
 PLAN = [{"name": "C2", "remove": {"features.0": 12}},
         {"name": "C3", "remove": {"classifier.0": 250}},
         {"name": "C4", "restore": {"features.0": 8}}]
-OPTIONS = {"steps": 60, "beta": 16.0, "beta_growth": 4.0, "tol": 0.15, "settle_steps": 350, "batch_size": 32,
-           "save_every": 10}
+# each leg: the filter-removal bench's approach (bench/vgg_filters.py), then by --settle: masked SGD on the labels
+# (batches of 128, 4 epochs) or, formerly, 350 geodesic steps on the hyperplane with metric batches of 32
+SETTLES = {"finetune": {"steps": 100, "beta": 16.0, "beta_growth": 4.0, "tol": 0.15, "save_every": 10,
+                        "settle": "finetune", "settle_epochs": 4.0},
+           "geodesic": {"steps": 60, "beta": 16.0, "beta_growth": 4.0, "tol": 0.15, "settle_steps": 350,
+                        "batch_size": 32, "save_every": 10}}
 MAX_EPOCHS_PER_LEG = 5.0
 MAX_DROP = 0.02
 
@@ -67,11 +71,15 @@ def ensure_network(data_root: str) -> Path:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_args(ap, work="transitions_vgg")
+    ap.add_argument("--settle", choices=sorted(SETTLES), default="finetune",
+                    help="how each leg settles on its hyperplane (docs/reproduction.md compares the two)")
     args = ap.parse_args()
+    chosen = SETTLES[args.settle]
     ckpt = ensure_network(args.data_root)
     out = Path(args.work) / "chain"
     shutil.rmtree(out, ignore_errors=True)
-    options = dict(OPTIONS, **(dict(metric_size=2000, eval_size=1000, steps=5, settle_steps=5) if args.quick else {}))
+    options = dict(chosen, **(dict(metric_size=2000, eval_size=1000, steps=5, settle_steps=5, settle_epochs=0.5)
+                                if args.quick else {}))
     cfg = TransitionConfig(checkpoint=str(ckpt), plan={"legs": PLAN}, out=str(out), data_root=args.data_root,
                            **options).validate()
     t0 = time.perf_counter()
@@ -102,11 +110,11 @@ def main() -> int:
         plot_runs([out], docs / "img" / "transitions_vgg.png", x="step", labels=["C1 → C2 → C3 → C4"],
                   title="transitions, VGG11 (width 0.25) on CIFAR-10: test accuracy along the chain")
         (docs / "bench_transitions_vgg.json").write_text(json.dumps(
-            {"machine": host, "plan": PLAN, "options": OPTIONS, "rows": rows, "seconds": seconds,
+            {"machine": host, "plan": PLAN, "settle": args.settle, "options": chosen, "rows": rows, "seconds": seconds,
              "checks": dict(checks)}, indent=2) + "\n")
         lines = ["# Transitions C1 → C2 → C3 → C4: VGG11 (width 0.25, FC 1024-1024) on CIFAR-10", "",
                  f"Produced by `python bench/transitions_vgg.py` on {host} ({seconds:.0f} s). Plan: "
-                 f"`{json.dumps(PLAN)}`; options `{json.dumps(OPTIONS)}`. *Gated*: the trained network with the same "
+                 f"`{json.dumps(PLAN)}`; options `{json.dumps(chosen)}`. *Gated*: the trained network with the same "
                  "units switched off and no updates. Test accuracy on the full CIFAR-10 test set; epochs of the 20k "
                  "training images.", "",
                  "| config | units off (features.0 + classifier.0) | geodesic | gated, no updates | epochs (leg) | "
