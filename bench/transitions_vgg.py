@@ -1,6 +1,7 @@
 """Figure 2D of the sparsification paper on VGG11: transitions C1 → C2 → C3 → C4 on CIFAR-10.
 
-    python bench/transitions_vgg.py [--data-root ../shared/data] [--quick]
+    python bench/transitions_vgg.py [--data-root ../shared/data] [--settle distill|finetune|geodesic] [--seed 0]
+                                   [--quick]
 
 C1 is a width-0.25 VGG11 with the original VGG's fully connected classifier layers (hidden
 1024-1024, the paper's 4096 scaled by the width), trained by ``bench/train_vgg11_cifar.py --hidden
@@ -14,13 +15,15 @@ chain, its counts scaled to the width (50 of 64 layer-1 filters → 12 of 16; 10
 
 Each leg a geodesic with the approach the filter-removal bench uses for BatchNorm networks
 (docs/method.md: β 16 growing ×4, land at 15 % of the distance), then 4 epochs of masked SGD on the
-hyperplane (``--settle finetune``), at most 5 epochs of the 20k training images per leg. Beside every
+hyperplane matching the starting network's outputs (``--settle distill``, no labels; 10 % warm-up),
+at most 5 epochs of the 20k training images per leg. Beside every
 configuration: the same units switched off in the trained network with no updates (gating).
 Accuracy on the full 10,000-image test set, BatchNorm statistics re-estimated for every geodesic
 network (the gated ones keep the trained statistics: no updates). Writes
 docs/bench_transitions_vgg.{json,md} and docs/img/transitions_vgg.png; prints a one-line summary;
 exits 3 when a configuration ends more than 2 points below C1 or a leg takes more than 5 epochs
-(issue 20's bar). ``--settle geodesic`` runs the former settle (geodesic steps on each hyperplane).
+(issue 20's bar). ``--settle finetune`` settles on the labels instead, ``--settle geodesic`` with the former geodesic
+steps on each hyperplane.
 """
 
 from __future__ import annotations
@@ -51,12 +54,14 @@ LAYERS = ("features.0", "classifier.0")
 PLAN = [{"name": "C2", "remove": {"features.0": 12}},
         {"name": "C3", "remove": {"classifier.0": 250}},
         {"name": "C4", "restore": {"features.0": 8}}]
-# each leg: the filter-removal bench's approach (bench/vgg_filters.py), then by --settle: masked SGD on the labels
-# (batches of 128, 4 epochs) or, formerly, 350 geodesic steps on the hyperplane with metric batches of 32
-SETTLES = {"finetune": {"steps": 100, "beta": 16.0, "beta_growth": 4.0, "tol": 0.15, "save_every": 10,
-                        "settle": "finetune", "settle_epochs": 4.0},
+# each leg: the filter-removal bench's approach (bench/vgg_filters.py), then by --settle: 4 epochs of masked SGD
+# on the starting network's outputs (distill) or on the labels (finetune), batches of 128, the learning rate
+# warmed up over the first 10 % of the steps; or, formerly, 350 geodesic steps on the hyperplane, batches of 32
+_APPROACH = {"steps": 100, "beta": 16.0, "beta_growth": 4.0, "tol": 0.15, "save_every": 10}
+SETTLES = {"distill": {**_APPROACH, "settle": "distill", "settle_epochs": 4.0, "settle_warmup": 0.1},
+           "finetune": {**_APPROACH, "settle": "finetune", "settle_epochs": 4.0, "settle_warmup": 0.1},
            "geodesic": {"steps": 60, "beta": 16.0, "beta_growth": 4.0, "tol": 0.15, "settle_steps": 350,
-                        "batch_size": 32, "save_every": 10}}
+                        "batch_size": 32, "save_every": 10, "settle": "geodesic"}}
 MAX_EPOCHS_PER_LEG = 5.0
 MAX_DROP = 0.02
 
@@ -71,8 +76,9 @@ def ensure_network(data_root: str) -> Path:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_args(ap, work="transitions_vgg")
-    ap.add_argument("--settle", choices=sorted(SETTLES), default="finetune",
-                    help="how each leg settles on its hyperplane (docs/reproduction.md compares the two)")
+    ap.add_argument("--settle", choices=sorted(SETTLES), default="distill",
+                    help="how each leg settles on its hyperplane (docs/reproduction.md compares them)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the run (other than 0: prints, writes no docs)")
     args = ap.parse_args()
     chosen = SETTLES[args.settle]
     ckpt = ensure_network(args.data_root)
@@ -80,7 +86,7 @@ def main() -> int:
     shutil.rmtree(out, ignore_errors=True)
     options = dict(chosen, **(dict(metric_size=2000, eval_size=1000, steps=5, settle_steps=5, settle_epochs=0.5)
                                 if args.quick else {}))
-    cfg = TransitionConfig(checkpoint=str(ckpt), plan={"legs": PLAN}, out=str(out), data_root=args.data_root,
+    cfg = TransitionConfig(checkpoint=str(ckpt), plan={"legs": PLAN}, out=str(out), data_root=args.data_root, seed=args.seed,
                            **options).validate()
     t0 = time.perf_counter()
     summary = run_transition(cfg)
@@ -106,7 +112,7 @@ def main() -> int:
     checks += [(f"{r['config']} leg within {MAX_EPOCHS_PER_LEG:g} epochs ({r['leg_epochs']:.2f})",
                 r["leg_epochs"] <= MAX_EPOCHS_PER_LEG) for r in rows[1:]]
     host = machine()
-    if not args.quick:
+    if not args.quick and args.seed == 0 and args.settle == "distill":
         plot_runs([out], docs / "img" / "transitions_vgg.png", x="step", labels=["C1 → C2 → C3 → C4"],
                   title="transitions, VGG11 (width 0.25) on CIFAR-10: test accuracy along the chain")
         (docs / "bench_transitions_vgg.json").write_text(json.dumps(

@@ -64,6 +64,10 @@ class Settle(str, Enum):
     """``--settle-epochs`` of masked SGD on the start network's outputs alone (no labels; T = 2)."""
 
 
+SETTLE_WARMUP_HELP = ("--settle finetune/distill: the fraction of the SGD steps over which the learning rate rises "
+                      "linearly to --settle-lr before its cosine decay (0: none).")
+
+
 class MaskMode(str, Enum):
     """Whether the set of pruned weights may change along the path."""
 
@@ -292,17 +296,17 @@ class SparsifyConfig(WalkOptions):
                                        default_help="--anchor")
     settle_epochs: float = opt(2.5, "Epochs of masked SGD after landing (--settle finetune or distill).")
     settle_lr: float = opt(0.05, "Learning rate of --settle finetune/distill (SGD, momentum 0.9, cosine decay).")
+    settle_warmup: float = opt(0.0, SETTLE_WARMUP_HELP)
 
     def validate(self):
         super().validate()
         if not self.checkpoint:
             raise UsageError("a checkpoint is required")
+        _settle_checks(self)
         if not 0.0 <= self.sparsity < 1.0:
             raise UsageError(f"--sparsity must be in [0, 1), got {self.sparsity}")
         for name in ("settle_steps", "train_eval_size"):
             _non_negative(self, name)
-        if not self.settle_epochs >= 0 or not self.settle_lr > 0:
-            raise UsageError("--settle-epochs must be ≥ 0 and --settle-lr > 0")
         if self.saliency_samples < 1:
             raise UsageError(f"--saliency-samples must be ≥ 1, got {self.saliency_samples}")
         return self
@@ -389,6 +393,7 @@ class TransitionConfig(WalkOptions):
     settle_epochs: float = opt(2.5, "Epochs of masked SGD after each landing (--settle finetune or distill; a leg "
                                     "may override it).")
     settle_lr: float = opt(0.05, "Learning rate of --settle finetune/distill (SGD, momentum 0.9, cosine decay).")
+    settle_warmup: float = opt(0.0, SETTLE_WARMUP_HELP)
 
     def validate(self):
         super().validate()
@@ -398,8 +403,7 @@ class TransitionConfig(WalkOptions):
             raise UsageError("--plan is required (a YAML file of legs)")
         for name in ("settle_steps", "train_eval_size"):
             _non_negative(self, name)
-        if not self.settle_epochs >= 0 or not self.settle_lr > 0:
-            raise UsageError("--settle-epochs must be ≥ 0 and --settle-lr > 0")
+        _settle_checks(self)
         return self
 
 
@@ -418,6 +422,13 @@ def _positive_or_none(cfg, name):
     v = getattr(cfg, name)
     if v is not None and v < 1:
         raise UsageError(f"--{name.replace('_', '-')} must be ≥ 1, got {v}")
+
+
+def _settle_checks(cfg) -> None:
+    if not cfg.settle_epochs >= 0 or not cfg.settle_lr > 0:
+        raise UsageError("--settle-epochs must be ≥ 0 and --settle-lr > 0")
+    if not 0.0 <= cfg.settle_warmup < 1.0:
+        raise UsageError(f"--settle-warmup must be in [0, 1), got {cfg.settle_warmup}")
 
 
 def _non_negative(cfg, name):

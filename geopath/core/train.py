@@ -50,8 +50,10 @@ def train(
     optimizer: str = "sgd",
     loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     remask: Callable[[int], torch.Tensor | None] | None = None,
+    warmup: float = 0.0,
 ) -> TrainStats:
-    """Train with cross-entropy; cosine learning-rate decay over the whole run.
+    """Train with cross-entropy; cosine learning-rate decay over the whole run (after a linear warm-up
+    over the first ``warmup`` fraction of the steps, from ``lr``/W to ``lr`` in W steps).
 
     ``optimizer``: ``sgd`` (with ``momentum``) or ``adam``. ``loss_fn(logits, x, y)`` replaces the
     cross-entropy (e.g. distillation from a teacher's outputs on ``x``). ``remask(step)`` is called
@@ -83,7 +85,7 @@ def train(
     total_steps = max(1, int(round(epochs * len(ds) / batch_size)))
     if max_passes is not None:
         total_steps = max(1, min(total_steps, max_passes // batch_size))
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total_steps)
+    sched = _schedule(opt, total_steps, warmup)
     gen = torch.Generator().manual_seed(seed)
     step, passes, last_loss = 0, 0, float("nan")
     if free is not None:
@@ -124,6 +126,22 @@ def train(
                 model.train()
     model.eval()
     return TrainStats(passes / len(ds), passes, last_loss)
+
+
+def _schedule(opt: torch.optim.Optimizer, total_steps: int, warmup: float):
+    """Cosine decay to zero over ``total_steps``; with ``warmup`` > 0, a linear rise over its first W =
+    ⌈warmup · total_steps⌉ steps (step s at (s + 1)/W of the rate), then cosine decay over the rest."""
+    if not 0.0 <= warmup < 1.0:
+        raise ValueError(f"warmup must be in [0, 1), got {warmup}")
+    if warmup == 0.0:
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, total_steps)
+    w = max(1, math.ceil(warmup * total_steps))
+
+    def factor(s: int) -> float:
+        if s < w:
+            return (s + 1) / w
+        return 0.5 * (1.0 + math.cos(math.pi * (s - w) / max(1, total_steps - w)))
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
 def _check_finite(total: float, step: int) -> None:

@@ -54,7 +54,7 @@ def settle_by_training(cfg, model, target: Target, data, reference, result, reco
     if steps:
         passes = train(model, data, epochs=budget / len(data), batch_size=cfg.batch_size, lr=cfg.settle_lr,
                        seed=cfg.seed, mask=target.mask if held is None else held, device=device, max_passes=budget,
-                       on_step=on_step, loss_fn=loss_fn).sample_passes
+                       on_step=on_step, loss_fn=loss_fn, warmup=cfg.settle_warmup).sample_passes
     row = record(steps, passes, recorder.writer.out / final_path)
     state.step += steps
     state.sample_passes += passes * per_sample

@@ -237,3 +237,21 @@ def test_peers_record_at_the_geodesics_cadence_in_passes(tmp_path):
         counts[save_every] = len(rows) - 3  # beside the dense start, the pruned network and the final one
     # 2 epochs of 2000 inputs = 4000 passes; one network per save_every × 8 × 64 passes
     assert counts == {1: round(4000 / 512), 2: round(4000 / 1024)}
+
+
+def test_settle_warmup_changes_the_settle_and_is_recorded(tmp_path):
+    common = [SAMPLE, "--sparsity", "0.9", *FAST, "--settle-epochs", "0.5"]
+    geopath("sparsify", *common, "-o", tmp_path / "plain", check=True)
+    geopath("sparsify", *common, "-o", tmp_path / "warm", "--settle-warmup", "0.5", check=True)
+    a, _ = read_tensors(tmp_path / "plain" / "final.safetensors")
+    b, _ = read_tensors(tmp_path / "warm" / "final.safetensors")
+    la, _ = read_tensors(tmp_path / "plain" / "steps" / "landed.safetensors")
+    lb, _ = read_tensors(tmp_path / "warm" / "steps" / "landed.safetensors")
+    assert all(torch.equal(la[k], lb[k]) for k in la)  # the same walk ...
+    assert not torch.equal(a["layers.0.weight"], b["layers.0.weight"])  # ... then another settle
+    assert all(torch.equal(a[k] == 0, b[k] == 0) for k in a)  # on the same hyperplane
+    assert yaml.safe_load((tmp_path / "warm" / "config.yaml").read_text())["settle_warmup"] == 0.5
+    from .._helpers import cli
+
+    refused = cli("sparsify", *common, "-o", tmp_path / "bad", "--settle-warmup", "1")
+    assert refused.returncode == 2 and "--settle-warmup must be in [0, 1)" in refused.stderr
