@@ -9,13 +9,17 @@ from __future__ import annotations
 import time
 
 import torch
+from torch import nn
 
 from geopath.config import Settle
+from geopath.core.dataset import Dataset, batches
+from geopath.core.evaluate import recompute_batchnorm
 from geopath.core.step import PASS_FORWARD
 from geopath.core.targets import Target
 
 SETTLE_TEMPERATURE = 2.0  # --settle distill
 SGD_STEPS_PER_STEP = 8  # a geodesic step costs about as many sample passes as 8 SGD steps (docs/method.md)
+HELD_OUT_BATCH = 256
 
 
 def settle_by_training(cfg, model, target: Target, data, reference, result, recorder,
@@ -26,7 +30,12 @@ def settle_by_training(cfg, model, target: Target, data, reference, result, reco
     ``--save-every`` × 8 SGD steps (the passes of ``--save-every`` geodesic steps); the last is
     ``final_path`` (relative to the run). ``held`` are the weights kept at zero (default: the target's
     mask). Returns its trace row; ``result.state`` moves on by the SGD steps and their passes (a chain's
-    next leg continues from there)."""
+    next leg continues from there).
+
+    With ``--settle-holdout F`` > 0 the last fraction F of ``data`` is held out of the SGD; the settle's own
+    loss on it (the distillation loss, or the cross-entropy with ``finetune``) is measured on the landed
+    network and on every recorded one, and the final network is the one where it was lowest (early
+    stopping; the forward passes this costs are counted)."""
     from geopath.core.train import train
     from geopath.peers.pruning import distillation_loss
 
@@ -40,23 +49,60 @@ def settle_by_training(cfg, model, target: Target, data, reference, result, reco
     tic = time.perf_counter() - state.wall_time
     row_state = {"landed_at": state.landed_at, "milestone": state.milestone, "landing_gap": state.landing_gap,
                  "retries": state.retries}
+    holdout = cfg.settle_holdout
+    train_data, held_out = data, None
+    if holdout > 0 and steps:
+        k = min(len(data) - 1, max(1, round(holdout * len(data))))
+        train_data = Dataset(data.x[:len(data) - k], data.y[:len(data) - k], data.name, data.split, data.preprocess)
+        held_out = Dataset(data.x[len(data) - k:], data.y[len(data) - k:], data.name, data.split, data.preprocess)
+    checks = {"passes": 0.0, "best": None}  # held-out forward passes spent; (loss, weights) of the best network
+
+    def check(net: nn.Module) -> None:
+        """The settle's loss on the held-out inputs (BatchNorm statistics as the recorder leaves them)."""
+        if held_out is None:
+            return
+        loss = _held_out_loss(net, held_out, loss_fn, device)
+        checks["passes"] += len(held_out) * PASS_FORWARD * (2 if loss_fn is not None else 1)
+        if checks["best"] is None or loss < checks["best"][0]:
+            checks["best"] = (loss, {k: v.detach().clone() for k, v in net.state_dict().items()})
 
     def record(step: int, passes: float, path) -> dict:
         return recorder(state.step + step, model, path, t=1.0, distance=0.0, length=state.length,
-                        sample_passes=state.sample_passes + passes * per_sample,
+                        sample_passes=state.sample_passes + passes * per_sample + checks["passes"],
                         clock=lambda: time.perf_counter() - tic, state=row_state)
 
     def on_step(step, passes):
         if step % every == 0 and step < steps:
             record(step, passes, recorder.writer.step_path(state.step + step))
+            check(model)
 
+    check(model)  # the landed network, as recorded (its BatchNorm statistics re-estimated)
     passes = 0
     if steps:
-        passes = train(model, data, epochs=budget / len(data), batch_size=cfg.batch_size, lr=cfg.settle_lr,
-                       seed=cfg.seed, mask=target.mask if held is None else held, device=device, max_passes=budget,
-                       on_step=on_step, loss_fn=loss_fn, warmup=cfg.settle_warmup).sample_passes
+        passes = train(model, train_data, epochs=budget / len(train_data), batch_size=cfg.batch_size,
+                       lr=cfg.settle_lr, seed=cfg.seed, mask=target.mask if held is None else held, device=device,
+                       max_passes=budget, on_step=on_step, loss_fn=loss_fn, warmup=cfg.settle_warmup).sample_passes
+    if held_out is not None:
+        if recorder.bn_data is not None:
+            recompute_batchnorm(model, recorder.bn_data, device=device)
+        check(model)
+        model.load_state_dict(checks["best"][1])  # the network with the lowest held-out loss
     row = record(steps, passes, recorder.writer.out / final_path)
     state.step += steps
-    state.sample_passes += passes * per_sample
+    state.sample_passes += passes * per_sample + checks["passes"]
     state.wall_time = time.perf_counter() - tic
     return row
+
+
+@torch.no_grad()
+def _held_out_loss(net: nn.Module, ds: Dataset, loss_fn, device) -> float:
+    was_training = net.training
+    net.eval()
+    total = 0.0
+    for x, y in batches(ds, HELD_OUT_BATCH):
+        x, y = x.to(device), y.to(device)
+        logits = net(x)
+        loss = loss_fn(logits, x, y) if loss_fn is not None else nn.functional.cross_entropy(logits, y)
+        total += float(loss) * len(y)
+    net.train(was_training)
+    return total / len(ds)

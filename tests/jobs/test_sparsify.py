@@ -255,3 +255,31 @@ def test_settle_warmup_changes_the_settle_and_is_recorded(tmp_path):
 
     refused = cli("sparsify", *common, "-o", tmp_path / "bad", "--settle-warmup", "1")
     assert refused.returncode == 2 and "--settle-warmup must be in [0, 1)" in refused.stderr
+
+
+def test_settle_holdout_ends_on_the_network_with_the_lowest_held_out_loss(tmp_path):
+    """--settle-holdout 0.25: the last 500 of the 2000 metric inputs stay out of the SGD; the run ends on
+    whichever of the landed network, the recorded settle networks and the last one has the lowest
+    cross-entropy on them, and the held-out forward passes are counted."""
+    out = tmp_path / "out"
+    geopath("sparsify", SAMPLE, "-o", out, "--sparsity", "0.9", *FAST, "--settle-epochs", "1", "--settle-lr", "0.5",
+            "--settle-holdout", "0.25", check=True)
+    held = load_dataset("mnist", "train", DATA_ROOT).head(2000)
+    x, y = held.x[1500:], held.y[1500:]
+
+    def loss(path) -> float:
+        with torch.no_grad():
+            return float(torch.nn.functional.cross_entropy(load_checkpoint(path).model.eval()(x), y))
+
+    rows = [json.loads(l) for l in (out / "trace.jsonl").read_text().splitlines()]
+    landed = next(r for r in rows if r["checkpoint"] == "steps/landed.safetensors")
+    settle = [r for r in rows[rows.index(landed):] if r["checkpoint"] != "final.safetensors"]
+    candidates = [loss(out / r["checkpoint"]) for r in settle]
+    final = loss(out / "final.safetensors")
+    assert final <= min(candidates) + 1e-6
+    # SGD on the other 1,500 inputs for 31 steps (an epoch of 24 batches, the last of 28, then 7 of 64), plus
+    # 3 held-out checks (landed, step 16, last) of 500 forward passes at 1/3 each
+    assert rows[-1]["sample_passes"] - landed["sample_passes"] == pytest.approx(1500 + 7 * 64 + 3 * 500 / 3)
+    a, _ = read_tensors(out / "final.safetensors")
+    for name in prunable_parameters(load_checkpoint(SAMPLE).model):  # still on the hyperplane
+        assert torch.equal(a[name] == 0, read_tensors(out / "steps" / "landed.safetensors")[0][name] == 0)
