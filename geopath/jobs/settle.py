@@ -13,9 +13,10 @@ from torch import nn
 
 from geopath.config import Settle
 from geopath.core.dataset import Dataset, batches
-from geopath.core.evaluate import recompute_batchnorm
+from geopath.core.evaluate import evaluate, recompute_batchnorm
 from geopath.core.step import PASS_FORWARD
 from geopath.core.targets import Target
+from geopath.jobs.common import split_train
 
 SETTLE_TEMPERATURE = 2.0  # --settle distill
 SGD_STEPS_PER_STEP = 8  # a geodesic step costs about as many sample passes as 8 SGD steps (docs/method.md)
@@ -52,9 +53,7 @@ def settle_by_training(cfg, model, target: Target, data, reference, result, reco
     holdout = cfg.settle_holdout
     train_data, held_out = data, None
     if holdout > 0 and steps:
-        k = min(len(data) - 1, max(1, round(holdout * len(data))))
-        train_data = Dataset(data.x[:len(data) - k], data.y[:len(data) - k], data.name, data.split, data.preprocess)
-        held_out = Dataset(data.x[len(data) - k:], data.y[len(data) - k:], data.name, data.split, data.preprocess)
+        train_data, held_out = split_train(data, min(len(data) - 1, max(1, round(holdout * len(data)))))
     checks = {"passes": 0.0, "best": None}  # held-out forward passes spent; (loss, weights) of the best network
 
     def check(net: nn.Module) -> None:
@@ -96,13 +95,14 @@ def settle_by_training(cfg, model, target: Target, data, reference, result, reco
 
 @torch.no_grad()
 def _held_out_loss(net: nn.Module, ds: Dataset, loss_fn, device) -> float:
+    """Mean ``loss_fn`` over ``ds`` in eval mode; without one, the cross-entropy :func:`evaluate` reports."""
+    if loss_fn is None:
+        return evaluate(net, ds, device=device).loss
     was_training = net.training
     net.eval()
     total = 0.0
     for x, y in batches(ds, HELD_OUT_BATCH):
         x, y = x.to(device), y.to(device)
-        logits = net(x)
-        loss = loss_fn(logits, x, y) if loss_fn is not None else nn.functional.cross_entropy(logits, y)
-        total += float(loss) * len(y)
+        total += float(loss_fn(net(x), x, y)) * len(y)
     net.train(was_training)
     return total / len(ds)
