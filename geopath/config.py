@@ -26,7 +26,7 @@ import yaml
 from geopath.errors import UsageError
 from geopath.io.preprocess import PREPROCESS_HELP, parse_image_size, parse_preprocess
 from geopath.peers import registry
-from geopath.core.choices import Anchor, BNStats, Combine, JVPMode, MaskScope, MetricKind, TRMethod
+from geopath.core.choices import Anchor, BNStats, Combine, ConnectPath, JVPMode, MaskScope, MetricKind, TRMethod
 
 
 def opt(default, help: str, *, arg: bool = False, flag: str | None = None, short: str | None = None,
@@ -369,6 +369,12 @@ class ConnectConfig(WalkOptions):
                                   "so a path that stalls still reaches B (1: constant β).")
     points: int = opt(11, "Networks saved evenly spaced along the path (in points/), endpoints included.")
     align: bool = opt(False, "First permute B's units to match A (weight matching); B's function is unchanged.")
+    path: ConnectPath = opt(ConnectPath.WALK, "How the geodesic is found: walk (greedy metric steps toward B) or relax "
+                                              "(the whole piecewise-linear path fitted at once, label-free, to the "
+                                              "endpoints' blended outputs; see docs/method.md).")
+    nodes: int = opt(1, "--path relax: free nodes of the path, evenly spaced in t.")
+    relax_epochs: float = opt(5.0, "--path relax: epochs of fitting (sample passes over the metric inputs).")
+    relax_lr: float = opt(0.05, "--path relax: learning rate (SGD, momentum 0.9, cosine decay).")
 
     ENDPOINTS_ANCHOR = True
 
@@ -379,6 +385,10 @@ class ConnectConfig(WalkOptions):
         _non_negative(self, "train_eval_size")
         if self.points < 2:
             raise UsageError("--points must be ≥ 2")
+        if self.nodes < 1:
+            raise UsageError(f"--nodes must be ≥ 1, got {self.nodes}")
+        if not self.relax_epochs >= 0 or not self.relax_lr > 0:
+            raise UsageError(f"--relax-epochs must be ≥ 0 and --relax-lr > 0, got {self.relax_epochs}, {self.relax_lr}")
         return self
 
 

@@ -48,6 +48,15 @@ class TRMethod(str, Enum):
     """Exact multiplier search, a damped CG solve per iteration."""
 
 
+class ConnectPath(str, Enum):
+    """How ``connect`` finds its geodesic."""
+
+    WALK = "walk"
+    """Greedy metric steps from A toward B, anchored to the endpoints' blended outputs."""
+    RELAX = "relax"
+    """The whole piecewise-linear path fitted at once to the blended outputs (:mod:`geopath.core.relax`)."""
+
+
 class Anchor(str, Enum):
     """What the functional change of a step is measured against."""
 

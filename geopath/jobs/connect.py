@@ -31,7 +31,11 @@ from geopath.peers.task import PeerTask
 from geopath.core.params import ParamSpace, load_vector, model_vector
 from geopath.config import ConnectConfig
 from geopath.core.evaluate import has_batchnorm
+from geopath.core.choices import ConnectPath
+from geopath.core.relax import chain_point, node_times, outputs, relax
 from geopath.core.step import Anchor
+from geopath.core.record import PeerRecorder
+from geopath.errors import UsageError
 from geopath.core.path import MetricSource, walk
 from geopath.io.rundir import RunWriter
 from geopath.core.targets import NetworkTarget
@@ -104,8 +108,15 @@ class Connect(job.Job):
                          own={"metric": metric, "model_a": model_a, "model_b": model_b, "w_a": w_a, "w_b": w_b,
                               "d0": d0, "space": space}, preprocess=metric.preprocess, carry=job.carried(a))
 
+    def begin(self, setup: job.Setup, writer: RunWriter, resume: bool, geodesic: bool):
+        if resume and geodesic and setup.cfg.path is ConnectPath.RELAX:
+            raise UsageError("--resume continues --path walk runs; re-run --path relax with --overwrite")
+        return super().begin(setup, writer, resume, geodesic)
+
     def walk(self, setup: job.Setup, recorder, state, device) -> job.Outcome:
         cfg, own = setup.cfg, setup.own
+        if cfg.path is ConnectPath.RELAX:
+            return _relax(setup, recorder, device)
         d0 = own["d0"]
         blend = BlendedReference(own["model_a"], own["model_b"])
         src = MetricSource(own["metric"], reference=blend if cfg.anchor is Anchor.ENDPOINTS else own["model_a"])
@@ -126,6 +137,28 @@ class Connect(job.Job):
 
 JOB = Connect()
 run_connect = JOB.run
+
+
+def _relax(setup: job.Setup, recorder, device) -> job.Outcome:
+    """``--path relax``: fit the path's free nodes (:func:`geopath.core.relax.relax`), then record the networks at
+    ``--points`` evenly spaced ``t`` and at every node; the last one is B exactly. The endpoints' outputs on the
+    metric inputs cost two forward passes each (counted as 1/3 of a sample pass)."""
+    cfg, own = setup.cfg, setup.own
+    metric = own["metric"]
+    z_a, z_b = outputs(own["model_a"], metric, device), outputs(own["model_b"], metric, device)
+    passes = int(round(cfg.relax_epochs * len(metric)))
+    nodes = relax(setup.model, own["w_a"], own["w_b"], z_a, z_b, metric, passes, free=cfg.nodes,
+                  batch_size=cfg.batch_size, lr=cfg.relax_lr, seed=cfg.seed, device=device)
+    spent = passes + 2 * len(metric) / 3
+    ts = sorted({round(i / (cfg.points - 1), 12) for i in range(cfg.points)} | set(node_times(cfg.nodes)))
+    record = PeerRecorder(recorder)
+    space, w_b = own["space"], nodes[-1]
+    for i, t in enumerate(ts):
+        w = chain_point(nodes, t)
+        load_vector(setup.model, space, w)
+        record(i, setup.model, spent, t=t, distance=float(torch.linalg.vector_norm(w_b - w)), alpha=t,
+               final=i == len(ts) - 1)
+    return job.Outcome(record.rows[-1], reached=True)
 
 
 def _evaluate_jump(model, space, start, end, d0, final_row, recorder) -> None:

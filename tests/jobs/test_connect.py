@@ -265,3 +265,28 @@ def test_batchnorm_statistics_are_recomputed_geodesic(tmp_path):
         _assert_fresh_bn(out / r["checkpoint"], bn_data, [ta, tb])
     final, _ = read_tensors(out / "final.safetensors")
     assert all(torch.equal(final[k], tb[k]) for k in tb if "running" not in k and "num_batches" not in k)
+
+
+def test_relax_path_ends_on_b_records_nodes_and_counts_its_passes(tmp_path, net_b):
+    out = tmp_path / "relax"
+    options = [*SLICES, "--path", "relax", "--nodes", "3", "--points", "3", "--relax-epochs", "0.5"]
+    proc = geopath("connect", SAMPLE, net_b, "-o", out, *options)
+    assert proc.returncode == 0, proc.stderr
+    rows, summary = jsonl(out / "trace.jsonl"), json.loads((out / "summary.json").read_text())
+    assert summary["method"] == "geodesic" and summary["reached"]
+    assert [r["t"] for r in rows] == [0.0, 0.25, 0.5, 0.75, 1.0]  # --points 3 and every node
+    assert torch.equal(_vec(out / "final.safetensors"), _vec(net_b))  # exactly B
+    assert torch.equal(_vec(out / rows[0]["checkpoint"]), _vec(SAMPLE))
+    # 0.5 epochs of fitting plus the two endpoints' forward passes over the 2000 metric inputs
+    assert rows[-1]["sample_passes"] == pytest.approx(1000 + 2 * 2000 / 3)
+    mid = _vec(out / rows[2]["checkpoint"])
+    assert not torch.allclose(mid, 0.5 * (_vec(SAMPLE) + _vec(net_b)))  # the node moved off the line
+    assert summary["min_test_accuracy"] == min(r["test_accuracy"] for r in rows)
+    (out / "manifest.json").unlink()  # as if it had been interrupted: the fit is not resumable
+    again = geopath("connect", SAMPLE, net_b, "-o", out, *options, "--resume")
+    assert again.returncode == 2 and "--path relax" in again.stderr
+
+
+def test_relax_refuses_zero_nodes(tmp_path, net_b):
+    proc = geopath("connect", SAMPLE, net_b, "-o", tmp_path / "x", *SLICES, "--path", "relax", "--nodes", "0")
+    assert proc.returncode == 2 and "--nodes" in proc.stderr and not (tmp_path / "x").exists()
