@@ -217,7 +217,7 @@ def test_settle_by_finetuning_keeps_each_legs_zeros_and_trains_the_rest(plan_fil
 def test_a_run_stopped_while_settling_by_training_is_refused_on_resume(plan_file, tmp_path):
     out = tmp_path / "out"
     rc, err, hit = interrupt_when(["transition", SAMPLE, "--plan", plan_file, "-o", out, *FAST, "--settle", "finetune",
-                                   "--settle-epochs", "3", "--json"],
+                                   "--settle-epochs", "40", "--json"],  # long enough that the signal lands mid-settle
                                   lambda r: r["checkpoint"] == "steps/leg_02_landed.safetensors")
     assert hit is not None and rc == 130, err
     resumed = cli("transition", "-o", out, "--resume")
