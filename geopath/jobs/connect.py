@@ -144,6 +144,7 @@ def _relax(setup: job.Setup, recorder, device) -> job.Outcome:
     ``--points`` evenly spaced ``t`` and at every node; the last one is B exactly. The endpoints' outputs on the
     metric inputs cost two forward passes each (counted as 1/3 of a sample pass)."""
     cfg, own = setup.cfg, setup.own
+    record = PeerRecorder(recorder)  # (its wall time starts here, so the fit is counted)
     metric = own["metric"]
     z_a, z_b = outputs(own["model_a"], metric, device), outputs(own["model_b"], metric, device)
     passes = int(round(cfg.relax_epochs * len(metric)))
@@ -151,7 +152,6 @@ def _relax(setup: job.Setup, recorder, device) -> job.Outcome:
                   batch_size=cfg.batch_size, lr=cfg.relax_lr, seed=cfg.seed, device=device)
     spent = passes + 2 * len(metric) / 3
     ts = sorted({round(i / (cfg.points - 1), 12) for i in range(cfg.points)} | set(node_times(cfg.nodes)))
-    record = PeerRecorder(recorder)
     space, w_b = own["space"], nodes[-1]
     for i, t in enumerate(ts):
         w = chain_point(nodes, t)
