@@ -133,9 +133,11 @@ class _StopFlag:
                 pass
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, *exc):
         for sig, old in self._old.items():
             signal.signal(sig, old)
+        if self.hit and exc_type is None:  # a signal after the last step must not be swallowed
+            raise Interrupted("interrupted as the walk ended")
 
 
 def _step_batches(sources: list[MetricSource], step: int, cfg: PathConfig, device,
