@@ -157,8 +157,11 @@ def interrupt_when(cmd: list, predicate, timeout: float = 300) -> tuple[int, str
     import signal
 
     env = {**os.environ, "GEOPATH_DATA_ROOT": str(DATA_ROOT)}
+    # a test run started in the background of a non-interactive shell ignores SIGINT, and so would the child:
+    # give it the default disposition, so Python turns SIGINT into KeyboardInterrupt as in a terminal
     proc = subprocess.Popen([sys.executable, "-m", "geopath", *map(str, cmd)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     hit = None
     for line in proc.stdout:
         row = json.loads(line)
