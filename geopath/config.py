@@ -369,11 +369,12 @@ class ConnectConfig(WalkOptions):
                                   "so a path that stalls still reaches B (1: constant β).")
     points: int = opt(11, "Networks saved evenly spaced along the path (in points/), endpoints included.")
     align: bool = opt(False, "First permute B's units to match A (weight matching); B's function is unchanged.")
-    path: ConnectPath = opt(ConnectPath.WALK, "How the geodesic is found: walk (greedy metric steps toward B) or relax "
-                                              "(the whole piecewise-linear path fitted at once, label-free, to the "
-                                              "endpoints' blended outputs; see docs/method.md).")
+    path: ConnectPath = opt(ConnectPath.RELAX, "How the geodesic is found: relax (the whole piecewise-linear path "
+                                               "fitted at once, label-free, to the endpoints' blended outputs) or walk "
+                                               "(greedy metric steps toward B, resumable; it stalls on CIFAR pairs); "
+                                               "see docs/method.md.")
     nodes: int = opt(1, "--path relax: free nodes of the path, evenly spaced in t.")
-    relax_epochs: float = opt(5.0, "--path relax: epochs of fitting (sample passes over the metric inputs).")
+    relax_epochs: float = opt(10.0, "--path relax: epochs of fitting (sample passes over the metric inputs).")
     relax_lr: float = opt(0.05, "--path relax: learning rate (SGD, momentum 0.9, cosine decay).")
 
     ENDPOINTS_ANCHOR = True

@@ -21,22 +21,28 @@ matrix ``S[i, j]`` = Σ <(A's parameters attached to unit i), (B's attached to u
 — the unit's incoming weights, bias, BatchNorm scale and shift, and the next layer's
 weights that read it. Sweeps repeat until one improves nothing.
 
-Only "chain" networks are supported: Linear/Conv layers applied one after the other
-in module-registration order (``mlp``, ``lenet5``, ``vgg11``), with element-wise
-activations, pooling, BatchNorm and flattening between them. Residual connections,
-concatenations or grouped convolutions tie the permutations of different layers
-together; :func:`check_permutation_invariance` detects such models by testing that
-random permutations really leave the outputs unchanged.
+Which entries a hidden "unit space" reorders is read from the model's graph
+(``torch.fx``; :func:`permutation_spec`): every Linear/Conv layer opens a new space for
+its outputs; BatchNorm, element-wise activations, pooling, dropout, flattening and
+spatial means carry a space through; a residual sum ``a + b`` ties the spaces of ``a``
+and ``b`` into one (ResNet's stream of identity shortcuts is one space per stage, its
+1×1 projection shortcuts open the next); the network's inputs and outputs are never
+permuted. Concatenations, grouped convolutions, attention and anything else unknown are
+refused, and a model that cannot be traced falls back to the registration-order chain
+(``mlp``, ``lenet5``, ``vgg11``). :func:`check_permutation_invariance` then confirms that
+random permutations of the spaces found really leave the outputs unchanged.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+import operator
+from dataclasses import dataclass, field
 
 import torch
 from scipy.optimize import linear_sum_assignment
-from torch import Tensor, nn
+from torch import Tensor, fx, nn
+from torch.nn import functional as F
 
 from geopath.errors import UsageError
 from geopath.core.targets import _following_batchnorm
@@ -94,14 +100,181 @@ def chain_layers(model: nn.Module) -> list[ChainLayer]:
     return layers
 
 
-def _unit_axes(layers: list[ChainLayer], k: int, keys: set[str]) -> list[_Axis]:
-    """Every state-dict entry (among ``keys``) that a permutation of hidden layer ``k`` reorders."""
-    layer, nxt = layers[k], layers[k + 1]
-    own = [f"{layer.name}.weight", f"{layer.name}.bias"]
-    if layer.batchnorm is not None:
-        own += [f"{layer.batchnorm}.{s}" for s in _BN_STATE]
-    axes = [_Axis(key, 0, 1) for key in own] + [_Axis(f"{nxt.name}.weight", 1, nxt.expand)]
-    return [a for a in axes if a.key in keys]
+@dataclass(frozen=True)
+class PermutationSpec:
+    """The hidden unit spaces of a network and every state-dict entry each one reorders.
+
+    Space ``k`` has ``units[k]`` units, is named after ``names[k]`` (the first layer that
+    produces it) and reorders ``axes[k]``: the weights, biases and BatchNorm entries of its
+    producers along dim 0, and its consumers' weights along dim 1 (``expand`` inputs per
+    unit where a Linear layer reads a flattened ``C×H×W`` map).
+    """
+
+    names: list[str]
+    units: list[int]
+    axes: list[list[_Axis]]
+
+
+def _chain_spec(model: nn.Module) -> PermutationSpec:
+    """The spec of a chain network: every layer but the last owns one space (see :func:`chain_layers`)."""
+    layers = chain_layers(model)
+    axes = []
+    for layer, nxt in zip(layers[:-1], layers[1:]):
+        own = [f"{layer.name}.weight", f"{layer.name}.bias"]
+        if layer.batchnorm is not None:
+            own += [f"{layer.batchnorm}.{s}" for s in _BN_STATE]
+        axes.append([_Axis(key, 0, 1) for key in own] + [_Axis(f"{nxt.name}.weight", 1, nxt.expand)])
+    return _existing(model, PermutationSpec([c.name for c in layers[:-1]], [c.out_units for c in layers[:-1]], axes))
+
+
+def _existing(model: nn.Module, spec: PermutationSpec) -> PermutationSpec:
+    """``spec`` without the entries the model does not have (e.g. ``bias=False`` layers)."""
+    keys = set(model.state_dict())
+    return PermutationSpec(spec.names, spec.units, [[a for a in axes if a.key in keys] for axes in spec.axes])
+
+
+# modules and functions that keep each unit in its own channel (dim 1): the space passes through
+_PASS_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Hardswish,
+                 nn.Dropout, nn.Identity, nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d,
+                 nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten)
+_PASS_FUNCTIONS = {torch.relu, F.relu, F.relu6, F.leaky_relu, F.elu, F.gelu, F.silu, torch.tanh, torch.sigmoid,
+                   F.hardswish, F.dropout, torch.max_pool2d, F.max_pool2d, F.avg_pool2d, F.max_pool1d,
+                   F.avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool1d, torch.flatten}
+_PASS_METHODS = {"relu", "sigmoid", "tanh", "flatten", "view", "reshape", "mean", "contiguous"}
+_ADD = {operator.add, operator.iadd, torch.add}
+_SCALE = {operator.mul, operator.truediv, torch.mul}
+
+
+@dataclass
+class _Spaces:
+    """Union-find over the unit spaces met while walking a traced graph."""
+
+    units: list[int] = field(default_factory=list)
+    owner: list[str] = field(default_factory=list)
+    parent: list[int] = field(default_factory=list)
+    fixed: list[bool] = field(default_factory=list)
+    axes: list[list[_Axis]] = field(default_factory=list)
+
+    def new(self, units: int, owner: str, fixed: bool = False) -> int:
+        for lst, v in ((self.units, units), (self.owner, owner), (self.parent, len(self.parent)),
+                       (self.fixed, fixed), (self.axes, [])):
+            lst.append(v)
+        return len(self.units) - 1
+
+    def root(self, s: int) -> int:
+        while self.parent[s] != s:
+            self.parent[s] = self.parent[self.parent[s]]
+            s = self.parent[s]
+        return s
+
+    def union(self, a: int, b: int, where: str) -> int:
+        a, b = self.root(a), self.root(b)
+        if a == b:
+            return a
+        if self.units[a] != self.units[b] and not (self.fixed[a] or self.fixed[b]):
+            raise UsageError(f"{where} adds {self.units[a]} to {self.units[b]} channels")
+        a, b = min(a, b), max(a, b)  # the earlier space names the union
+        self.parent[b] = a
+        self.fixed[a] = self.fixed[a] or self.fixed[b]
+        return a
+
+
+def _traced_spec(model: nn.Module) -> PermutationSpec:
+    """The spec read from ``model``'s ``torch.fx`` graph (see the module docstring).
+
+    Raises :class:`UsageError` on an operation it does not know to keep units in place
+    (or an exception from ``torch.fx`` if the model cannot be traced symbolically).
+    """
+    graph = fx.symbolic_trace(model).graph
+    modules = dict(model.named_modules())
+    sp = _Spaces()
+    val: dict[fx.Node, int | None] = {}
+
+    def space(arg, where: str) -> int:
+        if not isinstance(arg, fx.Node) or val.get(arg) is None:
+            raise UsageError(f"{where}: its input is not a tensor this alignment follows")
+        return sp.root(val[arg])
+
+    for node in graph.nodes:
+        where = f"{node.op} {node.target!s}"
+        if node.op == "placeholder":
+            val[node] = sp.new(0, "input", fixed=True)
+        elif node.op == "output":
+            for arg in node.all_input_nodes:
+                if val.get(arg) is not None:
+                    sp.fixed[space(arg, where)] = True
+        elif node.op == "call_module":
+            m = modules[node.target]
+            s_in = space(node.args[0], f"{node.target!r}")
+            if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+                if getattr(m, "groups", 1) != 1:
+                    raise UsageError(f"{node.target!r} is a grouped convolution; permutation alignment does not "
+                                     "support it")
+                n_out, n_in = m.weight.shape[0], m.weight.shape[1]
+                if not sp.fixed[s_in]:
+                    if n_in % sp.units[s_in]:
+                        raise UsageError(f"{node.target!r} takes {n_in} inputs, not a whole multiple of the "
+                                         f"{sp.units[s_in]} units it reads")
+                    sp.axes[s_in].append(_Axis(f"{node.target}.weight", 1, n_in // sp.units[s_in]))
+                s_out = sp.new(n_out, node.target)
+                sp.axes[s_out] += [_Axis(f"{node.target}.weight", 0, 1), _Axis(f"{node.target}.bias", 0, 1)]
+                val[node] = s_out
+            elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+                if not sp.fixed[s_in] and m.num_features != sp.units[s_in]:
+                    raise UsageError(f"{node.target!r} normalises {m.num_features} channels of "
+                                     f"{sp.units[s_in]} units")
+                sp.axes[s_in] += [_Axis(f"{node.target}.{e}", 0, 1) for e in _BN_STATE]
+                val[node] = s_in
+            elif isinstance(m, _PASS_MODULES):
+                if isinstance(m, nn.Flatten) and m.start_dim != 1:
+                    raise UsageError(f"{node.target!r} flattens from dim {m.start_dim}, not 1")
+                val[node] = s_in
+            else:
+                raise UsageError(f"{node.target!r} is a {type(m).__name__}, which permutation alignment does not "
+                                 "know to keep units in place")
+        elif node.op == "call_function" and node.target in _ADD:
+            spaces = [space(a, where) for a in node.args if isinstance(a, fx.Node)]
+            s = spaces[0]
+            for other in spaces[1:]:
+                s = sp.union(s, other, f"{node.name}")
+            val[node] = s
+        elif node.op == "call_function" and (node.target in _PASS_FUNCTIONS or node.target in _SCALE):
+            tensors = [a for a in node.args if isinstance(a, fx.Node)]
+            if len(tensors) != 1:
+                raise UsageError(f"{where}: combines {len(tensors)} tensors")
+            val[node] = space(tensors[0], where)
+        elif node.op == "call_method" and node.target == "size":
+            val[node] = None
+        elif node.op == "call_method" and node.target in _PASS_METHODS | {"add", "add_", "mul", "div"}:
+            tensors = [a for a in node.args if isinstance(a, fx.Node) and val.get(a) is not None]
+            s = space(tensors[0], where)
+            for other in tensors[1:]:
+                if node.target not in ("add", "add_"):
+                    raise UsageError(f"{where}: combines two tensors")
+                s = sp.union(s, space(other, where), node.name)
+            val[node] = s
+        else:
+            raise UsageError(f"{where} is an operation permutation alignment does not know to keep units in place")
+
+    roots = sorted({sp.root(s) for s in range(len(sp.units))} - {r for r in range(len(sp.units)) if sp.fixed[r]})
+    spec = PermutationSpec([sp.owner[r] for r in roots], [sp.units[r] for r in roots], [[] for _ in roots])
+    index = {r: i for i, r in enumerate(roots)}
+    for s, axes in enumerate(sp.axes):
+        r = sp.root(s)
+        if r in index:
+            spec.axes[index[r]].extend(axes)
+    return _existing(model, spec)
+
+
+def permutation_spec(model: nn.Module) -> PermutationSpec:
+    """The unit spaces of ``model``: read from its ``torch.fx`` graph, or from its chain of layers if it
+    cannot be traced. Raises :class:`UsageError` for a network neither understands."""
+    try:
+        return _traced_spec(model)
+    except UsageError:
+        raise
+    except Exception:  # noqa: BLE001 - symbolic tracing fails on data-dependent control flow
+        return _chain_spec(model)
 
 
 def _block_index(perm: Tensor, expand: int) -> Tensor:
@@ -118,29 +291,29 @@ def _unit_rows(t: Tensor, axis: _Axis, units: int) -> Tensor:
     return t.movedim(axis.dim, 0).reshape(units, -1).to(torch.float64)
 
 
-def _permute_state(layers: list[ChainLayer], state: dict[str, Tensor], perms: dict[int, Tensor]) -> dict[str, Tensor]:
-    """A copy of ``state`` with hidden layer ``k``'s units reordered by ``perms[k]`` (unit ``i`` ← ``perms[k][i]``)."""
+def _permute_state(spec: PermutationSpec, state: dict[str, Tensor], perms: dict[int, Tensor]) -> dict[str, Tensor]:
+    """A copy of ``state`` with space ``k``'s units reordered by ``perms[k]`` (unit ``i`` ← ``perms[k][i]``)."""
     out = {key: t.clone() for key, t in state.items()}
     for k, perm in perms.items():
-        for axis in _unit_axes(layers, k, set(state)):
+        for axis in spec.axes[k]:
             out[axis.key] = _permute(out[axis.key], axis, perm)
     return out
 
 
-def _similarity(k: int, axes: dict[int, list[_Axis]], state_a: dict[str, Tensor], state_b: dict[str, Tensor],
+def _similarity(k: int, axes: list[list[_Axis]], state_a: dict[str, Tensor], state_b: dict[str, Tensor],
                 perms: dict[int, Tensor], units: int) -> Tensor:
-    """``S[i, j]`` = <A's parameters at unit ``i``, B's at unit ``j``> of hidden layer ``k``.
+    """``S[i, j]`` = <A's parameters at unit ``i``, B's at unit ``j``> of space ``k``.
 
-    ``axes[j]`` lists the parameters hidden layer ``j`` reorders. B's tensors carry the
-    current permutations of the other hidden layers (the previous layer's on the
-    incoming weights, the next layer's on the outgoing ones).
+    ``axes[j]`` lists the parameters space ``j`` reorders. B's tensors carry the current
+    permutations of the other axes of each tensor (the previous space's on a layer's
+    inputs, the next one's on its outputs).
     """
     sim = torch.zeros(units, units, dtype=torch.float64)
     for axis in axes[k]:
         b = state_b[axis.key]
-        for j, others in axes.items():
+        for j, others in enumerate(axes):
             for other in others:
-                if j != k and other.key == axis.key:
+                if other.key == axis.key and other.dim != axis.dim:
                     b = _permute(b, other, perms[j])
         sim += (_unit_rows(state_a[axis.key], axis, units) @ _unit_rows(b, axis, units).T).cpu()
     return sim
@@ -159,21 +332,22 @@ def weight_matching(model: nn.Module, state_a: dict[str, Tensor], state_b: dict[
                     max_iter: int = 100, seed: int = 0) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """Permute B's hidden units to match A's (see module docstring).
 
-    ``model`` gives the architecture (its own weights are not used); it must be a chain
-    network, which :func:`check_permutation_invariance` verifies. Returns the permuted
-    copy of ``state_b`` and, for every hidden layer (every chain layer but the last),
-    its permutation ``p`` as a LongTensor: unit ``i`` of the result is unit ``p[i]`` of B.
+    ``model`` gives the architecture (its own weights are not used; see
+    :func:`permutation_spec`, and :func:`check_permutation_invariance` to verify it).
+    Returns the permuted copy of ``state_b`` and, for every hidden unit space, named after
+    the first layer producing it, its permutation ``p`` as a LongTensor: unit ``i`` of the
+    result is unit ``p[i]`` of B.
     """
     _check_states(model, state_a, state_b)
-    layers = chain_layers(model)
+    spec = permutation_spec(model)
     params = {name for name, _ in model.named_parameters()}
-    perms = {k: torch.arange(layer.out_units) for k, layer in enumerate(layers[:-1])}
-    axes = {k: _unit_axes(layers, k, params) for k in perms}
+    perms = {k: torch.arange(units) for k, units in enumerate(spec.units)}
+    axes = [[a for a in space if a.key in params] for space in spec.axes]
     order_gen = torch.Generator().manual_seed(seed)
     for _ in range(max_iter):
         improved = False
         for k in torch.randperm(len(perms), generator=order_gen).tolist():
-            sim = _similarity(k, axes, state_a, state_b, perms, layers[k].out_units)
+            sim = _similarity(k, axes, state_a, state_b, perms, spec.units[k])
             _, cols = linear_sum_assignment(sim.numpy(), maximize=True)
             best = torch.as_tensor(cols, dtype=torch.long)
             rows = torch.arange(len(best))
@@ -182,8 +356,8 @@ def weight_matching(model: nn.Module, state_a: dict[str, Tensor], state_b: dict[
                 perms[k], improved = best, True
         if not improved:
             break
-    aligned = _permute_state(layers, state_b, perms)
-    return aligned, {layers[k].name: perm for k, perm in perms.items()}
+    aligned = _permute_state(spec, state_b, perms)
+    return aligned, {spec.names[k]: perm for k, perm in perms.items()}
 
 
 def _random_shuffle(units: int, gen: torch.Generator) -> Tensor:
@@ -194,22 +368,23 @@ def _random_shuffle(units: int, gen: torch.Generator) -> Tensor:
 
 @torch.no_grad()
 def check_permutation_invariance(model: nn.Module, sample: Tensor, seed: int = 0) -> None:
-    """Raise :class:`UsageError` unless randomly permuting ``model``'s hidden units keeps its outputs on ``sample``.
+    """Raise :class:`UsageError` unless randomly permuting ``model``'s hidden unit spaces keeps its outputs on
+    ``sample``.
 
     Both networks run on copies in eval mode, float32, on the CPU (no TF32 convolutions,
     whose rounding could mask or fake a difference); ``model`` itself is untouched.
     """
-    refusal = (f"--align supports chain networks (Linear/Conv layers applied in registration order, "
-               f"e.g. mlp, lenet5, vgg11); {type(model).__name__} is not one")
+    refusal = (f"--align supports networks of Linear/Conv layers in a chain or with residual sums "
+               f"(e.g. mlp, lenet5, vgg11, resnet20); {type(model).__name__} is not one")
     try:
-        layers = chain_layers(model)
+        spec = permutation_spec(model)
     except UsageError as e:
-        raise UsageError(refusal) from e
+        raise UsageError(f"{refusal} ({e})") from e
     gen = torch.Generator().manual_seed(seed)
-    perms = {k: _random_shuffle(layer.out_units, gen) for k, layer in enumerate(layers[:-1])}
+    perms = {k: _random_shuffle(units, gen) for k, units in enumerate(spec.units)}
     original = copy.deepcopy(model).to("cpu", torch.float32).eval()
     shuffled = copy.deepcopy(original)
-    shuffled.load_state_dict(_permute_state(layers, original.state_dict(), perms))
+    shuffled.load_state_dict(_permute_state(spec, original.state_dict(), perms))
     x = sample.to("cpu", torch.float32)
     if not torch.allclose(shuffled(x), original(x), rtol=1e-4, atol=1e-5):
         raise UsageError(refusal)

@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 from geopath.core.params import ParamSpace, model_vector
-from geopath.core.alignment import chain_layers, check_permutation_invariance, weight_matching
-from geopath.io.archs import MLP, VGG11, LeNet5
+from geopath.core.alignment import (_chain_spec, _permute_state, chain_layers, check_permutation_invariance,
+                                    permutation_spec, weight_matching)
+from geopath.io.archs import MLP, VGG11, LeNet5, resnet20
 from geopath.errors import UsageError
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -33,7 +34,7 @@ class ConvBNNet(nn.Module):
 
 
 class ResidualNet(nn.Module):
-    """Linear → (h + relu(Linear(h))) → Linear: not a chain (the skip ties two layers' permutations)."""
+    """Linear → (h + relu(Linear(h))) → Linear: not a chain (the skip ties two layers' permutations into one)."""
 
     def __init__(self):
         super().__init__()
@@ -72,12 +73,36 @@ class DepthwiseNet(nn.Module):
         return self.fc(torch.relu(self.depth(torch.relu(self.point(x)))).flatten(1))
 
 
+class NormNet(nn.Module):
+    """Linear → LayerNorm → Linear: LayerNorm mixes the units, which alignment does not follow."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp, self.norm, self.out = nn.Linear(6, 5), nn.LayerNorm(5), nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.out(self.norm(self.inp(x)))
+
+
+class BranchyMLP(MLP):
+    """An MLP whose forward branches on the data, so ``torch.fx`` cannot trace it: alignment falls back to
+    the registration-order chain."""
+
+    def forward(self, x):
+        if x.sum() > 1e9:
+            x = x * 0
+        return super().forward(x)
+
+
 # name → (factory, per-sample input shape)
 ARCHS = {
     "mlp": (lambda: MLP(in_features=6, hidden=(5, 4), num_classes=3), (6,)),
     "lenet5": (lambda: LeNet5(), (1, 28, 28)),
     "vgg11": (lambda: VGG11(width=0.125), (3, 32, 32)),
     "conv_bn": (ConvBNNet, (1, 4, 4)),
+    "residual": (ResidualNet, (6,)),
+    "resnet20": (lambda: resnet20(width=0.25), (3, 8, 8)),
+    "branchy": (lambda: BranchyMLP(in_features=6, hidden=(5, 4), num_classes=3), (6,)),
 }
 
 # Hand-written oracle of what permuting each hidden layer means, independent of the module under test:
@@ -92,6 +117,9 @@ ATTACHED = {
     "conv_bn": [(["conv.weight", "conv.bias", "bn.weight", "bn.bias", "bn.running_mean", "bn.running_var"],
                  "fc.weight", 4)],
 }
+# hidden unit spaces read by more than one layer or produced by more than one (residual sums):
+# per space, (tensors whose dim 0 is the space's units, tensors whose dim 1 is)
+TIED = {"residual": [(["inp.weight", "inp.bias", "block.weight", "block.bias"], ["block.weight", "out.weight"])]}
 
 
 def _make(arch: str, seed: int) -> nn.Module:
@@ -149,11 +177,11 @@ def test_aligned_network_computes_the_same_function(arch):
     before = {k: v.clone() for k, v in state_b.items()}
     aligned, perms = weight_matching(model_a, state_a, state_b)
 
-    layers = chain_layers(model_a)
-    assert sorted(perms) == sorted(layer.name for layer in layers[:-1])
-    for layer in layers[:-1]:
-        p = perms[layer.name]
-        assert p.dtype == torch.long and torch.equal(p.sort().values, torch.arange(layer.out_units))
+    spec = permutation_spec(model_a)
+    assert sorted(perms) == sorted(spec.names)
+    for name, units in zip(spec.names, spec.units):
+        p = perms[name]
+        assert p.dtype == torch.long and torch.equal(p.sort().values, torch.arange(units))
     assert any(not torch.equal(p, torch.arange(len(p))) for p in perms.values())  # something moved
 
     x = _inputs(arch)
@@ -183,6 +211,78 @@ def test_planted_permutations_are_undone_exactly(arch):
         assert torch.equal(aligned[key], state_a[key]), key
     for layer, q in zip(chain_layers(model)[:-1], planted):
         assert torch.equal(perms[layer.name], torch.argsort(q)), layer.name
+
+
+def _plant_tied(arch: str, state: dict[str, torch.Tensor], perms: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with tied space k's unit i replaced by its unit ``perms[k][i]`` (per :data:`TIED`)."""
+    out = {k: v.clone() for k, v in state.items()}
+    for (rows, cols), perm in zip(TIED[arch], perms):
+        for key in rows:
+            out[key] = out[key][perm]
+        for key in cols:
+            out[key] = out[key][:, perm]
+    return out
+
+
+def test_a_residual_sum_ties_its_operands_into_one_space():
+    model = _make("residual", 0)
+    spec = permutation_spec(model)
+    assert spec.names == ["inp"] and spec.units == [5]
+    assert sorted((a.key, a.dim) for a in spec.axes[0]) == [
+        ("block.bias", 0), ("block.weight", 0), ("block.weight", 1), ("inp.bias", 0), ("inp.weight", 0),
+        ("out.weight", 1)]
+
+    state_a = model.state_dict()
+    planted = torch.tensor([3, 0, 4, 1, 2])
+    state_b = _plant_tied("residual", state_a, [planted])
+    x = _inputs("residual")
+    torch.testing.assert_close(_outputs(model, state_b, x), _outputs(model, state_a, x), rtol=1e-9, atol=1e-10)
+    aligned, perms = weight_matching(model, state_a, state_b)
+    assert torch.equal(perms["inp"], torch.argsort(planted))
+    assert all(torch.equal(aligned[k], state_a[k]) for k in state_a)
+
+
+def test_resnet20_spaces_one_stream_per_stage_and_one_inside_each_block():
+    spec = permutation_spec(resnet20(width=0.25))
+    assert spec.units == [4] * 4 + [8] * 4 + [16] * 4
+    # stage 1's stream starts at the stem conv; stages 2 and 3 at their first block (whose shortcut projects)
+    streams = {"conv1": 0, "layer2.0.conv2": 1, "layer3.0.conv2": 2}
+    assert [n for n in spec.names if n in streams] == list(streams)
+    stream1 = {(a.key, a.dim) for a in spec.axes[spec.names.index("conv1")]}
+    assert {("conv1.weight", 0), ("bn1.weight", 0), ("layer1.2.conv2.weight", 0), ("layer1.2.bn2.running_var", 0),
+            ("layer1.0.conv1.weight", 1), ("layer2.0.shortcut.0.weight", 1), ("layer2.0.conv1.weight", 1)} <= stream1
+    stream3 = {(a.key, a.dim) for a in spec.axes[spec.names.index("layer3.0.conv2")]}
+    assert ("fc.weight", 1) in stream3 and ("layer3.0.shortcut.0.weight", 0) in stream3
+    # every parameter that a hidden space touches appears once per dim it has in such a space
+    assert sum(len(a) for a in spec.axes) == len({(a.key, a.dim) for axes in spec.axes for a in axes})
+
+
+@pytest.mark.parametrize("arch", ["resnet20", "residual"])
+def test_planted_permutations_of_a_residual_network_are_undone(arch):
+    model = _make(arch, 0)
+    spec = permutation_spec(model)
+    state_a = model.state_dict()
+    g = torch.Generator().manual_seed(5)
+    planted = {k: torch.randperm(units, generator=g) for k, units in enumerate(spec.units)}
+    state_b = _permute_state(spec, state_a, planted)
+    x = _inputs(arch)
+    torch.testing.assert_close(_outputs(model, state_b, x), _outputs(model, state_a, x), rtol=1e-9, atol=1e-10)
+    aligned, perms = weight_matching(model, state_a, state_b)
+    for key in state_a:
+        assert torch.equal(aligned[key], state_a[key]), key
+    for k, name in enumerate(spec.names):
+        assert torch.equal(perms[name], torch.argsort(planted[k])), name
+
+
+@pytest.mark.parametrize("arch", ["mlp", "lenet5", "vgg11", "conv_bn"])
+def test_the_traced_spec_of_a_chain_equals_the_chain_spec(arch):
+    model = _make(arch, 0)
+    assert permutation_spec(model) == _chain_spec(model)
+
+
+def test_a_model_fx_cannot_trace_falls_back_to_the_chain():
+    model = _make("branchy", 0)
+    assert permutation_spec(model) == _chain_spec(model)
 
 
 # --------------------------------------------------------------------------- objective
@@ -256,12 +356,35 @@ def test_chain_networks_pass_the_invariance_check(arch):
     assert model.training and next(model.parameters()).dtype == D  # the caller's model is left as it was
 
 
-@pytest.mark.parametrize("factory, shape", [(ResidualNet, (6,)), (TwoBranchNet, (6,)), (DepthwiseNet, (1, 2, 2))])
-def test_non_chain_networks_are_refused(factory, shape):
+@pytest.mark.parametrize("factory, shape, why", [
+    (TwoBranchNet, (6,), "cat"), (DepthwiseNet, (1, 2, 2), "'depth' is a grouped convolution"),
+    (NormNet, (6,), "'norm' is a LayerNorm")])
+def test_networks_alignment_does_not_follow_are_refused(factory, shape, why):
     torch.manual_seed(0)
     model = factory()
-    with pytest.raises(UsageError, match=f"--align supports chain networks .*; {factory.__name__} is not one"):
+    with pytest.raises(UsageError, match=f"--align supports networks .*; {factory.__name__} is not one .*{why}"):
         check_permutation_invariance(model, torch.randn(4, *shape))
+
+
+class _Mislabelled(nn.Module):
+    """Adds a channel-reversed copy of its hidden layer: traced as a plain sum, but not permutation invariant."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp, self.out = nn.Linear(6, 5), nn.Linear(5, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.inp(x))
+        return self.out(h + h.flip(1))
+
+
+def test_the_numerical_check_catches_what_tracing_misses(monkeypatch):
+    import geopath.core.alignment as alignment
+
+    monkeypatch.setattr(alignment, "_PASS_METHODS", alignment._PASS_METHODS | {"flip"})
+    torch.manual_seed(0)
+    with pytest.raises(UsageError, match="_Mislabelled is not one$"):
+        check_permutation_invariance(_Mislabelled(), torch.randn(4, 6))
 
 
 @pytest.mark.parametrize("factory, message", [(TwoBranchNet, "'b' takes 6 inputs, not a whole multiple of the 4"),

@@ -142,7 +142,7 @@ def _run_and_signal(cmd, sig, after_step: int):
 
 @needs_mnist
 def test_sigterm_connect_then_resume_matches_uninterrupted(tmp_path):
-    args = ["connect", str(SAMPLE), str(SEED1), *SMALL, "--steps", "10", "--max-steps", "12", "--points", "5",
+    args = ["connect", str(SAMPLE), str(SEED1), *SMALL, "--path", "walk", "--steps", "10", "--max-steps", "12", "--points", "5",
             "--json"]
     full = tmp_path / "full"
     done = geopath(*args, "-o", full)

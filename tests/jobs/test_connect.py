@@ -23,8 +23,8 @@ pytestmark = needs_mnist
 POINTS = 5
 SLICES = ["--data-root", str(DATA_ROOT), "--metric-size", "2000", "--eval-size", "500", "--batch-size", "64",
           "--cg-iters", "3", "--save-every", "5", "--points", str(POINTS)]
-# β = 10: the walk reaches B's neighbourhood within --steps, so no landing jump is needed
-GEO = [*SLICES, "--steps", "20", "--beta", "10"]
+# the greedy walk (not the default); β = 10: it reaches B's neighbourhood within --steps, so no landing jump is needed
+GEO = [*SLICES, "--path", "walk", "--steps", "20", "--beta", "10"]
 BN_NAMES = ("running_mean", "running_var")
 
 
@@ -51,7 +51,7 @@ def runs(tmp_path_factory, net_b):
     options = {"geodesic": GEO, "linear": [*SLICES, "--method", "linear"],
                "align": [*SLICES, "--method", "linear", "--align"],
                "bezier": [*SLICES, "--method", "bezier", "--epochs", "0.2"],
-               "short": [*SLICES, "--steps", "20", "--max-steps", "4", "--save-every", "2"]}
+               "short": [*SLICES, "--path", "walk", "--steps", "20", "--max-steps", "4", "--save-every", "2"]}
 
     def get(name):
         if name not in done:
@@ -246,7 +246,8 @@ def test_batchnorm_statistics_are_recomputed_vgg_linear(tmp_path):
         assert all(torch.equal(t[k], ref[k]) for k in ref if "running" not in k and "num_batches" not in k)
 
 
-def test_batchnorm_statistics_are_recomputed_geodesic(tmp_path):
+@pytest.mark.parametrize("path", ["walk", "relax"])
+def test_batchnorm_statistics_are_recomputed_geodesic(tmp_path, path):
     arch = "tests._helpers:BNMLP"
     a = train_net(tmp_path / "bn_a.safetensors", arch, {}, "mnist", size=1000, epochs=1, seed=0)
     b = train_net(tmp_path / "bn_b.safetensors", arch, {}, "mnist", size=1000, epochs=1, seed=1)
@@ -254,13 +255,16 @@ def test_batchnorm_statistics_are_recomputed_geodesic(tmp_path):
     proc = geopath("connect", a, b, "-o", out, "--arch", arch, "--points", "3", "--data-root", DATA_ROOT,
                    "--metric-size", "1000",
                    "--eval-size", "300", "--bn-samples", "500", "--steps", "6", "--max-steps", "4", "--save-every",
-                   "2", "--batch-size", "64", "--cg-iters", "3")
+                   "2", "--batch-size", "64", "--cg-iters", "3", "--path", path, "--relax-epochs", "0.3")
     assert proc.returncode == 0, proc.stderr
     bn_data = load_dataset("mnist", "train", DATA_ROOT).head(500)
     ta, _ = read_tensors(a)
     tb, _ = read_tensors(b)
     rows = jsonl(out / "trace.jsonl")
-    assert any(r.get("segment") == "jump" for r in rows)  # the landing segment too
+    if path == "walk":
+        assert any(r.get("segment") == "jump" for r in rows)  # the landing segment too
+    else:
+        assert [r["t"] for r in rows] == [0.0, 0.5, 1.0]
     for r in rows:
         _assert_fresh_bn(out / r["checkpoint"], bn_data, [ta, tb])
     final, _ = read_tensors(out / "final.safetensors")
@@ -290,3 +294,31 @@ def test_relax_path_ends_on_b_records_nodes_and_counts_its_passes(tmp_path, net_
 def test_relax_refuses_zero_nodes(tmp_path, net_b):
     proc = geopath("connect", SAMPLE, net_b, "-o", tmp_path / "x", *SLICES, "--path", "relax", "--nodes", "0")
     assert proc.returncode == 2 and "--nodes" in proc.stderr and not (tmp_path / "x").exists()
+
+
+@pytest.mark.skipif(not cifar10_present, reason=f"CIFAR-10 not found under {DATA_ROOT / 'cifar10'}")
+def test_align_on_a_resnet_ends_on_a_permutation_of_b_with_b_s_function(tmp_path):
+    """Residual networks align too (one permutation per residual stream): the path ends on B's function."""
+    kw = {"width": 0.25}
+    a = train_net(tmp_path / "rn_a.safetensors", "resnet20", kw, "cifar10", size=256, epochs=0.5, seed=0,
+                  batch_size=64)
+    b = train_net(tmp_path / "rn_b.safetensors", "resnet20", kw, "cifar10", size=256, epochs=0.5, seed=1,
+                  batch_size=64)
+    out = tmp_path / "out"
+    proc = geopath("connect", a, b, "-o", out, "--method", "linear", "--points", "3", "--align", "--data-root",
+                   DATA_ROOT, "--metric-size", "256", "--eval-size", "200", "--bn-samples", "128", "--json")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["aligned"]
+    tb, _ = read_tensors(b)
+    end, _ = read_tensors(out / "final.safetensors")
+    moved = [k for k in tb if not torch.equal(tb[k], end[k])]
+    assert "layer1.0.conv1.weight" in moved and "conv1.weight" in moved  # the stream and a block's space moved
+    assert torch.equal(tb["fc.bias"], end["fc.bias"])  # the outputs are not permuted
+    test = load_dataset("cifar10", "test", DATA_ROOT).head(64)
+    b_net, end_net = load_checkpoint(b).model, load_checkpoint(out / "final.safetensors").model.eval()
+    recompute_batchnorm(b_net, load_dataset("cifar10", "train", DATA_ROOT).head(128))  # as every point's
+    b_net.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(end_net(test.x), b_net(test.x), rtol=1e-4, atol=1e-4)
+    assert summary["distance_ab"] < float(torch.linalg.vector_norm(_vec(a) - _vec(b)))
