@@ -135,12 +135,14 @@ def _existing(model: nn.Module, spec: PermutationSpec) -> PermutationSpec:
 
 # modules and functions that keep each unit in its own channel (dim 1): the space passes through
 _PASS_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Hardswish,
-                 nn.Dropout, nn.Identity, nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d,
-                 nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten)
+                 nn.Softmax, nn.LogSoftmax, nn.Dropout, nn.Identity, nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d,
+                 nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten)
 _PASS_FUNCTIONS = {torch.relu, F.relu, F.relu6, F.leaky_relu, F.elu, F.gelu, F.silu, torch.tanh, torch.sigmoid,
-                   F.hardswish, F.dropout, torch.max_pool2d, F.max_pool2d, F.avg_pool2d, F.max_pool1d,
-                   F.avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool1d, torch.flatten}
-_PASS_METHODS = {"relu", "sigmoid", "tanh", "flatten", "view", "reshape", "mean", "contiguous"}
+                   F.hardswish, F.softmax, F.log_softmax, torch.softmax, F.dropout, torch.max_pool2d, F.max_pool2d,
+                   F.avg_pool2d, F.max_pool1d, F.avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool1d,
+                   torch.flatten}
+_PASS_METHODS = {"relu", "sigmoid", "tanh", "softmax", "log_softmax", "flatten", "view", "reshape", "mean",
+                 "contiguous"}
 _ADD = {operator.add, operator.iadd, torch.add}
 _SCALE = {operator.mul, operator.truediv, torch.mul}
 
@@ -243,8 +245,10 @@ def _traced_spec(model: nn.Module) -> PermutationSpec:
             if len(tensors) != 1:
                 raise UsageError(f"{where}: combines {len(tensors)} tensors")
             val[node] = space(tensors[0], where)
-        elif node.op == "call_method" and node.target == "size":
-            val[node] = None
+        elif (node.op == "call_method" and node.target == "size") or (
+                node.op == "call_function" and node.target in (getattr, operator.getitem)
+                and isinstance(node.args[0], fx.Node) and (val.get(node.args[0]) is None or node.args[1] == "shape")):
+            val[node] = None  # a shape, or an entry of one (e.g. ``x.view(x.shape[0], -1)``)
         elif node.op == "call_method" and node.target in _PASS_METHODS | {"add", "add_", "mul", "div"}:
             tensors = [a for a in node.args if isinstance(a, fx.Node) and val.get(a) is not None]
             s = space(tensors[0], where)
@@ -267,12 +271,13 @@ def _traced_spec(model: nn.Module) -> PermutationSpec:
 
 
 def permutation_spec(model: nn.Module) -> PermutationSpec:
-    """The unit spaces of ``model``: read from its ``torch.fx`` graph, or from its chain of layers if it
-    cannot be traced. Raises :class:`UsageError` for a network neither understands."""
+    """The unit spaces of ``model``: read from its ``torch.fx`` graph, or from its chain of layers where the
+    graph cannot be traced (the invariance check then decides). Raises :class:`UsageError` where the graph
+    holds an operation the tracer does not follow, or neither way reads the network."""
     try:
         return _traced_spec(model)
     except UsageError:
-        raise
+        raise  # the graph shows an operation that may mix units: refused, whatever the chain would say
     except Exception:  # noqa: BLE001 - symbolic tracing fails on data-dependent control flow
         return _chain_spec(model)
 

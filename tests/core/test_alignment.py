@@ -280,6 +280,26 @@ def test_the_traced_spec_of_a_chain_equals_the_chain_spec(arch):
     assert permutation_spec(model) == _chain_spec(model)
 
 
+class ShapeViewNet(nn.Module):
+    """LeNet-style ``x.view(x.shape[0], -1)`` flattening between a conv and a Linear layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(1, 4, 3), nn.Linear(16, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x))
+        return self.fc(h.view(h.shape[0], -1))
+
+
+def test_shapes_read_for_a_view_are_followed():
+    model = ShapeViewNet()
+    spec = permutation_spec(model)
+    assert spec.names == ["conv"] and [(a.key, a.dim, a.expand) for a in spec.axes[0]] == [
+        ("conv.weight", 0, 1), ("conv.bias", 0, 1), ("fc.weight", 1, 4)]
+    check_permutation_invariance(model, torch.randn(3, 1, 4, 4))
+
+
 def test_a_model_fx_cannot_trace_falls_back_to_the_chain():
     model = _make("branchy", 0)
     assert permutation_spec(model) == _chain_spec(model)
