@@ -6,7 +6,8 @@
   must be those of the whole set, on every rank.
 - ``train``: data-parallel masked SGD with a penalty term (37 samples, batches of 8: the last
   one uneven; then batches of one, where a rank's shard is empty) must take the single
-  process's steps, on every rank; so must the sharded Fisher diagonal and Bezier training.
+  process's steps, on every rank; so must the sharded Fisher diagonal, Bezier training and connect's
+  relaxed path.
 
 Rank 0 writes ``ok`` to FLAG when the check passed.
 """
@@ -118,6 +119,19 @@ def check_train(comm) -> None:
     assert torch.allclose(f_got, f_one, rtol=1e-10, atol=1e-14) and float(f_one.abs().max()) > 1e-4
     assert torch.allclose(b_got, b_one, rtol=1e-10, atol=1e-12)
     assert float((b_one - 0.5 * (w_a + w_b)).abs().max()) > 1e-3  # the curve was trained
+    # connect's relaxed path: its free nodes
+    from geopath.core.params import load_vector
+    from geopath.core.relax import outputs, relax
+
+    at_b = copy.deepcopy(ref)
+    load_vector(at_b, space, w_b)
+    z_a, z_b = outputs(ref, ds, "cpu"), outputs(at_b, ds, "cpu")
+    with distributed.using(distributed.Single()):
+        r_one = relax(ref, w_a, w_b, z_a, z_b, ds, sample_passes=140, free=2, batch_size=7, lr=1.0, seed=5)
+    r_got = relax(model, w_a, w_b, z_a, z_b, ds, sample_passes=140, free=2, batch_size=7, lr=1.0, seed=5)
+    for got, one in zip(r_got, r_one):
+        assert torch.allclose(got, one, rtol=1e-10, atol=1e-12)
+    assert float((r_one[1] - (2 * w_a + w_b) / 3).abs().max()) > 1e-2, (r_one[1] - (2 * w_a + w_b) / 3).abs().max()
 
 
 def main() -> None:

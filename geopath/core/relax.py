@@ -24,8 +24,10 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from geopath.core import distributed
 from geopath.core.dataset import Dataset, batches
 from geopath.core.params import ParamSpace
+from geopath.core.train import sharded_backward
 
 
 def chain_point(nodes: list[torch.Tensor], t: float) -> torch.Tensor:
@@ -66,7 +68,9 @@ def relax(model: nn.Module, w_a: torch.Tensor, w_b: torch.Tensor, z_a: torch.Ten
 
     ``z_a``, ``z_b``: the endpoints' logits on every input of ``ds`` (:func:`outputs`).
     SGD with momentum 0.9 and cosine decay, ``sample_passes // batch_size`` steps, each on
-    one batch at one ``t ~ U(0, 1)``. The ends are never changed.
+    one batch at one ``t ~ U(0, 1)``. The ends are never changed. Under ``torchrun`` every rank
+    draws the same batches and ``t`` and back-propagates its shard of each batch; the gradients
+    are all-reduced, so every rank takes the single process's steps.
     """
     if free < 1:
         raise ValueError("relax needs at least one free node")
@@ -79,6 +83,7 @@ def relax(model: nn.Module, w_a: torch.Tensor, w_b: torch.Tensor, z_a: torch.Ten
         opt = torch.optim.SGD([inner], lr=lr, momentum=0.9)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
         gen = torch.Generator().manual_seed(seed)
+        comm = distributed.current()
         model.train()
         done = 0
         while done < steps:
@@ -89,11 +94,20 @@ def relax(model: nn.Module, w_a: torch.Tensor, w_b: torch.Tensor, z_a: torch.Ten
                 idx = order[i:i + batch_size]
                 t = float(torch.rand((), generator=gen))
                 w = chain_point([w_a, *inner.unbind(0), w_b], t)
-                logits = functional_call(model, (space.unflatten(w), buffers), (ds.x[idx].to(device),))
-                idx = idx.to(z_a.device)
-                loss = blended_kl(logits, z_a[idx], z_b[idx], t)
+                x, idx = ds.x[idx].to(device), idx.to(z_a.device)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                if comm.world == 1:
+                    logits = functional_call(model, (space.unflatten(w), buffers), (x,))
+                    blended_kl(logits, z_a[idx], z_b[idx], t).backward()
+                else:  # data-parallel: this rank's shard of the batch, gradients all-reduced
+
+                    def shard_loss(s, w=w, x=x, idx=idx, t=t):
+                        if not len(idx[s]):
+                            return None
+                        logits = functional_call(model, (space.unflatten(w), buffers), (x[s],))
+                        return blended_kl(logits, z_a[idx[s]], z_b[idx[s]], t) * len(idx[s])  # the shard's sum
+
+                    sharded_backward(shard_loss, len(idx), [inner], buffers.values(), comm)
                 opt.step()
                 sched.step()
                 done += 1
