@@ -1,11 +1,12 @@
 """Quality bar of the connect issue: low-loss paths between independently trained networks.
 
-    python bench/connect_paths.py [--part mnist|vgg|resnet|cifar|all] [--data-root ../shared/data] [--quick]
+    python bench/connect_paths.py [--part mnist|lenet|vgg|resnet|cifar|all] [--data-root ../shared/data] [--quick]
 
 Parts (``cifar`` is ``vgg`` and ``resnet`` together, ``all`` every part):
 
 - ``mnist``: A = sample_checkpoints/mlp_mnist.safetensors, B = sample_checkpoints/mlp_mnist_seed1.safetensors
   (MLP 784-300-100-10, different initialisations).
+- ``lenet``: two LeNet-5s trained here for 3 epochs on MNIST (cached), a pair no default was chosen on.
 - ``vgg``: two VGG11 at width 0.25 (with BatchNorm, ~0.58 M parameters) trained here from different seeds for
   15 epochs on the 20k CIFAR-10 training images (cached in bench/_work/connect/).
 - ``resnet``: two ResNet-20s (CIFAR variant, 0.27 M parameters), 12 epochs each, cached likewise.
@@ -45,20 +46,24 @@ from geopath.core.train import train
 from _common import ROOT, add_common_args, machine  # noqa: E402 (bench/ is on sys.path when run as a script)
 
 SAMPLES = ROOT / "sample_checkpoints"
-CIFAR_ARCHS = {"vgg11": ("vgg11", {"width": 0.25}, "vgg11w025"), "resnet20": ("resnet20", {}, "resnet20")}
+# arch → (built-in name, kwargs, file stem, data set); the endpoints are trained here from seeds 0 and 1
+TRAINED = {"vgg11": ("vgg11", {"width": 0.25}, "vgg11w025", "cifar10"),
+           "resnet20": ("resnet20", {}, "resnet20", "cifar10"),
+           "lenet5": ("lenet5", {}, "lenet5", "mnist")}
 
 
-def cifar_endpoints(work: Path, data_root: str, epochs: float, quick: bool, arch: str = "vgg11") -> tuple[Path, Path]:
-    """Two networks (``arch``: VGG11 width 0.25 or ResNet-20) trained on CIFAR-10's 20k images from seeds 0
-    and 1 (cached in ``work``)."""
-    name, kwargs, stem = CIFAR_ARCHS[arch]
-    tr = load_dataset("cifar10", "train", data_root)
-    te = load_dataset("cifar10", "test", data_root)
+def trained_endpoints(work: Path, data_root: str, epochs: float, quick: bool, arch: str = "vgg11"
+                      ) -> tuple[Path, Path]:
+    """Two networks (``arch``: VGG11 width 0.25 or ResNet-20 on CIFAR-10's 20k images, LeNet-5 on MNIST)
+    trained from seeds 0 and 1 (SGD, lr 0.05, weight decay 5e-4; cached in ``work``)."""
+    name, kwargs, stem, data = TRAINED[arch]
+    tr = load_dataset(data, "train", data_root)
+    te = load_dataset(data, "test", data_root)
     if quick:
         tr, epochs = tr.head(1000), 0.5
     paths = []
     for seed in (0, 1):
-        path = work / f"{stem}_cifar10_seed{seed}{'_quick' if quick else ''}.safetensors"
+        path = work / f"{stem}_{data}_seed{seed}{'_quick' if quick else ''}.safetensors"
         if not path.exists():
             torch.manual_seed(seed)
             model = build_model(name, kwargs)
@@ -66,7 +71,7 @@ def cifar_endpoints(work: Path, data_root: str, epochs: float, quick: bool, arch
             train(model, tr, epochs=epochs, batch_size=128, lr=0.05, weight_decay=5e-4, seed=seed)
             acc = evaluate(model, te).accuracy
             save_checkpoint(path, model, name, kwargs, step=0,
-                            extra={"data": "cifar10", "test_accuracy": f"{acc:.4f}", "seed": str(seed),
+                            extra={"data": data, "test_accuracy": f"{acc:.4f}", "seed": str(seed),
                                    "train_epochs": str(epochs)})
             print(json.dumps({"trained": path.name, "test_accuracy": acc,
                               "seconds": round(time.perf_counter() - t0)}), flush=True)
@@ -111,11 +116,15 @@ def _part_setup(part: str, work: Path, args) -> tuple[Path, Path, dict, str, flo
         desc = "MLP 784-300-100-10 on MNIST (sample checkpoints, seeds 0 and 1)"
         return SAMPLES / "mlp_mnist.safetensors", SAMPLES / "mlp_mnist_seed1.safetensors", dict(quick), desc, 0.0
     t0 = time.perf_counter()
+    if part == "lenet":
+        a, b = trained_endpoints(work, args.data_root, 3.0, args.quick, arch="lenet5")
+        desc = "LeNet-5 on MNIST (trained here for 3 epochs, seeds 0 and 1; not used to choose any default)"
+        return a, b, dict(quick), desc, time.perf_counter() - t0
     if part == "resnet":
-        a, b = cifar_endpoints(work, args.data_root, 12.0, args.quick, arch="resnet20")
+        a, b = trained_endpoints(work, args.data_root, 12.0, args.quick, arch="resnet20")
         desc = "ResNet-20 on CIFAR-10 (trained here for 12 epochs on 20k images, seeds 0 and 1)"
     else:
-        a, b = cifar_endpoints(work, args.data_root, args.cifar_epochs, args.quick)
+        a, b = trained_endpoints(work, args.data_root, args.cifar_epochs, args.quick)
         desc = (f"VGG11 width 0.25 with BatchNorm on CIFAR-10 (trained here for {args.cifar_epochs:g} epochs on "
                 "20k images, seeds 0 and 1)")
     # CPU budget: a 5,000-image test slice for the barrier (2,000 images for BatchNorm statistics, the default)
@@ -151,7 +160,7 @@ def _checks(report: dict) -> list[tuple[str, bool, str]]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--part", choices=["mnist", "vgg", "resnet", "cifar", "all"], default="all")
+    ap.add_argument("--part", choices=["mnist", "lenet", "vgg", "resnet", "cifar", "all"], default="all")
     add_common_args(ap, work="connect")
     ap.add_argument("--cifar-epochs", type=float, default=15.0)
     args = ap.parse_args()
@@ -159,7 +168,7 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     docs = Path(args.docs)
     (docs / "img").mkdir(parents=True, exist_ok=True)
-    parts = {"all": ["mnist", "vgg", "resnet"], "cifar": ["vgg", "resnet"]}.get(args.part, [args.part])
+    parts = {"all": ["mnist", "lenet", "vgg", "resnet"], "cifar": ["vgg", "resnet"]}.get(args.part, [args.part])
     json_path = docs / "bench_connect.json"
     report = json.loads(json_path.read_text()) if json_path.exists() and not args.quick else {}
     report.setdefault("parts", {})
@@ -199,7 +208,7 @@ def _write_md(path: Path, report: dict, checks) -> None:
                   + (f"and training its endpoints {rep['endpoint_training_seconds']} s before it)."
                      if rep["endpoint_training_seconds"] >= 10 else "endpoints cached).")
                   + (" The greedy walk (`--path walk`) is not run on the CIFAR pairs: it stalled on the VGG pair "
-                     "(docs/method.md) and costs more than the whole part." if part != "mnist" else ""), "",
+                     "(docs/method.md) and costs more than the whole part." if part in ("vgg", "resnet") else ""), "",
                   "| path | A | B | min | accuracy barrier | loss barrier | points | passes (epochs) | seconds |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in rep["results"]:
