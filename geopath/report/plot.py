@@ -27,6 +27,17 @@ def _series(rows: list[dict], x: str, y: str) -> tuple[list[float], list[float]]
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
+PATH_PANELS = (("distance", "distance to target"), ("length", "metric length"))
+
+
+def path_panels(traces: Sequence[list[dict]], x: str = "t") -> list[tuple[str | None, str]]:
+    """(trace key, axis label) of each panel of a ``kind="path"`` figure: test accuracy always, the distance
+    to the target and the metric length where at least one run has them against ``x`` (a peer or a relaxed
+    path has no metric length, and a panel with nothing in it says nothing)."""
+    return [(None, "test accuracy")] + [(key, name) for key, name in PATH_PANELS
+                                        if any(_series(rows, x, key)[0] for rows in traces)]
+
+
 def _accuracy_keys(rows: list[dict]) -> list[tuple[str, str]]:
     """(key, line style) of the accuracies a run's rows carry."""
     keys = rows[0].keys() if rows else []
@@ -40,7 +51,7 @@ def plot_runs(runs: Sequence[str | Path], out: str | Path, x: str = "t", kind: s
     """Draw ``runs`` into the PNG ``out``; returns its path.
 
     ``kind="path"``: accuracy, distance to the target and metric length against ``x``
-    (one of :data:`X_CHOICES`). ``kind="tasks"``: task-A against task-B test accuracy
+    (one of :data:`X_CHOICES`; :func:`path_panels` leaves out a panel no run has data for). ``kind="tasks"``: task-A against task-B test accuracy
     of merge runs, the path's order shown by the line.
     """
     if x not in X_CHOICES:
@@ -81,18 +92,20 @@ def plot_runs(runs: Sequence[str | Path], out: str | Path, x: str = "t", kind: s
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     else:
-        fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+        panels = path_panels([rows for _, _, rows in data], x)
+        fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2), squeeze=False)
+        axes = axes[0]
         for i, (label, _summary, rows) in enumerate(data):
             c = colors[i % len(colors)]
             for key, style in _accuracy_keys(rows):
                 xs, ys = _series(rows, x, key)
                 suffix = {"test_accuracy_a": " · task A", "test_accuracy_b": " · task B"}.get(key, "")
                 axes[0].plot(xs, ys, style, color=c, lw=1.3, label=label + suffix)
-            for ax, key in ((axes[1], "distance"), (axes[2], "length")):
+            for ax, (key, _) in zip(axes[1:], panels[1:]):
                 xs, ys = _series(rows, x, key)
                 if xs:
                     ax.plot(xs, ys, "-", color=c, lw=1.3, label=label)
-        for ax, name in zip(axes, ("test accuracy", "distance to target", "metric length")):
+        for ax, (_, name) in zip(axes, panels):
             ax.set_xlabel(x)
             ax.set_ylabel(name)
             ax.grid(alpha=0.3)
