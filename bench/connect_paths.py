@@ -111,7 +111,7 @@ TIE = 0.001  # barriers closer than 0.1 point are a tie (5 test images of the 5,
 
 def _part_setup(part: str, work: Path, args) -> tuple[Path, Path, dict, str, float]:
     """Endpoints, extra options, description and endpoint-training seconds of one part."""
-    quick = dict(metric_size=2000, eval_size=1000, steps=40) if args.quick else {}
+    quick = dict(metric_size=2000, eval_size=1000) if args.quick else {}
     if part == "mnist":
         desc = "MLP 784-300-100-10 on MNIST (sample checkpoints, seeds 0 and 1)"
         return SAMPLES / "mlp_mnist.safetensors", SAMPLES / "mlp_mnist_seed1.safetensors", dict(quick), desc, 0.0

@@ -390,8 +390,23 @@ class ConnectConfig(WalkOptions):
             raise UsageError(f"--nodes must be ≥ 1, got {self.nodes}")
         if not self.relax_epochs >= 0 or not self.relax_lr > 0:
             raise UsageError(f"--relax-epochs must be ≥ 0 and --relax-lr > 0, got {self.relax_epochs}, {self.relax_lr}")
+        if self.method is ConnectMethod.GEODESIC:  # an option the chosen path does not read is an error, not ignored
+            relax = self.path is ConnectPath.RELAX
+            defaults = {f.name: f.default for f in fields(type(self))}
+            unused = [name for name in (WALK_ONLY if relax else RELAX_ONLY) if getattr(self, name) != defaults[name]]
+            if unused:
+                flags = ", ".join("--" + name.replace("_", "-") for name in unused)
+                raise UsageError(f"{flags}: only --path {'walk' if relax else 'relax'} reads "
+                                 f"{'them' if len(unused) > 1 else 'it'} (this run: --path {self.path.value})")
         return self
 
+
+
+
+# the walk's step options (core/step.py, core/path.py) and the relaxed path's own: each is refused with the other path
+WALK_ONLY = ("beta", "step_size", "steps", "max_steps", "tol", "beta_growth", "cg_iters", "cg_rtol", "damping",
+             "metric", "solver", "anchor", "label_weight", "micro_batch", "bn_stats", "jvp")
+RELAX_ONLY = ("nodes", "relax_epochs", "relax_lr")
 
 @dataclass(frozen=True)
 class TransitionConfig(WalkOptions):

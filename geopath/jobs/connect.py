@@ -29,7 +29,7 @@ from geopath.jobs import common as job
 from geopath.report.text import fmt
 from geopath.peers.task import PeerTask
 from geopath.core.params import ParamSpace, load_vector, model_vector
-from geopath.config import ConnectConfig
+from geopath.config import ConnectConfig, ConnectMethod
 from geopath.core.evaluate import has_batchnorm
 from geopath.core.choices import ConnectPath
 from geopath.core.relax import chain_point, node_times, outputs, relax
@@ -91,8 +91,10 @@ class Connect(job.Job):
         space = ParamSpace.of(model_a)
         w_a, w_b = model_vector(model_a, space), model_vector(model_b, space)
         d0 = float(torch.linalg.vector_norm(w_b - w_a))
-        max_steps = cfg.max_steps or 4 * cfg.steps
-        step_size = cfg.step_size or job.default_step_size(d0, cfg.steps, STEP_SCALE)
+        walking = cfg.method is ConnectMethod.GEODESIC and cfg.path is ConnectPath.WALK
+        # the walk's resolved step size and step bound are recorded; a relaxed path or a peer reads neither
+        max_steps = (cfg.max_steps or 4 * cfg.steps) if walking else cfg.max_steps
+        step_size = (cfg.step_size or job.default_step_size(d0, cfg.steps, STEP_SCALE)) if walking else cfg.step_size
         cfg = dataclasses.replace(cfg, data=data_name, eval_data=job.recorded(cfg.eval_data),
                                   normalize=metric.preprocess, step_size=step_size,
                                   max_steps=max_steps, arch=a.arch, arch_kwargs=a.arch_kwargs,
@@ -104,7 +106,7 @@ class Connect(job.Job):
             return row
 
         return job.Setup(cfg, copy.deepcopy(model_a), a.arch, a.arch_kwargs, a.sha256, data_name, evaluate_row,
-                         len(metric), bn_data, max_steps,
+                         len(metric), bn_data, max_steps or 0,
                          own={"metric": metric, "model_a": model_a, "model_b": model_b, "w_a": w_a, "w_b": w_b,
                               "d0": d0, "space": space}, preprocess=metric.preprocess, carry=job.carried(a))
 

@@ -22,9 +22,9 @@ pytestmark = needs_mnist
 
 POINTS = 5
 SLICES = ["--data-root", str(DATA_ROOT), "--metric-size", "2000", "--eval-size", "500", "--batch-size", "64",
-          "--cg-iters", "3", "--save-every", "5", "--points", str(POINTS)]
+          "--save-every", "5", "--points", str(POINTS)]
 # the greedy walk (not the default); β = 10: it reaches B's neighbourhood within --steps, so no landing jump is needed
-GEO = [*SLICES, "--path", "walk", "--steps", "20", "--beta", "10"]
+GEO = [*SLICES, "--path", "walk", "--cg-iters", "3", "--steps", "20", "--beta", "10"]
 BN_NAMES = ("running_mean", "running_var")
 
 
@@ -51,7 +51,8 @@ def runs(tmp_path_factory, net_b):
     options = {"geodesic": GEO, "linear": [*SLICES, "--method", "linear"],
                "align": [*SLICES, "--method", "linear", "--align"],
                "bezier": [*SLICES, "--method", "bezier", "--epochs", "0.2"],
-               "short": [*SLICES, "--path", "walk", "--steps", "20", "--max-steps", "4", "--save-every", "2"]}
+               "short": [*SLICES, "--path", "walk", "--cg-iters", "3", "--steps", "20", "--max-steps", "4",
+                         "--save-every", "2"]}
 
     def get(name):
         if name not in done:
@@ -252,10 +253,10 @@ def test_batchnorm_statistics_are_recomputed_geodesic(tmp_path, path):
     a = train_net(tmp_path / "bn_a.safetensors", arch, {}, "mnist", size=1000, epochs=1, seed=0)
     b = train_net(tmp_path / "bn_b.safetensors", arch, {}, "mnist", size=1000, epochs=1, seed=1)
     out = tmp_path / "out"
+    own = (["--steps", "6", "--max-steps", "4", "--cg-iters", "3"] if path == "walk" else ["--relax-epochs", "0.3"])
     proc = geopath("connect", a, b, "-o", out, "--arch", arch, "--points", "3", "--data-root", DATA_ROOT,
-                   "--metric-size", "1000",
-                   "--eval-size", "300", "--bn-samples", "500", "--steps", "6", "--max-steps", "4", "--save-every",
-                   "2", "--batch-size", "64", "--cg-iters", "3", "--path", path, "--relax-epochs", "0.3")
+                   "--metric-size", "1000", "--eval-size", "300", "--bn-samples", "500", "--save-every", "2",
+                   "--batch-size", "64", "--path", path, *own)
     assert proc.returncode == 0, proc.stderr
     bn_data = load_dataset("mnist", "train", DATA_ROOT).head(500)
     ta, _ = read_tensors(a)
@@ -289,6 +290,15 @@ def test_relax_path_ends_on_b_records_nodes_and_counts_its_passes(tmp_path, net_
     (out / "manifest.json").unlink()  # as if it had been interrupted: the fit is not resumable
     again = geopath("connect", SAMPLE, net_b, "-o", out, *options, "--resume")
     assert again.returncode == 2 and "--path relax" in again.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--steps", "20", "--beta", "2"], "--beta, --steps: only --path walk reads them (this run: --path relax)"),
+    (["--cg-iters", "3"], "--cg-iters: only --path walk reads it"),
+    (["--path", "walk", "--nodes", "2"], "--nodes: only --path relax reads it (this run: --path walk)")])
+def test_an_option_the_path_does_not_read_is_refused(tmp_path, net_b, args, message):
+    proc = geopath("connect", SAMPLE, net_b, "-o", tmp_path / "x", *SLICES, *args)
+    assert proc.returncode == 2 and message in proc.stderr and not (tmp_path / "x").exists()
 
 
 def test_relax_refuses_zero_nodes(tmp_path, net_b):
