@@ -232,7 +232,8 @@ def _make_job_command(cls):
                 if changed:
                     raise UsageError(f"--resume continues with the run's saved options; drop {', '.join(changed)} "
                                      f"(different from {Path(out) / 'config.yaml'})")
-                cfg = resolve(cls, saved, {k: v for k, v in flags.items() if k in RESUME_MAY_CHANGE})
+                cfg = resolve(cls, saved, {k: v for k, v in flags.items() if k in RESUME_MAY_CHANGE},
+                              resuming=True)
             else:
                 cfg = resolve(cls, read_yaml(config), flags)
             job = importlib.import_module(cls.RUNNER).JOB

@@ -390,15 +390,22 @@ class ConnectConfig(WalkOptions):
             raise UsageError(f"--nodes must be ≥ 1, got {self.nodes}")
         if not self.relax_epochs >= 0 or not self.relax_lr > 0:
             raise UsageError(f"--relax-epochs must be ≥ 0 and --relax-lr > 0, got {self.relax_epochs}, {self.relax_lr}")
-        if self.method is ConnectMethod.GEODESIC:  # an option the chosen path does not read is an error, not ignored
-            relax = self.path is ConnectPath.RELAX
-            defaults = {f.name: f.default for f in fields(type(self))}
-            unused = [name for name in (WALK_ONLY if relax else RELAX_ONLY) if getattr(self, name) != defaults[name]]
-            if unused:
-                flags = ", ".join("--" + name.replace("_", "-") for name in unused)
-                raise UsageError(f"{flags}: only --path {'walk' if relax else 'relax'} reads "
-                                 f"{'them' if len(unused) > 1 else 'it'} (this run: --path {self.path.value})")
         return self
+
+    def refuse_unread(self, given: set[str]) -> None:
+        """An option the chosen path does not read is an error, not ignored: among the options the user
+        ``given`` (flags, config-file keys), those set away from their defaults that only the other path reads.
+        (Not checked on ``--resume``, whose saved config holds every option.)"""
+        if self.method is not ConnectMethod.GEODESIC:
+            return
+        relax = self.path is ConnectPath.RELAX
+        defaults = {f.name: f.default for f in fields(type(self))}
+        unused = [name for name in (WALK_ONLY if relax else RELAX_ONLY)
+                  if name in given and getattr(self, name) != defaults[name]]
+        if unused:
+            flags = ", ".join("--" + name.replace("_", "-") for name in unused)
+            raise UsageError(f"{flags}: only --path {'walk' if relax else 'relax'} reads "
+                             f"{'them' if len(unused) > 1 else 'it'} (this run: --path {self.path.value})")
 
 
 
@@ -559,9 +566,14 @@ def read_yaml(path: str | Path | None) -> dict[str, Any]:
 
 def _legacy(cls, values: dict[str, Any]) -> dict[str, Any]:
     """Keys changed since 0.1.0: ``method: steihaug|multiplier`` is now ``solver``; ``lr`` is a peers' option
-    and a job without peers (transition), whose runs recorded it unused, drops it."""
+    and a job without peers (transition), whose runs recorded it unused, drops it; a connect run recorded
+    before ``path`` existed walked (the default is now ``relax``)."""
     if "lr" in values and "lr" not in {f.name for f in fields(cls)}:
         values = {k: v for k, v in values.items() if k != "lr"}
+    if "checkpoint_b" in values and "step_size" in values and "path" not in values and "relax_epochs" in {
+            f.name for f in fields(cls)}:
+        # a connect run recorded before --path existed (its config holds every option): it walked
+        values = {**values, "path": "walk"}
     method = values.get("method")
     if isinstance(method, str) and method in {m.value for m in TRMethod} and "solver" not in values:
         warnings.warn("config key 'method' for the trust-region solver is now 'solver'", stacklevel=3)
@@ -626,8 +638,9 @@ def _as_recorded(name: str, new: Any, old: Any) -> Any:
     return new
 
 
-def resolve(cls, yaml_values: dict[str, Any], flags: dict[str, Any]):
-    """defaults < YAML < flags (flags that are ``None`` were not given)."""
+def resolve(cls, yaml_values: dict[str, Any], flags: dict[str, Any], resuming: bool = False):
+    """defaults < YAML < flags (flags that are ``None`` were not given). Outside ``--resume`` (``resuming``), a
+    job may refuse given options its run would not read (``refuse_unread``)."""
     yaml_values = _legacy(cls, yaml_values)
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(yaml_values) - set(known))
@@ -636,4 +649,7 @@ def resolve(cls, yaml_values: dict[str, Any], flags: dict[str, Any]):
     hints = typing.get_type_hints(cls)
     merged = {**yaml_values, **{k: v for k, v in flags.items() if v is not None}}
     values = {k: _coerce(k, hints[k], v) for k, v in merged.items()}
-    return dataclasses.replace(cls(), **values).validate()
+    cfg = dataclasses.replace(cls(), **values).validate()
+    if not resuming and hasattr(cfg, "refuse_unread"):
+        cfg.refuse_unread(set(merged))
+    return cfg

@@ -181,14 +181,24 @@ class _Spaces:
         return a
 
 
-def _traced_spec(model: nn.Module) -> PermutationSpec:
-    """The spec read from ``model``'s ``torch.fx`` graph (see the module docstring).
+def _inputs(node: fx.Node) -> list[fx.Node]:
+    """The graph nodes among ``node``'s positional and keyword arguments, in order."""
+    return [a for a in (*node.args, *node.kwargs.values()) if isinstance(a, fx.Node)]
 
-    Raises :class:`UsageError` on an operation it does not know to keep units in place
-    (or an exception from ``torch.fx`` if the model cannot be traced symbolically).
+
+def _traced_spec(model: nn.Module) -> PermutationSpec | None:
+    """The spec read from ``model``'s ``torch.fx`` graph (see the module docstring); ``None`` if the model
+    cannot be traced symbolically.
+
+    Raises :class:`UsageError` on an operation it does not know to keep units in place, or a
+    layer applied more than once (its weights would be permuted once per use).
     """
-    graph = fx.symbolic_trace(model).graph
+    try:
+        graph = fx.symbolic_trace(model).graph
+    except Exception:  # noqa: BLE001 - symbolic tracing fails on data-dependent control flow
+        return None
     modules = dict(model.named_modules())
+    called: set[str] = set()
     sp = _Spaces()
     val: dict[fx.Node, int | None] = {}
 
@@ -207,7 +217,11 @@ def _traced_spec(model: nn.Module) -> PermutationSpec:
                     sp.fixed[space(arg, where)] = True
         elif node.op == "call_module":
             m = modules[node.target]
-            s_in = space(node.args[0], f"{node.target!r}")
+            if node.target in called and not isinstance(m, _PASS_MODULES):
+                raise UsageError(f"{node.target!r} is applied more than once; permutation alignment needs each "
+                                 "layer's weights in one place")
+            called.add(node.target)
+            s_in = space(_inputs(node)[0] if _inputs(node) else None, f"{node.target!r}")
             if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
                 if getattr(m, "groups", 1) != 1:
                     raise UsageError(f"{node.target!r} is a grouped convolution; permutation alignment does not "
@@ -235,13 +249,13 @@ def _traced_spec(model: nn.Module) -> PermutationSpec:
                 raise UsageError(f"{node.target!r} is a {type(m).__name__}, which permutation alignment does not "
                                  "know to keep units in place")
         elif node.op == "call_function" and node.target in _ADD:
-            spaces = [space(a, where) for a in node.args if isinstance(a, fx.Node)]
+            spaces = [space(a, where) for a in _inputs(node)]
             s = spaces[0]
             for other in spaces[1:]:
                 s = sp.union(s, other, f"{node.name}")
             val[node] = s
         elif node.op == "call_function" and (node.target in _PASS_FUNCTIONS or node.target in _SCALE):
-            tensors = [a for a in node.args if isinstance(a, fx.Node)]
+            tensors = _inputs(node)
             if len(tensors) != 1:
                 raise UsageError(f"{where}: combines {len(tensors)} tensors")
             val[node] = space(tensors[0], where)
@@ -250,8 +264,8 @@ def _traced_spec(model: nn.Module) -> PermutationSpec:
                 and isinstance(node.args[0], fx.Node) and (val.get(node.args[0]) is None or node.args[1] == "shape")):
             val[node] = None  # a shape, or an entry of one (e.g. ``x.view(x.shape[0], -1)``)
         elif node.op == "call_method" and node.target in _PASS_METHODS | {"add", "add_", "mul", "div"}:
-            tensors = [a for a in node.args if isinstance(a, fx.Node) and val.get(a) is not None]
-            s = space(tensors[0], where)
+            tensors = [a for a in _inputs(node) if val.get(a) is not None]
+            s = space(tensors[0] if tensors else None, where)
             for other in tensors[1:]:
                 if node.target not in ("add", "add_"):
                     raise UsageError(f"{where}: combines two tensors")
@@ -274,12 +288,8 @@ def permutation_spec(model: nn.Module) -> PermutationSpec:
     """The unit spaces of ``model``: read from its ``torch.fx`` graph, or from its chain of layers where the
     graph cannot be traced (the invariance check then decides). Raises :class:`UsageError` where the graph
     holds an operation the tracer does not follow, or neither way reads the network."""
-    try:
-        return _traced_spec(model)
-    except UsageError:
-        raise  # the graph shows an operation that may mix units: refused, whatever the chain would say
-    except Exception:  # noqa: BLE001 - symbolic tracing fails on data-dependent control flow
-        return _chain_spec(model)
+    spec = _traced_spec(model)  # (a UsageError: the graph shows an operation that may mix units; refused)
+    return spec if spec is not None else _chain_spec(model)
 
 
 def _block_index(perm: Tensor, expand: int) -> Tensor:
@@ -393,3 +403,17 @@ def check_permutation_invariance(model: nn.Module, sample: Tensor, seed: int = 0
     x = sample.to("cpu", torch.float32)
     if not torch.allclose(shuffled(x), original(x), rtol=1e-4, atol=1e-5):
         raise UsageError(refusal)
+
+
+@torch.no_grad()
+def same_function(model: nn.Module, state: dict[str, Tensor], permuted: dict[str, Tensor], sample: Tensor) -> bool:
+    """Whether ``model`` computes the same outputs on ``sample`` with ``state`` and with ``permuted`` (copies in
+    eval mode, float32, on the CPU): the check of the permutation actually applied, after the random one of
+    :func:`check_permutation_invariance`."""
+    nets = []
+    for s in (state, permuted):
+        net = copy.deepcopy(model).to("cpu", torch.float32).eval()
+        net.load_state_dict({k: v.to("cpu") for k, v in s.items()})
+        nets.append(net)
+    x = sample.to("cpu", torch.float32)
+    return torch.allclose(nets[0](x), nets[1](x), rtol=1e-4, atol=1e-5)

@@ -70,7 +70,8 @@ def relax(model: nn.Module, w_a: torch.Tensor, w_b: torch.Tensor, z_a: torch.Ten
     SGD with momentum 0.9 and cosine decay, ``sample_passes // batch_size`` steps, each on
     one batch at one ``t ~ U(0, 1)``. The ends are never changed. Under ``torchrun`` every rank
     draws the same batches and ``t`` and back-propagates its shard of each batch; the gradients
-    are all-reduced, so every rank takes the single process's steps.
+    are all-reduced, so every rank takes the single process's steps (exactly without BatchNorm; with it,
+    each shard is normalised by its own statistics, as under DistributedDataParallel).
     """
     if free < 1:
         raise ValueError("relax needs at least one free node")

@@ -83,10 +83,13 @@ class Connect(job.Job):
         model_a, model_b = a.model.to(device).eval(), b.model.to(device).eval()
         bn_data = metric.head(cfg.bn_samples) if has_batchnorm(model_a) else None
         if cfg.align:
-            from geopath.core.alignment import check_permutation_invariance, weight_matching
+            from geopath.core.alignment import check_permutation_invariance, same_function, weight_matching
 
             check_permutation_invariance(model_a, test.x[:8].to(device), seed=cfg.seed)
             aligned, _ = weight_matching(model_a, model_a.state_dict(), model_b.state_dict(), seed=cfg.seed)
+            if not same_function(model_b, model_b.state_dict(), aligned, test.x[:8]):
+                raise UsageError(f"--align: permuting {type(model_b).__name__}'s units changed network B's outputs; "
+                                 "this network cannot be aligned")
             model_b.load_state_dict(aligned)
         space = ParamSpace.of(model_a)
         w_a, w_b = model_vector(model_a, space), model_vector(model_b, space)

@@ -11,7 +11,7 @@ from torch import nn
 
 from geopath.core.params import ParamSpace, model_vector
 from geopath.core.alignment import (_chain_spec, _permute_state, chain_layers, check_permutation_invariance,
-                                    permutation_spec, weight_matching)
+                                    permutation_spec, same_function, weight_matching)
 from geopath.io.archs import MLP, VGG11, LeNet5, resnet20
 from geopath.errors import UsageError
 
@@ -298,6 +298,63 @@ def test_shapes_read_for_a_view_are_followed():
     assert spec.names == ["conv"] and [(a.key, a.dim, a.expand) for a in spec.axes[0]] == [
         ("conv.weight", 0, 1), ("conv.bias", 0, 1), ("fc.weight", 1, 4)]
     check_permutation_invariance(model, torch.randn(3, 1, 4, 4))
+
+
+class SharedBlockNet(nn.Module):
+    """One residual block applied three times: its weights would be permuted once per use."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.b1, self.b2, self.head = nn.Linear(5, 4), nn.Linear(4, 7), nn.Linear(7, 4), nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = self.stem(x)
+        for _ in range(3):
+            h = h + self.b2(torch.relu(self.b1(h)))
+        return self.head(h)
+
+
+class KeywordNet(nn.Module):
+    """Layers called with keyword arguments, and a residual sum written ``torch.add(h, other=...)``."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp, self.block, self.out = nn.Linear(6, 5), nn.Linear(5, 5), nn.Linear(5, 3)
+
+    def forward(self, x):
+        h = self.inp(input=x)
+        return self.out(input=torch.add(h, other=torch.relu(self.block(input=h))))
+
+
+def test_a_layer_applied_twice_is_refused():
+    with pytest.raises(UsageError, match="'b1' is applied more than once"):
+        permutation_spec(SharedBlockNet())
+    torch.manual_seed(0)
+    with pytest.raises(UsageError, match="SharedBlockNet is not one .*applied more than once"):
+        check_permutation_invariance(SharedBlockNet(), torch.randn(4, 5))
+
+
+def test_keyword_arguments_are_followed():
+    spec = permutation_spec(KeywordNet())
+    assert spec == permutation_spec(ResidualNet())  # the same network written with keywords: one tied space
+    model = KeywordNet().to(D)
+    state_a = model.state_dict()
+    state_b = _plant_tied("residual", state_a, [torch.tensor([2, 4, 0, 1, 3])])
+    x = torch.randn(5, 6, dtype=D)
+    torch.testing.assert_close(_outputs(model, state_b, x), _outputs(model, state_a, x), rtol=1e-9, atol=1e-10)
+
+
+def test_same_function_tells_a_permutation_from_a_change():
+    model = _make("resnet20", 0)
+    spec = permutation_spec(model)
+    state = model.state_dict()
+    g = torch.Generator().manual_seed(1)
+    permuted = _permute_state(spec, state, {k: torch.randperm(u, generator=g) for k, u in enumerate(spec.units)})
+    x = _inputs("resnet20")
+    assert same_function(model, state, permuted, x)
+    broken = dict(permuted)
+    broken["layer2.0.conv1.weight"] = broken["layer2.0.conv1.weight"].flip(0)  # one space reordered alone
+    assert not same_function(model, state, broken, x)
 
 
 def test_a_model_fx_cannot_trace_falls_back_to_the_chain():

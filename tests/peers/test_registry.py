@@ -138,3 +138,30 @@ def test_the_registry_and_the_options_import_without_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+# --------------------------------------------------------------------------- connect: options the path does not read
+
+
+def test_connect_refuses_given_options_its_path_does_not_read_but_not_on_resume():
+    base = {"checkpoint": "a.safetensors", "checkpoint_b": "b.safetensors", "out": "o"}
+    with pytest.raises(UsageError, match="--steps: only --path walk reads it"):
+        resolve(ConnectConfig, {}, {**base, "steps": 20})
+    with pytest.raises(UsageError, match="--nodes: only --path relax reads it"):
+        resolve(ConnectConfig, {"path": "walk", "nodes": 3}, base)
+    # a replayed config that names every option at its default is fine; so are peers and the walk's own options
+    every = {f.name: f.default for f in dataclasses.fields(ConnectConfig) if f.name not in base}
+    every = {k: getattr(v, "value", v) for k, v in every.items()}
+    assert resolve(ConnectConfig, every, base).path.value == "relax"
+    assert resolve(ConnectConfig, {}, {**base, "method": "bezier", "steps": 20}).steps == 20
+    assert resolve(ConnectConfig, {"path": "walk"}, {**base, "steps": 20}).steps == 20
+    # --resume reads the run's saved config, which holds every option as it was resolved: never refused
+    saved = {**every, **base, "step_size": 0.25, "max_steps": 1200}
+    assert resolve(ConnectConfig, saved, {}, resuming=True).step_size == 0.25
+
+
+def test_a_connect_run_recorded_before_path_existed_walked():
+    base = {"checkpoint": "a.safetensors", "checkpoint_b": "b.safetensors", "out": "o"}
+    old = {**base, "step_size": 0.25, "max_steps": 1200, "steps": 300}  # a recorded config: no 'path', no 'nodes'
+    assert resolve(ConnectConfig, old, {}, resuming=True).path.value == "walk"
+    assert resolve(ConnectConfig, {}, base).path.value == "relax"  # a new run: the default
