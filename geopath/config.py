@@ -68,6 +68,10 @@ SETTLE_WARMUP_HELP = ("--settle finetune/distill: the fraction of the SGD steps 
                       "linearly to --settle-lr before its cosine decay (0: none).")
 
 
+SETTLE_AVERAGE_HELP = ("--settle finetune/distill: end on the average of the weights over this last fraction of the "
+                       "SGD steps (stochastic weight averaging; 0: the last step's weights).")
+
+
 SETTLE_HOLDOUT_HELP = ("--settle finetune/distill: hold this fraction of the metric inputs out of the SGD and end on "
                        "the recorded network with the lowest settle loss on them (early stopping; 0: off).")
 
@@ -301,6 +305,7 @@ class SparsifyConfig(WalkOptions):
     settle_epochs: float = opt(2.5, "Epochs of masked SGD after landing (--settle finetune or distill).")
     settle_lr: float = opt(0.05, "Learning rate of --settle finetune/distill (SGD, momentum 0.9, cosine decay).")
     settle_warmup: float = opt(0.0, SETTLE_WARMUP_HELP)
+    settle_average: float = opt(0.0, SETTLE_AVERAGE_HELP)
     settle_holdout: float = opt(0.0, SETTLE_HOLDOUT_HELP)
 
     def validate(self):
@@ -432,6 +437,7 @@ class TransitionConfig(WalkOptions):
                                     "may override it).")
     settle_lr: float = opt(0.05, "Learning rate of --settle finetune/distill (SGD, momentum 0.9, cosine decay).")
     settle_warmup: float = opt(0.0, SETTLE_WARMUP_HELP)
+    settle_average: float = opt(0.0, SETTLE_AVERAGE_HELP)
     settle_holdout: float = opt(0.0, SETTLE_HOLDOUT_HELP)
 
     def validate(self):
@@ -468,6 +474,8 @@ def _settle_checks(cfg) -> None:
         raise UsageError("--settle-epochs must be ≥ 0 and --settle-lr > 0")
     if not 0.0 <= cfg.settle_warmup < 1.0:
         raise UsageError(f"--settle-warmup must be in [0, 1), got {cfg.settle_warmup}")
+    if not 0.0 <= cfg.settle_average < 1.0:
+        raise UsageError(f"--settle-average must be in [0, 1), got {cfg.settle_average}")
     if not 0.0 <= cfg.settle_holdout < 0.5:
         raise UsageError(f"--settle-holdout must be in [0, 0.5), got {cfg.settle_holdout}")
 

@@ -33,6 +33,10 @@ def settle_by_training(cfg, model, target: Target, data, reference, result, reco
     mask). Returns its trace row; ``result.state`` moves on by the SGD steps and their passes (a chain's
     next leg continues from there).
 
+    With ``--settle-average F`` > 0 the settle ends on the mean of the weights after each of its last
+    ``F × steps`` SGD steps (stochastic weight averaging, Izmailov et al. 2018; no extra passes, and the
+    recorder re-estimates BatchNorm statistics for it as for every network).
+
     With ``--settle-holdout F`` > 0 the last fraction F of ``data`` is held out of the SGD; the settle's own
     loss on it (the distillation loss, or the cross-entropy with ``finetune``) is measured on the landed
     network and on every recorded one, and the final network is the one where it was lowest (early
@@ -70,7 +74,17 @@ def settle_by_training(cfg, model, target: Target, data, reference, result, reco
                         sample_passes=state.sample_passes + passes * per_sample + checks["passes"],
                         clock=lambda: time.perf_counter() - tic, state=row_state)
 
+    params = [p for p in model.parameters() if p.requires_grad]
+    average = {"from": steps - int(cfg.settle_average * steps), "sum": None, "count": 0}  # --settle-average
+
     def on_step(step, passes):
+        if step > average["from"]:
+            with torch.no_grad():
+                if average["sum"] is None:
+                    average["sum"] = [p.detach().clone() for p in params]
+                else:
+                    torch._foreach_add_(average["sum"], [p.detach() for p in params])
+            average["count"] += 1
         if step % every == 0 and step < steps:
             record(step, passes, recorder.writer.step_path(state.step + step))
             check(model)
@@ -81,6 +95,10 @@ def settle_by_training(cfg, model, target: Target, data, reference, result, reco
         passes = train(model, train_data, epochs=budget / len(train_data), batch_size=cfg.batch_size,
                        lr=cfg.settle_lr, seed=cfg.seed, mask=target.mask if held is None else held, device=device,
                        max_passes=budget, on_step=on_step, loss_fn=loss_fn, warmup=cfg.settle_warmup).sample_passes
+    if average["count"]:  # the average of masked weights is masked too
+        with torch.no_grad():
+            for p, total in zip(params, average["sum"]):
+                p.copy_(total / average["count"])
     if held_out is not None:
         if recorder.bn_data is not None:
             recompute_batchnorm(model, recorder.bn_data, device=device)

@@ -257,6 +257,25 @@ def test_settle_warmup_changes_the_settle_and_is_recorded(tmp_path):
     assert refused.returncode == 2 and "--settle-warmup must be in [0, 1)" in refused.stderr
 
 
+def test_settle_average_ends_on_averaged_weights_on_the_same_hyperplane(tmp_path):
+    common = [SAMPLE, "--sparsity", "0.9", *FAST, "--settle-epochs", "0.5"]
+    geopath("sparsify", *common, "-o", tmp_path / "plain", check=True)
+    geopath("sparsify", *common, "-o", tmp_path / "avg", "--settle-average", "0.5", check=True)
+    a, _ = read_tensors(tmp_path / "plain" / "final.safetensors")
+    b, _ = read_tensors(tmp_path / "avg" / "final.safetensors")
+    assert not torch.equal(a["layers.0.weight"], b["layers.0.weight"])  # another end ...
+    assert all(torch.equal(a[k] == 0, b[k] == 0) for k in a)  # ... on the same hyperplane
+    # the average of the last half of the steps lies between the landed network and the last step's
+    landed, _ = read_tensors(tmp_path / "plain" / "steps" / "landed.safetensors")
+    w = {key: torch.cat([t[n].flatten() for n in sorted(t)]) for t, key in ((landed, "l"), (a, "a"), (b, "b"))}
+    assert torch.linalg.vector_norm(w["b"] - w["l"]) < torch.linalg.vector_norm(w["a"] - w["l"])
+    assert yaml.safe_load((tmp_path / "avg" / "config.yaml").read_text())["settle_average"] == 0.5
+    from .._helpers import cli
+
+    refused = cli("sparsify", *common, "-o", tmp_path / "bad", "--settle-average", "1")
+    assert refused.returncode == 2 and "--settle-average must be in [0, 1)" in refused.stderr
+
+
 def test_settle_holdout_ends_on_the_network_with_the_lowest_held_out_loss(tmp_path):
     """--settle-holdout 0.25: the last 500 of the 2000 metric inputs stay out of the SGD; the run ends on
     whichever of the landed network, the recorded settle networks and the last one has the lowest
