@@ -83,7 +83,8 @@ def settle_by_training(cfg, model, target: Target, data, reference, result, reco
                 if average["sum"] is None:
                     average["sum"] = [p.detach().clone() for p in params]
                 else:
-                    torch._foreach_add_(average["sum"], [p.detach() for p in params])
+                    for total, p in zip(average["sum"], params):
+                        total.add_(p)
             average["count"] += 1
         if step % every == 0 and step < steps:
             record(step, passes, recorder.writer.step_path(state.step + step))
