@@ -413,8 +413,6 @@ class ConnectConfig(WalkOptions):
                              f"{'them' if len(unused) > 1 else 'it'} (this run: --path {self.path.value})")
 
 
-
-
 # the walk's step options (core/step.py, core/path.py) and the relaxed path's own: each is refused with the other path
 WALK_ONLY = ("beta", "step_size", "steps", "max_steps", "tol", "beta_growth", "cg_iters", "cg_rtol", "damping",
              "metric", "solver", "anchor", "label_weight", "micro_batch", "bn_stats", "jvp")

@@ -51,7 +51,8 @@ def plot_runs(runs: Sequence[str | Path], out: str | Path, x: str = "t", kind: s
     """Draw ``runs`` into the PNG ``out``; returns its path.
 
     ``kind="path"``: accuracy, distance to the target and metric length against ``x``
-    (one of :data:`X_CHOICES`; :func:`path_panels` leaves out a panel no run has data for). ``kind="tasks"``: task-A against task-B test accuracy
+    (one of :data:`X_CHOICES`; :func:`path_panels` leaves out a panel no run has data for).
+    ``kind="tasks"``: task-A against task-B test accuracy
     of merge runs, the path's order shown by the line.
     """
     if x not in X_CHOICES:

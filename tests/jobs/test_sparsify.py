@@ -239,41 +239,45 @@ def test_peers_record_at_the_geodesics_cadence_in_passes(tmp_path):
     assert counts == {1: round(4000 / 512), 2: round(4000 / 1024)}
 
 
-def test_settle_warmup_changes_the_settle_and_is_recorded(tmp_path):
-    common = [SAMPLE, "--sparsity", "0.9", *FAST, "--settle-epochs", "0.5"]
-    geopath("sparsify", *common, "-o", tmp_path / "plain", check=True)
-    geopath("sparsify", *common, "-o", tmp_path / "warm", "--settle-warmup", "0.5", check=True)
-    a, _ = read_tensors(tmp_path / "plain" / "final.safetensors")
-    b, _ = read_tensors(tmp_path / "warm" / "final.safetensors")
-    la, _ = read_tensors(tmp_path / "plain" / "steps" / "landed.safetensors")
-    lb, _ = read_tensors(tmp_path / "warm" / "steps" / "landed.safetensors")
+SETTLE = [SAMPLE, "--sparsity", "0.9", *FAST, "--settle-epochs", "0.5"]
+
+
+@pytest.fixture(scope="module")
+def plain_settle(tmp_path_factory):
+    """A sparsify run with the settle's defaults, the baseline of the settle-option tests (run once)."""
+    out = tmp_path_factory.mktemp("settle") / "plain"
+    geopath("sparsify", *SETTLE, "-o", out, check=True)
+    return out
+
+
+def _settle_variant(plain, tmp_path, option: str, value: str) -> tuple[dict, dict, dict, dict]:
+    """Final and landed weights of the plain run and of one run with ``option value``; the option is
+    recorded in the config, and ``option 1`` is refused in one line."""
+    from .._helpers import cli
+
+    out = tmp_path / "variant"
+    geopath("sparsify", *SETTLE, "-o", out, option, value, check=True)
+    assert yaml.safe_load((out / "config.yaml").read_text())[option[2:].replace("-", "_")] == float(value)
+    refused = cli("sparsify", *SETTLE, "-o", tmp_path / "bad", option, "1")
+    assert refused.returncode == 2 and f"{option} must be in [0, 1)" in refused.stderr
+    return tuple(read_tensors(run / name)[0] for run in (plain, out)
+                 for name in ("final.safetensors", "steps/landed.safetensors"))
+
+
+def test_settle_warmup_changes_the_settle_and_is_recorded(plain_settle, tmp_path):
+    a, la, b, lb = _settle_variant(plain_settle, tmp_path, "--settle-warmup", "0.5")
     assert all(torch.equal(la[k], lb[k]) for k in la)  # the same walk ...
     assert not torch.equal(a["layers.0.weight"], b["layers.0.weight"])  # ... then another settle
     assert all(torch.equal(a[k] == 0, b[k] == 0) for k in a)  # on the same hyperplane
-    assert yaml.safe_load((tmp_path / "warm" / "config.yaml").read_text())["settle_warmup"] == 0.5
-    from .._helpers import cli
-
-    refused = cli("sparsify", *common, "-o", tmp_path / "bad", "--settle-warmup", "1")
-    assert refused.returncode == 2 and "--settle-warmup must be in [0, 1)" in refused.stderr
 
 
-def test_settle_average_ends_on_averaged_weights_on_the_same_hyperplane(tmp_path):
-    common = [SAMPLE, "--sparsity", "0.9", *FAST, "--settle-epochs", "0.5"]
-    geopath("sparsify", *common, "-o", tmp_path / "plain", check=True)
-    geopath("sparsify", *common, "-o", tmp_path / "avg", "--settle-average", "0.5", check=True)
-    a, _ = read_tensors(tmp_path / "plain" / "final.safetensors")
-    b, _ = read_tensors(tmp_path / "avg" / "final.safetensors")
+def test_settle_average_ends_on_averaged_weights_on_the_same_hyperplane(plain_settle, tmp_path):
+    a, landed, b, _ = _settle_variant(plain_settle, tmp_path, "--settle-average", "0.5")
     assert not torch.equal(a["layers.0.weight"], b["layers.0.weight"])  # another end ...
     assert all(torch.equal(a[k] == 0, b[k] == 0) for k in a)  # ... on the same hyperplane
     # the average of the last half of the steps lies between the landed network and the last step's
-    landed, _ = read_tensors(tmp_path / "plain" / "steps" / "landed.safetensors")
     w = {key: torch.cat([t[n].flatten() for n in sorted(t)]) for t, key in ((landed, "l"), (a, "a"), (b, "b"))}
     assert torch.linalg.vector_norm(w["b"] - w["l"]) < torch.linalg.vector_norm(w["a"] - w["l"])
-    assert yaml.safe_load((tmp_path / "avg" / "config.yaml").read_text())["settle_average"] == 0.5
-    from .._helpers import cli
-
-    refused = cli("sparsify", *common, "-o", tmp_path / "bad", "--settle-average", "1")
-    assert refused.returncode == 2 and "--settle-average must be in [0, 1)" in refused.stderr
 
 
 def test_settle_holdout_ends_on_the_network_with_the_lowest_held_out_loss(tmp_path):
