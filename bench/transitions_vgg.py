@@ -15,8 +15,10 @@ chain, its counts scaled to the width (50 of 64 layer-1 filters → 12 of 16; 10
 
 Each leg a geodesic with the approach the filter-removal bench uses for BatchNorm networks
 (docs/method.md: β 16 growing ×4, land at 15 % of the distance), then 4 epochs of masked SGD on the
-hyperplane matching the starting network's outputs (``--settle distill``, no labels; 10 % warm-up; ending on
-the average of the weights over the last half of the SGD steps, ``--settle-average 0.5``),
+hyperplane matching the starting network's outputs (``--settle distill``, no labels; 10 % warm-up; half of
+every batch's images mirrored left to right, the starting network matched on the same view,
+``--settle-augment flip``; ending on the average of the weights over the last half of the SGD steps,
+``--settle-average 0.5``),
 at most 5 epochs of the 20k training images per leg. Beside every
 configuration: the same units switched off in the trained network with no updates (gating).
 Accuracy on the full 10,000-image test set, BatchNorm statistics re-estimated for every geodesic
@@ -60,7 +62,7 @@ PLAN = [{"name": "C2", "remove": {"features.0": 12}},
 # warmed up over the first 10 % of the steps; or, formerly, 350 geodesic steps on the hyperplane, batches of 32
 _APPROACH = {"steps": 100, "beta": 16.0, "beta_growth": 4.0, "tol": 0.15, "save_every": 10}
 SETTLES = {"distill": {**_APPROACH, "settle": "distill", "settle_epochs": 4.0, "settle_warmup": 0.1,
-                       "settle_average": 0.5},
+                       "settle_average": 0.5, "settle_augment": "flip"},
            "finetune": {**_APPROACH, "settle": "finetune", "settle_epochs": 4.0, "settle_warmup": 0.1},
            "geodesic": {"steps": 60, "beta": 16.0, "beta_growth": 4.0, "tol": 0.15, "settle_steps": 350,
                         "batch_size": 32, "save_every": 10, "settle": "geodesic"}}

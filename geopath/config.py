@@ -26,7 +26,8 @@ import yaml
 from geopath.errors import UsageError
 from geopath.io.preprocess import PREPROCESS_HELP, parse_image_size, parse_preprocess
 from geopath.peers import registry
-from geopath.core.choices import Anchor, BNStats, Combine, ConnectPath, JVPMode, MaskScope, MetricKind, TRMethod
+from geopath.core.choices import (Anchor, Augment, BNStats, Combine, ConnectPath, JVPMode, MaskScope, MetricKind,
+                                  TRMethod)
 
 
 def opt(default, help: str, *, arg: bool = False, flag: str | None = None, short: str | None = None,
@@ -70,6 +71,11 @@ SETTLE_WARMUP_HELP = ("--settle finetune/distill: the fraction of the SGD steps 
 
 SETTLE_AVERAGE_HELP = ("--settle finetune/distill: end on the average of the weights over this last fraction of the "
                        "SGD steps (stochastic weight averaging; 0: the last step's weights).")
+
+
+SETTLE_AUGMENT_HELP = ("--settle finetune/distill on images: train on random views of every batch (flip: half "
+                       "mirrored; crop: shifted by up to an eighth of the side, zero border; crop-flip: both; the "
+                       "teacher sees the same view; none: the stored inputs).")
 
 
 SETTLE_HOLDOUT_HELP = ("--settle finetune/distill: hold this fraction of the metric inputs out of the SGD and end on "
@@ -307,6 +313,7 @@ class SparsifyConfig(WalkOptions):
     settle_warmup: float = opt(0.0, SETTLE_WARMUP_HELP)
     settle_average: float = opt(0.0, SETTLE_AVERAGE_HELP)
     settle_holdout: float = opt(0.0, SETTLE_HOLDOUT_HELP)
+    settle_augment: Augment = opt(Augment.NONE, SETTLE_AUGMENT_HELP)
 
     def validate(self):
         super().validate()
@@ -437,6 +444,7 @@ class TransitionConfig(WalkOptions):
     settle_warmup: float = opt(0.0, SETTLE_WARMUP_HELP)
     settle_average: float = opt(0.0, SETTLE_AVERAGE_HELP)
     settle_holdout: float = opt(0.0, SETTLE_HOLDOUT_HELP)
+    settle_augment: Augment = opt(Augment.NONE, SETTLE_AUGMENT_HELP)
 
     def validate(self):
         super().validate()
@@ -476,6 +484,8 @@ def _settle_checks(cfg) -> None:
         raise UsageError(f"--settle-average must be in [0, 1), got {cfg.settle_average}")
     if not 0.0 <= cfg.settle_holdout < 0.5:
         raise UsageError(f"--settle-holdout must be in [0, 0.5), got {cfg.settle_holdout}")
+    if cfg.settle_augment is not Augment.NONE and cfg.settle is Settle.GEODESIC:
+        raise UsageError("--settle-augment needs --settle finetune or distill (geodesic settle steps take no views)")
 
 
 def _non_negative(cfg, name):

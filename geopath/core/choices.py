@@ -97,3 +97,16 @@ class MaskScope(str, Enum):
     """The smallest-magnitude weights over all prunable layers together."""
     LAYER = "layer"
     """The same fraction of every prunable layer."""
+
+
+class Augment(str, Enum):
+    """Random views of image inputs drawn for every SGD batch (the settle's; teacher and student see the same)."""
+
+    NONE = "none"
+    """The stored inputs as they are."""
+    FLIP = "flip"
+    """Half of the images mirrored left to right."""
+    CROP = "crop"
+    """Each image shifted by up to an eighth of its side (4 pixels on 32×32), the uncovered border zero."""
+    CROP_FLIP = "crop-flip"
+    """``crop``, then half of the images mirrored left to right (the usual CIFAR-10 views)."""

@@ -51,6 +51,7 @@ def train(
     loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     remask: Callable[[int], torch.Tensor | None] | None = None,
     warmup: float = 0.0,
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> TrainStats:
     """Train with cross-entropy; cosine learning-rate decay over the whole run (after a linear warm-up
     over the first ``warmup`` fraction of the steps, from ``lr``/W to ``lr`` in W steps).
@@ -60,7 +61,8 @@ def train(
     before every step and may return a new ``mask`` (gradual pruning); newly masked weights are
     zeroed. ``on_step(step, passes)`` is called after every optimizer step (the model is in
     train mode; a caller that evaluates must restore it). ``penalty()`` is added to
-    every batch's loss (e.g. an EWC term).
+    every batch's loss (e.g. an EWC term). ``augment(x)`` replaces each batch's inputs by random views
+    (:mod:`geopath.core.augment`) before the forward pass and ``loss_fn`` see them.
     """
     model.to(device)
     comm = distributed.current()
@@ -96,6 +98,8 @@ def train(
             if step >= total_steps:
                 break
             x, y = x.to(device), y.to(device)
+            if augment is not None:
+                x = augment(x)
             if remask is not None:
                 new_mask = remask(step)
                 if new_mask is not None:

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from geopath.config import Settle
+from geopath.core.augment import augmentation
 from geopath.core.dataset import Dataset, batches
 from geopath.core.evaluate import evaluate, recompute_batchnorm
 from geopath.core.step import PASS_FORWARD
@@ -21,6 +22,7 @@ from geopath.jobs.common import split_train
 SETTLE_TEMPERATURE = 2.0  # --settle distill
 SGD_STEPS_PER_STEP = 8  # a geodesic step costs about as many sample passes as 8 SGD steps (docs/method.md)
 HELD_OUT_BATCH = 256
+AUGMENT_SEED = 7919  # the views' generator is seeded apart from the batch order's (--seed)
 
 
 def settle_by_training(cfg, model, target: Target, data, reference, result, recorder,
@@ -40,7 +42,11 @@ def settle_by_training(cfg, model, target: Target, data, reference, result, reco
     With ``--settle-holdout F`` > 0 the last fraction F of ``data`` is held out of the SGD; the settle's own
     loss on it (the distillation loss, or the cross-entropy with ``finetune``) is measured on the landed
     network and on every recorded one, and the final network is the one where it was lowest (early
-    stopping; the forward passes this costs are counted)."""
+    stopping; the forward passes this costs are counted).
+
+    With ``--settle-augment crop|crop-flip`` every SGD batch is replaced by random views of its images
+    (:mod:`geopath.core.augment`; the distillation teacher sees the same views); held-out checks see the
+    stored inputs."""
     from geopath.core.train import train
     from geopath.peers.pruning import distillation_loss
 
@@ -95,7 +101,8 @@ def settle_by_training(cfg, model, target: Target, data, reference, result, reco
     if steps:
         passes = train(model, train_data, epochs=budget / len(train_data), batch_size=cfg.batch_size,
                        lr=cfg.settle_lr, seed=cfg.seed, mask=target.mask if held is None else held, device=device,
-                       max_passes=budget, on_step=on_step, loss_fn=loss_fn, warmup=cfg.settle_warmup).sample_passes
+                       max_passes=budget, on_step=on_step, loss_fn=loss_fn, warmup=cfg.settle_warmup,
+                       augment=augmentation(cfg.settle_augment, cfg.seed + AUGMENT_SEED)).sample_passes
     if average["count"]:  # the average of masked weights is masked too
         with torch.no_grad():
             for p, total in zip(params, average["sum"]):

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from geopath.jobs import common as job
+from geopath.core.augment import check_images
 from geopath.jobs.settle import SGD_STEPS_PER_STEP, settle_by_training
 from geopath.report.text import fmt
 from geopath.peers.task import PeerTask
@@ -71,6 +72,7 @@ class Sparsify(job.Job):
     def prepare(self, cfg: SparsifyConfig, device) -> job.Setup:
         ck = job.load(cfg, cfg.checkpoint)
         data_name, metric_data, test_data, train_eval = job.single_task_data(cfg, ck, device)
+        check_images(cfg.settle_augment, tuple(metric_data.x.shape[1:]))
         reference = job.frozen_copy(ck.model, device)  # the starting network, kept frozen
         model = ck.model.to(device)
         space = ParamSpace.of(model)

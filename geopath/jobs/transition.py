@@ -37,6 +37,7 @@ from typing import Any
 import torch
 
 from geopath.jobs import common as job
+from geopath.core.augment import check_images
 from geopath.jobs.settle import settle_by_training
 from geopath.report.text import fmt
 from geopath.core.params import ParamSpace, model_vector
@@ -214,6 +215,7 @@ class Transition(job.Job):
         legs = parse_plan(cfg.plan)
         ck = job.load(cfg, cfg.checkpoint)
         data_name, metric, test, train_eval = job.single_task_data(cfg, ck, device)
+        check_images(cfg.settle_augment, tuple(metric.x.shape[1:]))
         reference = job.frozen_copy(ck.model, device)
         model = ck.model.to(device)
         space = ParamSpace.of(model)

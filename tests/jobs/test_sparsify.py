@@ -18,7 +18,7 @@ from geopath.core.evaluate import evaluate
 from geopath.core.targets import MagnitudeTarget, prunable_parameters
 from geopath.io.trace import read_csv
 
-from .._helpers import DATA_ROOT, FAST, ROOT, SAMPLE, geopath, needs_mnist
+from .._helpers import DATA_ROOT, FAST, ROOT, SAMPLE, geopath, needs_mnist, train_net
 
 pytestmark = needs_mnist
 
@@ -278,6 +278,42 @@ def test_settle_average_ends_on_averaged_weights_on_the_same_hyperplane(plain_se
     # the average of the last half of the steps lies between the landed network and the last step's
     w = {key: torch.cat([t[n].flatten() for n in sorted(t)]) for t, key in ((landed, "l"), (a, "a"), (b, "b"))}
     assert torch.linalg.vector_norm(w["b"] - w["l"]) < torch.linalg.vector_norm(w["a"] - w["l"])
+
+
+def test_settle_augment_settles_a_convnet_on_views_of_its_images_on_the_same_hyperplane(tmp_path):
+    """--settle-augment crop-flip on a LeNet-5: the same walk, another settle, the same hyperplane, recorded."""
+    net = train_net(tmp_path / "lenet.safetensors", "lenet5", size=1000, epochs=1, seed=0)
+    common = [net, "--sparsity", "0.8", *FAST, "--steps", "3", "--settle-epochs", "0.25"]
+    ends = {}
+    for kind in ("none", "crop-flip"):
+        geopath("sparsify", *common, "-o", tmp_path / kind, "--settle-augment", kind, check=True)
+        assert yaml.safe_load((tmp_path / kind / "config.yaml").read_text())["settle_augment"] == kind
+        ends[kind] = [read_tensors(tmp_path / kind / name)[0] for name in ("steps/landed.safetensors",
+                                                                           "final.safetensors")]
+    (la, a), (lb, b) = ends["none"], ends["crop-flip"]
+    assert all(torch.equal(la[k], lb[k]) for k in la)  # the same walk ...
+    assert not torch.equal(a["conv1.weight"], b["conv1.weight"])  # ... then another settle
+    assert all(torch.equal(a[k] == 0, b[k] == 0) for k in a)  # on the same hyperplane
+
+
+def test_settle_augment_is_refused_for_vectors_and_for_geodesic_settle_steps(tmp_path):
+    """Views need images: a data set of flat vectors is refused before anything is written (MNIST's images
+    are images, whatever network reads them); geodesic settle steps take no views."""
+    import numpy as np
+
+    from .._helpers import cli
+
+    images = load_dataset("mnist", "train", DATA_ROOT).head(256)
+    flat = tmp_path / "flat.npz"
+    np.savez(flat, x=images.x.reshape(256, -1).numpy(), y=images.y.numpy())
+    for extra, message in ((["--data", flat, "--eval-data", flat, "--settle-augment", "crop"],
+                            "--settle-augment crop needs image inputs (C×H×W); these are 784 per sample"),
+                           (["--settle-augment", "crop-flip", "--settle", "geodesic"],
+                            "--settle-augment needs --settle finetune or distill")):
+        refused = cli("sparsify", *SETTLE, "-o", tmp_path / "o", *extra)
+        assert refused.returncode == 2 and message in refused.stderr, refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1
+        assert not (tmp_path / "o").exists()
 
 
 def test_settle_holdout_ends_on_the_network_with_the_lowest_held_out_loss(tmp_path):
