@@ -320,6 +320,9 @@ class SparsifyConfig(WalkOptions):
         if not self.checkpoint:
             raise UsageError("a checkpoint is required")
         _settle_checks(self)
+        if self.settle_augment is not Augment.NONE and self.method is not SparsifyMethod.GEODESIC:
+            raise UsageError(f"--settle-augment is an option of the geodesic's settle; --method {self.method.value} "
+                             "does not take it")
         if not 0.0 <= self.sparsity < 1.0:
             raise UsageError(f"--sparsity must be in [0, 1), got {self.sparsity}")
         for name in ("settle_steps", "train_eval_size"):

@@ -57,7 +57,7 @@ def augmentation(kind: Augment | str, seed: int) -> Callable[[torch.Tensor], tor
 
 
 def check_images(kind: Augment | str, sample_shape: tuple[int, ...], flag: str = "--settle-augment") -> None:
-    """A one-line error unless ``kind`` is ``none`` or the inputs are images (C×H×W per sample, float)."""
+    """A one-line error unless ``kind`` is ``none`` or the inputs are images (C×H×W per sample)."""
     if Augment(kind) is not Augment.NONE and len(sample_shape) != 3:
         raise UsageError(f"{flag} {Augment(kind).value} needs image inputs (C×H×W); these are "
                          f"{'×'.join(map(str, sample_shape)) or 'scalars'} per sample")

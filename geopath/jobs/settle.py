@@ -44,7 +44,7 @@ def settle_by_training(cfg, model, target: Target, data, reference, result, reco
     network and on every recorded one, and the final network is the one where it was lowest (early
     stopping; the forward passes this costs are counted).
 
-    With ``--settle-augment crop|crop-flip`` every SGD batch is replaced by random views of its images
+    With ``--settle-augment flip|crop|crop-flip`` every SGD batch is replaced by random views of its images
     (:mod:`geopath.core.augment`; the distillation teacher sees the same views); held-out checks see the
     stored inputs."""
     from geopath.core.train import train

@@ -296,9 +296,9 @@ def test_settle_augment_settles_a_convnet_on_views_of_its_images_on_the_same_hyp
     assert all(torch.equal(a[k] == 0, b[k] == 0) for k in a)  # on the same hyperplane
 
 
-def test_settle_augment_is_refused_for_vectors_and_for_geodesic_settle_steps(tmp_path):
+def test_settle_augment_is_refused_for_vectors_geodesic_settle_steps_and_peers(tmp_path):
     """Views need images: a data set of flat vectors is refused before anything is written (MNIST's images
-    are images, whatever network reads them); geodesic settle steps take no views."""
+    are images, whatever network reads them); geodesic settle steps take no views, and a peer no settle."""
     import numpy as np
 
     from .._helpers import cli
@@ -309,7 +309,10 @@ def test_settle_augment_is_refused_for_vectors_and_for_geodesic_settle_steps(tmp
     for extra, message in ((["--data", flat, "--eval-data", flat, "--settle-augment", "crop"],
                             "--settle-augment crop needs image inputs (C×H×W); these are 784 per sample"),
                            (["--settle-augment", "crop-flip", "--settle", "geodesic"],
-                            "--settle-augment needs --settle finetune or distill")):
+                            "--settle-augment needs --settle finetune or distill"),
+                           (["--settle-augment", "flip", "--method", "prune-finetune"],
+                            "--settle-augment is an option of the geodesic's settle; --method prune-finetune "
+                            "does not take it")):
         refused = cli("sparsify", *SETTLE, "-o", tmp_path / "o", *extra)
         assert refused.returncode == 2 and message in refused.stderr, refused.stderr
         assert len(refused.stderr.strip().splitlines()) == 1
