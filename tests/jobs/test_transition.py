@@ -229,3 +229,18 @@ def test_a_bad_settle_epochs_override_fails_before_any_step(tmp_path):
     path.write_text(yaml.safe_dump({"legs": [{"remove": {"layers.0": 5}, "settle_epochs": -1}]}))
     proc = cli("transition", SAMPLE, "--plan", path, "-o", tmp_path / "out", *FAST)
     assert proc.returncode == 2 and "settle_epochs must be a number ≥ 0" in one_error_line(proc)
+
+
+def test_settle_augment_is_refused_for_vectors_and_with_geodesic_settle_steps(plan_file, tmp_path):
+    """A transition's --settle-augment needs image inputs (checked before the first leg) and a training settle."""
+    import numpy as np
+
+    images = load_dataset("mnist", "train", DATA_ROOT).head(256)
+    flat = tmp_path / "flat.npz"
+    np.savez(flat, x=images.x.reshape(256, -1).numpy(), y=images.y.numpy())
+    for extra, needle in ((["--data", flat, "--eval-data", flat, "--settle", "distill", "--settle-augment", "flip"],
+                           "--settle-augment flip needs image inputs (C×H×W); these are 784 per sample"),
+                          (["--settle-augment", "flip"], "--settle-augment needs --settle finetune or distill")):
+        proc = cli("transition", SAMPLE, "--plan", plan_file, "-o", tmp_path / "out", *FAST, *extra)
+        assert proc.returncode == 2 and needle in one_error_line(proc), proc.stderr
+        assert not (tmp_path / "out").exists()
