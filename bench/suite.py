@@ -1,6 +1,6 @@
 """The sparsify suite: the geodesic against every pruning peer, on networks it was not tuned on.
 
-    python bench/suite.py [--quick] [--cases NAME ...] [--budgets 1 2 5] [--seeds 0 1 2]
+    python bench/suite.py [--quick] [--cases NAME ...] [--budgets 1 2 5] [--seeds 0 1 2] [--grid OPT:LR ...]
 
 Every method runs on the same network, data and budget of forward+backward sample passes
 (docs/method.md): the geodesic first (CLI defaults; the only rule that depends on the budget
@@ -135,11 +135,15 @@ def main() -> int:
     ap.add_argument("--budgets", type=float, nargs="+")
     ap.add_argument("--seeds", type=int, nargs="+")
     ap.add_argument("--label-free", type=int, nargs="*", help="N unlabeled inputs (default 1000 10000; none: skip)")
+    ap.add_argument("--grid", nargs="+", metavar="OPT:LR",
+                    help="the peers' grid instead of the default (e.g. sgd:0.05 for one point; a partial result)")
     args = ap.parse_args()
     cases = args.cases or (QUICK_CASES if args.quick else list(CASES))
     budgets = args.budgets or ([5.0] if args.quick else [1.0, 2.0, 5.0])
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     grid = GRID[:1] if args.quick else GRID
+    if args.grid:
+        grid = [(g.split(":")[0], float(g.split(":")[1])) for g in args.grid]
     label_free = args.label_free if args.label_free is not None else ([1000] if args.quick else [1000, 10000])
 
     rows = []
