@@ -128,6 +128,19 @@ def spread(xs: list[float]) -> float:
     return max(xs) - min(xs) if len(xs) > 1 else 0.0
 
 
+def shown_arguments(argv: list[str]) -> list[str]:
+    """``argv`` without the machine-local ``--data-root`` and ``--docs`` (and their values)."""
+    shown, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in ("--data-root", "--docs"):
+            skip = True
+        elif not a.startswith(("--data-root=", "--docs=")):
+            shown.append(a)
+    return shown
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_args(ap)
@@ -215,6 +228,8 @@ def main() -> int:
                        statistics.mean(gaps) > 0))
 
     stem = "bench_suite_quick" if args.quick else "bench_suite"
+    # the command as run (cases, budgets, seeds and grid included: a partial run says what it covers)
+    command = " ".join(["python bench/suite.py"] + shown_arguments(sys.argv[1:]))
     host = machine()
     docs = Path(args.docs)
     docs.mkdir(exist_ok=True)
@@ -223,7 +238,7 @@ def main() -> int:
                                                    "checks": dict(checks)}, indent=2) + "\n")
     methods = ["geodesic", "one-shot"] + PEERS
     lines = [f"# Sparsify suite{' (quick: a smoke run, not a result)' if args.quick else ''}", "",
-             f"Produced by `python bench/suite.py{' --quick' if args.quick else ''}` on {host}. Test accuracy "
+             f"Produced by `{command}` on {host}. Test accuracy "
              f"(mean over seeds {seeds}, ± the spread max − min"
              + ("; the CIFAR-10 cases: seed 0 alone" if not args.seeds and set(cases) & set(CIFAR_CASES) else "")
              + "); every peer gets the geodesic's sample passes "
