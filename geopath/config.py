@@ -52,6 +52,9 @@ class Criterion(str, Enum):
     SALIENCY = "saliency"
     """Smallest ``w² · [g]_qq`` first: the function's cost of removing each weight (Optimal Brain Damage's
     saliency with the metric's diagonal, estimated on ``--saliency-samples`` inputs)."""
+    AUTO = "auto"
+    """Whichever of the two, applied in one shot, keeps more of the starting network's top-1 predictions on
+    ``--saliency-samples`` other inputs (label-free; the rule and its figures are in the summary)."""
 
 
 class Settle(str, Enum):
@@ -297,10 +300,13 @@ class SparsifyConfig(WalkOptions):
     sparsity: float = opt(0.7, "Fraction of weights to zero, in [0, 1).")
     scope: MaskScope = opt(MaskScope.GLOBAL, "Unstructured: global or per-layer magnitude.")
     mask: MaskMode = opt(MaskMode.FIXED, "Unstructured mask fixed at the start or re-chosen each step.")
-    criterion: Criterion | None = opt(None, "Unstructured: which weights go first: smallest magnitude, or smallest "
-                                            "saliency w²·[g]_qq (the metric's diagonal).",
-                                      default_help="saliency for the geodesic and obd, magnitude for the other peers")
-    saliency_samples: int = opt(1024, "Inputs the metric's diagonal is estimated on (--criterion saliency).")
+    criterion: Criterion | None = opt(None, "Unstructured: which weights go first: smallest magnitude, smallest "
+                                            "saliency w²·[g]_qq (the metric's diagonal), or auto: whichever of the "
+                                            "two pruned in one shot keeps more of the start's predictions.",
+                                      default_help="auto for the geodesic, saliency for obd, magnitude for the "
+                                                   "other peers")
+    saliency_samples: int = opt(1024, "Inputs the metric's diagonal is estimated on (--criterion saliency, auto); "
+                                      "auto compares the two rankings on as many others.")
     layers: list | None = opt(None, "Prune only these parameters (repeatable, e.g. layers.0.weight).", flag="--layer")
     structured: str | None = opt(None, "Remove whole units instead: LAYER:COUNT[,LAYER:COUNT] (e.g. features.0:50).")
     settle_steps: int = opt(150, "Steps on the target after landing.")
@@ -331,6 +337,30 @@ class SparsifyConfig(WalkOptions):
             raise UsageError(f"--saliency-samples must be ≥ 1, got {self.saliency_samples}")
         return self
 
+    def refuse_unread(self, given: set[str]) -> None:
+        """An option this run would not read is an error, not ignored (among those ``given`` away from their
+        defaults): a peer reads none of the geodesic's step and settle options, and only its own peer options;
+        the geodesic reads no peer option, and only the options of its ``--settle``; the metric's diagonal
+        (``--metric`` for a peer, ``--saliency-samples``) only where weights are ranked by saliency."""
+        method, criterion = _value(self.method), _value(self.criterion)
+        geodesic = method == registry.GEODESIC
+        saliency = not self.structured and (method == "obd" or criterion in (Criterion.SALIENCY.value,
+                                                                              Criterion.AUTO.value)
+                                           or (geodesic and criterion is None))
+        unread = _unread_by_method(self, [name for name in WALK_ONLY if name != "metric"])
+        if geodesic:
+            unread.update(_unread_settle(self))
+        else:
+            unread.update({name: f"--method {method} settles by its own training (--finetune-epochs, --lr)"
+                           for name in SETTLE_OPTIONS})
+            if not saliency:
+                unread["metric"] = f"--method {method} ranks by magnitude (the metric is not built)"
+        if not saliency:
+            unread["saliency_samples"] = "only --criterion saliency or auto reads it"
+        if self.structured:
+            unread["criterion"] = "--structured removes whole units; no weight is ranked"
+        _refuse(self, given, unread)
+
 
 @with_peers("merge")
 @dataclass(frozen=True)
@@ -360,6 +390,10 @@ class MergeConfig(WalkOptions):
         if not self.weight_b > 0:
             raise UsageError(f"--weight-b must be > 0, got {self.weight_b}")
         return self
+
+    def refuse_unread(self, given: set[str]) -> None:
+        """A peer option the chosen method does not take, or (with a peer) a geodesic step option, is an error."""
+        _refuse(self, given, _unread_by_method(self, [*WALK_ONLY, "manifold", "combine", "weight_b"]))
 
 
 @with_peers("connect")
@@ -412,7 +446,9 @@ class ConnectConfig(WalkOptions):
         ``given`` (flags, config-file keys), those set away from their defaults that only the other path reads.
         (Not checked on ``--resume``, whose saved config holds every option.)"""
         if self.method is not ConnectMethod.GEODESIC:
+            _refuse(self, given, _unread_by_method(self, [*WALK_ONLY, *RELAX_ONLY, "path"]))
             return
+        _refuse(self, given, _unread_by_method(self, []))
         relax = self.path is ConnectPath.RELAX
         defaults = {f.name: f.default for f in fields(type(self))}
         unused = [name for name in (WALK_ONLY if relax else RELAX_ONLY)
@@ -427,6 +463,47 @@ class ConnectConfig(WalkOptions):
 WALK_ONLY = ("beta", "step_size", "steps", "max_steps", "tol", "beta_growth", "cg_iters", "cg_rtol", "damping",
              "metric", "solver", "anchor", "label_weight", "micro_batch", "bn_stats", "jvp")
 RELAX_ONLY = ("nodes", "relax_epochs", "relax_lr")
+# the settle after landing (sparsify, transition): geodesic steps read the first two, training the rest
+SETTLE_BY_STEPS = ("settle_steps", "settle_anchor")
+SETTLE_BY_TRAINING = ("settle_epochs", "settle_lr", "settle_warmup", "settle_average", "settle_holdout",
+                      "settle_augment")
+SETTLE_OPTIONS = ("settle",) + SETTLE_BY_STEPS + SETTLE_BY_TRAINING
+
+
+def _unread_settle(cfg) -> dict[str, str]:
+    """The settle options ``cfg``'s ``--settle`` does not read, each with the reason."""
+    if cfg.settle is Settle.GEODESIC:
+        return {name: "--settle geodesic takes steps, not training options" for name in SETTLE_BY_TRAINING}
+    return {name: f"--settle {cfg.settle.value} trains; it takes no geodesic settle-step option"
+            for name in SETTLE_BY_STEPS}
+
+
+def _unread_by_method(cfg, geodesic_only: list[str]) -> dict[str, str]:
+    """The options ``cfg``'s ``--method`` does not read, each with the reason: the geodesic reads no peer option;
+    a peer reads its own peer options and none of ``geodesic_only``."""
+    method = _value(cfg.method)
+    if method == registry.GEODESIC:
+        return {name: "the geodesic takes no peer option" for name in cfg.PEER_OPTIONS}
+    taken = {o.name for o in registry.get(cfg.JOB, method).options}
+    unread = {name: f"--method {method} does not take it" for name in cfg.PEER_OPTIONS if name not in taken}
+    unread.update({name: f"--method {method} takes no option of the geodesic's" for name in geodesic_only})
+    return unread
+
+
+def _refuse(cfg, given: set[str], unread: dict[str, str]) -> None:
+    """One line naming the ``given`` options that ``cfg``'s run would not read (``unread``: name → why), if any is
+    set away from its default."""
+    defaults = {f.name: f.default for f in fields(type(cfg))}
+    names = [name for name in unread if name in given and name in defaults and _value(getattr(cfg, name))
+             != _value(defaults[name])]
+    if names:
+        flags = ", ".join("--" + name.replace("_", "-") for name in names)
+        raise UsageError(f"{flags}: not read by this run ({unread[names[0]]})")
+
+
+def _value(v):
+    return v.value if isinstance(v, Enum) else v
+
 
 @dataclass(frozen=True)
 class TransitionConfig(WalkOptions):
@@ -459,6 +536,11 @@ class TransitionConfig(WalkOptions):
             _non_negative(self, name)
         _settle_checks(self)
         return self
+
+    def refuse_unread(self, given: set[str]) -> None:
+        """The options of the other kind of settle are an error, not ignored (among those ``given`` away from
+        their defaults)."""
+        _refuse(self, given, _unread_settle(self))
 
 
 JOBS = (SparsifyConfig, MergeConfig, ConnectConfig, TransitionConfig)  # the commands, in --help order
@@ -586,9 +668,14 @@ def read_yaml(path: str | Path | None) -> dict[str, Any]:
 def _legacy(cls, values: dict[str, Any]) -> dict[str, Any]:
     """Keys changed since 0.1.0: ``method: steihaug|multiplier`` is now ``solver``; ``lr`` is a peers' option
     and a job without peers (transition), whose runs recorded it unused, drops it; a connect run recorded
-    before ``path`` existed walked (the default is now ``relax``)."""
+    before ``path`` existed walked (the default is now ``relax``); a sparsify or merge peer's run recorded the
+    geodesic's resolved ``step_size`` and ``max_steps`` unread (now refused), so its config drops them."""
     if "lr" in values and "lr" not in {f.name for f in fields(cls)}:
         values = {k: v for k, v in values.items() if k != "lr"}
+    recorded = {"step_size", "max_steps", "arch"} <= set(values)  # a run's config.yaml: every option, resolved
+    if (recorded and getattr(cls, "JOB", None) in ("sparsify", "merge")
+            and values.get("method") not in (None, registry.GEODESIC, *(m.value for m in TRMethod))):
+        values = {k: v for k, v in values.items() if k not in ("step_size", "max_steps")}
     if "checkpoint_b" in values and "step_size" in values and "path" not in values and "relax_epochs" in {
             f.name for f in fields(cls)}:
         # a connect run recorded before --path existed (its config holds every option): it walked

@@ -18,9 +18,12 @@ MNIST_PRESENT = (DATA_ROOT / "MNIST" / "raw" / "t10k-images-idx3-ubyte").exists(
 # by conftest.py where MNIST is absent
 needs_mnist = pytest.mark.slow
 
-# a small, fast sparsify run on a slice of MNIST
-FAST = ["--data-root", str(DATA_ROOT), "--metric-size", "2000", "--eval-size", "500", "--steps", "6",
-        "--max-steps", "12", "--settle-steps", "4", "--batch-size", "64", "--cg-iters", "3", "--save-every", "2"]
+# a small, fast sparsify run on a slice of MNIST: FAST_DATA for every method (a peer refuses the geodesic's step
+# options), FAST for the geodesic, SETTLE_STEPS with --settle geodesic (a training settle refuses it)
+FAST_DATA = ["--data-root", str(DATA_ROOT), "--metric-size", "2000", "--eval-size", "500", "--batch-size", "64",
+             "--save-every", "2"]
+FAST = [*FAST_DATA, "--steps", "6", "--max-steps", "12", "--cg-iters", "3"]
+SETTLE_STEPS = ["--settle-steps", "4"]
 
 
 def geopath(*args, cwd=None, timeout=300, **kw) -> subprocess.CompletedProcess:

@@ -102,24 +102,26 @@ FASHION = ROOT / "sample_checkpoints" / "mlp_fashion_mnist.safetensors"
 SEED1 = ROOT / "sample_checkpoints" / "mlp_mnist_seed1.safetensors"
 SMALL = ["--data-root", str(DATA_ROOT), "--metric-size", "2000", "--eval-size", "500", "--batch-size", "64",
          "--cg-iters", "3", "--save-every", "5"]
-STRUCTURED = ["--structured", "layers.0:100", "--steps", "6", "--max-steps", "12", "--settle-steps", "4"]
+STRUCTURED = ["--structured", "layers.0:100", "--steps", "6", "--max-steps", "12"]
+PEER_SMALL = [*SMALL[:8], *SMALL[10:]]  # (SMALL without --cg-iters, which a peer does not read)
 JOBS = {
     "sparsify-structured": ["sparsify", SAMPLE, *SMALL, *STRUCTURED],
-    "sparsify-prune-finetune": ["sparsify", SAMPLE, *SMALL, "--method", "prune-finetune", "--finetune-epochs", "0.1"],
-    "sparsify-iterative-prune": ["sparsify", SAMPLE, *SMALL, "--method", "iterative-prune", "--finetune-epochs", "0.1",
-                                 "--rounds", "2"],
+    "sparsify-prune-finetune": ["sparsify", SAMPLE, *PEER_SMALL, "--method", "prune-finetune", "--finetune-epochs",
+                                "0.1"],
+    "sparsify-iterative-prune": ["sparsify", SAMPLE, *PEER_SMALL, "--method", "iterative-prune", "--finetune-epochs",
+                                 "0.1", "--rounds", "2"],
     "merge-geodesic": ["merge", SAMPLE, FASHION, *SMALL, "--val-size", "500", "--steps", "10"],
-    "merge-ewc": ["merge", SAMPLE, FASHION, *SMALL, "--val-size", "500", "--method", "ewc", "--epochs", "0.1",
+    "merge-ewc": ["merge", SAMPLE, FASHION, *PEER_SMALL, "--val-size", "500", "--method", "ewc", "--epochs", "0.1",
                   "--fisher-samples", "200"],
-    "merge-fisher-split": ["merge", SAMPLE, FASHION, *SMALL, "--val-size", "500", "--method", "fisher", "--head",
+    "merge-fisher-split": ["merge", SAMPLE, FASHION, *PEER_SMALL, "--val-size", "500", "--method", "fisher", "--head",
                            "split", "--fisher-samples", "200", "--points", "3"],
     "transition": ["transition", SAMPLE, "--plan", ROOT / "docs" / "examples" / "plan_mlp.yaml", *SMALL,
                    "--steps", "6", "--settle-steps", "2"],
-    "connect-geodesic": ["connect", SAMPLE, SEED1, *SMALL[:8], *SMALL[10:], "--relax-epochs", "0.2", "--points", "3",
-                         "--align"],  # (SMALL without --cg-iters, which the relaxed path does not read)
+    "connect-geodesic": ["connect", SAMPLE, SEED1, *PEER_SMALL, "--relax-epochs", "0.2", "--points", "3",
+                         "--align"],  # (no --cg-iters: the relaxed path does not read it)
     "connect-walk": ["connect", SAMPLE, SEED1, *SMALL, "--path", "walk", "--steps", "10", "--points", "3"],
-    "connect-bezier-aligned": ["connect", SAMPLE, SEED1, *SMALL, "--method", "bezier", "--epochs", "0.1", "--align",
-                               "--points", "3"],
+    "connect-bezier-aligned": ["connect", SAMPLE, SEED1, *PEER_SMALL, "--method", "bezier", "--epochs", "0.1",
+                               "--align", "--points", "3"],
 }
 
 

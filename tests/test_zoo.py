@@ -141,7 +141,7 @@ def test_structured_removal_on_a_resnet_is_dead_downstream(tmp_path):
     save_checkpoint(ck, build_model(arch, kwargs), arch, kwargs, extra={"data": "cifar10"})
     out = tmp_path / "out"
     proc = geopath("sparsify", ck, "-o", out, "--structured", "conv1:16", "--data-root", DATA_ROOT, "--steps", "2",
-                   "--max-steps", "2", "--settle-steps", "1", "--batch-size", "16", "--metric-size", "64",
+                   "--max-steps", "2", "--batch-size", "16", "--metric-size", "64",
                    "--eval-size", "64", "--bn-samples", "64", "--train-eval-size", "0", "--cg-iters", "2",
                    "--save-every", "1", "--json")
     assert proc.returncode == 0, proc.stderr

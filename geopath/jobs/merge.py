@@ -32,7 +32,7 @@ from geopath.report.text import fmt
 from geopath.peers.task import PeerTask
 from geopath.core.params import ParamSpace, model_vector
 from geopath.io.archs import build_model
-from geopath.config import Head, Manifold, MergeConfig
+from geopath.config import Head, Manifold, MergeConfig, MergeMethod
 from geopath.io.data import Dataset, one_set
 from geopath.errors import UsageError
 from geopath.core.evaluate import has_batchnorm
@@ -202,8 +202,10 @@ class Merge(job.Job):
         max_steps = cfg.max_steps or cfg.steps
         step_size = cfg.step_size or job.default_step_size(d0, cfg.steps, STEP_SCALE)
         same = tasks.metric_a.preprocess == tasks.metric_b.preprocess  # else each checkpoint's record applies
-        cfg = dataclasses.replace(cfg, data_a=tasks.data_a, data_b=tasks.data_b, step_size=step_size,
-                                  max_steps=max_steps, arch=tasks.arch, arch_kwargs=tasks.source_arch_kwargs,
+        if cfg.method is MergeMethod.GEODESIC:  # (a peer's config records no step it does not take)
+            cfg = dataclasses.replace(cfg, step_size=step_size, max_steps=max_steps)
+        cfg = dataclasses.replace(cfg, data_a=tasks.data_a, data_b=tasks.data_b,
+                                  arch=tasks.arch, arch_kwargs=tasks.source_arch_kwargs,
                                   normalize=tasks.metric_a.preprocess if same else cfg.normalize,
                                   checkpoint=str(Path(cfg.checkpoint).resolve()),
                                   checkpoint_b=str(Path(cfg.checkpoint_b).resolve()))

@@ -48,6 +48,43 @@ def saliency_scores(cfg: SparsifyConfig, model, space: ParamSpace, w0: torch.Ten
     return metric_diagonal(model, space, w0, data.x[idx], cfg.metric, seed=cfg.seed), n
 
 
+def choose_ranking(cfg: SparsifyConfig, model, space: ParamSpace, w0: torch.Tensor, data,
+                   scores: torch.Tensor) -> tuple[torch.Tensor | None, dict, int]:
+    """``--criterion auto``: prune in one shot by magnitude and by saliency (``w²·scores``), and keep the ranking
+    whose network agrees more often with the start's top-1 prediction on ``--saliency-samples`` inputs other than
+    the diagonal's (the same seeded draw, continued; BatchNorm on ``--bn-stats``' statistics). A tie goes to
+    magnitude. Label-free. Returns the scores to rank by (``None``: magnitude), the rule's record for the
+    summary, and its cost in sample passes (three forward passes of the inputs: the start and both
+    candidates)."""
+    from torch.func import functional_call
+
+    from geopath.core.metric import bn_statistics
+    from geopath.core.params import buffers_of
+    from geopath.core.step import PASS_FORWARD
+
+    n = min(cfg.saliency_samples, len(data))
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(cfg.seed))
+    idx = order[n:2 * n] if len(data) >= 2 * n else order[:n]  # the inputs after the diagonal's, where there are
+    x = data.x[idx]
+    buffers = buffers_of(model)
+    names = sparse_parameters(cfg, model)
+
+    def predictions(w: torch.Tensor) -> torch.Tensor:
+        params = space.unflatten(w)
+        with torch.no_grad(), bn_statistics(model, cfg.bn_stats):
+            return torch.cat([functional_call(model, (params, buffers), (x[i:i + 256].to(w.device),)).argmax(-1)
+                              for i in range(0, len(x), 256)])
+
+    start = predictions(w0)
+    agreement = {}
+    for name, s in (("magnitude", None), ("saliency", scores)):
+        pruned = MagnitudeTarget(space, w0, cfg.sparsity, names, cfg.scope, scores=s).project(w0)
+        agreement[name] = float((predictions(pruned) == start).float().mean())
+    chosen = "saliency" if agreement["saliency"] > agreement["magnitude"] else "magnitude"
+    record = {"rule": "auto", "chosen": chosen, "inputs": len(x), "agreement": agreement}
+    return (scores if chosen == "saliency" else None), record, int(round(3 * PASS_FORWARD * len(x)))
+
+
 def build_target(cfg: SparsifyConfig, model, space: ParamSpace, w0: torch.Tensor,
                  example: torch.Tensor | None = None, scores: torch.Tensor | None = None) -> Target:
     """The sparse hyperplane: whole units of ``--structured`` layers (their channels traced through the
@@ -77,20 +114,24 @@ class Sparsify(job.Job):
         model = ck.model.to(device)
         space = ParamSpace.of(model)
         w0 = model_vector(model, space)
-        scores, spent = None, 0
+        scores, spent, ranking = None, 0, None
         if cfg.method is SparsifyMethod.OBD:  # the peer is one-shot pruning by saliency
             cfg = dataclasses.replace(cfg, criterion=Criterion.SALIENCY)
-        elif cfg.criterion is None:  # the geodesic ranks by saliency; the magnitude peers by magnitude
+        elif cfg.criterion is None:  # the geodesic chooses its ranking; the magnitude peers rank by magnitude
             geodesic = cfg.method is SparsifyMethod.GEODESIC
-            cfg = dataclasses.replace(cfg, criterion=Criterion.SALIENCY if geodesic else Criterion.MAGNITUDE)
-        if cfg.criterion is Criterion.SALIENCY and not cfg.structured:
+            cfg = dataclasses.replace(cfg, criterion=Criterion.AUTO if geodesic else Criterion.MAGNITUDE)
+        if cfg.criterion in (Criterion.SALIENCY, Criterion.AUTO) and not cfg.structured:
             scores, spent = saliency_scores(cfg, model, space, w0, metric_data)
+            if cfg.criterion is Criterion.AUTO:
+                scores, ranking, checked = choose_ranking(cfg, model, space, w0, metric_data, scores)
+                spent += checked
         target = build_target(cfg, model, space, w0, example=test_data.x[:2].to(device), scores=scores)
         max_steps = cfg.max_steps or 3 * cfg.steps
         step_size = cfg.step_size or job.default_step_size(target.distance(w0), cfg.steps, STEP_SCALE)
+        if cfg.method is SparsifyMethod.GEODESIC:  # (a peer's config records no step it does not take)
+            cfg = dataclasses.replace(cfg, step_size=step_size, max_steps=max_steps)
         cfg = dataclasses.replace(cfg, data=data_name, eval_data=job.recorded(cfg.eval_data),
-                                  normalize=metric_data.preprocess, step_size=step_size,
-                                  max_steps=max_steps, arch=ck.arch, arch_kwargs=ck.arch_kwargs,
+                                  normalize=metric_data.preprocess, arch=ck.arch, arch_kwargs=ck.arch_kwargs,
                                   checkpoint=str(ck.path.resolve()))
         sparse_names = sparse_parameters(cfg, model)
 
@@ -103,7 +144,8 @@ class Sparsify(job.Job):
         bn_data = metric_data.head(cfg.bn_samples) if has_batchnorm(model) else None
         return job.Setup(cfg, model, ck.arch, ck.arch_kwargs, ck.sha256, data_name, evaluate_row, len(metric_data),
                          bn_data, max_steps + cfg.settle_steps,
-                         own={"target": target, "metric": metric_data, "reference": reference, "spent": spent},
+                         own={"target": target, "metric": metric_data, "reference": reference, "spent": spent,
+                              "ranking": ranking},
                          preprocess=metric_data.preprocess, carry=job.carried(ck))
 
     def walk(self, setup: job.Setup, recorder, state, device) -> job.Outcome:
@@ -144,6 +186,7 @@ class Sparsify(job.Job):
                                       "length", "sample_passes", "epochs", "wall_time")},
             "target": target.describe() if not isinstance(target, MagnitudeTarget) else
             {k: v for k, v in target.describe().items() if k != "parameters"},
+            **({"ranking": setup.own["ranking"]} if setup.own.get("ranking") else {}),
         }
 
 

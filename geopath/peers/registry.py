@@ -96,10 +96,10 @@ def _magnitude_stages(cfg) -> None:
     """Peers that re-choose their masks as they go rank by magnitude (their stages would not pay for saliency)."""
     _no_dynamic_mask(cfg)
     criterion = getattr(getattr(cfg, "criterion", None), "value", getattr(cfg, "criterion", None))
-    if criterion == "saliency" and not getattr(cfg, "structured", None):
+    if criterion in ("saliency", "auto") and not getattr(cfg, "structured", None):
         method = getattr(cfg.method, "value", cfg.method)
         raise UsageError(f"--method {method} re-chooses its masks by magnitude; it does not take --criterion "
-                         "saliency (--method obd prunes by saliency)")
+                         f"{criterion} (--method obd prunes by saliency)")
 
 
 def _no_dynamic_mask(cfg) -> None:
@@ -112,9 +112,10 @@ def _no_dynamic_mask(cfg) -> None:
 def _saliency_only(cfg) -> None:
     if getattr(cfg, "structured", None):
         raise UsageError("--method obd ranks single weights; it does not take --structured")
-    if getattr(getattr(cfg, "criterion", None), "value", getattr(cfg, "criterion", None)) == "magnitude":
-        raise UsageError("--method obd ranks weights by saliency; it does not take --criterion magnitude "
-                         "(--method prune-finetune prunes by magnitude)")
+    criterion = getattr(getattr(cfg, "criterion", None), "value", getattr(cfg, "criterion", None))
+    if criterion in ("magnitude", "auto"):
+        raise UsageError(f"--method obd ranks weights by saliency; it does not take --criterion {criterion} "
+                         "(--method prune-finetune prunes by magnitude or --criterion auto)")
 
 
 # --------------------------------------------------------------------------- the peers

@@ -162,7 +162,7 @@ def test_a_job_runs_on_a_split_image_folder(tmp_path):
     save_checkpoint(tmp_path / "net.safetensors", build_model("mlp", kw), "mlp", kw)
     out = tmp_path / "out"
     proc = cli("sparsify", tmp_path / "net.safetensors", "-o", out, "--data", tmp_path / "imgs", "--sparsity", "0.5",
-               "--steps", "2", "--max-steps", "2", "--settle-steps", "1", "--batch-size", "8", "--cg-iters", "2",
+               "--steps", "2", "--max-steps", "2", "--batch-size", "8", "--cg-iters", "2",
                "--save-every", "1", "--train-eval-size", "0", "--json")
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout.splitlines()[-1])

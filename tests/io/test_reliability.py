@@ -169,7 +169,7 @@ def test_sigterm_during_a_peer_exits_130_without_temp_files(tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "geopath", "merge", str(SAMPLE), str(FMNIST), "-o", str(out), "--method", "ewc",
            "--epochs", "3", "--metric-size", "2000", "--val-size", "200", "--eval-size", "200",
-           "--fisher-samples", "100", "--save-every", "1", "--steps", "40", "--json"]
+           "--fisher-samples", "100", "--save-every", "1", "--json"]
     proc, err = _run_and_signal(cmd, signal.SIGTERM, 3)
     assert proc.returncode == 130, err
     assert err.strip().splitlines()[-1].startswith("Error: interrupted") and "Traceback" not in err

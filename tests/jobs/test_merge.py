@@ -22,11 +22,15 @@ from .._helpers import one_thread_subprocesses  # noqa: F401 (autouse: one threa
 pytestmark = needs_mnist
 
 FASHION = ROOT / "sample_checkpoints" / "mlp_fashion_mnist.safetensors"
-SLICES = ["--data-root", str(DATA_ROOT), "--metric-size", "2000", "--val-size", "500", "--eval-size", "500",
-          "--batch-size", "64", "--cg-iters", "3", "--save-every", "5"]
+DATA_SLICES = ["--data-root", str(DATA_ROOT), "--metric-size", "2000", "--val-size", "500", "--eval-size", "500",
+               "--batch-size", "64", "--save-every", "5"]
+SLICES = [*DATA_SLICES, "--cg-iters", "3"]
 GEO = [*SLICES, "--steps", "20"]
 SPLIT = ["--head", "split", *SLICES, "--steps", "10"]
-PEER = [*SLICES, "--steps", "20", "--epochs", "0.2", "--fisher-samples", "200", "--points", "5"]
+# each peer with its own options (a peer refuses the others' and the geodesic's)
+PEER = {"average": [*DATA_SLICES, "--points", "5"],
+        "fisher": [*DATA_SLICES, "--fisher-samples", "200", "--points", "5"],
+        "ewc": [*DATA_SLICES, "--epochs", "0.2", "--fisher-samples", "200"]}
 RUN_FILES = {"config.yaml", "trace.csv", "trace.jsonl", "steps", "final.safetensors", "best.safetensors",
              "pareto.json", "summary.json", "manifest.json"}
 JOB_COLUMNS = ["test_accuracy_a", "test_accuracy_b", "test_loss_a", "test_loss_b", "val_accuracy_a",
@@ -70,7 +74,7 @@ def peers(tmp_path_factory):
     def get(method):
         if method not in done:
             out = base / method
-            proc = geopath("merge", SAMPLE, FASHION, "-o", out, "--method", method, *PEER)
+            proc = geopath("merge", SAMPLE, FASHION, "-o", out, "--method", method, *PEER[method])
             assert proc.returncode == 0, proc.stderr
             done[method] = out
         return done[method]
@@ -235,7 +239,13 @@ def test_peer_writes_the_same_files_and_columns(peers, geo, method):
     rows = jsonl(out / "trace.jsonl")
     assert all(set(JOB_COLUMNS) - {"alpha"} <= set(r) for r in rows)  # alpha: average and fisher only
     assert rows[-1]["checkpoint"] == "final.safetensors"
-    assert yaml.safe_load((out / "config.yaml").read_text())["method"] == method
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["method"] == method
+    # a peer records no step it does not take, so its config replays (an unread option would be refused)
+    assert saved["step_size"] is None and saved["max_steps"] is None
+    from geopath.config import MergeConfig, resolve
+
+    assert resolve(MergeConfig, saved, {}).method.value == method
     summary = json.loads((out / "summary.json").read_text())
     assert summary["method"] == method and summary["job"] == "merge"
     check_manifest(out)

@@ -18,13 +18,13 @@ from geopath.core.evaluate import evaluate
 from geopath.core.targets import MagnitudeTarget, prunable_parameters
 from geopath.io.trace import read_csv
 
-from .._helpers import DATA_ROOT, FAST, ROOT, SAMPLE, geopath, needs_mnist, train_net
+from .._helpers import DATA_ROOT, FAST, FAST_DATA, ROOT, SAMPLE, SETTLE_STEPS, geopath, needs_mnist, train_net
 
 pytestmark = needs_mnist
 
 # the path engine alone (a magnitude mask the tests can rebuild, geodesic settle steps); the defaults
 # (saliency mask, settle by fine-tuning) have their own tests below
-ENGINE = ["--criterion", "magnitude", "--settle", "geodesic"]
+ENGINE = ["--criterion", "magnitude", "--settle", "geodesic", *SETTLE_STEPS]
 
 
 @pytest.fixture(scope="module")
@@ -159,12 +159,12 @@ def test_every_saved_network_has_fresh_batchnorm_statistics(tmp_path):
         assert evaluate(net, test).accuracy == pytest.approx(float(r["test_accuracy"]), abs=1e-12)
 
 
-def test_defaults_rank_by_saliency_and_settle_by_finetuning(tmp_path):
+def test_defaults_choose_the_ranking_and_settle_by_finetuning(tmp_path):
     out = tmp_path / "out"
     proc = geopath("sparsify", SAMPLE, "-o", out, "--sparsity", "0.9", *FAST, "--settle-epochs", "0.5", "--json")
     assert proc.returncode == 0, proc.stderr
     cfg = yaml.safe_load((out / "config.yaml").read_text())
-    assert cfg["criterion"] == "saliency" and cfg["settle"] == "finetune"  # resolved and recorded
+    assert cfg["criterion"] == "auto" and cfg["settle"] == "finetune"  # resolved and recorded
     rows = [json.loads(l) for l in (out / "trace.jsonl").read_text().splitlines()]
     landed = [r for r in rows if r["checkpoint"] == "steps/landed.safetensors"]
     assert len(landed) == 1 and landed[0]["t"] == 1.0
@@ -174,7 +174,8 @@ def test_defaults_rank_by_saliency_and_settle_by_finetuning(tmp_path):
     # the settle phase spends --settle-epochs of the 2000 metric inputs (SGD steps of 64)
     spent = after[-1]["sample_passes"] - landed[0]["sample_passes"]
     assert spent == (int(0.5 * 2000) // 64) * 64
-    assert rows[0]["sample_passes"] == 1024  # the saliency estimate is paid for up front
+    # the saliency estimate and the rule's three forward passes of 1,024 inputs are paid for up front
+    assert rows[0]["sample_passes"] == 1024 + 1024
     # the mask of the landed network is the final network's: fine-tuning never revives a weight
     landed_w, _ = read_tensors(out / "steps" / "landed.safetensors")
     final_w, _ = read_tensors(out / "final.safetensors")
@@ -183,11 +184,15 @@ def test_defaults_rank_by_saliency_and_settle_by_finetuning(tmp_path):
         assert not torch.equal(landed_w[name], final_w[name])  # and it did train
     summary = json.loads((out / "summary.json").read_text())
     assert summary["sparsity"] == pytest.approx(0.9, abs=1e-4)
-    assert summary["target"]["criterion"] == "saliency"
+    ranking = summary["ranking"]
+    assert ranking["rule"] == "auto" and ranking["inputs"] == 1024
+    other = {"magnitude": "saliency", "saliency": "magnitude"}[ranking["chosen"]]
+    assert ranking["agreement"][ranking["chosen"]] >= ranking["agreement"][other]
+    assert summary["target"]["criterion"] == ranking["chosen"]
 
 
 def test_peers_rank_by_magnitude_unless_obd(tmp_path):
-    common = [SAMPLE, "--sparsity", "0.9", *FAST, "--finetune-epochs", "0"]
+    common = [SAMPLE, "--sparsity", "0.9", *FAST_DATA, "--finetune-epochs", "0"]
     geopath("sparsify", *common, "-o", tmp_path / "pf", "--method", "prune-finetune", check=True)
     geopath("sparsify", *common, "-o", tmp_path / "obd", "--method", "obd", check=True)
     pf = yaml.safe_load((tmp_path / "pf" / "config.yaml").read_text())
@@ -197,7 +202,7 @@ def test_peers_rank_by_magnitude_unless_obd(tmp_path):
     b, _ = read_tensors(tmp_path / "obd" / "final.safetensors")
     assert not torch.equal(a["layers.0.weight"] == 0, b["layers.0.weight"] == 0)  # different weights went
     refused = geopath("sparsify", SAMPLE, "-o", tmp_path / "s", "--method", "obd", "--structured", "layers.0:10",
-                      *FAST)
+                      *FAST_DATA)
     assert refused.returncode == 2 and "does not take --structured" in refused.stderr
 
 
@@ -205,21 +210,21 @@ def test_saliency_passes_count_for_every_peer_and_stages_refuse_it(tmp_path):
     from .._helpers import cli
 
     out = tmp_path / "pf"
-    geopath("sparsify", SAMPLE, "-o", out, "--sparsity", "0.9", *FAST, "--method", "prune-finetune",
+    geopath("sparsify", SAMPLE, "-o", out, "--sparsity", "0.9", *FAST_DATA, "--method", "prune-finetune",
             "--criterion", "saliency", "--finetune-epochs", "1", check=True)
     rows = [json.loads(l) for l in (out / "trace.jsonl").read_text().splitlines()]
     assert rows[0]["sample_passes"] == 1024  # the diagonal's passes, first
     assert rows[-1]["sample_passes"] <= 2000 + 1e-9  # and inside the budget of one epoch of 2000 inputs
     for method in ("gradual", "iterative-prune"):
         refused = cli("sparsify", SAMPLE, "-o", tmp_path / method, "--method", method, "--criterion", "saliency",
-                      *FAST)
+                      *FAST_DATA)
         assert refused.returncode == 2 and "does not take --criterion saliency" in refused.stderr
 
 
 def test_obd_refuses_a_magnitude_ranking(tmp_path):
     from .._helpers import cli
 
-    refused = cli("sparsify", SAMPLE, "-o", tmp_path / "o", "--method", "obd", "--criterion", "magnitude", *FAST)
+    refused = cli("sparsify", SAMPLE, "-o", tmp_path / "o", "--method", "obd", "--criterion", "magnitude", *FAST_DATA)
     assert refused.returncode == 2 and "does not take --criterion magnitude" in refused.stderr
     assert not (tmp_path / "o").exists()
 
@@ -230,7 +235,8 @@ def test_peers_record_at_the_geodesics_cadence_in_passes(tmp_path):
     counts = {}
     for save_every in (1, 2):
         out = tmp_path / f"every{save_every}"
-        options = [o if o != "2" or FAST[i - 1] != "--save-every" else str(save_every) for i, o in enumerate(FAST)]
+        options = [o if o != "2" or FAST_DATA[i - 1] != "--save-every" else str(save_every)
+                   for i, o in enumerate(FAST_DATA)]
         geopath("sparsify", SAMPLE, "-o", out, "--sparsity", "0.9", *options, "--method", "prune-finetune",
                 "--finetune-epochs", "2", check=True)
         rows = [json.loads(l) for l in (out / "trace.jsonl").read_text().splitlines()]
@@ -345,3 +351,35 @@ def test_settle_holdout_ends_on_the_network_with_the_lowest_held_out_loss(tmp_pa
     a, _ = read_tensors(out / "final.safetensors")
     for name in prunable_parameters(load_checkpoint(SAMPLE).model):  # still on the hyperplane
         assert torch.equal(a[name] == 0, read_tensors(out / "steps" / "landed.safetensors")[0][name] == 0)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--method", "gradual", "--steps", "20"], "--steps: not read by this run (--method gradual takes no option "
+                                               "of the geodesic's)"),
+    (["--method", "prune-finetune", "--rounds", "3"], "--rounds: not read by this run (--method prune-finetune does "
+                                                      "not take it)"),
+    (["--finetune-epochs", "2"], "--finetune-epochs: not read by this run (the geodesic takes no peer option)"),
+    (["--settle-steps", "40"], "--settle-steps: not read by this run (--settle finetune trains"),
+    (["--settle", "geodesic", "--settle-lr", "0.1"], "--settle-lr: not read by this run (--settle geodesic takes "
+                                                     "steps")])
+def test_an_option_the_run_would_not_read_is_refused_before_anything_is_written(tmp_path, extra, message):
+    from .._helpers import cli, one_error_line
+
+    refused = cli("sparsify", SAMPLE, "-o", tmp_path / "o", "--sparsity", "0.9", *FAST_DATA, *extra)
+    assert refused.returncode == 2 and message in one_error_line(refused), refused.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_peer_run_repeats_from_its_own_config(tmp_path):
+    """A peer's config.yaml names every option (the geodesic's at their defaults: a peer resolves no step size),
+    so ``--config OUT/config.yaml`` repeats it and is not refused."""
+    first = tmp_path / "first"
+    geopath("sparsify", SAMPLE, "-o", first, "--sparsity", "0.9", *FAST_DATA, "--method", "gradual",
+            "--finetune-epochs", "0.25", check=True)
+    saved = yaml.safe_load((first / "config.yaml").read_text())
+    assert saved["step_size"] is None and saved["max_steps"] is None
+    again = geopath("sparsify", "-o", tmp_path / "again", "--config", first / "config.yaml")
+    assert again.returncode == 0, again.stderr
+    a, _ = read_tensors(first / "final.safetensors")
+    b, _ = read_tensors(tmp_path / "again" / "final.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)

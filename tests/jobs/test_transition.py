@@ -22,8 +22,10 @@ pytestmark = needs_mnist
 PLAN = {"legs": [{"name": "cut0", "remove": {"layers.0": 100}},
                  {"name": "cut1", "remove": {"layers.1": 30}},
                  {"name": "back0", "restore": {"layers.0": 50}}]}
-FAST = ["--data-root", str(DATA_ROOT), "--metric-size", "2000", "--eval-size", "500", "--steps", "10",
-        "--settle-steps", "3", "--batch-size", "64", "--cg-iters", "3", "--save-every", "5"]
+# FAST_TRAIN with a training settle (--settle finetune/distill refuses --settle-steps); FAST with geodesic settle steps
+FAST_TRAIN = ["--data-root", str(DATA_ROOT), "--metric-size", "2000", "--eval-size", "500", "--steps", "10",
+              "--batch-size", "64", "--cg-iters", "3", "--save-every", "5"]
+FAST = [*FAST_TRAIN, "--settle-steps", "3"]
 LEG_FILES = ["legs/leg_01_cut0.safetensors", "legs/leg_02_cut1.safetensors", "legs/leg_03_back0.safetensors"]
 
 
@@ -184,7 +186,7 @@ def test_settle_by_finetuning_keeps_each_legs_zeros_and_trains_the_rest(plan_fil
     path = tmp_path / "plan.yaml"
     path.write_text(yaml.safe_dump(plan, sort_keys=False))
     out = tmp_path / "out"
-    proc = geopath("transition", SAMPLE, "--plan", path, "-o", out, *FAST, "--settle", "finetune",
+    proc = geopath("transition", SAMPLE, "--plan", path, "-o", out, *FAST_TRAIN, "--settle", "finetune",
                    "--settle-epochs", "0.25", "--json")
     assert proc.returncode == 0, proc.stderr
     start, _ = read_tensors(SAMPLE)
@@ -216,8 +218,8 @@ def test_settle_by_finetuning_keeps_each_legs_zeros_and_trains_the_rest(plan_fil
 
 def test_a_run_stopped_while_settling_by_training_is_refused_on_resume(plan_file, tmp_path):
     out = tmp_path / "out"
-    rc, err, hit = interrupt_when(["transition", SAMPLE, "--plan", plan_file, "-o", out, *FAST, "--settle", "finetune",
-                                   "--settle-epochs", "40", "--json"],  # long enough that the signal lands mid-settle
+    rc, err, hit = interrupt_when(["transition", SAMPLE, "--plan", plan_file, "-o", out, *FAST_TRAIN, "--settle",
+                                   "finetune", "--settle-epochs", "40", "--json"],  # the signal lands mid-settle
                                   lambda r: r["checkpoint"] == "steps/leg_02_landed.safetensors")
     assert hit is not None and rc == 130, err
     resumed = cli("transition", "-o", out, "--resume")
@@ -238,9 +240,10 @@ def test_settle_augment_is_refused_for_vectors_and_with_geodesic_settle_steps(pl
     images = load_dataset("mnist", "train", DATA_ROOT).head(256)
     flat = tmp_path / "flat.npz"
     np.savez(flat, x=images.x.reshape(256, -1).numpy(), y=images.y.numpy())
-    for extra, needle in ((["--data", flat, "--eval-data", flat, "--settle", "distill", "--settle-augment", "flip"],
+    for extra, needle in (([*FAST_TRAIN, "--data", flat, "--eval-data", flat, "--settle", "distill",
+                            "--settle-augment", "flip"],
                            "--settle-augment flip needs image inputs (C×H×W); these are 784 per sample"),
-                          (["--settle-augment", "flip"], "--settle-augment needs --settle finetune or distill")):
-        proc = cli("transition", SAMPLE, "--plan", plan_file, "-o", tmp_path / "out", *FAST, *extra)
+                          ([*FAST, "--settle-augment", "flip"], "--settle-augment needs --settle finetune or distill")):
+        proc = cli("transition", SAMPLE, "--plan", plan_file, "-o", tmp_path / "out", *extra)
         assert proc.returncode == 2 and needle in one_error_line(proc), proc.stderr
         assert not (tmp_path / "out").exists()

@@ -153,7 +153,9 @@ def test_connect_refuses_given_options_its_path_does_not_read_but_not_on_resume(
     every = {f.name: f.default for f in dataclasses.fields(ConnectConfig) if f.name not in base}
     every = {k: getattr(v, "value", v) for k, v in every.items()}
     assert resolve(ConnectConfig, every, base).path.value == "relax"
-    assert resolve(ConnectConfig, {}, {**base, "method": "bezier", "steps": 20}).steps == 20
+    with pytest.raises(UsageError, match="--steps: not read by this run .--method bezier takes no option of the "):
+        resolve(ConnectConfig, {}, {**base, "method": "bezier", "steps": 20})
+    assert resolve(ConnectConfig, {}, {**base, "method": "bezier", "epochs": 2.0, "points": 5}).points == 5
     assert resolve(ConnectConfig, {"path": "walk"}, {**base, "steps": 20}).steps == 20
     # --resume reads the run's saved config, which holds every option as it was resolved: never refused
     saved = {**every, **base, "step_size": 0.25, "max_steps": 1200}
@@ -165,3 +167,131 @@ def test_a_connect_run_recorded_before_path_existed_walked():
     old = {**base, "step_size": 0.25, "max_steps": 1200, "steps": 300}  # a recorded config: no 'path', no 'nodes'
     assert resolve(ConnectConfig, old, {}, resuming=True).path.value == "walk"
     assert resolve(ConnectConfig, {}, base).path.value == "relax"  # a new run: the default
+
+
+# --------------------------------------------------------------------------- sparsify, transition: unread options
+
+
+SPARSIFY = {"checkpoint": "c.safetensors", "out": "o"}
+
+
+@pytest.mark.parametrize("given, message", [
+    ({"method": "gradual", "steps": 20}, "--steps: not read by this run (--method gradual takes no option of "
+                                         "the geodesic's)"),
+    ({"method": "obd", "cg_iters": 3, "tol": 0.1}, "--tol, --cg-iters: not read by this run"),
+    ({"method": "distill", "settle_epochs": 1.0}, "--settle-epochs: not read by this run (--method distill settles "
+                                                  "by its own training"),
+    ({"method": "prune-finetune", "settle": "geodesic"}, "--settle: not read by this run"),
+    ({"method": "prune-finetune", "rounds": 3}, "--rounds: not read by this run (--method prune-finetune does not "
+                                                "take it)"),
+    ({"method": "gradual", "temperature": 4.0}, "--temperature: not read by this run"),
+    ({"method": "prune-finetune", "metric": "fisher"}, "--metric: not read by this run (--method prune-finetune "
+                                                       "ranks by magnitude"),
+    ({"finetune_epochs": 2.0}, "--finetune-epochs: not read by this run (the geodesic takes no peer option)"),
+    ({"lr": 0.01, "optimizer": "adam"}, "--lr, --optimizer: not read by this run"),
+    ({"settle_steps": 40}, "--settle-steps: not read by this run (--settle finetune trains; it takes no geodesic "
+                           "settle-step option)"),
+    ({"settle": "distill", "settle_anchor": "labels"}, "--settle-anchor: not read by this run"),
+    ({"settle": "geodesic", "settle_lr": 0.1}, "--settle-lr: not read by this run (--settle geodesic takes steps"),
+    ({"settle": "geodesic", "settle_warmup": 0.1, "settle_holdout": 0.1}, "--settle-warmup, --settle-holdout"),
+    ({"criterion": "magnitude", "saliency_samples": 64}, "--saliency-samples: not read by this run (only "
+                                                         "--criterion saliency or auto reads it)"),
+    ({"structured": "layers.0:10", "saliency_samples": 64}, "--saliency-samples: not read by this run"),
+    ({"structured": "layers.0:10", "criterion": "saliency"}, "--criterion: not read by this run (--structured "
+                                                             "removes whole units"),
+])
+def test_sparsify_refuses_given_options_its_method_and_settle_do_not_read(given, message):
+    with pytest.raises(UsageError) as e:
+        resolve(SparsifyConfig, {}, {**SPARSIFY, **given})
+    assert message in str(e.value)
+
+
+@pytest.mark.parametrize("given", [
+    {"method": "gradual", "prune_until": 0.5, "lr": 0.01, "optimizer": "adam", "finetune_epochs": 2.0},
+    {"method": "iterative-prune", "rounds": 3},
+    {"method": "distill", "temperature": 4.0},
+    {"method": "obd", "metric": "fisher", "saliency_samples": 64},  # obd ranks by the metric's diagonal
+    {"method": "prune-finetune", "criterion": "saliency", "metric": "fisher"},
+    {"method": "gradual", "rounds": 5, "steps": 50},  # at their defaults: nothing is lost
+    {"settle": "geodesic", "settle_steps": 40, "settle_anchor": "labels", "steps": 20, "metric": "fisher"},
+    {"settle_epochs": 1.0, "settle_lr": 0.1, "settle_warmup": 0.1, "saliency_samples": 64},
+])
+def test_sparsify_takes_the_options_its_method_and_settle_read(given):
+    resolve(SparsifyConfig, {}, {**SPARSIFY, **given})
+
+
+def test_a_sparsify_config_naming_every_option_replays_and_resume_is_never_refused():
+    every = {f.name: getattr(f.default, "value", f.default) for f in dataclasses.fields(SparsifyConfig)
+             if f.name not in SPARSIFY}
+    for method in ("geodesic", "prune-finetune", "obd"):
+        assert resolve(SparsifyConfig, {**every, "method": method}, SPARSIFY).method.value == method
+    # a saved config holds what the run resolved; --resume reads it as it is
+    saved = {**every, **SPARSIFY, "method": "gradual", "steps": 20, "settle_steps": 3}
+    assert resolve(SparsifyConfig, saved, {}, resuming=True).steps == 20
+
+
+def test_transition_refuses_the_other_settles_options():
+    from geopath.config import TransitionConfig
+
+    base = {"checkpoint": "c.safetensors", "out": "o", "plan": "p.yaml"}
+    with pytest.raises(UsageError, match="--settle-epochs: not read by this run"):
+        resolve(TransitionConfig, {}, {**base, "settle_epochs": 1.0})  # the default settle: geodesic steps
+    with pytest.raises(UsageError, match="--settle-steps: not read by this run"):
+        resolve(TransitionConfig, {"settle": "finetune"}, {**base, "settle_steps": 5})
+    assert resolve(TransitionConfig, {"settle": "finetune"}, {**base, "settle_epochs": 1.0}).settle_epochs == 1.0
+    assert resolve(TransitionConfig, {}, {**base, "settle_steps": 5}).settle_steps == 5
+
+
+@pytest.mark.parametrize("cls, given, message", [
+    (MergeConfig, {"method": "average", "epochs": 2.0}, "--epochs: not read by this run (--method average does not "
+                                                        "take it)"),
+    (MergeConfig, {"method": "ewc", "weight_b": 4.0, "cg_iters": 3}, "--cg-iters, --weight-b: not read by this run "
+                                                                     "(--method ewc takes no option of the geodesic's)"),
+    (MergeConfig, {"fisher_samples": 100}, "--fisher-samples: not read by this run (the geodesic takes no peer "
+                                           "option)"),
+    (ConnectConfig, {"method": "linear", "epochs": 2.0}, "--epochs: not read by this run"),
+    (ConnectConfig, {"method": "linear", "nodes": 3}, "--nodes: not read by this run"),
+    (ConnectConfig, {"lr": 0.1}, "--lr: not read by this run (the geodesic takes no peer option)"),
+])
+def test_merge_and_connect_refuse_the_options_their_method_does_not_read(cls, given, message):
+    base = {"checkpoint": "a.safetensors", "checkpoint_b": "b.safetensors", "out": "o"}
+    with pytest.raises(UsageError) as e:
+        resolve(cls, {}, {**base, **given})
+    assert message in str(e.value)
+
+
+@pytest.mark.parametrize("cls, given", [
+    (MergeConfig, {"method": "ewc", "epochs": 2.0, "ewc_lambda": 10.0, "fisher_samples": 100, "lr": 0.01,
+                   "batch_size": 32}),
+    (MergeConfig, {"method": "fisher", "points": 5, "fisher_samples": 100, "head": "split"}),
+    (MergeConfig, {"steps": 100, "weight_b": 4.0, "manifold": "a"}),
+    (ConnectConfig, {"method": "linear", "points": 5, "align": True}),
+])
+def test_merge_and_connect_take_the_options_their_method_reads(cls, given):
+    base = {"checkpoint": "a.safetensors", "checkpoint_b": "b.safetensors", "out": "o"}
+    resolve(cls, {}, {**base, **given})
+    every = {f.name: getattr(f.default, "value", f.default) for f in dataclasses.fields(cls) if f.name not in base}
+    resolve(cls, {**every, "method": given.get("method", "geodesic")}, base)  # a replayed config: every key
+
+
+def test_a_peer_config_recorded_with_the_geodesics_resolved_steps_still_replays():
+    """Peer runs used to record the geodesic's resolved --step-size and --max-steps (unread); such a config.yaml
+    replays, while the same options given by hand to a peer are refused."""
+    every = {f.name: getattr(f.default, "value", f.default) for f in dataclasses.fields(SparsifyConfig)}
+    old = {**every, **SPARSIFY, "method": "prune-finetune", "arch": "mlp", "step_size": 0.02, "max_steps": 150}
+    cfg = resolve(SparsifyConfig, old, {})
+    assert cfg.step_size is None and cfg.max_steps is None
+    with pytest.raises(UsageError, match="--step-size: not read by this run"):
+        resolve(SparsifyConfig, {}, {**SPARSIFY, "method": "prune-finetune", "step_size": 0.02})
+
+
+def test_criterion_auto_is_for_one_shot_rankings():
+    """--criterion auto chooses between two one-shot rankings: the geodesic's default, open to the one-shot
+    magnitude peers; refused by the peers that re-rank by magnitude as they go and by obd (saliency by definition)."""
+    assert resolve(SparsifyConfig, {}, {**SPARSIFY, "criterion": "auto", "saliency_samples": 64}).saliency_samples == 64
+    assert resolve(SparsifyConfig, {}, {**SPARSIFY, "method": "prune-finetune", "criterion": "auto"})
+    for method, message in (("gradual", "--method gradual re-chooses its masks by magnitude; it does not take "
+                                        "--criterion auto"),
+                            ("obd", "--method obd ranks weights by saliency; it does not take --criterion auto")):
+        with pytest.raises(UsageError, match=message):
+            resolve(SparsifyConfig, {}, {**SPARSIFY, "method": method, "criterion": "auto"})

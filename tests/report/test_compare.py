@@ -11,8 +11,8 @@ from .._helpers import DATA_ROOT, ROOT, SAMPLE, cli, geopath, needs_mnist, one_e
 from .._helpers import one_thread_subprocesses  # noqa: F401 (autouse: one thread per run)
 
 FASHION = ROOT / "sample_checkpoints" / "mlp_fashion_mnist.safetensors"
-SMALL = ["--data-root", str(DATA_ROOT), "--metric-size", "1000", "--eval-size", "300", "--batch-size", "64",
-         "--cg-iters", "3"]
+PEER_SMALL = ["--data-root", str(DATA_ROOT), "--metric-size", "1000", "--eval-size", "300", "--batch-size", "64"]
+SMALL = [*PEER_SMALL, "--cg-iters", "3"]  # (a peer refuses the geodesic's --cg-iters)
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +23,8 @@ def finished(tmp_path_factory):
     runs = {
         "geo_run": ["merge", SAMPLE, FASHION, *SMALL, "--val-size", "300", "--steps", "4", "--save-every", "2",
                     "--min-accuracy", "0.99"],
-        "avg_run": ["merge", SAMPLE, FASHION, *SMALL, "--val-size", "300", "--method", "average", "--points", "3"],
-        "line_run": ["connect", SAMPLE, FASHION, "--data", "mnist", *SMALL, "--method", "linear", "--points", "3"],
+        "avg_run": ["merge", SAMPLE, FASHION, *PEER_SMALL, "--val-size", "300", "--method", "average", "--points", "3"],
+        "line_run": ["connect", SAMPLE, FASHION, "--data", "mnist", *PEER_SMALL, "--method", "linear", "--points", "3"],
     }
     for name, args in runs.items():
         proc = geopath(*args, "-o", base / name)

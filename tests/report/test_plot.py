@@ -16,8 +16,8 @@ from .._helpers import one_thread_subprocesses  # noqa: F401 (autouse: one threa
 pytestmark = needs_mnist
 
 FASHION = ROOT / "sample_checkpoints" / "mlp_fashion_mnist.safetensors"
-SMALL = ["--data-root", str(DATA_ROOT), "--metric-size", "1000", "--eval-size", "300", "--batch-size", "64",
-         "--cg-iters", "3"]
+PEER_SMALL = ["--data-root", str(DATA_ROOT), "--metric-size", "1000", "--eval-size", "300", "--batch-size", "64"]
+SMALL = [*PEER_SMALL, "--cg-iters", "3"]  # (a peer refuses the geodesic's --cg-iters)
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -27,7 +27,7 @@ def finished(tmp_path_factory):
     distance, no metric length)."""
     base = tmp_path_factory.mktemp("plot")
     runs = {"walk": ["merge", SAMPLE, FASHION, *SMALL, "--val-size", "300", "--steps", "4", "--save-every", "2"],
-            "line": ["connect", SAMPLE, FASHION, "--data", "mnist", *SMALL, "--method", "linear", "--points", "3"]}
+            "line": ["connect", SAMPLE, FASHION, "--data", "mnist", *PEER_SMALL, "--method", "linear", "--points", "3"]}
     for name, args in runs.items():
         proc = geopath(*args, "-o", base / name)
         assert proc.returncode == 0, proc.stderr
