@@ -24,6 +24,10 @@ one-shot saliency pruning.
 Writes docs/bench_suite.{json,md} (``--quick``: docs/bench_suite_quick.*: one seed, budget 5,
 three networks, SGD lr 0.05 only; a smoke run, not a result); prints the table and a one-line
 summary; exits 3 when the bar is missed.
+
+``--peers-from OLD.json`` re-runs the geodesic alone (after a change to it) and takes every peer's figures
+for the same case, budget and seeds from an earlier run's JSON; the peers then had that run's geodesic
+passes, and the page says by how much the passes differ.
 """
 
 from __future__ import annotations
@@ -33,7 +37,6 @@ import json
 import shutil
 import statistics
 import sys
-import time
 from pathlib import Path
 
 from _common import ROOT, add_common_args, machine  # noqa: E402 (bench/ is on sys.path when run as a script)
@@ -98,14 +101,41 @@ def network(name: str, data_root: str) -> Path:
     return path
 
 
+RERUN = False  # --rerun: never reuse a finished run
+
+
 def run(ckpt: Path, out: Path, data_root: str, **options) -> dict:
-    shutil.rmtree(out, ignore_errors=True)
+    """One sparsify run, or the finished run already in ``out`` with the same options (a suite stopped part-way
+    goes on where it stopped). Seconds are the run's own wall time, as its summary records it."""
     cfg = SparsifyConfig(checkpoint=str(ckpt), out=str(out), data_root=data_root, save_every=1000,
                          train_eval_size=0, **options).validate()
-    t0 = time.perf_counter()
-    s = run_sparsify(cfg)
+    s = None if RERUN else finished(out, ckpt, cfg, options)
+    if s is None:
+        shutil.rmtree(out, ignore_errors=True)
+        s = run_sparsify(cfg)
     return {"accuracy": s["test_accuracy"], "passes": s["sample_passes"], "epochs": s["epochs"],
-            "seconds": time.perf_counter() - t0, "dense": s["dense_test_accuracy"]}
+            "seconds": s["wall_time"], "dense": s["dense_test_accuracy"],
+            "ranking": s.get("ranking", {}).get("chosen") or s["target"].get("criterion")}
+
+
+def finished(out: Path, ckpt: Path, cfg: SparsifyConfig, options: dict) -> dict | None:
+    """The summary of a complete run in ``out`` (its manifest written) of ``ckpt`` with ``options``, the same seed
+    and the ranking ``cfg`` resolves to; else ``None``."""
+    import yaml
+
+    if not (out / "manifest.json").is_file() or not (out / "summary.json").is_file():
+        return None
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    method = getattr(cfg.method, "value", cfg.method)
+    criterion = getattr(cfg.criterion, "value", cfg.criterion) or (
+        "auto" if method == "geodesic" else "saliency" if method == "obd" else "magnitude")
+    wanted = {**{k: getattr(v, "value", v) for k, v in options.items()}, "seed": cfg.seed, "method": method}
+    if Path(saved.get("checkpoint", "")) != ckpt.resolve() or (not cfg.structured
+                                                                and saved.get("criterion") != criterion):
+        return None
+    if any(saved.get(k) != v for k, v in wanted.items()):
+        return None
+    return json.loads((out / "summary.json").read_text())
 
 
 def geodesic_options(budget: float) -> dict:
@@ -126,6 +156,15 @@ def best_peer(ckpt, out, data_root, method, sparsity, epochs, seed, grid, **extr
 
 def spread(xs: list[float]) -> float:
     return max(xs) - min(xs) if len(xs) > 1 else 0.0
+
+
+def _peers_note(old: dict, rows: list[dict], free_rows: list[dict]) -> str:
+    """What ``--peers-from`` means for the table: whose peers, and how far their passes are from this geodesic's."""
+    gaps = [r["methods"]["geodesic"]["epochs"] / r["peer_epochs"] - 1 for r in rows]
+    gaps += [r["epochs"] / r["peer_epochs"] - 1 for r in free_rows]
+    worst = max(gaps, key=abs) if gaps else 0.0
+    return (f" **Only the geodesic was run here**: every peer's figure is the earlier run's (`{old.get('command')}`), "
+            f"whose peers had that run's geodesic passes; this geodesic spent {worst:+.2%} of those at most.")
 
 
 def shown_arguments(argv: list[str]) -> list[str]:
@@ -150,7 +189,16 @@ def main() -> int:
     ap.add_argument("--label-free", type=int, nargs="*", help="N unlabeled inputs (default 1000 10000; none: skip)")
     ap.add_argument("--grid", nargs="+", metavar="OPT:LR",
                     help="the peers' grid instead of the default (e.g. sgd:0.05 for one point; a partial result)")
+    ap.add_argument("--peers-from", type=Path, metavar="OLD.json",
+                    help="run the geodesic alone; every peer's figures come from this earlier run of the suite")
+    ap.add_argument("--criterion", choices=["auto", "saliency", "magnitude"],
+                    help="the geodesic's --criterion (default: the CLI's, auto; saliency was the default before)")
+    ap.add_argument("--rerun", action="store_true", help="run everything again (by default a finished run in "
+                                                         "bench/_work/suite with the same options is reused)")
     args = ap.parse_args()
+    global RERUN
+    RERUN = args.rerun
+    old = json.loads(args.peers_from.read_text()) if args.peers_from else None
     cases = args.cases or (QUICK_CASES if args.quick else list(CASES))
     budgets = args.budgets or ([5.0] if args.quick else [1.0, 2.0, 5.0])
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
@@ -167,11 +215,20 @@ def main() -> int:
         case_seeds = seeds if args.seeds or case not in CIFAR_CASES else seeds[:1]
         for budget in budgets:
             per_method: dict[str, list[dict]] = {}
+            earlier = None
+            if old is not None:
+                earlier = next((r for r in old["results"] if r["case"] == case and r["budget"] == budget
+                                and r["seeds"] == case_seeds), None)
+                if earlier is None:
+                    raise SystemExit(f"{args.peers_from}: no {case} at budget {budget:g} with seeds {case_seeds}")
             for seed in case_seeds:
                 out = WORK / case / f"b{budget:g}_s{seed}"
                 geo = run(ckpt, out / "geodesic", args.data_root, sparsity=sparsity, seed=seed,
-                          **geodesic_options(budget), **extra, **GEODESIC_CASE_OPTIONS.get(case, {}))
+                          **geodesic_options(budget), **extra, **GEODESIC_CASE_OPTIONS.get(case, {}),
+                          **({"criterion": args.criterion} if args.criterion and case != "vgg11_filters" else {}))
                 per_method.setdefault("geodesic", []).append(geo)
+                if earlier is not None:
+                    continue
                 epochs = geo["epochs"]  # every peer gets the geodesic's passes
                 per_method.setdefault("one-shot", []).append(
                     run(ckpt, out / "oneshot", args.data_root, method="prune-finetune", sparsity=sparsity,
@@ -186,7 +243,11 @@ def main() -> int:
                                    "spread": spread([r["accuracy"] for r in rs]),
                                    "epochs": statistics.mean(r["epochs"] for r in rs),
                                    "seconds": statistics.mean(r["seconds"] for r in rs),
-                                   "grid": [r.get("grid") for r in rs]} for m, rs in per_method.items()}}
+                                   "grid": [r.get("grid") for r in rs],
+                                   "ranking": [r.get("ranking") for r in rs]} for m, rs in per_method.items()}}
+            if earlier is not None:  # the peers of the earlier run, at its geodesic's passes
+                row["methods"].update({m: v for m, v in earlier["methods"].items() if m != "geodesic"})
+                row["peer_epochs"] = earlier["methods"]["geodesic"]["epochs"]
             rows.append(row)
             print(json.dumps({"case": case, "budget": budget,
                               **{m: round(v["mean"], 4) for m, v in row["methods"].items()}}), flush=True)
@@ -201,7 +262,16 @@ def main() -> int:
             out = WORK / case / f"labelfree_{n}"
             # the budget: LABEL_FREE_PASSES sample passes whatever N (the approach's steps are fixed)
             geo = run(ckpt, out / "geodesic", args.data_root, sparsity=sparsity, settle="distill", metric_size=n,
-                      steps=10, settle_epochs=0.75 * LABEL_FREE_PASSES / n)
+                      steps=10, settle_epochs=0.75 * LABEL_FREE_PASSES / n,
+                      **({"criterion": args.criterion} if args.criterion else {}))
+            if old is not None:
+                earlier = next((r for r in old["label_free"] if r["case"] == case and r["inputs"] == n), None)
+                if earlier is None:
+                    raise SystemExit(f"{args.peers_from}: no label-free {case} with {n} inputs")
+                free_rows.append({**earlier, "geodesic": geo["accuracy"], "epochs": geo["epochs"],
+                                  "peer_epochs": earlier["epochs"]})
+                print(json.dumps(free_rows[-1]), flush=True)
+                continue
             dist = best_peer(ckpt, out, args.data_root, "distill", sparsity, geo["epochs"], 0, grid, metric_size=n)
             obd = run(ckpt, out / "obd", args.data_root, method="obd", sparsity=sparsity, finetune_epochs=0,
                       metric_size=n)
@@ -233,9 +303,12 @@ def main() -> int:
     host = machine()
     docs = Path(args.docs)
     docs.mkdir(exist_ok=True)
-    (docs / f"{stem}.json").write_text(json.dumps({"machine": host, "seeds": seeds, "budgets": budgets,
-                                                   "grid": grid, "results": rows, "label_free": free_rows,
-                                                   "checks": dict(checks)}, indent=2) + "\n")
+    (docs / f"{stem}.json").write_text(json.dumps({"machine": host, "command": command, "seeds": seeds,
+                                                   "budgets": budgets, "grid": grid, "results": rows,
+                                                   "label_free": free_rows, "checks": dict(checks),
+                                                   "peers_from": old and {"command": old.get("command"),
+                                                                          "machine": old["machine"]}},
+                                                  indent=2) + "\n")
     methods = ["geodesic", "one-shot"] + PEERS
     lines = [f"# Sparsify suite{' (quick: a smoke run, not a result)' if args.quick else ''}", "",
              f"Produced by `{command}` on {host}. Test accuracy "
@@ -243,7 +316,8 @@ def main() -> int:
              + ("; the CIFAR-10 cases: seed 0 alone" if not args.seeds and set(cases) & set(CIFAR_CASES) else "")
              + "); every peer gets the geodesic's sample passes "
              "and reports the best of its grid "
-             f"({', '.join(f'{o} lr {lr:g}' for o, lr in grid)}).", "",
+             f"({', '.join(f'{o} lr {lr:g}' for o, lr in grid)})."
+             + (_peers_note(old, rows, free_rows) if old is not None else ""), "",
              "| case | budget (epochs) | dense | " + " | ".join(methods) + " | geodesic s | best peer s |",
              "|---|---:|---:|" + "---:|" * len(methods) + "---:|---:|"]
     for r in rows:
@@ -261,6 +335,10 @@ def main() -> int:
                          else cell)
         lines.append(f"| {r['case']} | {ms['geodesic']['epochs']:.2f} | {r['dense']:.2%} | " + " | ".join(cells)
                      + f" | {ms['geodesic']['seconds']:.0f} | {peers[best]['seconds']:.0f} |")
+    rankings = {r["case"]: sorted(set(filter(None, r["methods"]["geodesic"].get("ranking", [])))) for r in rows}
+    if any(rankings.values()):
+        lines += ["", "The geodesic ranked the weights by (`--criterion`; `auto` chooses per network): "
+                  + "; ".join(f"{case} {'/'.join(k)}" for case, k in rankings.items() if k) + "."]
     if free_rows:
         lines += ["", "## Label-free: N unlabeled inputs", "",
                   "| case | inputs | dense | geodesic (settle distill) | prune + distill | one-shot saliency | epochs |",
