@@ -1,6 +1,7 @@
 """The sparsify suite: the geodesic against every pruning peer, on networks it was not tuned on.
 
     python bench/suite.py [--quick] [--cases NAME ...] [--budgets 1 2 5] [--seeds 0 1 2] [--grid OPT:LR ...]
+                          [--criterion auto|saliency|magnitude] [--peers-from OLD.json] [--rerun]
 
 Every method runs on the same network, data and budget of forward+backward sample passes
 (docs/method.md): the geodesic first (CLI defaults; the only rule that depends on the budget
@@ -27,7 +28,10 @@ summary; exits 3 when the bar is missed.
 
 ``--peers-from OLD.json`` re-runs the geodesic alone (after a change to it) and takes every peer's figures
 for the same case, budget and seeds from an earlier run's JSON; the peers then had that run's geodesic
-passes, and the page says by how much the passes differ.
+passes, and the page says by how much the passes differ. ``--criterion`` sets the geodesic's ranking
+(``saliency`` reproduces the default before ``auto``). A finished run in bench/_work/suite with the same
+options is reused (a suite stopped part-way goes on where it stopped; ``--rerun`` redoes everything);
+seconds are each run's own wall time.
 """
 
 from __future__ import annotations
