@@ -87,7 +87,7 @@ def test_a_job_on_a_compact_network_saves_networks_that_load(zeroed, tmp_path):
     assert cli("export", ck, "-o", small).returncode == 0
     out = tmp_path / "run"
     proc = cli("sparsify", small, "-o", out, "--sparsity", "0.3", "--steps", "1", "--max-steps", "1",
-               "--settle-steps", "0", "--batch-size", "8", "--cg-iters", "1", "--train-eval-size", "0",
+               "--batch-size", "8", "--cg-iters", "1", "--train-eval-size", "0",
                "--bn-samples", "16", "--eval-size", "16", "--metric-size", "16")
     assert proc.returncode == 0, proc.stderr
     final = load_checkpoint(out / "final.safetensors").model  # carries the removal history

@@ -146,7 +146,7 @@ def test_every_saved_network_has_fresh_batchnorm_statistics(tmp_path):
     proc = geopath("sparsify", start, "-o", out, "--arch", "tests._helpers:BNMLP", "--structured", "fc1:16",
                    "--data-root", DATA_ROOT,
                    "--metric-size", "1000", "--eval-size", "300", "--bn-samples", "500", "--steps", "6",
-                   "--settle-steps", "2", "--save-every", "2", "--batch-size", "64", "--cg-iters", "3")
+                   "--save-every", "2", "--batch-size", "64", "--cg-iters", "3")
     assert proc.returncode == 0, proc.stderr
     bn_data = load_dataset("mnist", "train", DATA_ROOT).head(500)
     test = load_dataset("mnist", "test", DATA_ROOT).head(300)
