@@ -132,6 +132,12 @@ def test_structured_removes_whole_neurons(tmp_path):
     dead = (tensors["layers.0.weight"].abs().sum(1) == 0) & (tensors["layers.0.bias"] == 0)
     assert int(dead.sum()) == 200
     assert json.loads(proc.stdout.splitlines()[-1])["test_accuracy"] > 0.85
+    # no weight is ranked, so no criterion is recorded, and the run's config replays (--criterion is refused here)
+    from geopath.config import SparsifyConfig, resolve
+
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["criterion"] is None
+    assert resolve(SparsifyConfig, saved, {}).structured == "layers.0:200"
 
 
 def test_every_saved_network_has_fresh_batchnorm_statistics(tmp_path):
