@@ -229,7 +229,7 @@ def main() -> int:
                 out = WORK / case / f"b{budget:g}_s{seed}"
                 geo = run(ckpt, out / "geodesic", args.data_root, sparsity=sparsity, seed=seed,
                           **geodesic_options(budget), **extra, **GEODESIC_CASE_OPTIONS.get(case, {}),
-                          **({"criterion": args.criterion} if args.criterion and case != "vgg11_filters" else {}))
+                          **({"criterion": args.criterion} if args.criterion and "structured" not in extra else {}))
                 per_method.setdefault("geodesic", []).append(geo)
                 if earlier is not None:
                     continue
