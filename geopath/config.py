@@ -236,7 +236,8 @@ class WalkOptions(CommonOptions):
     step_size: float | None = opt(None, "Trust region ε, the bound on θᵀθ per step.",
                                   default_help="set from the starting distance and --steps")
     steps: int = opt(50, "Planned steps (sets the default step size).")
-    max_steps: int | None = opt(None, "Approach steps at most.", default_help="a multiple of --steps")
+    max_steps: int | None = opt(None, "Approach steps at most.", default_help="a multiple of --steps; sparsify: "
+                                "--steps when it settles by training at a constant β")
     tol: float = opt(0.03, "The target is reached when the distance is below tol × the starting distance.")
     beta_growth: float = opt(1.0, "Past --steps approach steps, β is multiplied by this factor per --steps steps "
                                   "(a path that stalls is pulled on harder; 1: constant β).")
@@ -315,7 +316,7 @@ class SparsifyConfig(WalkOptions):
     settle_anchor: Anchor | None = opt(None, "The anchor of geodesic settle steps (e.g. labels).",
                                        default_help="--anchor")
     settle_epochs: float = opt(2.5, "Epochs of masked SGD after landing (--settle finetune or distill).")
-    settle_lr: float = opt(0.05, "Learning rate of --settle finetune/distill (SGD, momentum 0.9, cosine decay).")
+    settle_lr: float = opt(0.1, "Learning rate of --settle finetune/distill (SGD, momentum 0.9, cosine decay).")
     settle_warmup: float = opt(0.0, SETTLE_WARMUP_HELP)
     settle_average: float = opt(0.0, SETTLE_AVERAGE_HELP)
     settle_holdout: float = opt(0.0, SETTLE_HOLDOUT_HELP)

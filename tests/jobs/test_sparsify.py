@@ -366,7 +366,7 @@ def test_settle_holdout_ends_on_the_network_with_the_lowest_held_out_loss(tmp_pa
                                                       "not take it)"),
     (["--finetune-epochs", "2"], "--finetune-epochs: not read by this run (the geodesic takes no peer option)"),
     (["--settle-steps", "40"], "--settle-steps: not read by this run (--settle finetune trains"),
-    (["--settle", "geodesic", "--settle-lr", "0.1"], "--settle-lr: not read by this run (--settle geodesic takes "
+    (["--settle", "geodesic", "--settle-lr", "0.2"], "--settle-lr: not read by this run (--settle geodesic takes "
                                                      "steps")])
 def test_an_option_the_run_would_not_read_is_refused_before_anything_is_written(tmp_path, extra, message):
     from .._helpers import cli, one_error_line
@@ -389,3 +389,32 @@ def test_a_peer_run_repeats_from_its_own_config(tmp_path):
     a, _ = read_tensors(first / "final.safetensors")
     b, _ = read_tensors(tmp_path / "again" / "final.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_default_approach_length_follows_the_settle():
+    """Without --max-steps the approach is --steps long before a training settle at constant β (the passes go to
+    the settle), and three times that before geodesic settle steps or with a growing β (which needs the steps)."""
+    from geopath.config import Settle, SparsifyConfig
+    from geopath.jobs.sparsify import default_max_steps
+
+    def cfg(**kw):
+        return SparsifyConfig(checkpoint="x", out="o", sparsity=0.9, steps=20, **kw)
+
+    assert default_max_steps(cfg()) == 20
+    assert default_max_steps(cfg(settle=Settle.DISTILL)) == 20
+    assert default_max_steps(cfg(settle=Settle.GEODESIC)) == 60
+    assert default_max_steps(cfg(beta_growth=4.0)) == 60
+
+
+@needs_mnist
+def test_default_approach_length_is_recorded(tmp_path):
+    """A run without --max-steps records the approach length it resolved, and walks no further before landing."""
+    out = tmp_path / "run"
+    fast = [a for a in FAST if a not in ("--max-steps", "12")]
+    r = geopath("sparsify", str(SAMPLE), "--sparsity", "0.9", "--out", str(out), *fast, "--settle-epochs", "0.05")
+    assert r.returncode == 0, r.stderr
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["max_steps"] == 6
+    rows = [json.loads(l) for l in (out / "trace.jsonl").read_text().splitlines()]
+    landed = next(r for r in rows if r["checkpoint"] == "steps/landed.safetensors")
+    assert landed["step"] <= 7  # six approach steps at most, then the landing

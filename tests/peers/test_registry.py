@@ -192,7 +192,7 @@ SPARSIFY = {"checkpoint": "c.safetensors", "out": "o"}
     ({"settle_steps": 40}, "--settle-steps: not read by this run (--settle finetune trains; it takes no geodesic "
                            "settle-step option)"),
     ({"settle": "distill", "settle_anchor": "labels"}, "--settle-anchor: not read by this run"),
-    ({"settle": "geodesic", "settle_lr": 0.1}, "--settle-lr: not read by this run (--settle geodesic takes steps"),
+    ({"settle": "geodesic", "settle_lr": 0.2}, "--settle-lr: not read by this run (--settle geodesic takes steps"),
     ({"settle": "geodesic", "settle_warmup": 0.1, "settle_holdout": 0.1}, "--settle-warmup, --settle-holdout"),
     ({"criterion": "magnitude", "saliency_samples": 64}, "--saliency-samples: not read by this run (only "
                                                          "--criterion saliency or auto reads it)"),
@@ -214,7 +214,7 @@ def test_sparsify_refuses_given_options_its_method_and_settle_do_not_read(given,
     {"method": "prune-finetune", "criterion": "saliency", "metric": "fisher"},
     {"method": "gradual", "rounds": 5, "steps": 50},  # at their defaults: nothing is lost
     {"settle": "geodesic", "settle_steps": 40, "settle_anchor": "labels", "steps": 20, "metric": "fisher"},
-    {"settle_epochs": 1.0, "settle_lr": 0.1, "settle_warmup": 0.1, "saliency_samples": 64},
+    {"settle_epochs": 1.0, "settle_lr": 0.2, "settle_warmup": 0.1, "saliency_samples": 64},
 ])
 def test_sparsify_takes_the_options_its_method_and_settle_read(given):
     resolve(SparsifyConfig, {}, {**SPARSIFY, **given})
