@@ -1,12 +1,13 @@
 """The sparsify suite: the geodesic against every pruning peer, on networks it was not tuned on.
 
     python bench/suite.py [--quick] [--cases NAME ...] [--budgets 1 2 5] [--seeds 0 1 2] [--grid OPT:LR ...]
-                          [--criterion auto|saliency|magnitude] [--peers-from OLD.json] [--rerun]
+                          [--criterion auto|saliency|magnitude] [--peers-from OLD.json] [--grid-from OLD.json]
+                          [--rerun]
 
 Every method runs on the same network, data and budget of forward+backward sample passes
 (docs/method.md): the geodesic first (CLI defaults; the only rule that depends on the budget
-``B`` epochs is ``--steps 5·B --settle-epochs 0.75·B``), then every peer given exactly the passes the
-geodesic spent. Peers are tuned fairly: each runs over a small grid (SGD lr 0.05 and 0.01, Adam lr
+``B`` epochs is ``--steps 5·B --settle-epochs 0.875·B``), then every peer given exactly the passes the
+geodesic spent. Peers are tuned fairly: each runs over a small grid (SGD lr 0.1, 0.05 and 0.01, Adam lr
 0.001) and its best test accuracy is reported (chosen on the test set: generous to the peers).
 Networks: the shipped MNIST and Fashion-MNIST MLPs, the MLPs of ``bench/train_mlps.py`` (Adam on
 [0, 1] inputs, plain SGD without normalisation, a wide 784-1000-1000-10), a LeNet-5 trained here, and on
@@ -23,12 +24,15 @@ settling for 3/4 of 120,000 sample passes) against prune + distillation (the geo
 one-shot saliency pruning.
 
 Writes docs/bench_suite.{json,md} (``--quick``: docs/bench_suite_quick.*: one seed, budget 5,
-three networks, SGD lr 0.05 only; a smoke run, not a result); prints the table and a one-line
+three networks, peers at SGD lr 0.05 only; a smoke run, not a result); prints the table and a one-line
 summary; exits 3 when the bar is missed.
 
 ``--peers-from OLD.json`` re-runs the geodesic alone (after a change to it) and takes every peer's figures
 for the same case, budget and seeds from an earlier run's JSON; the peers then had that run's geodesic
-passes, and the page says by how much the passes differ. ``--criterion`` sets the geodesic's ranking
+passes, and the page says by how much the passes differ; a case whose network is not the earlier run's (its dense accuracy differs: bench/train_mlps.py's networks depend on the machine) is refused. ``--grid-from OLD.json --grid OPT:LR ...`` re-runs the
+peers at this geodesic's passes, each on the grid point that won in the earlier run (for its case, peer and seed)
+and on the points given (a grid extended without re-running the points that lost). ``--criterion`` sets the
+geodesic's ranking
 (``saliency`` reproduces the default before ``auto``). A finished run in bench/_work/suite with the same
 options is reused (a suite stopped part-way goes on where it stopped; ``--rerun`` redoes everything);
 seconds are each run's own wall time.
@@ -81,7 +85,7 @@ GEODESIC_CASE_OPTIONS = {"vgg11_filters": {"beta": 16.0, "beta_growth": 4.0, "to
 NO_PEERS = {"vgg11_filters": {"obd"}}  # obd ranks single weights
 QUICK_CASES = ["mnist_mlp_90", "fmnist_adam_90", "mnist_sgd_raw_90"]
 PEERS = ["prune-finetune", "gradual", "iterative-prune", "distill", "obd"]
-GRID = [("sgd", 0.05), ("sgd", 0.01), ("adam", 0.001)]
+GRID = [("sgd", 0.1), ("sgd", 0.05), ("sgd", 0.01), ("adam", 0.001)]
 LABEL_FREE_CASES = ["mnist_mlp_90", "fmnist_adam_90"]
 LABEL_FREE_PASSES = 120_000  # two epochs of the 60,000 training images, in passes over the N inputs
 
@@ -143,19 +147,26 @@ def finished(out: Path, ckpt: Path, cfg: SparsifyConfig, options: dict) -> dict 
 
 
 def geodesic_options(budget: float) -> dict:
-    """The one budget rule: approach steps and settle epochs scale with the budget."""
-    return {"steps": max(5, int(round(5 * budget))), "settle_epochs": 0.75 * budget}
+    """The one budget rule: approach steps and settle epochs scale with the budget (the approach, ``--steps``
+    long by default, and the ranking cost about an eighth of it)."""
+    return {"steps": max(5, int(round(5 * budget))), "settle_epochs": 0.875 * budget}
 
 
 def best_peer(ckpt, out, data_root, method, sparsity, epochs, seed, grid, **extra) -> dict:
     best = None
-    for opt, lr in grid:
+    for opt, lr in dict.fromkeys(grid):  # (once each)
         r = run(ckpt, out / f"{method}_{opt}_{lr:g}", data_root, method=method, sparsity=sparsity,
                 finetune_epochs=epochs, optimizer=opt, lr=lr, seed=seed, **extra)
         r["grid"] = f"{opt} {lr:g}"
         if best is None or r["accuracy"] > best["accuracy"]:
             best = r
     return best
+
+
+def _point(text: str) -> tuple[str, float]:
+    """``"sgd 0.05"`` (a grid point as the JSON records it) → ``("sgd", 0.05)``."""
+    opt, lr = text.split()
+    return opt, float(lr)
 
 
 def spread(xs: list[float]) -> float:
@@ -195,6 +206,9 @@ def main() -> int:
                     help="the peers' grid instead of the default (e.g. sgd:0.05 for one point; a partial result)")
     ap.add_argument("--peers-from", type=Path, metavar="OLD.json",
                     help="run the geodesic alone; every peer's figures come from this earlier run of the suite")
+    ap.add_argument("--grid-from", type=Path, metavar="OLD.json",
+                    help="re-run the peers, each on the grid point that won in this earlier run (per case, peer "
+                         "and seed) and on the points of --grid (a grid extended without re-running its losers)")
     ap.add_argument("--criterion", choices=["auto", "saliency", "magnitude"],
                     help="the geodesic's --criterion (default: the CLI's, auto; saliency was the default before)")
     ap.add_argument("--rerun", action="store_true", help="run everything again (by default a finished run in "
@@ -203,10 +217,13 @@ def main() -> int:
     global RERUN
     RERUN = args.rerun
     old = json.loads(args.peers_from.read_text()) if args.peers_from else None
+    if args.grid_from and (old is not None or not args.grid):
+        raise SystemExit("--grid-from takes the points to add in --grid, and no --peers-from")
+    grid_old = json.loads(args.grid_from.read_text()) if args.grid_from else None
     cases = args.cases or (QUICK_CASES if args.quick else list(CASES))
     budgets = args.budgets or ([5.0] if args.quick else [1.0, 2.0, 5.0])
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
-    grid = GRID[:1] if args.quick else GRID
+    grid = [("sgd", 0.05)] if args.quick else GRID
     if args.grid:
         grid = [(g.split(":")[0], float(g.split(":")[1])) for g in args.grid]
     label_free = args.label_free if args.label_free is not None else ([1000] if args.quick else [1000, 10000])
@@ -219,7 +236,12 @@ def main() -> int:
         case_seeds = seeds if args.seeds or case not in CIFAR_CASES else seeds[:1]
         for budget in budgets:
             per_method: dict[str, list[dict]] = {}
-            earlier = None
+            earlier = winners = None
+            if grid_old is not None:
+                winners = next((r for r in grid_old["results"] if r["case"] == case and r["budget"] == budget
+                                and r["seeds"] == case_seeds), None)
+                if winners is None:
+                    raise SystemExit(f"{args.grid_from}: no {case} at budget {budget:g} with seeds {case_seeds}")
             if old is not None:
                 earlier = next((r for r in old["results"] if r["case"] == case and r["budget"] == budget
                                 and r["seeds"] == case_seeds), None)
@@ -239,17 +261,24 @@ def main() -> int:
                         finetune_epochs=0, seed=seed, **extra))
                 for method in PEERS:
                     if method not in NO_PEERS.get(case, ()):
+                        points = grid if winners is None else [_point(winners["methods"][method]["grid"][
+                            case_seeds.index(seed)])] + grid
                         per_method.setdefault(method, []).append(
-                            best_peer(ckpt, out, args.data_root, method, sparsity, epochs, seed, grid, **extra))
+                            best_peer(ckpt, out, args.data_root, method, sparsity, epochs, seed, points, **extra))
             row = {"case": case, "budget": budget, "sparsity": sparsity, "seeds": case_seeds,
                    "dense": per_method["geodesic"][0]["dense"],
                    "methods": {m: {"mean": statistics.mean(r["accuracy"] for r in rs),
                                    "spread": spread([r["accuracy"] for r in rs]),
+                                   "accuracies": [r["accuracy"] for r in rs],
                                    "epochs": statistics.mean(r["epochs"] for r in rs),
                                    "seconds": statistics.mean(r["seconds"] for r in rs),
                                    "grid": [r.get("grid") for r in rs],
                                    "ranking": [r.get("ranking") for r in rs]} for m, rs in per_method.items()}}
             if earlier is not None:  # the peers of the earlier run, at its geodesic's passes
+                if abs(earlier["dense"] - row["dense"]) > 1e-9:  # not the same network (re-made elsewhere?)
+                    raise SystemExit(f"{args.peers_from}: {case}'s network is not this run's (dense "
+                                     f"{earlier['dense']:.2%} there, {row['dense']:.2%} here): its peers do not "
+                                     "compare; re-run them")
                 row["methods"].update({m: v for m, v in earlier["methods"].items() if m != "geodesic"})
                 row["peer_epochs"] = earlier["methods"]["geodesic"]["epochs"]
             rows.append(row)
@@ -276,7 +305,8 @@ def main() -> int:
                                   "peer_epochs": earlier["epochs"]})
                 print(json.dumps(free_rows[-1]), flush=True)
                 continue
-            dist = best_peer(ckpt, out, args.data_root, "distill", sparsity, geo["epochs"], 0, grid, metric_size=n)
+            dist = best_peer(ckpt, out, args.data_root, "distill", sparsity, geo["epochs"], 0,
+                             grid if grid_old is None else GRID + grid, metric_size=n)
             obd = run(ckpt, out / "obd", args.data_root, method="obd", sparsity=sparsity, finetune_epochs=0,
                       metric_size=n)
             free_rows.append({"case": case, "inputs": n, "geodesic": geo["accuracy"], "distill": dist["accuracy"],
@@ -311,7 +341,9 @@ def main() -> int:
                                                    "budgets": budgets, "grid": grid, "results": rows,
                                                    "label_free": free_rows, "checks": dict(checks),
                                                    "peers_from": old and {"command": old.get("command"),
-                                                                          "machine": old["machine"]}},
+                                                                          "machine": old["machine"]},
+                                                   "grid_from": grid_old and {"command": grid_old.get("command"),
+                                                                              "machine": grid_old["machine"]}},
                                                   indent=2) + "\n")
     methods = ["geodesic", "one-shot"] + PEERS
     lines = [f"# Sparsify suite{' (quick: a smoke run, not a result)' if args.quick else ''}", "",
@@ -320,7 +352,10 @@ def main() -> int:
              + ("; the CIFAR-10 cases: seed 0 alone" if not args.seeds and set(cases) & set(CIFAR_CASES) else "")
              + "); every peer gets the geodesic's sample passes "
              "and reports the best of its grid "
-             f"({', '.join(f'{o} lr {lr:g}' for o, lr in grid)})."
+             + (f"({', '.join(f'{o} lr {lr:g}' for o, lr in grid)})." if grid_old is None else
+                f"(on each case and seed, the grid point that won in `{grid_old.get('command')}`, and "
+                f"{', '.join(f'{o} lr {lr:g}' for o, lr in grid)}; the label-free table: "
+                f"{', '.join(f'{o} lr {lr:g}' for o, lr in dict.fromkeys(GRID + grid))}).")
              + (_peers_note(old, rows, free_rows) if old is not None else ""), "",
              "| case | budget (epochs) | dense | " + " | ".join(methods) + " | geodesic s | best peer s |",
              "|---|---:|---:|" + "---:|" * len(methods) + "---:|---:|"]
