@@ -237,7 +237,7 @@ class WalkOptions(CommonOptions):
                                   default_help="set from the starting distance and --steps")
     steps: int = opt(50, "Planned steps (sets the default step size).")
     max_steps: int | None = opt(None, "Approach steps at most.", default_help="a multiple of --steps; sparsify: "
-                                "--steps when it settles by training at a constant β")
+                                "--steps when it settles by training (--settle-epochs > 0) at a constant β")
     tol: float = opt(0.03, "The target is reached when the distance is below tol × the starting distance.")
     beta_growth: float = opt(1.0, "Past --steps approach steps, β is multiplied by this factor per --steps steps "
                                   "(a path that stalls is pulled on harder; 1: constant β).")

@@ -88,9 +88,10 @@ def choose_ranking(cfg: SparsifyConfig, model, space: ParamSpace, w0: torch.Tens
 def default_max_steps(cfg: SparsifyConfig) -> int:
     """The approach's length when ``--max-steps`` is not given: ``--steps`` when a training settle follows at a
     constant β (the approach never comes within ``--tol`` on the suite's networks, and the settle, given the
-    passes instead, does better: docs/method.md); three times ``--steps`` before geodesic settle steps, or when
-    β grows past ``--steps`` (``--beta-growth``: the growth needs the steps)."""
-    if cfg.settle is not Settle.GEODESIC and cfg.beta_growth == 1.0:
+    passes instead, does better: docs/method.md); three times ``--steps`` before geodesic settle steps, without
+    a settle (``--settle-epochs 0``: nothing would use the passes saved), or when β grows past ``--steps``
+    (``--beta-growth``: the growth needs the steps)."""
+    if cfg.settle is not Settle.GEODESIC and cfg.settle_epochs > 0 and cfg.beta_growth == 1.0:
         return cfg.steps
     return 3 * cfg.steps
 

@@ -393,7 +393,7 @@ def test_a_peer_run_repeats_from_its_own_config(tmp_path):
 
 def test_default_approach_length_follows_the_settle():
     """Without --max-steps the approach is --steps long before a training settle at constant β (the passes go to
-    the settle), and three times that before geodesic settle steps or with a growing β (which needs the steps)."""
+    the settle), and three times that before geodesic settle steps, without a settle, or with a growing β."""
     from geopath.config import Settle, SparsifyConfig
     from geopath.jobs.sparsify import default_max_steps
 
@@ -404,6 +404,7 @@ def test_default_approach_length_follows_the_settle():
     assert default_max_steps(cfg(settle=Settle.DISTILL)) == 20
     assert default_max_steps(cfg(settle=Settle.GEODESIC)) == 60
     assert default_max_steps(cfg(beta_growth=4.0)) == 60
+    assert default_max_steps(cfg(settle_epochs=0.0)) == 60  # no settle to give the passes to
 
 
 @needs_mnist
