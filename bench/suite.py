@@ -20,19 +20,20 @@ a budget).
 The bar (issue 19): at the largest budget the geodesic is ≥ the best peer in every case (a
 shortfall within the larger seed spread is a tie) and ahead of the best peer on the suite mean.
 A label-free table follows: only N unlabeled inputs, geodesic (``--settle distill``, ``--steps 10``,
-settling for 3/4 of 120,000 sample passes) against prune + distillation (the geodesic's passes) and
-one-shot saliency pruning.
+settling for 3/4 of 120,000 sample passes after them) against prune + distillation (the geodesic's
+passes) and one-shot saliency pruning.
 
 Writes docs/bench_suite.{json,md} (``--quick``: docs/bench_suite_quick.*: one seed, budget 5,
-three networks, peers at SGD lr 0.05 only; a smoke run, not a result); prints the table and a one-line
-summary; exits 3 when the bar is missed.
+three networks, peers at SGD lr 0.1 only, the geodesic settle's; a smoke run, not a result); prints the
+table and a one-line summary; exits 3 when the bar is missed.
 
 ``--peers-from OLD.json`` re-runs the geodesic alone (after a change to it) and takes every peer's figures
 for the same case, budget and seeds from an earlier run's JSON; the peers then had that run's geodesic
-passes, and the page says by how much the passes differ; a case whose network is not the earlier run's (its dense accuracy differs: bench/train_mlps.py's networks depend on the machine) is refused. ``--grid-from OLD.json --grid OPT:LR ...`` re-runs the
-peers at this geodesic's passes, each on the grid point that won in the earlier run (for its case, peer and seed)
-and on the points given (a grid extended without re-running the points that lost). ``--criterion`` sets the
-geodesic's ranking
+passes, and the page says by how much the passes differ; a case whose network is not the earlier run's
+(its dense accuracy differs: bench/train_mlps.py's networks depend on the machine) is refused.
+``--grid-from OLD.json --grid OPT:LR ...`` re-runs the peers at this geodesic's passes, each on the grid
+point that won in the earlier run (for its case, peer and seed) and on the points given (a grid extended
+without re-running the points that lost). ``--criterion`` sets the geodesic's ranking
 (``saliency`` reproduces the default before ``auto``). A finished run in bench/_work/suite with the same
 options is reused (a suite stopped part-way goes on where it stopped; ``--rerun`` redoes everything);
 seconds are each run's own wall time.
@@ -128,7 +129,7 @@ def run(ckpt: Path, out: Path, data_root: str, **options) -> dict:
 
 def finished(out: Path, ckpt: Path, cfg: SparsifyConfig, options: dict) -> dict | None:
     """The summary of a complete run in ``out`` (its manifest written) of ``ckpt`` with ``options``, the same seed
-    and the ranking ``cfg`` resolves to; else ``None``."""
+    and the ranking ``cfg`` resolves to (a geodesic's also the settle lr and approach length); else ``None``."""
     import yaml
 
     if not (out / "manifest.json").is_file() or not (out / "summary.json").is_file():
@@ -143,6 +144,12 @@ def finished(out: Path, ckpt: Path, cfg: SparsifyConfig, options: dict) -> dict 
         return None
     if any(saved.get(k) != v for k, v in wanted.items()):
         return None
+    if method == "geodesic":  # defaults the options above do not name, as the run resolved them (they change)
+        from geopath.jobs.sparsify import default_max_steps
+
+        resolved = {"settle_lr": cfg.settle_lr, "max_steps": cfg.max_steps or default_max_steps(cfg)}
+        if any(saved.get(k) != v for k, v in resolved.items()):
+            return None
     return json.loads((out / "summary.json").read_text())
 
 
@@ -223,7 +230,7 @@ def main() -> int:
     cases = args.cases or (QUICK_CASES if args.quick else list(CASES))
     budgets = args.budgets or ([5.0] if args.quick else [1.0, 2.0, 5.0])
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
-    grid = [("sgd", 0.05)] if args.quick else GRID
+    grid = [("sgd", 0.1)] if args.quick else GRID  # (quick: the geodesic settle's lr)
     if args.grid:
         grid = [(g.split(":")[0], float(g.split(":")[1])) for g in args.grid]
     label_free = args.label_free if args.label_free is not None else ([1000] if args.quick else [1000, 10000])
@@ -261,8 +268,8 @@ def main() -> int:
                         finetune_epochs=0, seed=seed, **extra))
                 for method in PEERS:
                     if method not in NO_PEERS.get(case, ()):
-                        points = grid if winners is None else [_point(winners["methods"][method]["grid"][
-                            case_seeds.index(seed)])] + grid
+                        won = winners and winners["methods"].get(method)  # (a peer the earlier run had)
+                        points = grid if not won else [_point(won["grid"][case_seeds.index(seed)])] + grid
                         per_method.setdefault(method, []).append(
                             best_peer(ckpt, out, args.data_root, method, sparsity, epochs, seed, points, **extra))
             row = {"case": case, "budget": budget, "sparsity": sparsity, "seeds": case_seeds,
@@ -286,6 +293,7 @@ def main() -> int:
                               **{m: round(v["mean"], 4) for m, v in row["methods"].items()}}), flush=True)
 
     free_rows = []
+    free_grid = grid if grid_old is None else list(dict.fromkeys(GRID + grid))  # (label-free: no earlier winners)
     for case in (LABEL_FREE_CASES if label_free else []):
         if case not in CASES:
             continue
@@ -293,7 +301,8 @@ def main() -> int:
         ckpt = network(net, args.data_root)
         for n in label_free:
             out = WORK / case / f"labelfree_{n}"
-            # the budget: LABEL_FREE_PASSES sample passes whatever N (the approach's steps are fixed)
+            # the budget: a settle of 3/4 of LABEL_FREE_PASSES sample passes whatever N, after the approach's 10
+            # steps (about 100,000 passes in all with N = 1,000); prune + distillation gets the same
             geo = run(ckpt, out / "geodesic", args.data_root, sparsity=sparsity, settle="distill", metric_size=n,
                       steps=10, settle_epochs=0.75 * LABEL_FREE_PASSES / n,
                       **({"criterion": args.criterion} if args.criterion else {}))
@@ -305,8 +314,8 @@ def main() -> int:
                                   "peer_epochs": earlier["epochs"]})
                 print(json.dumps(free_rows[-1]), flush=True)
                 continue
-            dist = best_peer(ckpt, out, args.data_root, "distill", sparsity, geo["epochs"], 0,
-                             grid if grid_old is None else GRID + grid, metric_size=n)
+            dist = best_peer(ckpt, out, args.data_root, "distill", sparsity, geo["epochs"], 0, free_grid,
+                             metric_size=n)
             obd = run(ckpt, out / "obd", args.data_root, method="obd", sparsity=sparsity, finetune_epochs=0,
                       metric_size=n)
             free_rows.append({"case": case, "inputs": n, "geodesic": geo["accuracy"], "distill": dist["accuracy"],
@@ -339,6 +348,7 @@ def main() -> int:
     docs.mkdir(exist_ok=True)
     (docs / f"{stem}.json").write_text(json.dumps({"machine": host, "command": command, "seeds": seeds,
                                                    "budgets": budgets, "grid": grid, "results": rows,
+                                                   "label_free_grid": free_grid if label_free else None,
                                                    "label_free": free_rows, "checks": dict(checks),
                                                    "peers_from": old and {"command": old.get("command"),
                                                                           "machine": old["machine"]},
@@ -355,7 +365,7 @@ def main() -> int:
              + (f"({', '.join(f'{o} lr {lr:g}' for o, lr in grid)})." if grid_old is None else
                 f"(on each case and seed, the grid point that won in `{grid_old.get('command')}`, and "
                 f"{', '.join(f'{o} lr {lr:g}' for o, lr in grid)}; the label-free table: "
-                f"{', '.join(f'{o} lr {lr:g}' for o, lr in dict.fromkeys(GRID + grid))}).")
+                f"{', '.join(f'{o} lr {lr:g}' for o, lr in free_grid)}).")
              + (_peers_note(old, rows, free_rows) if old is not None else ""), "",
              "| case | budget (epochs) | dense | " + " | ".join(methods) + " | geodesic s | best peer s |",
              "|---|---:|---:|" + "---:|" * len(methods) + "---:|---:|"]
