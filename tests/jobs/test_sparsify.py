@@ -411,7 +411,8 @@ def test_default_approach_length_follows_the_settle():
 def test_default_approach_length_is_recorded(tmp_path):
     """A run without --max-steps records the approach length it resolved, and walks no further before landing."""
     out = tmp_path / "run"
-    fast = [a for a in FAST if a not in ("--max-steps", "12")]
+    at = FAST.index("--max-steps")
+    fast = FAST[:at] + FAST[at + 2:]  # FAST without its --max-steps and that option's value
     r = geopath("sparsify", str(SAMPLE), "--sparsity", "0.9", "--out", str(out), *fast, "--settle-epochs", "0.05")
     assert r.returncode == 0, r.stderr
     cfg = yaml.safe_load((out / "config.yaml").read_text())
