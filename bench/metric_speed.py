@@ -12,9 +12,9 @@ same batch in the same run:
   cache (``--micro-batch 32``: one extra forward pass, activations of one micro-batch);
 - on the MLP, the explicit-Jacobian route (``torch.func.jacrev`` then ``Jᵀ(Ju)``) for the gap.
 
-Times are medians over ``--repeats`` after two warm-ups. Peak memory is measured in a fresh
-subprocess per (model, operation): on CPU the growth of the peak resident set over the
-process's size with model and batch loaded; on CUDA ``torch.cuda.max_memory_allocated``.
+Times are medians over ``--repeats`` after two warm-ups. Peak memory: on CPU the growth of the
+peak resident set over the process's size with model and batch loaded, in a fresh subprocess per
+(model, operation); on CUDA the growth of ``torch.cuda.max_memory_allocated``, in this process.
 It is set against the model's parameter memory plus one batch of activations (the outputs of
 every leaf module in a forward pass). Writes docs/performance.{json,md}; prints a one-line
 summary; exits 3 when the faster cached product (forward or reverse ``J u``) costs more than 1.3× a
@@ -25,6 +25,7 @@ extra) is timed beside geopath when installed, and every product is checked agai
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import resource
@@ -58,6 +59,7 @@ MODELS = {
 OPS = ("fwd+bwd", "linearize", "g·u", "g·u, reverse J u", "curvlinops GGN", "g·u, micro-batch", "saliency diagonal",
        "explicit J")
 MICRO = 32
+BATCH = 128
 AGREE = 1e-4  # relative difference allowed between products (float32)
 TARGET_RATIO = 1.3  # issue 21: the cached product (the faster J u mode) within 1.3 forward+backward passes
 
@@ -210,8 +212,8 @@ def _peak_rss() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def peak_child(name: str, op: str, batch: int, device: str) -> None:
-    """(In a subprocess) print the peak memory growth of doing ``op`` three times."""
+def measure_peak(name: str, op: str, batch: int, device: str) -> int:
+    """Peak memory growth of doing ``op`` three times (on CPU: run it in a fresh process, :func:`peak_memory`)."""
     model, x, y = setup(name, batch, device)
     run_op(op, model, x[:2], y[:2])()  # load torch's lazily imported code first: it is not the operation's memory
     if device.startswith("cuda"):
@@ -225,14 +227,23 @@ def peak_child(name: str, op: str, batch: int, device: str) -> None:
         f()
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() - base
-    else:
-        peak = _peak_rss() - base
-    print(json.dumps({"peak": peak}))
+        return torch.cuda.max_memory_allocated() - base
+    return _peak_rss() - base
+
+
+def peak_child(name: str, op: str, batch: int, device: str) -> None:
+    """(In a subprocess) print :func:`measure_peak`."""
+    print(json.dumps({"peak": measure_peak(name, op, batch, device)}))
 
 
 def peak_memory(name: str, op: str, batch: int, device: str) -> int:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    """On CUDA measured in this process (``max_memory_allocated`` counts live tensors only, so what earlier
+    operations left in the allocator's cache does not count); on CPU in a fresh subprocess, whose resident set
+    holds nothing else."""
+    if device.startswith("cuda"):
+        gc.collect()
+        return measure_peak(name, op, batch, device)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     out = subprocess.run([sys.executable, __file__, "--_peak", name, op, "--batch", str(batch), "--device", device],
                          capture_output=True, text=True, env=env, check=True).stdout
     return int(json.loads(out.strip().splitlines()[-1])["peak"])
@@ -240,7 +251,7 @@ def peak_memory(name: str, op: str, batch: int, device: str) -> int:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=BATCH)
     ap.add_argument("--repeats", type=int, default=21)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--models", default=",".join(MODELS))
@@ -280,7 +291,8 @@ def main() -> int:
     ok = worst <= TARGET_RATIO
     if not args.quick:
         docs = Path(args.docs)
-        tag = "" if args.device == "cpu" else "_" + args.device.split(":")[0]
+        tag = ("" if args.device == "cpu" else "_" + args.device.split(":")[0]) + (
+            "" if args.batch == BATCH else f"_b{args.batch}")
         (docs / f"performance{tag}.json").write_text(json.dumps({"machine": host, "results": results}, indent=2)
                                                      + "\n")
         write_md(docs / f"performance{tag}.md", host, results, args)
@@ -295,7 +307,8 @@ def _mb(b: int) -> str:
 
 def write_md(path: Path, machine: str, results: list[dict], args) -> None:
     lines = ["# Performance of the metric products", "",
-             f"Produced by `python bench/metric_speed.py --device {args.device}` (batch {args.batch}, median of "
+             f"Produced by `python bench/metric_speed.py --device {args.device}"
+             f"{'' if args.batch == BATCH else f' --batch {args.batch}'}` (batch {args.batch}, median of "
              f"{args.repeats} after two warm-ups). Machine: {machine}. Inputs are random tensors of the data "
              "set's shape (the cost does not depend on the values).", "",
              "Time of each operation as a multiple of one forward+backward pass on the same batch, measured in the "
@@ -330,18 +343,21 @@ def write_md(path: Path, machine: str, results: list[dict], args) -> None:
               "A cached product holds the whole batch's linearisation (the VJP's saved activations) and the JVP's "
               "own activations on top; the micro-batch product holds one micro-batch's at a time (a quarter of the batch here), "
               "so its peak no longer grows with the batch size (`--micro-batch`, docs/scaling.md).", "",
-              "`--jvp auto` (the default) takes the transposed VJP on the CPU for networks without BatchNorm and "
-              "forward mode otherwise. In this run the faster `J u` was: "
+              "`--jvp auto` (the default) takes the transposed VJP for networks without BatchNorm and forward mode "
+              "otherwise, on every device (chosen from this bench's runs on the CPU and on an H200: "
+              "[performance.md](performance.md), [performance_cuda.md](performance_cuda.md)). In this run the faster "
+              "`J u` was: "
               + "; ".join(f"{r['model']} {'reverse' if r['ratio']['g·u, reverse J u'] < r['ratio']['g·u'] else 'forward'}"
                           for r in results)
-              + " (the ranking has changed between runs on this machine; earlier runs are in this file's history). "
-              "Neither mode reaches the 1.3× goal of issue 21 on every network. `torch.func.linearize` (a JVP that reuses the primal) was measured too: "
-              "its products cost 0.97× (MLP), 1.00× (LeNet-5), 1.31× (VGG11 w0.25) a forward+backward pass, but "
+              + " (on the CPU the ranking has changed between runs; earlier runs are in this file's history). "
+              "Neither mode reaches the 1.3× goal of issue 21 on every network. `torch.func.linearize` (a JVP that "
+              "reuses the primal) was measured too, on the CPU: its products cost 0.97× (MLP), 1.00× (LeNet-5), 1.31× (VGG11 w0.25) a forward+backward pass, but "
               "tracing it costs 33×, 12× and 8× one, once per step and micro-batch, more than it saves at "
               "`--cg-iters 5`.", "",
               "Where the seconds of a whole `sparsify` run go, next to prune + fine-tune at the same passes: "
               "[profile_sparsify.md](profile_sparsify.md) (`bench/profile_sparsify.py`); for the VGG11 filter removal, "
-              "[profile_sparsify_vgg.md](profile_sparsify_vgg.md) (`--case vgg`).", ""]
+              "[profile_sparsify_vgg.md](profile_sparsify_vgg.md) (`--case vgg`); on an H200, "
+              "[profile_sparsify_cuda.md](profile_sparsify_cuda.md) (`--device cuda`).", ""]
     path.write_text("\n".join(lines) + "\n")
 
 

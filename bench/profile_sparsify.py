@@ -1,6 +1,6 @@
 """Where the seconds of a whole ``sparsify`` run go, phase by phase, next to prune + fine-tune's.
 
-    python bench/profile_sparsify.py [--sparsity 0.9] [--case mlp|vgg] [--quick]
+    python bench/profile_sparsify.py [--sparsity 0.9] [--case mlp|vgg] [--device cpu|cuda] [--quick]
 
 Runs ``geopath sparsify`` on the shipped MNIST MLP three times — the defaults (saliency mask, settle by
 fine-tuning; ``--jvp auto`` is reverse mode on this MLP), the same with ``--jvp forward``, and the former path (``--criterion magnitude --settle
@@ -9,7 +9,9 @@ around each phase, then ``--method prune-finetune`` given exactly each run's sam
 same process, one after the other. Phases: the saliency estimate, building the metric (forward
 pass + VJP closure), metric products inside CG, the anchor's forward passes, the step's fault
 probe, the settle's SGD, evaluating recorded networks, BatchNorm re-estimation, checkpoint
-writes, and the rest (Python, the solver's vector algebra). Writes docs/profile_sparsify.{json,md};
+writes, and the rest (Python, the solver's vector algebra). On CUDA each phase ends with a
+``torch.cuda.synchronize()``, so its seconds are its own kernels' and not the next phase's. Writes
+docs/profile_sparsify.{json,md} (``_vgg`` for the VGG case, ``_cuda`` on a GPU);
 prints a one-line summary; exits 3 when a geodesic run takes more wall-clock than its prune +
 fine-tune peer at equal passes (issue 21's goal).
 """
@@ -44,6 +46,7 @@ CKPT = ROOT / "sample_checkpoints" / "mlp_mnist.safetensors"
 VGG_CKPT = ROOT / "sample_checkpoints" / "vgg11w025_cifar10.safetensors"
 TIMES: dict[str, float] = defaultdict(float)
 _STACK: list[list[float]] = []  # per active phase: the time spent in phases nested in it
+SYNC = [lambda: None]  # what ends a phase: torch.cuda.synchronize on CUDA (kernels run asynchronously)
 
 
 def timed(phase: str, fn):
@@ -55,6 +58,7 @@ def timed(phase: str, fn):
         try:
             return fn(*args, **kwargs)
         finally:
+            SYNC[0]()
             elapsed = time.perf_counter() - t0
             nested = _STACK.pop()[0]
             TIMES[phase] += elapsed - nested
@@ -99,18 +103,23 @@ def main() -> int:
     ap.add_argument("--work", default=str(ROOT / "bench" / "_work" / "profile"))
     ap.add_argument("--sparsity", type=float, default=0.9)
     ap.add_argument("--case", choices=["mlp", "vgg"], default="mlp")
+    ap.add_argument("--device", default="cpu")
     ap.add_argument("--quick", action="store_true", help="5,000 inputs and few steps (a smoke test, not a result)")
     args = ap.parse_args()
     instrument()
+    if args.device.startswith("cuda"):
+        import torch
+
+        SYNC[0] = torch.cuda.synchronize
     if args.case == "vgg":
         from vgg_filters import GEODESIC, LAYER
 
-        common = {"data_root": args.data_root, "checkpoint": VGG_CKPT, "data": "cifar10",
+        common = {"data_root": args.data_root, "device": args.device, "checkpoint": VGG_CKPT, "data": "cifar10",
                   "structured": f"{LAYER}:12", "train_eval_size": 0}
         variants = {"geodesic (bench/vgg_filters.py options)": dict(GEODESIC)}
         title = "the shipped width-0.25 VGG11, 12 of its 16 layer-1 filters removed, the 20k CIFAR-10 training images"
     else:
-        common = {"data_root": args.data_root, "sparsity": args.sparsity}
+        common = {"data_root": args.data_root, "device": args.device, "sparsity": args.sparsity}
         variants = {"geodesic (defaults)": {},
                     "geodesic (--jvp forward)": {"jvp": "forward"},
                     "geodesic (--criterion magnitude --settle geodesic)": {"criterion": "magnitude",
@@ -130,14 +139,16 @@ def main() -> int:
                      "peer_phases": peer_phases})
         print(json.dumps({"variant": name, "seconds": round(total, 1), "peer_seconds": round(peer_total, 1),
                           "epochs": round(summary["epochs"], 2)}), flush=True)
-    host = machine()
+    host = machine(None if args.device == "cpu" else args.device)
     ok = all(r["seconds"] <= r["peer_seconds"] for r in rows)
     if not args.quick:
         docs = Path(args.docs)
-        stem = "profile_sparsify" + ("_vgg" if args.case == "vgg" else "")
+        stem = ("profile_sparsify" + ("_vgg" if args.case == "vgg" else "")
+                + ("" if args.device == "cpu" else "_" + args.device.split(":")[0]))
         (docs / f"{stem}.json").write_text(json.dumps({"machine": host, "results": rows}, indent=2) + "\n")
         lines = ["# Where a sparsify run's seconds go", "",
-                 f"Produced by `python bench/profile_sparsify.py{' --case vgg' if args.case == 'vgg' else ''}` on "
+                 f"Produced by `python bench/profile_sparsify.py{' --case vgg' if args.case == 'vgg' else ''}"
+                 f"{'' if args.device == 'cpu' else ' --device ' + args.device}` on "
                  f"{host}: {title}, each geodesic run followed by prune + fine-tune "
                  "given exactly its sample passes, in the same process. Seconds per phase, each "
                  "without the phases nested in it (recording inside the fine-tuning counts as recording).", ""]

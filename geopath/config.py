@@ -259,7 +259,7 @@ class WalkOptions(CommonOptions):
     bn_samples: int = opt(2000, "Samples used to re-estimate BatchNorm statistics at every evaluated network.")
     jvp: JVPMode = opt(JVPMode.AUTO, "How a metric product computes J u: forward-mode AD, reverse: the transpose "
                                      "of the step's cached VJP (checked against forward mode once), or auto: reverse "
-                                     "on the CPU for networks without BatchNorm, else forward.")
+                                     "for networks without BatchNorm, else forward (the faster on CPU and CUDA).")
 
     ENDPOINTS_ANCHOR = False  # --anchor endpoints needs two endpoint networks (connect)
 

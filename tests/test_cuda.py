@@ -31,16 +31,25 @@ pytestmark = pytest.mark.skipif(DEVICE.startswith("cuda") and not torch.cuda.is_
 D = torch.float64
 
 
+def on(t: torch.Tensor, device: str) -> bool:
+    """Whether ``t`` lives on ``device``: ``cuda`` means any CUDA device, ``cuda:1`` that one (a tensor moved
+    ``.to("cuda")`` reports ``cuda:0``, which ``torch.device("cuda")`` does not equal)."""
+    want = torch.device(device)
+    return t.device.type == want.type and (want.index is None or t.device.index == want.index)
+
+
+@pytest.mark.parametrize("jvp_mode", ["forward", "reverse"])
 @pytest.mark.parametrize("bn_stats", ["batch", "running"])
-def test_metric_products_match_the_cpu(case, bn_stats):
+def test_metric_products_match_the_cpu(case, bn_stats, jvp_mode):
     model = case.make_model()
     space = ParamSpace.of(model)
     w, x = model_vector(model, space), case.inputs
     u = torch.randn(space.n, generator=torch.Generator().manual_seed(3), dtype=D)
-    cpu = MetricOperator(model, space, w, x, bn_stats=bn_stats)
-    gpu = MetricOperator(case.make_model().to(DEVICE), space, w.to(DEVICE), x.to(DEVICE), bn_stats=bn_stats)
+    cpu = MetricOperator(model, space, w, x, bn_stats=bn_stats, jvp_mode="forward")
+    gpu = MetricOperator(case.make_model().to(DEVICE), space, w.to(DEVICE), x.to(DEVICE), bn_stats=bn_stats,
+                         jvp_mode=jvp_mode)
     gu = gpu.matvec(u.to(DEVICE))
-    assert gu.device == torch.device(DEVICE)
+    assert on(gu, DEVICE) and gpu.jvp_mode.value == jvp_mode  # (reverse mode kept: it agreed with forward mode)
     torch.testing.assert_close(gu.cpu(), cpu.matvec(u), rtol=1e-10, atol=1e-12)
     c = [torch.randn_like(z) for z in cpu.logits]
     torch.testing.assert_close(gpu.rmatvec_outputs([t.to(DEVICE) for t in c]).cpu(), cpu.rmatvec_outputs(c),
@@ -71,9 +80,9 @@ def test_geodesic_step_matches_the_cpu(bn_case, target_kind):
     for device in ("cpu", DEVICE):
         model, space, w, chunks, z0, target = setup(device)
         info = geodesic_step(model, space, w, [MetricBatch(chunks, z0)], target, cfg)
-        assert info.theta.device == torch.device(device)
+        assert on(info.theta, device)
         landed = target.project(w + info.theta)
-        assert landed.device == torch.device(device) and float(target.distance(landed)) == 0.0
+        assert on(landed, device) and float(target.distance(landed)) == 0.0
         steps[device] = info
     torch.testing.assert_close(steps[DEVICE].theta.cpu(), steps["cpu"].theta, rtol=1e-8, atol=1e-10)
     assert steps[DEVICE].metric_length == pytest.approx(steps["cpu"].metric_length, rel=1e-8)
