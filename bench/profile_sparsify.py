@@ -1,19 +1,19 @@
 """Where the seconds of a whole ``sparsify`` run go, phase by phase, next to prune + fine-tune's.
 
-    python bench/profile_sparsify.py [--sparsity 0.9] [--case mlp|vgg] [--device cpu|cuda] [--quick]
+    python bench/profile_sparsify.py [--sparsity 0.9] [--case mlp|vgg] [--device cpu|cuda] [--repeats 3] [--quick]
 
-Runs ``geopath sparsify`` on the shipped MNIST MLP three times — the defaults (saliency mask, settle by
-fine-tuning; ``--jvp auto`` is reverse mode on this MLP), the same with ``--jvp forward``, and the former path (``--criterion magnitude --settle
-geodesic``) — with a timer
-around each phase, then ``--method prune-finetune`` given exactly each run's sample passes, in the
-same process, one after the other. Phases: the saliency estimate, building the metric (forward
-pass + VJP closure), metric products inside CG, the anchor's forward passes, the step's fault
-probe, the settle's SGD, evaluating recorded networks, BatchNorm re-estimation, checkpoint
-writes, and the rest (Python, the solver's vector algebra). On CUDA each phase ends with a
-``torch.cuda.synchronize()``, so its seconds are its own kernels' and not the next phase's. Writes
-docs/profile_sparsify.{json,md} (``_vgg`` for the VGG case, ``_cuda`` on a GPU);
-prints a one-line summary; exits 3 when a geodesic run takes more wall-clock than its prune +
-fine-tune peer at equal passes (issue 21's goal).
+Runs ``geopath sparsify`` on the shipped MNIST MLP in three variants — the defaults (saliency
+mask, settle by fine-tuning; ``--jvp auto`` is reverse mode on this MLP), the same with ``--jvp
+forward``, and the former path (``--criterion magnitude --settle geodesic``) — with a timer around
+each phase, each followed by ``--method prune-finetune`` given exactly that run's sample passes, in
+the same process; ``--repeats`` times in turn, the median run of each reported. Phases: the
+saliency estimate, building the metric (forward pass + VJP closure), metric products inside CG,
+the anchor's forward passes, the step's fault probe, the settle's SGD, evaluating recorded
+networks, BatchNorm re-estimation, checkpoint writes, and the rest (data loading, Python, the
+solver's vector algebra). On CUDA each phase ends with a ``torch.cuda.synchronize()``, so its
+seconds are its own kernels' and not the next phase's. Writes docs/profile_sparsify.{json,md}
+(``_vgg`` for the VGG case, ``_cuda`` on a GPU); prints a one-line summary; exits 3 when a
+geodesic variant's median run takes more wall-clock than its prune + fine-tune peer at equal passes (issue 21's goal).
 """
 
 from __future__ import annotations
@@ -92,8 +92,13 @@ def run(out: Path, checkpoint: Path = CKPT, data: str = "mnist", **options) -> t
     summary = sparsify_mod.run_sparsify(cfg)
     total = time.perf_counter() - t0
     phases = dict(TIMES)
-    phases["rest (Python, solver algebra, setup)"] = total - sum(phases.values())
+    phases["rest (data loading, Python, solver algebra, setup)"] = total - sum(phases.values())
     return summary, phases, total
+
+
+def median_run(runs: list[tuple[dict, dict[str, float], float]]) -> tuple[dict, dict[str, float], float]:
+    """The run with the median total (the lower middle one of an even number)."""
+    return sorted(runs, key=lambda r: r[2])[(len(runs) - 1) // 2]
 
 
 def main() -> int:
@@ -104,6 +109,8 @@ def main() -> int:
     ap.add_argument("--sparsity", type=float, default=0.9)
     ap.add_argument("--case", choices=["mlp", "vgg"], default="mlp")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--repeats", type=int, default=3, help="runs of each geodesic variant and its peer, "
+                    "interleaved; the median run of each is reported")
     ap.add_argument("--quick", action="store_true", help="5,000 inputs and few steps (a smoke test, not a result)")
     args = ap.parse_args()
     instrument()
@@ -129,14 +136,20 @@ def main() -> int:
     run(Path(args.work) / "warm-up", **{**common, "metric_size": 512, "eval_size": 256, "steps": 2,
                                         "settle_epochs": 0.1, "settle_steps": 2})  # first-call costs (lazy imports) out of the timings
     rows = []
+    repeats = 1 if args.quick else args.repeats
     for name, opts in variants.items():
         work = Path(args.work)
-        summary, phases, total = run(work / "geodesic", **{**common, **opts, **quick})
-        _, peer_phases, peer_total = run(work / "peer", **{**common, **quick}, method="prune-finetune",
-                                         finetune_epochs=summary["epochs"])
+        geo, peer = [], []
+        for _ in range(repeats):  # interleaved: a slow spell of the machine hits both alike
+            geo.append(run(work / "geodesic", **{**common, **opts, **quick}))
+            peer.append(run(work / "peer", **{**common, **quick}, method="prune-finetune",
+                            finetune_epochs=geo[-1][0]["epochs"]))
+        summary, phases, total = median_run(geo)
+        _, peer_phases, peer_total = median_run(peer)
         rows.append({"variant": name, "seconds": total, "phases": phases, "epochs": summary["epochs"],
                      "test_accuracy": summary["test_accuracy"], "peer_seconds": peer_total,
-                     "peer_phases": peer_phases})
+                     "peer_phases": peer_phases, "seconds_runs": [g[2] for g in geo],
+                     "peer_seconds_runs": [q[2] for q in peer]})
         print(json.dumps({"variant": name, "seconds": round(total, 1), "peer_seconds": round(peer_total, 1),
                           "epochs": round(summary["epochs"], 2)}), flush=True)
     host = machine(None if args.device == "cpu" else args.device)
@@ -150,13 +163,16 @@ def main() -> int:
                  f"Produced by `python bench/profile_sparsify.py{' --case vgg' if args.case == 'vgg' else ''}"
                  f"{'' if args.device == 'cpu' else ' --device ' + args.device}` on "
                  f"{host}: {title}, each geodesic run followed by prune + fine-tune "
-                 "given exactly its sample passes, in the same process. Seconds per phase, each "
+                 f"given exactly its sample passes, in the same process, {repeats} time(s) in turn; the run with "
+                 "the median total of each is shown. Seconds per phase, each "
                  "without the phases nested in it (recording inside the fine-tuning counts as recording).", ""]
         for r in rows:
             lines += [f"## {r['variant']}", "",
                       f"{r['epochs']:.2f} epochs of passes, test accuracy {r['test_accuracy']:.2%}: "
                       f"**{r['seconds']:.1f} s**, prune + fine-tune at the same passes **{r['peer_seconds']:.1f} s** "
-                      f"({r['seconds'] / r['peer_seconds']:.2f}×).", "",
+                      f"({r['seconds'] / r['peer_seconds']:.2f}×; every run: geodesic "
+                      + ", ".join(f"{t:.1f}" for t in r["seconds_runs"]) + " s, prune + fine-tune "
+                      + ", ".join(f"{t:.1f}" for t in r["peer_seconds_runs"]) + " s).", "",
                       "| phase | geodesic s | share | prune + fine-tune s |", "|---|---:|---:|---:|"]
             for phase in sorted(set(r["phases"]) | set(r["peer_phases"]), key=lambda p: -r["phases"].get(p, 0)):
                 g, p = r["phases"].get(phase, 0.0), r["peer_phases"].get(phase, 0.0)

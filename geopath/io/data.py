@@ -140,13 +140,14 @@ def _read_cifar_batches(folder: Path, kind: str, split: str) -> tuple[np.ndarray
 def _normalise(x: np.ndarray, preprocess: str, mean=None, std=None) -> tuple[torch.Tensor, str]:
     """uint8 images (N×H×W, NHWC or NCHW) → float N×C×H×W: x/255, then ``preprocess``'s mean and std
     (``mean``, ``std``: the set's own, for ``dataset``). Returns the inputs and the preprocessing applied."""
-    t = torch.from_numpy(np.array(x, copy=True)).float().div_(255.0)
+    x = np.asarray(x)
+    t = torch.from_numpy(x if x.flags.writeable else x.copy()).to(torch.float32, copy=True).div_(255.0)
     if t.ndim == 3:
         t = t.unsqueeze(1)
     elif t.ndim == 4 and t.shape[-1] in (1, 3) and t.shape[1] not in (1, 3):
         t = t.permute(0, 3, 1, 2).contiguous()
     stats = _stats(preprocess, int(t.shape[1]), mean, std)
-    return standardise(t, stats), _stated(stats)
+    return standardise(t, stats, inplace=True), _stated(stats)
 
 
 def _mnist_like(name: str, split: str, root: Path, download: bool) -> tuple[np.ndarray, np.ndarray] | None:

@@ -32,11 +32,14 @@ def image_mode(path: Path) -> tuple[int, tuple[int, int]]:
         raise DataError(f"{path}: not a readable image ({str(e).splitlines()[0] if str(e) else ''})") from None
 
 
-def standardise(x: torch.Tensor, stats: tuple[tuple, tuple] | None) -> torch.Tensor:
-    """``(x − mean) / std`` per channel of an ``N×C×H×W`` batch (``stats``: (mean, std); None: ``x``)."""
+def standardise(x: torch.Tensor, stats: tuple[tuple, tuple] | None, inplace: bool = False) -> torch.Tensor:
+    """``(x − mean) / std`` per channel of an ``N×C×H×W`` batch (``stats``: (mean, std); None: ``x``).
+
+    ``inplace`` overwrites ``x`` (the same numbers, without two more copies of a whole data set)."""
     if stats is None:
         return x
-    return (x - torch.tensor(stats[0]).view(1, -1, 1, 1)) / torch.tensor(stats[1]).view(1, -1, 1, 1)
+    mean, std = torch.tensor(stats[0]).view(1, -1, 1, 1), torch.tensor(stats[1]).view(1, -1, 1, 1)
+    return x.sub_(mean).div_(std) if inplace else (x - mean) / std
 
 
 class ImageFiles:

@@ -36,3 +36,36 @@ def test_warmup_rises_linearly_then_decays_by_cosine_over_the_rest():
 def test_warmup_outside_zero_one_is_refused(bad):
     with pytest.raises(ValueError, match="warmup"):
         _rates(4, bad)
+
+
+def test_masked_weights_stay_zero_and_a_new_mask_reaches_parameters_the_old_one_spared():
+    """``train`` keeps every masked weight at exactly zero; a ``remask`` that masks weights of a parameter
+    the first mask left whole takes effect there too (the per-parameter factors are rebuilt per mask)."""
+    from geopath.core.dataset import Dataset
+    from geopath.core.params import ParamSpace, model_vector
+    from geopath.core.train import train
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    space = ParamSpace.of(model)
+    ds = Dataset(torch.randn(64, 4), torch.randint(0, 3, (64,)), "toy", "train")
+    first = torch.zeros(space.n, dtype=torch.bool)
+    first[:10] = True  # some weights of the first layer only
+    second = first.clone()
+    second[-5:] = True  # and the last layer's bias
+    start = model_vector(model, space)
+    seen = []
+
+    def remask(step):
+        return second if step == 3 else None
+
+    def on_step(step, passes):
+        w = model_vector(model, space)
+        seen.append((step, bool((w[first] == 0).all()), bool((w[second] == 0).all())))
+
+    train(model, ds, epochs=1.0, batch_size=8, lr=0.1, mask=first, remask=remask, on_step=on_step)
+    assert all(ok_first for _, ok_first, _ in seen)
+    assert [ok for step, _, ok in seen if step > 3] and all(ok for step, _, ok in seen if step > 3)
+    assert not all(ok for step, _, ok in seen if step <= 3)  # the last bias was live before the new mask
+    w = model_vector(model, space)
+    assert bool((w[~second] != start[~second]).any())  # the free weights trained
