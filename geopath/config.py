@@ -316,7 +316,8 @@ class SparsifyConfig(WalkOptions):
     settle_anchor: Anchor | None = opt(None, "The anchor of geodesic settle steps (e.g. labels).",
                                        default_help="--anchor")
     settle_epochs: float = opt(2.5, "Epochs of masked SGD after landing (--settle finetune or distill).")
-    settle_lr: float = opt(0.1, "Learning rate of --settle finetune/distill (SGD, momentum 0.9, cosine decay).")
+    settle_lr: float | None = opt(None, "Learning rate of --settle finetune/distill (SGD, momentum 0.9, cosine "
+                                        "decay).", default_help="0.1; 0.05 with --structured")
     settle_warmup: float = opt(0.0, SETTLE_WARMUP_HELP)
     settle_average: float = opt(0.0, SETTLE_AVERAGE_HELP)
     settle_holdout: float = opt(0.0, SETTLE_HOLDOUT_HELP)
@@ -562,7 +563,7 @@ def _positive_or_none(cfg, name):
 
 
 def _settle_checks(cfg) -> None:
-    if not cfg.settle_epochs >= 0 or not cfg.settle_lr > 0:
+    if not cfg.settle_epochs >= 0 or (cfg.settle_lr is not None and not cfg.settle_lr > 0):
         raise UsageError("--settle-epochs must be ≥ 0 and --settle-lr > 0")
     if not 0.0 <= cfg.settle_warmup < 1.0:
         raise UsageError(f"--settle-warmup must be in [0, 1), got {cfg.settle_warmup}")

@@ -96,6 +96,14 @@ def default_max_steps(cfg: SparsifyConfig) -> int:
     return 3 * cfg.steps
 
 
+def default_settle_lr(cfg: SparsifyConfig) -> float:
+    """The training settle's learning rate when ``--settle-lr`` is not given: 0.1 for unstructured sparsity, 0.05
+    when whole units go (``--structured``). Measured (docs/method.md): 0.1 gains on every unstructured suite
+    network and on VGG11 at 90 %; with whole units removed 0.05 is ahead on VGG11's filter removal by 1.75
+    points and on two of three MLPs (by 0.04 and 0.52; 0.05 behind on the third)."""
+    return 0.05 if parse_structured(cfg.structured) else 0.1
+
+
 def build_target(cfg: SparsifyConfig, model, space: ParamSpace, w0: torch.Tensor,
                  example: torch.Tensor | None = None, scores: torch.Tensor | None = None) -> Target:
     """The sparse hyperplane: whole units of ``--structured`` layers (their channels traced through the
@@ -142,6 +150,8 @@ class Sparsify(job.Job):
         step_size = cfg.step_size or job.default_step_size(target.distance(w0), cfg.steps, STEP_SCALE)
         if cfg.method is SparsifyMethod.GEODESIC:  # (a peer's config records no step it does not take)
             cfg = dataclasses.replace(cfg, step_size=step_size, max_steps=max_steps)
+            if cfg.settle is not Settle.GEODESIC and cfg.settle_lr is None:  # (geodesic settle steps read no lr)
+                cfg = dataclasses.replace(cfg, settle_lr=default_settle_lr(cfg))
         cfg = dataclasses.replace(cfg, data=data_name, eval_data=job.recorded(cfg.eval_data),
                                   normalize=metric_data.preprocess, arch=ck.arch, arch_kwargs=ck.arch_kwargs,
                                   checkpoint=str(ck.path.resolve()))

@@ -407,6 +407,33 @@ def test_default_approach_length_follows_the_settle():
     assert default_max_steps(cfg(settle_epochs=0.0)) == 60  # no settle to give the passes to
 
 
+def test_default_settle_lr_is_lower_when_whole_units_go():
+    from geopath.config import SparsifyConfig
+    from geopath.jobs.sparsify import default_settle_lr
+
+    assert default_settle_lr(SparsifyConfig(checkpoint="x", out="o", sparsity=0.9)) == 0.1
+    assert default_settle_lr(SparsifyConfig(checkpoint="x", out="o", structured="layers.0:100")) == 0.05
+
+
+@needs_mnist
+@pytest.mark.parametrize("target, settle, lr", [
+    (["--sparsity", "0.9"], ["--settle-epochs", "0.05"], 0.1),
+    (["--structured", "layers.0:100"], ["--settle-epochs", "0.05"], 0.05),
+    (["--sparsity", "0.9"], ["--settle-epochs", "0.05", "--settle-lr", "0.02"], 0.02),
+    (["--sparsity", "0.9"], ["--settle", "geodesic", *SETTLE_STEPS], None)])
+def test_resolved_settle_lr_is_recorded_and_replays(tmp_path, target, settle, lr):
+    """The settle's learning rate the run used is in its config.yaml (none for geodesic settle steps, which read
+    none), and that config runs again as it is."""
+    out = tmp_path / "run"
+    r = geopath("sparsify", str(SAMPLE), *target, "--out", str(out), *FAST, *settle)
+    assert r.returncode == 0, r.stderr
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["settle_lr"] == lr
+    again = geopath("sparsify", "--config", str(out / "config.yaml"), "--out", str(tmp_path / "again"))
+    assert again.returncode == 0, again.stderr
+    assert yaml.safe_load((tmp_path / "again" / "config.yaml").read_text())["settle_lr"] == lr
+
+
 @needs_mnist
 def test_default_approach_length_is_recorded(tmp_path):
     """A run without --max-steps records the approach length it resolved, and walks no further before landing."""
