@@ -26,8 +26,8 @@ class JVPMode(str, Enum):
     """Transpose the cached VJP (the VJP of ``c ↦ Jᵀc``): one extra backward graph per step, no forward pass
     per product; needs twice-differentiable layers (falls back to ``forward`` otherwise)."""
     AUTO = "auto"
-    """``reverse`` on the CPU for networks without BatchNorm, ``forward`` otherwise: the faster of the two as
-    measured (docs/performance.md)."""
+    """``reverse`` for networks without BatchNorm, ``forward`` otherwise, on every device: the faster of the two
+    as measured (docs/performance.md, docs/performance_cuda.md; :func:`geopath.core.metric.resolve_jvp_mode`)."""
 
 
 class BNStats(str, Enum):
