@@ -671,13 +671,19 @@ def _legacy(cls, values: dict[str, Any]) -> dict[str, Any]:
     """Keys changed since 0.1.0: ``method: steihaug|multiplier`` is now ``solver``; ``lr`` is a peers' option
     and a job without peers (transition), whose runs recorded it unused, drops it; a connect run recorded
     before ``path`` existed walked (the default is now ``relax``); a sparsify or merge peer's run recorded the
-    geodesic's resolved ``step_size`` and ``max_steps`` unread (now refused), so its config drops them."""
+    geodesic's resolved ``step_size`` and ``max_steps`` unread (now refused), so its config drops them; a sparsify
+    run that read no ``settle_lr`` (a peer, or geodesic settle steps) recorded its former default, dropped too."""
     if "lr" in values and "lr" not in {f.name for f in fields(cls)}:
         values = {k: v for k, v in values.items() if k != "lr"}
     recorded = {"step_size", "max_steps", "arch"} <= set(values)  # a run's config.yaml: every option, resolved
-    if (recorded and getattr(cls, "JOB", None) in ("sparsify", "merge")
-            and values.get("method") not in (None, registry.GEODESIC, *(m.value for m in TRMethod))):
+    peer = values.get("method") not in (None, registry.GEODESIC, *(m.value for m in TRMethod))
+    if recorded and getattr(cls, "JOB", None) in ("sparsify", "merge") and peer:
         values = {k: v for k, v in values.items() if k not in ("step_size", "max_steps")}
+    if (recorded and getattr(cls, "JOB", None) == "sparsify" and values.get("settle_lr") is not None
+            and (peer or values.get("settle") == Settle.GEODESIC.value)):
+        # runs before --settle-lr's default became per target recorded that default (0.05 or 0.1), unread by a
+        # peer and by geodesic settle steps
+        values = {k: v for k, v in values.items() if k != "settle_lr"}
     if "checkpoint_b" in values and "step_size" in values and "path" not in values and "relax_epochs" in {
             f.name for f in fields(cls)}:
         # a connect run recorded before --path existed (its config holds every option): it walked

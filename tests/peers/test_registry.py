@@ -285,6 +285,26 @@ def test_a_peer_config_recorded_with_the_geodesics_resolved_steps_still_replays(
         resolve(SparsifyConfig, {}, {**SPARSIFY, "method": "prune-finetune", "step_size": 0.02})
 
 
+@pytest.mark.parametrize("method, settle", [("prune-finetune", "finetune"), ("distill", "finetune"),
+                                            ("geodesic", "geodesic")])
+def test_a_config_recorded_with_the_former_settle_lr_default_still_replays(method, settle):
+    """Runs recorded --settle-lr's former default (0.1, and 0.05 before it) also where they did not read it (a
+    peer; geodesic settle steps): such a config.yaml replays, while the same option given by hand is refused."""
+    every = {f.name: getattr(f.default, "value", f.default) for f in dataclasses.fields(SparsifyConfig)}
+    for old_default in (0.1, 0.05):
+        old = {**every, **SPARSIFY, "method": method, "settle": settle, "arch": "mlp", "settle_lr": old_default,
+               "step_size": None if method != "geodesic" else 0.02, "max_steps": None if method != "geodesic" else 150}
+        if settle == "geodesic":
+            old["criterion"] = "magnitude"
+        assert resolve(SparsifyConfig, old, {}).settle_lr is None
+    with pytest.raises(UsageError, match="--settle-lr: not read by this run"):
+        resolve(SparsifyConfig, {}, {**SPARSIFY, "method": method, "settle": settle, "settle_lr": 0.1})
+    # a geodesic run that settled by training read it: its value replays as recorded
+    kept = {**every, **SPARSIFY, "arch": "mlp", "settle_lr": 0.1, "step_size": 0.02, "max_steps": 150,
+            "criterion": "magnitude"}
+    assert resolve(SparsifyConfig, kept, {}).settle_lr == 0.1
+
+
 def test_criterion_auto_is_for_one_shot_rankings():
     """--criterion auto chooses between two one-shot rankings: the geodesic's default, open to the one-shot
     magnitude peers; refused by the peers that re-rank by magnitude as they go and by obd (saliency by definition)."""
