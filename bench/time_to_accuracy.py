@@ -17,30 +17,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import sys
-import time
 from pathlib import Path
 
-from _common import ROOT, add_common_args, machine  # noqa: E402 (bench/ is on sys.path when run as a script)
+import profile_sparsify  # its run(): one whole sparsify run, timed (bench/ is on sys.path when run as a script)
+from _common import add_common_args, machine
 
-sys.path.insert(0, str(ROOT))
-
-from geopath.config import SparsifyConfig  # noqa: E402
-from geopath.jobs.sparsify import run_sparsify  # noqa: E402
-
-CKPT = ROOT / "sample_checkpoints" / "mlp_mnist.safetensors"
 PEERS = ("prune-finetune", "gradual")
 LRS = (0.05, 0.1)
 
 
 def timed_run(out: Path, **options) -> tuple[float, float, float]:
-    """(test accuracy, epochs of passes, seconds) of one sparsify run."""
-    shutil.rmtree(out, ignore_errors=True)
-    t0 = time.perf_counter()
-    s = run_sparsify(SparsifyConfig(checkpoint=str(CKPT), out=str(out), data="mnist", **options).validate())
-    return float(s["test_accuracy"]), float(s["epochs"]), time.perf_counter() - t0
+    """(test accuracy, epochs of passes, seconds) of one sparsify run of the shipped MNIST MLP."""
+    summary, _, seconds = profile_sparsify.run(out, **options)
+    return float(summary["test_accuracy"]), float(summary["epochs"]), seconds
 
 
 def seconds_to_reach(points: list[dict], accuracy: float) -> float | None:

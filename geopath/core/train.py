@@ -67,25 +67,21 @@ def train(
     model.to(device)
     comm = distributed.current()
     space = ParamSpace.of(model)
-    free = None
     named = dict(model.named_parameters())
-
     kept: list[tuple[torch.Tensor, torch.Tensor]] = []  # (parameter, its 0/1 keep factors) where some are masked
 
-    def set_free(new_free: torch.Tensor | None) -> None:
-        """Which weights may be non-zero (once per mask: no per-step scan of the whole mask)."""
-        nonlocal free
-        free = new_free
+    def set_mask(new_mask: torch.Tensor) -> None:
+        """The weights that must stay zero (read once per mask: no per-step scan of the whole mask)."""
         kept.clear()
-        if free is not None:
-            for name, keep in zip(space.names, torch.split(free, space.numels)):
-                if not bool(keep.all()):
-                    p = named[name]
-                    kept.append((p, keep.view_as(p).to(p.dtype)))
+        for name, keep in zip(space.names, torch.split((~new_mask.bool()).to(device), space.numels)):
+            if not bool(keep.all()):
+                p = named[name]
+                kept.append((p, keep.view_as(p).to(p.dtype)))
 
     @torch.no_grad()
     def apply_mask() -> None:
-        """Masked weights to zero, parameter by parameter in place (no flat copy of the whole network)."""
+        """Masked weights to zero, parameter by parameter in place (no flat copy of the whole network); nothing
+        without a mask."""
         for p, keep in kept:
             p.mul_(keep)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -102,8 +98,8 @@ def train(
     sched = _schedule(opt, total_steps, warmup)
     gen = torch.Generator().manual_seed(seed)
     step, passes, last_loss = 0, 0, float("nan")
-    set_free(None if mask is None else (~mask.bool()).to(device))
-    if free is not None:
+    if mask is not None:
+        set_mask(mask)
         apply_mask()
     while step < total_steps:
         model.train()
@@ -116,7 +112,7 @@ def train(
             if remask is not None:
                 new_mask = remask(step)
                 if new_mask is not None:
-                    set_free((~new_mask.bool()).to(device))
+                    set_mask(new_mask)
                     apply_mask()
             opt.zero_grad(set_to_none=True)
             if comm.world == 1:
@@ -133,8 +129,7 @@ def train(
                 _check_finite(total, step)
             opt.step()
             sched.step()
-            if free is not None:
-                apply_mask()
+            apply_mask()
             step += 1
             passes += len(y)
             last_loss = loss

@@ -104,6 +104,14 @@ def default_settle_lr(cfg: SparsifyConfig) -> float:
     return 0.05 if parse_structured(cfg.structured) else 0.1
 
 
+def settle_lr_of(cfg: SparsifyConfig) -> float | None:
+    """The settle learning rate a geodesic run uses and records: ``--settle-lr``, else :func:`default_settle_lr`;
+    none before geodesic settle steps (they read no learning rate)."""
+    if cfg.settle is Settle.GEODESIC:
+        return cfg.settle_lr
+    return cfg.settle_lr if cfg.settle_lr is not None else default_settle_lr(cfg)
+
+
 def build_target(cfg: SparsifyConfig, model, space: ParamSpace, w0: torch.Tensor,
                  example: torch.Tensor | None = None, scores: torch.Tensor | None = None) -> Target:
     """The sparse hyperplane: whole units of ``--structured`` layers (their channels traced through the
@@ -149,9 +157,7 @@ class Sparsify(job.Job):
         max_steps = cfg.max_steps or default_max_steps(cfg)
         step_size = cfg.step_size or job.default_step_size(target.distance(w0), cfg.steps, STEP_SCALE)
         if cfg.method is SparsifyMethod.GEODESIC:  # (a peer's config records no step it does not take)
-            cfg = dataclasses.replace(cfg, step_size=step_size, max_steps=max_steps)
-            if cfg.settle is not Settle.GEODESIC and cfg.settle_lr is None:  # (geodesic settle steps read no lr)
-                cfg = dataclasses.replace(cfg, settle_lr=default_settle_lr(cfg))
+            cfg = dataclasses.replace(cfg, step_size=step_size, max_steps=max_steps, settle_lr=settle_lr_of(cfg))
         cfg = dataclasses.replace(cfg, data=data_name, eval_data=job.recorded(cfg.eval_data),
                                   normalize=metric_data.preprocess, arch=ck.arch, arch_kwargs=ck.arch_kwargs,
                                   checkpoint=str(ck.path.resolve()))
