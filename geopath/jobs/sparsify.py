@@ -100,7 +100,7 @@ def default_settle_lr(cfg: SparsifyConfig) -> float:
     """The training settle's learning rate when ``--settle-lr`` is not given: 0.1 for unstructured sparsity, 0.05
     when whole units go (``--structured``). Measured (docs/method.md): 0.1 gains on every unstructured suite
     network and on VGG11 at 90 %; with whole units removed 0.05 is ahead on VGG11's filter removal by 1.75
-    points and on two of three MLPs (by 0.04 and 0.52; 0.05 behind on the third)."""
+    points and on two of three MLPs (by 0.04 and 0.51; 0.05 behind on the third: bench/settle_lr_structured.py)."""
     return 0.05 if parse_structured(cfg.structured) else 0.1
 
 
