@@ -258,8 +258,10 @@ class WalkOptions(CommonOptions):
                                            "with fresh running statistics) or the stored running statistics.")
     bn_samples: int = opt(2000, "Samples used to re-estimate BatchNorm statistics at every evaluated network.")
     jvp: JVPMode = opt(JVPMode.AUTO, "How a metric product computes J u: forward-mode AD, reverse: the transpose "
-                                     "of the step's cached VJP (checked against forward mode once), or auto: reverse "
-                                     "for networks without BatchNorm, else forward (the faster on CPU and CUDA).")
+                                     "of the step's cached VJP (checked against forward mode once), layerwise: each "
+                                     "layer's own rule on the graph torch.fx traces (checked against torch.func once; "
+                                     "a network it cannot follow uses reverse or forward), or auto: reverse for "
+                                     "networks without BatchNorm, else forward.")
 
     ENDPOINTS_ANCHOR = False  # --anchor endpoints needs two endpoint networks (connect)
 

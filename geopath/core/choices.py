@@ -25,6 +25,11 @@ class JVPMode(str, Enum):
     REVERSE = "reverse"
     """Transpose the cached VJP (the VJP of ``c ↦ Jᵀc``): one extra backward graph per step, no forward pass
     per product; needs twice-differentiable layers (falls back to ``forward`` otherwise)."""
+    LAYERWISE = "layerwise"
+    """Each layer's own rule on the network's graph traced by torch.fx (:mod:`geopath.core.layerwise`):
+    ``nn.Linear`` and ``nn.Conv2d`` by hand, other nodes through torch.func one at a time; no forward pass
+    per product. Checked against torch.func once per network; a network it cannot follow uses ``reverse``
+    (no BatchNorm) or ``forward``."""
     AUTO = "auto"
     """``reverse`` for networks without BatchNorm, ``forward`` otherwise, on every device: the faster of the two
     as measured (docs/performance.md, docs/performance_cuda.md; :func:`geopath.core.metric.resolve_jvp_mode`)."""

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, jvp, vjp
 
-from geopath.core import distributed
+from geopath.core import distributed, layerwise
 from geopath.core.params import ParamSpace, buffers_of
 from geopath.core.operators import LinearOperator
 from geopath.core.choices import BNStats, JVPMode, MetricKind
@@ -136,11 +136,38 @@ def resolve_jvp_mode(mode: JVPMode | str, model: nn.Module) -> JVPMode:
     mode = JVPMode(mode)
     if mode is not JVPMode.AUTO:
         return mode
+    return _torch_func_mode(model)
+
+
+def _torch_func_mode(model: nn.Module) -> JVPMode:
+    """The faster torch.func product for ``model`` (``auto``'s choice, and where ``layerwise`` cannot go)."""
     return JVPMode.FORWARD if has_batchnorm(model) else JVPMode.REVERSE
 
 
 # per network: whether reverse-mode J u agreed with forward mode (checked once per process)
 _REVERSE_CHECKED: "weakref.WeakKeyDictionary[nn.Module, bool]" = weakref.WeakKeyDictionary()
+# per network: whether its layerwise plan's outputs, J u and Jᵀc agreed with torch.func (checked once per process)
+_LAYERWISE_CHECKED: "weakref.WeakKeyDictionary[nn.Module, bool]" = weakref.WeakKeyDictionary()
+CHECK_RTOL = 1e-4  # the largest difference a checked product may have, relative to its largest entry
+
+
+def _close(got: torch.Tensor, exact: torch.Tensor) -> bool:
+    scale = float(exact.abs().max()) + 1e-30
+    return bool(torch.isfinite(got).all()) and float((got - exact).abs().max()) <= CHECK_RTOL * scale
+
+
+def _layerwise_agrees(lin: "layerwise.Linearised", f, params: dict, space: ParamSpace) -> bool:
+    """Whether ``lin`` (one micro-batch's layerwise linearisation) gives torch.func's outputs, ``J u`` and
+    ``Jᵀc`` for a random ``u`` and ``c`` (a plan that misreads the graph differs in at least one)."""
+    logits, vjp_fn = vjp(f, params)
+    if lin.logits.shape != logits.shape or not _close(lin.logits, logits):
+        return False
+    gen = torch.Generator().manual_seed(0)
+    u = space.unflatten(torch.randn(space.n, generator=gen, dtype=logits.dtype).to(logits.device))
+    c = torch.randn(logits.shape, generator=gen, dtype=logits.dtype).to(logits.device)
+    ju = jvp(f, (params,), (u,))[1]
+    jtc = space.flatten(vjp_fn(c)[0])
+    return _close(lin.jvp(u), ju) and _close(space.flatten(lin.vjp(c)), jtc)
 
 
 class MetricOperator(LinearOperator):
@@ -174,6 +201,10 @@ class MetricOperator(LinearOperator):
         self.bn_stats = BNStats(bn_stats)
         self.cache = cache
         self.jvp_mode = resolve_jvp_mode(jvp_mode, model) if cache else JVPMode.FORWARD
+        plan = layerwise.plan(model, space) if self.jvp_mode is JVPMode.LAYERWISE else None
+        if self.jvp_mode is JVPMode.LAYERWISE and (plan is None or _LAYERWISE_CHECKED.get(model) is False):
+            self.jvp_mode = _torch_func_mode(model)  # a network the plan cannot follow
+        self._linearised: list[layerwise.Linearised] = []  # per micro-batch (jvp_mode layerwise)
         self._transposed: list = []  # per micro-batch: u ↦ J u, the VJP of the cached VJP (jvp_mode reverse)
         self.comm = comm or distributed.current()
         self.micro_batches = [x for x in ([inputs] if isinstance(inputs, torch.Tensor) else inputs) if len(x)]
@@ -185,6 +216,13 @@ class MetricOperator(LinearOperator):
         self.buffers = buffers_of(model)
         self._logits, self._vjps = [], []
         with metric_mode(model, self.bn_stats):
+            if self.jvp_mode is JVPMode.LAYERWISE:
+                self._linearised = [self._linearise(plan, x) for x in self.micro_batches]
+                if all(lin is not None for lin in self._linearised):
+                    self._logits = [lin.logits for lin in self._linearised]
+                    self._vjps = [lambda c, lin=lin: (lin.vjp(c),) for lin in self._linearised]
+                    return
+                self._linearised, self.jvp_mode = [], _torch_func_mode(model)
             for x in self.micro_batches:
                 if cache:
                     logits, vjp_fn = vjp(self._f(x), self.params)
@@ -193,6 +231,19 @@ class MetricOperator(LinearOperator):
                     with torch.no_grad():
                         logits = self._f(x)(self.params)
                 self._logits.append(logits.detach())
+
+    def _linearise(self, plan: "layerwise.Plan", x: torch.Tensor) -> "layerwise.Linearised | None":
+        """Micro-batch ``x``'s layerwise linearisation; the first one of a network is checked against torch.func,
+        and a network whose plan fails (or cannot run on ``x``) uses torch.func's products from then on."""
+        try:
+            lin = plan.linearise(self.params, self.buffers, x)
+            ok = _LAYERWISE_CHECKED.get(self.model)
+            if ok is None:
+                ok = _LAYERWISE_CHECKED[self.model] = _layerwise_agrees(lin, self._f(x), self.params, self.space)
+        except (layerwise.Unsupported, RuntimeError):
+            lin, ok = None, False
+            _LAYERWISE_CHECKED[self.model] = False
+        return lin if ok else None
 
     def _f(self, x):
         def f(params):
@@ -222,6 +273,8 @@ class MetricOperator(LinearOperator):
         network is used in reverse mode its ``J u`` is checked against forward mode (once per network and
         process, :data:`_REVERSE_CHECKED`); a layer without a second derivative, or one whose backward is
         not differentiable (a silent zero), sends that network to forward mode for good."""
+        if self.jvp_mode is JVPMode.LAYERWISE:
+            return self._linearised[i].jvp(tangent)
         ok = _REVERSE_CHECKED.get(self.model)
         ju = self._reverse_jvp(i, tangent) if self.jvp_mode is JVPMode.REVERSE and ok is not False else None
         if ju is not None and ok:

@@ -1,0 +1,241 @@
+"""Layerwise metric products (``--jvp layerwise``) against explicit Jacobians (torch.func.jacrev), float64."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from geopath.core import layerwise
+from geopath.core.metric import _LAYERWISE_CHECKED, MetricOperator, metric_mode
+from geopath.core.params import ParamSpace, buffers_of, model_vector
+from geopath.io.archs import MLP
+from tests.conftest import TinyBNNet
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+D = torch.float64
+
+
+class ModuleChain(nn.Sequential):
+    def __init__(self):
+        super().__init__(nn.Flatten(), nn.Linear(6, 5, bias=False), nn.Tanh(), nn.Dropout(0.5), nn.Linear(5, 4),
+                         nn.GELU(), nn.Linear(4, 3))
+
+
+class ConvNet(nn.Module):
+    """Strides, padding, dilation, groups, pooling modules and functions, a conv without bias."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(2, 4, 3, stride=2, padding=1)
+        self.b = nn.Conv2d(4, 4, 2, dilation=2, groups=2, bias=False)
+        self.pool = nn.AvgPool2d(1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = F.max_pool2d(torch.sigmoid(self.a(x)), 2, stride=1)
+        return self.fc(self.pool(F.elu(self.b(h))).flatten(1))
+
+
+class Residual(nn.Module):
+    """Input preprocessing without weights, a skip connection, a layer read twice."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 3)
+
+    def forward(self, x):
+        x = x * 2.0 - 1.0
+        h = self.a(x)
+        h = h + torch.relu(self.b(h)) * h
+        return self.c(h)
+
+
+class VGGLike(nn.Sequential):
+    """BatchNorm (2-D and 1-D, one without affine parameters), pooling modules with overlapping windows."""
+
+    def __init__(self):
+        super().__init__(nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.MaxPool2d(3, stride=2),
+                         nn.Conv2d(3, 2, 1, bias=False), nn.BatchNorm2d(2, affine=False), nn.Flatten(),
+                         nn.BatchNorm1d(8), nn.Linear(8, 3))
+        with torch.no_grad():  # running statistics and affine parameters that are not the identity
+            for i, m in enumerate(self.modules()):
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.running_mean.uniform_(-0.3, 0.3, generator=torch.Generator().manual_seed(i))
+                    m.running_var.uniform_(0.5, 1.5, generator=torch.Generator().manual_seed(i))
+                    if m.affine:
+                        m.weight.uniform_(0.5, 1.5, generator=torch.Generator().manual_seed(i))
+                        m.bias.uniform_(-0.2, 0.2, generator=torch.Generator().manual_seed(i))
+
+
+def _frozen_mlp():
+    m = MLP(in_features=6, hidden=(4,), num_classes=3)
+    m.layers[0].bias.requires_grad_(False)
+    return m
+
+
+NETS = {  # name: (factory, per-sample input shape)
+    "mlp": (lambda: MLP(in_features=6, hidden=(5, 4), num_classes=3), (6,)),
+    "modules": (ModuleChain, (2, 3)),
+    "conv": (ConvNet, (2, 8, 8)),
+    "batchnorm": (TinyBNNet, (1, 4, 4)),
+    "vgg-like": (VGGLike, (2, 5, 5)),
+    "residual": (Residual, (4,)),
+    "frozen": (_frozen_mlp, (6,)),
+}
+
+
+def _setup(name):
+    factory, shape = NETS[name]
+    torch.manual_seed(0)
+    model = factory().to(D)
+    space = ParamSpace.of(model)
+    x = torch.randn(5, *shape, generator=torch.Generator().manual_seed(1), dtype=D)
+    return model, space, model_vector(model, space), x
+
+
+@pytest.mark.parametrize("name", sorted(NETS))
+def test_products_equal_the_dense_jacobian(name, dense_jacobian, rng):
+    """``J u`` and ``Jᵀ c`` of a linearisation, and the operator's ``JᵀJ``, against ``jacrev``."""
+    model, space, w, x = _setup(name)
+    plan = layerwise.plan(model, space)
+    assert plan is not None
+    J = dense_jacobian(model, space, w, x).reshape(-1, space.n)
+    assert J.abs().max() > 1e-2
+    with metric_mode(model, "batch"):  # (products run in the mode of their linearisation, as the operator's do)
+        lin = plan.linearise(space.unflatten(w), buffers_of(model), x)
+        expected = model(x)
+        torch.testing.assert_close(lin.logits, expected, rtol=0, atol=1e-12)
+        for _ in range(2):
+            u = torch.randn(space.n, generator=rng, dtype=D)
+            c = torch.randn(expected.shape, generator=rng, dtype=D)
+            torch.testing.assert_close(lin.jvp(space.unflatten(u)).reshape(-1), J @ u, rtol=0, atol=1e-10)
+            torch.testing.assert_close(space.flatten(lin.vjp(c)), J.T @ c.reshape(-1), rtol=0, atol=1e-10)
+    G = MetricOperator(model, space, w, list(torch.split(x, 3)), jvp_mode="layerwise")
+    assert G.jvp_mode.value == "layerwise"
+    ref = dense_jacobian(model, space, w, x, chunks=[3, 2]).reshape(-1, space.n)
+    torch.testing.assert_close(G.to_dense(), ref.T @ ref / len(x), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["batchnorm", "vgg-like"])
+def test_running_batchnorm_statistics(name, dense_jacobian):
+    """``--bn-stats running``: BatchNorm on its stored statistics, a fixed affine map of its input."""
+    model, space, w, x = _setup(name)
+    G = MetricOperator(model, space, w, list(torch.split(x, 3)), bn_stats="running", jvp_mode="layerwise")
+    assert G.jvp_mode.value == "layerwise"
+    J = dense_jacobian(model, space, w, x, bn_stats="running").reshape(-1, space.n)
+    torch.testing.assert_close(G.to_dense(), J.T @ J / len(x), rtol=0, atol=1e-10)
+    batch = MetricOperator(model, space, w, list(torch.split(x, 3)), jvp_mode="layerwise").to_dense()
+    assert (batch - G.to_dense()).abs().max() > 1e-3  # (the two statistics give different metrics)
+
+
+class ValueBranch(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.a(x) if x.sum() > 0 else -self.a(x)
+
+
+class WeightOutside(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return F.linear(x, self.a.weight * 2, self.a.bias)
+
+
+class CalledTwice(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.a(torch.relu(self.a(x)))
+
+
+class InPlace(nn.Module):
+    def __init__(self, how):
+        super().__init__()
+        self.a, self.b, self.how = nn.Linear(4, 4), nn.Linear(4, 3), how
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        h = self.a(x)
+        if self.how == "module":
+            h = self.act(h)
+        elif self.how == "method":
+            h = h.relu_()
+        else:  # torch.fx records `+=` as `+`: the traced graph reads `b(a(x))`, the network computes `b(a(x) + 1)`
+            g = h
+            h += 1.0
+            return self.b(g)
+        return self.b(h)
+
+
+class TwoOutputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 3)
+
+    def forward(self, x):
+        z = self.a(x)
+        return z, z.sum()
+
+
+@pytest.mark.parametrize("make", [ValueBranch, WeightOutside, CalledTwice, lambda: InPlace("module"),
+                                  lambda: InPlace("method"), TwoOutputs],
+                         ids=["value-branch", "weight-outside", "called-twice", "inplace-module", "inplace-method",
+                              "two-outputs"])
+def test_graphs_it_cannot_follow_have_no_plan(make):
+    model = make().to(D)
+    space = ParamSpace.of(model)
+    assert layerwise.plan(model, space) is None
+    if not isinstance(model, TwoOutputs):  # (the metric needs one output tensor anyway)
+        x = torch.randn(3, 4, dtype=D) + 0.5
+        G = MetricOperator(model, space, model_vector(model, space), x, jvp_mode="layerwise")
+        assert G.jvp_mode.value == "reverse"  # torch.func's products instead
+        u = torch.randn(space.n, dtype=D)
+        torch.testing.assert_close(G.matvec(u), MetricOperator(model, space, model_vector(model, space), x,
+                                                               jvp_mode="forward").matvec(u), rtol=0, atol=1e-10)
+
+
+def test_a_graph_traced_wrong_is_caught_by_the_check(rng):
+    """An in-place ``+=`` on an aliased tensor: torch.fx traces another function than the network computes. The
+    plan exists, and the operator's once-per-network comparison with torch.func refuses it."""
+    model = InPlace("operator").to(D)
+    space = ParamSpace.of(model)
+    w, x = model_vector(model, space), torch.randn(3, 4, dtype=D)
+    assert layerwise.plan(model, space) is not None
+    G = MetricOperator(model, space, w, x, jvp_mode="layerwise")
+    assert G.jvp_mode.value == "reverse" and _LAYERWISE_CHECKED[model] is False
+    u = torch.randn(space.n, generator=rng, dtype=D)
+    expected = MetricOperator(model, space, w, x, jvp_mode="forward").matvec(u)
+    torch.testing.assert_close(G.matvec(u), expected, rtol=0, atol=1e-10)
+
+
+def test_a_plan_that_disagrees_with_torch_func_is_not_used(monkeypatch, rng):
+    """The once-per-network check can fail: a layer rule that is off by 1 % sends the network to torch.func."""
+    model, space, w, x = _setup("mlp")
+    jvp = layerwise._LinearRule.jvp
+    monkeypatch.setattr(layerwise._LinearRule, "jvp", lambda self, t, u: 1.01 * jvp(self, t, u))
+    G = MetricOperator(model, space, w, x, jvp_mode="layerwise")
+    assert G.jvp_mode.value == "reverse" and _LAYERWISE_CHECKED[model] is False
+    u = torch.randn(space.n, generator=rng, dtype=D)
+    expected = MetricOperator(model, space, w, x, jvp_mode="forward").matvec(u)
+    torch.testing.assert_close(G.matvec(u), expected, rtol=0, atol=1e-10)
+    monkeypatch.undo()  # a network found wrong stays with torch.func for the rest of the process
+    assert MetricOperator(model, space, w, x, jvp_mode="layerwise").jvp_mode.value == "reverse"
+
+
+def test_anchor_products_use_the_plan(rng, dense_jacobian):
+    """``rmatvec_outputs`` (the anchor's ``Jᵀ r``) goes through the same linearisation."""
+    model, space, w, x = _setup("conv")
+    G = MetricOperator(model, space, w, [x[:2], x[2:]], jvp_mode="layerwise")
+    c = [torch.randn(len(xb), 3, generator=rng, dtype=D) for xb in (x[:2], x[2:])]
+    J = dense_jacobian(model, space, w, x, chunks=[2, 3]).reshape(-1, space.n)
+    torch.testing.assert_close(G.rmatvec_outputs(c), J.T @ torch.cat(c).reshape(-1) / len(x), rtol=0, atol=1e-10)
