@@ -3,8 +3,10 @@
     python bench/profile_sparsify.py [--sparsity 0.9] [--case mlp|vgg] [--device cpu|cuda] [--repeats 3] [--quick]
 
 Runs ``geopath sparsify`` on the shipped MNIST MLP in three variants — the defaults (saliency
-mask, settle by fine-tuning; ``--jvp auto`` is reverse mode on this MLP), the same with ``--jvp
-forward``, and the former path (``--criterion magnitude --settle geodesic``) — with a timer around
+mask, settle by fine-tuning; ``--jvp auto`` is layerwise on the CPU), the same with ``--jvp
+reverse`` (torch.func's faster mode on this MLP), and the former path (``--criterion magnitude
+--settle geodesic``) — or (``--case vgg``) the VGG11 filter removal with ``bench/vgg_filters.py``'s
+options and with those and ``--jvp forward`` — with a timer around
 each phase, each followed by ``--method prune-finetune`` given exactly that run's sample passes, in
 the same process; ``--repeats`` times in turn, the median run of each reported. Phases: the
 saliency estimate, building the metric (forward pass + VJP closure), metric products inside CG,
@@ -12,8 +14,9 @@ the anchor's forward passes, the step's fault probe, the settle's SGD, evaluatin
 networks, BatchNorm re-estimation, checkpoint writes, and the rest (data loading, Python, the
 solver's vector algebra). On CUDA each phase ends with a ``torch.cuda.synchronize()``, so its
 seconds are its own kernels' and not the next phase's. Writes docs/profile_sparsify.{json,md}
-(``_vgg`` for the VGG case, ``_cuda`` on a GPU); prints a one-line summary; exits 3 when a
-geodesic variant's median run takes more wall-clock than its prune + fine-tune peer at equal passes (issue 21's goal).
+(``_vgg`` for the VGG case, ``_cuda`` on a GPU); prints a one-line summary; exits 3 when the
+first variant's (the defaults') median run takes more wall-clock than its prune + fine-tune peer at equal passes
+(issue 21's goal; the other variants are there to compare with).
 """
 
 from __future__ import annotations
@@ -123,12 +126,13 @@ def main() -> int:
 
         common = {"data_root": args.data_root, "device": args.device, "checkpoint": VGG_CKPT, "data": "cifar10",
                   "structured": f"{LAYER}:12", "train_eval_size": 0}
-        variants = {"geodesic (bench/vgg_filters.py options)": dict(GEODESIC)}
+        variants = {"geodesic (bench/vgg_filters.py options)": dict(GEODESIC),
+                    "geodesic (the same, --jvp forward)": {**GEODESIC, "jvp": "forward"}}
         title = "the shipped width-0.25 VGG11, 12 of its 16 layer-1 filters removed, the 20k CIFAR-10 training images"
     else:
         common = {"data_root": args.data_root, "device": args.device, "sparsity": args.sparsity}
         variants = {"geodesic (defaults)": {},
-                    "geodesic (--jvp forward)": {"jvp": "forward"},
+                    "geodesic (--jvp reverse)": {"jvp": "reverse"},
                     "geodesic (--criterion magnitude --settle geodesic)": {"criterion": "magnitude",
                                                                            "settle": "geodesic"}}
         title = f"the shipped MNIST MLP at {args.sparsity:.0%} sparsity, full MNIST"
@@ -153,7 +157,7 @@ def main() -> int:
         print(json.dumps({"variant": name, "seconds": round(total, 1), "peer_seconds": round(peer_total, 1),
                           "epochs": round(summary["epochs"], 2)}), flush=True)
     host = machine(None if args.device == "cpu" else args.device)
-    ok = all(r["seconds"] <= r["peer_seconds"] for r in rows)
+    ok = rows[0]["seconds"] <= rows[0]["peer_seconds"]  # the bar: the defaults (the others are for comparison)
     if not args.quick:
         docs = Path(args.docs)
         stem = ("profile_sparsify" + ("_vgg" if args.case == "vgg" else "")

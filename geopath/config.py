@@ -260,8 +260,8 @@ class WalkOptions(CommonOptions):
     jvp: JVPMode = opt(JVPMode.AUTO, "How a metric product computes J u: forward-mode AD, reverse: the transpose "
                                      "of the step's cached VJP (checked against forward mode once), layerwise: each "
                                      "layer's own rule on the graph torch.fx traces (checked against torch.func once; "
-                                     "a network it cannot follow uses reverse or forward), or auto: reverse for "
-                                     "networks without BatchNorm, else forward.")
+                                     "a network it cannot follow uses reverse or forward), or auto: layerwise on "
+                                     "the CPU; on a GPU reverse for networks without BatchNorm, else forward.")
 
     ENDPOINTS_ANCHOR = False  # --anchor endpoints needs two endpoint networks (connect)
 

@@ -31,8 +31,9 @@ class JVPMode(str, Enum):
     per product. Checked against torch.func once per network; a network it cannot follow uses ``reverse``
     (no BatchNorm) or ``forward``."""
     AUTO = "auto"
-    """``reverse`` for networks without BatchNorm, ``forward`` otherwise, on every device: the faster of the two
-    as measured (docs/performance.md, docs/performance_cuda.md; :func:`geopath.core.metric.resolve_jvp_mode`)."""
+    """``layerwise`` on the CPU (torch.func's faster mode where it cannot follow the network); on other devices
+    ``reverse`` for networks without BatchNorm, ``forward`` otherwise: the fastest as measured on each
+    (docs/performance.md, docs/performance_cuda.md; :func:`geopath.core.metric.resolve_jvp_mode`)."""
 
 
 class BNStats(str, Enum):

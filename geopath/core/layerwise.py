@@ -8,10 +8,16 @@ each node's own linear map:
 
 * ``nn.Linear`` and ``nn.Conv2d`` by hand: the tangent of ``a = W h + b`` is ``W ḣ + U h + u_b``
   (the layer's output is not computed again), its transpose the layer's ordinary backward;
-* every other node that depends on the weights (an activation, a pooling, a BatchNorm, a sum)
-  through :mod:`torch.func` on that node alone: its VJP closure built once per step, its JVP
-  recomputing only that node.
+* BatchNorm (batch or running statistics) through ATen's fused batch-norm backward, in both
+  directions (its derivative is self-adjoint per channel);
+* max pooling by the indices of its maxima, an activation of one tensor by its derivative (a
+  tensor of the input's shape, kept once per step);
+* every other node that depends on the weights (an average pooling, a sum, a product) through
+  :mod:`torch.func` on that node alone: its VJP closure built once per step, its JVP recomputing
+  only that node.
 
+Each node's outputs are computed by the network's own kernel, so they equal the network's bit for
+bit (an output rounded differently could cross a ReLU's kink and change ``J u`` by a whole entry).
 Nodes whose value does not depend on the weights (the input's preprocessing, shapes) carry no
 tangent. A graph whose parameters are not all read by layers called once each, that changes a
 tensor in place, that returns more than one tensor, or that torch.fx cannot trace has no plan
@@ -39,6 +45,7 @@ _INPLACE_FUNCTIONS = {operator.iadd, operator.isub, operator.imul, operator.itru
 _ELEMENTWISE_FUNCTIONS = {torch.relu, F.relu, torch.tanh, F.tanh, torch.sigmoid, F.sigmoid, F.gelu, F.elu, F.selu,
                           F.silu, F.mish, F.leaky_relu, F.softplus, F.relu6, F.hardtanh}
 _ELEMENTWISE_METHODS = {"relu", "tanh", "sigmoid"}
+_RELU_FUNCTIONS, _RELU_METHODS = {torch.relu, F.relu}, {"relu"}  # derivative: where the output is positive
 _ELEMENTWISE_MODULES = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.ELU, nn.SELU, nn.SiLU, nn.Mish, nn.LeakyReLU,
                         nn.Softplus, nn.ReLU6, nn.Hardtanh)
 
@@ -167,8 +174,12 @@ def _elementwise(n: fx.Node, module: nn.Module | None) -> bool:
 class _ElementwiseRule:
     """An activation of one tensor, entry by entry: ``J`` is the diagonal ``σ'(a)``, kept once per step."""
 
-    def __init__(self, fn, a: torch.Tensor):
-        self.out, self.d = jvp(lambda t: fn({}, t), (a,), (torch.ones_like(a),))
+    def __init__(self, fn, a: torch.Tensor, relu: bool = False):
+        if relu:  # (the derivative autograd uses, without a forward-mode pass)
+            self.out = torch.relu(a)
+            self.d = (self.out > 0).to(a.dtype)
+        else:
+            self.out, self.d = jvp(lambda t: fn({}, t), (a,), (torch.ones_like(a),))
 
     def jvp(self, tangents: list, tangent: dict):
         return self.d * tangents[0]
@@ -195,51 +206,58 @@ class _MaxPoolRule:
 
 
 class _BatchNormRule:
-    """BatchNorm (1-D, 2-D) by hand, on the batch's statistics (their derivative included) or on fixed running ones."""
+    """BatchNorm (1-D, 2-D) on the batch's statistics (their derivative included) or on fixed running ones.
+
+    Both directions go through ATen's fused batch-norm backward: the derivative of ``x ↦ γ x̂`` is
+    self-adjoint per channel, so the kernel that gives ``Jᵀ c`` gives ``J ṫ`` too. The tangent of ``γ``,
+    ``x̂ u_γ``, is the per-channel affine map ``a · (σ⁻¹ u_γ) − μ σ⁻¹ u_γ`` of the input: ``x̂`` is never
+    stored."""
 
     def __init__(self, module: nn.modules.batchnorm._BatchNorm, own: dict[str, str], params, a: torch.Tensor):
         self.dims = [d for d in range(a.dim()) if d != 1]
-        view = [1, -1] + [1] * (a.dim() - 2)
+        self.view = [1, -1] + [1] * (a.dim() - 2)
         self.batch = module.training or module.running_mean is None
         if self.batch:
-            mean = a.mean(self.dims, keepdim=True)
-            var = a.var(self.dims, unbiased=False, keepdim=True)
+            var, self.mean = torch.var_mean(a, self.dims, unbiased=False)
+            self.invstd = (var + module.eps).rsqrt()
+            self.stats = (None, None, self.mean, self.invstd)
         else:
-            mean, var = module.running_mean.view(view), module.running_var.view(view)
-        self.inv = (var + module.eps).rsqrt()
-        self.xhat = (a - mean) * self.inv
-        self.gamma = params.get(own.get("weight"), module.weight)
-        self.gamma = None if self.gamma is None else self.gamma.detach().view(view)
+            self.mean, self.invstd = module.running_mean, (module.running_var + module.eps).rsqrt()
+            self.stats = (module.running_mean, module.running_var, None, None)
+        self.a, self.eps = a, module.eps
+        gamma = params.get(own.get("weight"), module.weight)
+        self.gamma = None if gamma is None else gamma.detach()
         beta = params.get(own.get("bias"), module.bias)
-        self.out = self.xhat if self.gamma is None else self.xhat * self.gamma
-        self.out = self.out if beta is None else self.out + beta.detach().view(view)
+        self.out = F.batch_norm(a, *self.stats[:2], self.gamma, None if beta is None else beta.detach(),
+                                self.batch, 0.0, module.eps)  # (the module's own kernel: its outputs to the bit)
         self.wname = own.get("weight") if own.get("weight") in params else None
         self.bname = own.get("bias") if own.get("bias") in params else None
-        self.view = view
 
-    def _normalise(self, t: torch.Tensor) -> torch.Tensor:
-        """The derivative of ``x ↦ x̂`` applied to ``t`` (self-adjoint: it is its own transpose)."""
-        if not self.batch:
-            return self.inv * t
-        return self.inv * (t - t.mean(self.dims, keepdim=True) - self.xhat * (t * self.xhat).mean(self.dims, keepdim=True))
+    def _backward(self, c: torch.Tensor, mask: list[bool]):
+        """ATen's batch-norm backward at this pass: ``(γ ∂x̂)ᵀ c``, ``Σ c x̂`` and ``Σ c`` per channel, as ``mask`` asks."""
+        return torch.ops.aten.native_batch_norm_backward(c.contiguous(), self.a, self.gamma, *self.stats,
+                                                         self.batch, self.eps, mask)
 
     def jvp(self, tangents: list, tangent: dict):
         out = None
         if tangents and tangents[0] is not None:
-            out = self._normalise(tangents[0])
-            out = out if self.gamma is None else out * self.gamma
-        for name, term in ((self.wname, lambda u: self.xhat * u.view(self.view)), (self.bname, lambda u: u.view(self.view))):
-            if name is not None:
-                out = term(tangent[name]) if out is None else out + term(tangent[name])
-        return out
+            out = self._backward(tangents[0], [True, False, False])[0]
+        if self.wname is None and self.bname is None:
+            return out
+        scale = self.invstd * tangent[self.wname] if self.wname else torch.zeros_like(self.invstd)
+        shift = -self.mean * scale + (tangent[self.bname] if self.bname else 0)
+        if out is None:
+            return torch.addcmul(shift.view(self.view), self.a, scale.view(self.view))
+        return out.addcmul_(self.a, scale.view(self.view)).add_(shift.view(self.view))  # (``out`` is this product's own)
 
     def vjp(self, c: torch.Tensor):
+        gi, gw, gb = self._backward(c, [True, self.wname is not None, self.bname is not None])
         grads = {}
         if self.wname:
-            grads[self.wname] = (c * self.xhat).sum(self.dims)
+            grads[self.wname] = gw
         if self.bname:
-            grads[self.bname] = c.sum(self.dims)
-        return [self._normalise(c if self.gamma is None else c * self.gamma)], grads
+            grads[self.bname] = gb
+        return [gi], grads
 
 
 class _NodeRule:
@@ -311,7 +329,9 @@ class Linearised:
 
                 ins = [values[a] for a in varying]
                 elementwise = _elementwise(n, module) and not own and single
-                rule = _ElementwiseRule(fn, ins[0]) if elementwise else _NodeRule(fn, ins, own, params)
+                relu = (type(module) is nn.ReLU or (n.op == "call_function" and n.target in _RELU_FUNCTIONS)
+                        or (n.op == "call_method" and n.target in _RELU_METHODS))
+                rule = _ElementwiseRule(fn, ins[0], relu) if elementwise else _NodeRule(fn, ins, own, params)
             if not isinstance(rule.out, torch.Tensor) or not rule.out.is_floating_point():
                 raise Unsupported(f"{n.name} does not give one floating-point tensor")
             values[n] = rule.out = rule.out.detach()

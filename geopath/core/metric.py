@@ -125,18 +125,20 @@ def output_distance(kind: MetricKind, logits: torch.Tensor, reference_logits: to
 
 
 def resolve_jvp_mode(mode: JVPMode | str, model: nn.Module) -> JVPMode:
-    """``auto``: ``reverse`` for a network without BatchNorm, ``forward`` otherwise, on every device.
+    """``auto``: on the CPU ``layerwise`` (where the network has no plan, or its plan fails the check, the
+    operator takes torch.func's faster product instead, :func:`_torch_func_mode`); on other devices that
+    torch.func product straight away: ``reverse`` for a network without BatchNorm, ``forward`` otherwise.
 
-    Chosen by ``bench/metric_speed.py`` (docs/performance.md, docs/performance_cuda.md). On the MLP reverse
-    mode was faster in every run: 2.0–3.5× → 1.2–1.6× a forward+backward pass on the CPU, 1.7–2.9× →
-    1.3–1.7× on an H200. On LeNet-5 it was faster on the H200 (1.8–2.1× → 1.4–1.7×) and, on the CPU,
-    faster on one machine and slower on another (0.92× to 1.18× forward mode's time). On the VGG11s
-    (BatchNorm) forward mode was faster everywhere (CPU 2.2–2.4× against 2.5–3.3×, H200 1.8–3.1× against
-    2.7–4.4×)."""
+    Chosen by ``bench/metric_speed.py``. On the CPU (docs/performance.md) the layerwise product cost 1.00–1.23×
+    a forward+backward pass on the MLP, LeNet-5 and both VGG11s, against 1.58–3.02× for the better torch.func
+    mode. It has not run on a GPU yet, so on CUDA ``auto`` keeps what was measured there
+    (docs/performance_cuda.md): reverse mode faster on the MLP (1.7–2.9× → 1.3–1.7× on an H200) and LeNet-5,
+    forward mode on the VGG11s (BatchNorm; 1.8–3.1× against 2.7–4.4×)."""
     mode = JVPMode(mode)
     if mode is not JVPMode.AUTO:
         return mode
-    return _torch_func_mode(model)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    return JVPMode.LAYERWISE if device.type == "cpu" else _torch_func_mode(model)
 
 
 def _torch_func_mode(model: nn.Module) -> JVPMode:

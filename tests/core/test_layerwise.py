@@ -131,6 +131,24 @@ def test_running_batchnorm_statistics(name, dense_jacobian):
     assert (batch - G.to_dense()).abs().max() > 1e-3  # (the two statistics give different metrics)
 
 
+@pytest.mark.parametrize("bn_stats", ["batch", "running"])
+def test_float32_outputs_are_the_modules_to_the_bit(bn_stats):
+    """In float32 a plan's outputs are the network's own, bit for bit, BatchNorm included: an output rounded
+    differently can land on the other side of a ReLU's kink and change ``J u`` by that entry's whole size (a
+    full-width VGG11 failed the agreement check that way when BatchNorm's outputs came from its formula)."""
+    torch.manual_seed(0)
+    model = VGGLike().train()
+    space = ParamSpace.of(model)
+    x = torch.randn(64, 2, 5, 5, generator=torch.Generator().manual_seed(1)) * 3
+    with metric_mode(model, bn_stats):
+        lin = layerwise.plan(model, space).linearise(space.unflatten(model_vector(model, space)), buffers_of(model), x)
+        assert torch.equal(lin.logits, model(x))
+        for n, (rule, _) in lin.rules.items():  # every intermediate too, not just where rounding happened to agree
+            if isinstance(rule, layerwise._BatchNormRule):
+                module = model.get_submodule(n.target)
+                assert torch.equal(rule.out, module(rule.a))
+
+
 class ValueBranch(nn.Module):
     def __init__(self):
         super().__init__()
@@ -199,6 +217,7 @@ def test_graphs_it_cannot_follow_have_no_plan(make):
         x = torch.randn(3, 4, dtype=D) + 0.5
         G = MetricOperator(model, space, model_vector(model, space), x, jvp_mode="layerwise")
         assert G.jvp_mode.value == "reverse"  # torch.func's products instead
+        assert MetricOperator(model, space, model_vector(model, space), x, jvp_mode="auto").jvp_mode.value == "reverse"
         u = torch.randn(space.n, dtype=D)
         torch.testing.assert_close(G.matvec(u), MetricOperator(model, space, model_vector(model, space), x,
                                                                jvp_mode="forward").matvec(u), rtol=0, atol=1e-10)
