@@ -38,7 +38,7 @@ def on(t: torch.Tensor, device: str) -> bool:
     return t.device.type == want.type and (want.index is None or t.device.index == want.index)
 
 
-@pytest.mark.parametrize("jvp_mode", ["forward", "reverse"])
+@pytest.mark.parametrize("jvp_mode", ["forward", "reverse", "layerwise"])
 @pytest.mark.parametrize("bn_stats", ["batch", "running"])
 def test_metric_products_match_the_cpu(case, bn_stats, jvp_mode):
     model = case.make_model()
@@ -49,7 +49,7 @@ def test_metric_products_match_the_cpu(case, bn_stats, jvp_mode):
     gpu = MetricOperator(case.make_model().to(DEVICE), space, w.to(DEVICE), x.to(DEVICE), bn_stats=bn_stats,
                          jvp_mode=jvp_mode)
     gu = gpu.matvec(u.to(DEVICE))
-    assert on(gu, DEVICE) and gpu.jvp_mode.value == jvp_mode  # (reverse mode kept: it agreed with forward mode)
+    assert on(gu, DEVICE) and gpu.jvp_mode.value == jvp_mode  # (reverse or layerwise kept: it passed its check)
     torch.testing.assert_close(gu.cpu(), cpu.matvec(u), rtol=1e-10, atol=1e-12)
     c = [torch.randn_like(z) for z in cpu.logits]
     torch.testing.assert_close(gpu.rmatvec_outputs([t.to(DEVICE) for t in c]).cpu(), cpu.rmatvec_outputs(c),

@@ -242,13 +242,15 @@ class _BatchNormRule:
         out = None
         if tangents and tangents[0] is not None:
             out = self._backward(tangents[0], [True, False, False])[0]
-        if self.wname is None and self.bname is None:
-            return out
-        scale = self.invstd * tangent[self.wname] if self.wname else torch.zeros_like(self.invstd)
-        shift = -self.mean * scale + (tangent[self.bname] if self.bname else 0)
-        if out is None:
-            return torch.addcmul(shift.view(self.view), self.a, scale.view(self.view))
-        return out.addcmul_(self.a, scale.view(self.view)).add_(shift.view(self.view))  # (``out`` is this product's own)
+        shift = tangent[self.bname] if self.bname else None  # per channel
+        if self.wname:
+            scale = self.invstd * tangent[self.wname]
+            shift = -self.mean * scale if shift is None else shift - self.mean * scale
+            out = (self.a * scale.view(self.view) if out is None
+                   else out.addcmul_(self.a, scale.view(self.view)))  # (in place: ``out`` is this product's own)
+        if shift is not None:
+            out = shift.view(self.view).expand_as(self.a) if out is None else out.add_(shift.view(self.view))
+        return out
 
     def vjp(self, c: torch.Tensor):
         gi, gw, gb = self._backward(c, [True, self.wname is not None, self.bname is not None])

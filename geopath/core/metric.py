@@ -129,9 +129,9 @@ def resolve_jvp_mode(mode: JVPMode | str, model: nn.Module) -> JVPMode:
     operator takes torch.func's faster product instead, :func:`_torch_func_mode`); on other devices that
     torch.func product straight away: ``reverse`` for a network without BatchNorm, ``forward`` otherwise.
 
-    Chosen by ``bench/metric_speed.py``. On the CPU (docs/performance.md) the layerwise product cost 1.00–1.23×
-    a forward+backward pass on the MLP, LeNet-5 and both VGG11s, against 1.58–3.02× for the better torch.func
-    mode. It has not run on a GPU yet, so on CUDA ``auto`` keeps what was measured there
+    Chosen by ``bench/metric_speed.py``. On the CPU (docs/performance.md) the layerwise product cost 0.70–1.23×
+    a forward+backward pass on the MLP, LeNet-5 and both VGG11s in two runs, against 1.31–2.71× for the better
+    torch.func mode. It has not run on a GPU yet, so on CUDA ``auto`` keeps what was measured there
     (docs/performance_cuda.md): reverse mode faster on the MLP (1.7–2.9× → 1.3–1.7× on an H200) and LeNet-5,
     forward mode on the VGG11s (BatchNorm; 1.8–3.1× against 2.7–4.4×)."""
     mode = JVPMode(mode)

@@ -76,6 +76,21 @@ def _frozen_mlp():
     return m
 
 
+def _frozen_batchnorm():
+    """A BatchNorm on the input with only its shift trained (no input tangent) and one with only its scale
+    trained: each tangent term of the rule alone."""
+    m = nn.Sequential(nn.Flatten(), nn.BatchNorm1d(6), nn.Tanh(), nn.Linear(6, 4), nn.BatchNorm1d(4), nn.Tanh(),
+                      nn.Linear(4, 3))
+    with torch.no_grad():
+        for bn in (m[1], m[4]):
+            bn.weight.uniform_(0.5, 1.5, generator=torch.Generator().manual_seed(2))
+            bn.bias.uniform_(-0.5, 0.5, generator=torch.Generator().manual_seed(3))
+            bn.running_mean.uniform_(-0.3, 0.3, generator=torch.Generator().manual_seed(4))
+    m[1].weight.requires_grad_(False)
+    m[4].bias.requires_grad_(False)
+    return m
+
+
 NETS = {  # name: (factory, per-sample input shape)
     "mlp": (lambda: MLP(in_features=6, hidden=(5, 4), num_classes=3), (6,)),
     "modules": (ModuleChain, (2, 3)),
@@ -84,6 +99,7 @@ NETS = {  # name: (factory, per-sample input shape)
     "vgg-like": (VGGLike, (2, 5, 5)),
     "residual": (Residual, (4,)),
     "frozen": (_frozen_mlp, (6,)),
+    "frozen-batchnorm": (_frozen_batchnorm, (2, 3)),
 }
 
 
