@@ -106,10 +106,9 @@ def part_one(case: str, data_root: str) -> dict:
     ckpt = suite.network(net, data_root)
     acc, masks = {}, {}
 
-    def finetune(mask_or_target, label):
+    def finetune(mask_or_target, label, epochs=EPOCHS):
         setup, model, data, space, names = _fresh(ckpt, sparsity, data_root)
         target = mask_or_target(model, space, names, data) if callable(mask_or_target) else mask_or_target
-        epochs = EPOCHS - (PROBE_EPOCHS if label == "pft, probe's mask" else 0.0)
         prune_finetune(model, target, data, int(epochs * len(data)), lr=LR, seed=0)
         acc[label] = setup.evaluate(model)["test_accuracy"]
         masks[label] = target.mask
@@ -137,7 +136,7 @@ def part_one(case: str, data_root: str) -> dict:
              "pft, LAMP")
     finetune(lambda m, s, n, d: HyperplaneTarget(compensated_mask(m, s, n, d, sparsity, setup.cfg.scope)),
              "pft, compensated mask")
-    finetune(HyperplaneTarget(probe), "pft, probe's mask")
+    finetune(HyperplaneTarget(probe), "pft, probe's mask", epochs=EPOCHS - PROBE_EPOCHS)  # (rewound: the rest)
     kept = one_shot.mask.sum()
     return {"case": case, "accuracy": {v: acc[v] for v in VARIANTS},
             "overlap_with_one_shot": {v: float((m & one_shot.mask).sum() / kept) for v, m in masks.items()},
