@@ -12,15 +12,21 @@ each node's own linear map:
   directions (its derivative is self-adjoint per channel);
 * max pooling by the indices of its maxima, an activation of one tensor by its derivative (a
   tensor of the input's shape, kept once per step);
-* every other node that depends on the weights (an average pooling, a sum, a product) through
-  :mod:`torch.func` on that node alone: its VJP closure built once per step, its JVP recomputing
-  only that node.
+* a node linear in its tangent-carrying inputs (a reshape, an average pooling, a sum of two branches, a
+  product with a constant) by applying it to the tangents; its transpose through :mod:`torch.func`;
+* a parameter the graph reads itself (a position embedding) by its own entry of the tangent;
+* every other node that depends on the weights (a product of two branches, a LayerNorm, an attention
+  layer, an item of a split) through :mod:`torch.func` on that node alone: its VJP closure built once
+  per step, its JVP recomputing only that node.
 
 Each node's outputs are computed by the network's own kernel, so they equal the network's bit for
 bit (an output rounded differently could cross a ReLU's kink and change ``J u`` by a whole entry).
 Nodes whose value does not depend on the weights (the input's preprocessing, shapes) carry no
-tangent. A graph whose parameters are not all read by layers called once each, that changes a
-tensor in place, that returns more than one tensor, or that torch.fx cannot trace has no plan
+tangent. A node that changes its first input in place (``nn.ReLU(inplace=True)``, ``x.relu_()``) runs
+out of place on a copy when no other node reads that input: the same values, and the stored inputs of the
+other rules stay intact. A graph whose parameters are not all read by layers called once each, that changes
+in place a tensor other nodes read (or the input, or an assignment into a tensor), that returns more than
+one tensor, or that torch.fx cannot trace has no plan
 (:func:`plan` returns ``None``): its products stay with torch.func. Nothing here decides whether a
 plan computes the network's function: :class:`geopath.core.metric.MetricOperator` compares its
 outputs and products with torch.func's once per network and process before it trusts them.
@@ -43,11 +49,18 @@ from geopath.core.params import ParamSpace
 _INPLACE_FUNCTIONS = {operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.setitem}
 # activations that act on each entry alone: their derivative is kept as one tensor of the input's shape
 _ELEMENTWISE_FUNCTIONS = {torch.relu, F.relu, torch.tanh, F.tanh, torch.sigmoid, F.sigmoid, F.gelu, F.elu, F.selu,
-                          F.silu, F.mish, F.leaky_relu, F.softplus, F.relu6, F.hardtanh}
+                          F.silu, F.mish, F.leaky_relu, F.softplus, F.relu6, F.hardtanh, F.hardswish, F.hardsigmoid}
 _ELEMENTWISE_METHODS = {"relu", "tanh", "sigmoid"}
+_SHAPE_METHODS = {"size", "dim", "numel", "ndimension", "nelement"}
 _RELU_FUNCTIONS, _RELU_METHODS = {torch.relu, F.relu}, {"relu"}  # derivative: where the output is positive
 _ELEMENTWISE_MODULES = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.ELU, nn.SELU, nn.SiLU, nn.Mish, nn.LeakyReLU,
-                        nn.Softplus, nn.ReLU6, nn.Hardtanh)
+                        nn.Softplus, nn.ReLU6, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid)
+# nodes linear in their one tensor input (the others are constants: sizes, dims): J ṫ is the node applied to ṫ
+_LINEAR_FUNCTIONS = {torch.flatten, torch.reshape, torch.permute, torch.transpose, torch.squeeze, torch.unsqueeze,
+                     F.adaptive_avg_pool2d, F.avg_pool2d, torch.mean, torch.sum, operator.getitem, operator.neg}
+_LINEAR_METHODS = {"flatten", "view", "reshape", "permute", "transpose", "contiguous", "squeeze", "unsqueeze",
+                   "mean", "sum", "view_as", "reshape_as", "t"}
+_LINEAR_MODULES = (nn.Flatten, nn.AdaptiveAvgPool2d, nn.AvgPool2d, nn.Identity, nn.Dropout)
 
 
 class Unsupported(Exception):
@@ -87,11 +100,21 @@ class Plan:
         if not placeholders or any(not n.args for n in placeholders[1:]):  # one input; other arguments defaulted
             raise Unsupported("not a network of one input")
         self.input = placeholders[0]
+        self.inplace: set[fx.Node] = set()  # nodes that change their first input in place, run on a copy of it
         for n in self.nodes:
             module = gm.get_submodule(n.target) if n.op == "call_module" else None
             if _inplace(n, module):
-                raise Unsupported(f"{n.name} works in place")
-            if n.op == "get_attr" and (n.target in names or any(k.startswith(n.target + ".") for k in names)):
+                first = n.args[0] if n.args else None
+                if (n.target is operator.setitem or not isinstance(first, fx.Node) or len(first.users) != 1
+                        or first.op not in ("call_module", "call_function", "call_method")):
+                    raise Unsupported(f"{n.name} works in place on a tensor other nodes read")
+                self.inplace.add(n)
+            if n.op == "get_attr" and n.target in names:  # a parameter of its own (a position embedding)
+                if n.target in claimed:
+                    raise Unsupported(f"{n.target} is read twice")
+                claimed.add(n.target)
+                self.owned[n] = {"": n.target}
+            elif n.op == "get_attr" and any(k.startswith(n.target + ".") for k in names):
                 raise Unsupported(f"{n.target} is read outside its layer")
             if module is not None:
                 own = {local: f"{n.target}.{local}" for local, _ in module.named_parameters()}
@@ -99,6 +122,10 @@ class Plan:
                     raise Unsupported(f"{n.target} is called more than once")
                 claimed.update(own.values())
                 self.owned[n] = own
+        # whether every layer with parameters has its own rule (none goes through torch.func: --jvp auto takes the
+        # plan only then; an attention or a LayerNorm through torch.func is slower than torch.func's whole product)
+        self.native = all(n.op == "get_attr" or _linear_layer(n, gm.get_submodule(n.target))
+                          or _batchnorm_layer(n, gm.get_submodule(n.target)) for n, own in self.owned.items() if own)
         if not names <= claimed:
             raise Unsupported(f"{sorted(names - claimed)[:3]} are not read by a layer")
         outputs = [n for n in self.nodes if n.op == "output"]
@@ -161,6 +188,23 @@ class _LinearRule:
         if self.bname:
             grads[self.bname] = gb
         return [gh], grads
+
+
+def _linear_layer(n: fx.Node, module: nn.Module | None) -> bool:
+    """A Linear or 2-D convolution applied to one tensor (its own rule)."""
+    return (type(module) in (nn.Linear, nn.Conv2d) and len(n.args) == 1 and not n.kwargs
+            and getattr(module, "padding_mode", "zeros") == "zeros" and not isinstance(getattr(module, "padding", 0), str))
+
+
+def _batchnorm_layer(n: fx.Node, module: nn.Module | None) -> bool:
+    return type(module) in (nn.BatchNorm1d, nn.BatchNorm2d) and len(n.args) == 1 and not n.kwargs
+
+
+def _shape_query(n: fx.Node) -> bool:
+    """A node that reads a tensor's shape (``x.size(1)``, ``x.shape``): no tangent, whatever it reads."""
+    return ((n.op == "call_method" and n.target in _SHAPE_METHODS)
+            or (n.op == "call_function" and n.target is getattr and n.args[1:2] in (("shape",), ("ndim",)))
+            or (n.op == "call_function" and n.target is len))
 
 
 def _elementwise(n: fx.Node, module: nn.Module | None) -> bool:
@@ -262,6 +306,19 @@ class _BatchNormRule:
         return [gi], grads
 
 
+class _ParameterRule:
+    """A parameter read by the graph itself (``self.pos``): its tangent is its own entry of ``u``."""
+
+    def __init__(self, name: str, value: torch.Tensor):
+        self.name, self.out = name, value
+
+    def jvp(self, tangents: list, tangent: dict):
+        return tangent[self.name]
+
+    def vjp(self, c: torch.Tensor):
+        return [], {self.name: c}
+
+
 class _NodeRule:
     """Any other node that depends on the weights, through torch.func on that node alone."""
 
@@ -282,6 +339,39 @@ class _NodeRule:
         return gins, {name: gp[local] for local, name in self.own.items()}
 
 
+class _LinearNodeRule(_NodeRule):
+    """A node linear in the inputs that carry a tangent (a reshape, a pooling average, a sum of two branches, a
+    product with a constant): ``J ṫ`` is the node itself applied to the tangents; ``Jᵀ c`` through torch.func."""
+
+    def __init__(self, fn, inputs: list[torch.Tensor], params):
+        super().__init__(fn, inputs, {}, params)
+
+    def jvp(self, tangents: list, tangent: dict):
+        return self.fn({}, *[t if t is not None else torch.zeros_like(x) for t, x in zip(tangents, self.inputs)])
+
+
+def _linear(n: fx.Node, module: nn.Module | None, varying: list[fx.Node]) -> bool:
+    """Whether ``n`` (with no parameters of its own) is linear in its ``varying`` inputs: a reshape, an average
+    or an item of the first and only one (its other arguments sizes and constants); a sum or difference of two;
+    a product or quotient of one with a constant."""
+    reads: list[fx.Node] = []  # every argument node, as often as it is read (``x * x`` reads ``x`` twice)
+    fx.node.map_arg((n.args, n.kwargs), reads.append)
+    first = len(varying) == 1 and n.args[:1] == (varying[0],) and reads.count(varying[0]) == 1
+    if n.op == "call_module":
+        return first and type(module) in _LINEAR_MODULES
+    if n.op == "call_method":
+        return first and n.target in _LINEAR_METHODS
+    if n.op != "call_function":
+        return False
+    if n.target in (operator.add, operator.sub) and not n.kwargs:
+        return len(n.args) == 2 and all(a in varying for a in n.args)
+    if n.target in (operator.mul, torch.mul) and not n.kwargs:
+        return len(n.args) == 2 and len(varying) == 1 and reads.count(varying[0]) == 1
+    if n.target is operator.truediv:
+        return first
+    return first and n.target in _LINEAR_FUNCTIONS
+
+
 class Linearised:
     """One micro-batch's pass through a :class:`Plan`: its outputs, ``J u`` and ``Jᵀ c``.
 
@@ -294,6 +384,7 @@ class Linearised:
         self.params = params
         self.rules: dict[fx.Node, tuple[Any, list[fx.Node]]] = {}  # node -> (rule, the weight-dependent inputs)
         values: dict[fx.Node, Any] = {}
+        tuples: dict[fx.Node, tuple] = {}  # a node that returns several tensors -> (its varying inputs, module, own)
         gm = plan.gm
         for n in plan.nodes:
             if n.op == "output":
@@ -301,18 +392,42 @@ class Linearised:
             if n.op == "placeholder":
                 values[n] = x if n is plan.input else n.args[0]
                 continue
+            if n.op == "get_attr" and n.target in plan.owned.get(n, {}).values():
+                values[n] = params[n.target].detach() if n.target in params else getattr(gm, n.target).detach()
+                if n.target in params:
+                    rule = _ParameterRule(n.target, values[n])
+                    self.rules[n] = (rule, [])
+                continue
             if n.op == "get_attr":
                 values[n] = buffers[n.target] if n.target in buffers else getattr(gm, n.target)
                 continue
             module = gm.get_submodule(n.target) if n.op == "call_module" else None
             own = plan.owned.get(n, {})
             varying = [a for a in _tensor_inputs(n) if a in self.rules]  # inputs that carry a tangent
-            if not varying and not any(name in params for name in own.values()):
+            if any(a in tuples for a in _tensor_inputs(n)):  # an item of a split (``x.chunk(2)[0]``)
+                if not (n.op == "call_function" and n.target is operator.getitem and len(_tensor_inputs(n)) == 1
+                        and isinstance(n.args[1], (int, slice))):
+                    raise Unsupported(f"{n.name} reads a tuple of tensors other than by item")
+                item = values[n.args[0]][n.args[1]]
+                if not isinstance(item, torch.Tensor) or not item.is_floating_point():  # (attention weights not
+                    values[n] = item  # asked for: None)
+                    continue
+                rule = self._item_rule(n, *tuples[n.args[0]], buffers, values, params)
+                values[n] = rule.out = rule.out.detach()
+                self.rules[n] = (rule, tuples[n.args[0]][0])
+                continue
+            if not varying and not any(name in params for name in own.values()) or _shape_query(n):
                 with torch.no_grad():
                     values[n] = self._call(n, module, own, params, buffers, values, {}, None)
                 continue
+            if n.users and all(u.op == "call_function" and u.target is operator.getitem for u in n.users):
+                with torch.no_grad():  # (a tensor read only by indexing is computed twice: rare, and still right)
+                    value = self._call(n, module, own, params, buffers, values, {}, None)
+                if isinstance(value, (tuple, list)):  # a split into several tensors, an attention's (outputs, weights)
+                    values[n], tuples[n] = value, (varying, module, own)
+                    continue
             single = len(n.args) >= 1 and varying[:1] == [n.args[0]] and len(varying) == 1  # one varying input, first
-            if type(module) in (nn.BatchNorm1d, nn.BatchNorm2d) and len(n.args) == 1 and not n.kwargs:
+            if _batchnorm_layer(n, module):
                 rule = _BatchNormRule(module, own, params, values[n.args[0]])
             elif single and not own and (n.target in (F.max_pool2d, torch.max_pool2d)
                                          or type(module) is nn.MaxPool2d) and not n.kwargs.get("return_indices"):
@@ -321,9 +436,7 @@ class Linearised:
                     args, kwargs = (module.kernel_size, module.stride, module.padding, module.dilation,
                                     module.ceil_mode), {}
                 rule = _MaxPoolRule(values[n.args[0]], args, kwargs)
-            elif (type(module) in (nn.Linear, nn.Conv2d) and len(n.args) == 1 and not n.kwargs
-                    and getattr(module, "padding_mode", "zeros") == "zeros"
-                    and not isinstance(getattr(module, "padding", 0), str)):
+            elif _linear_layer(n, module):
                 rule = _LinearRule(module, own, params, values[n.args[0]], bool(varying))
             else:
                 def fn(p, *ins, n=n, module=module, own=own, varying=varying):
@@ -333,7 +446,12 @@ class Linearised:
                 elementwise = _elementwise(n, module) and not own and single
                 relu = (type(module) is nn.ReLU or (n.op == "call_function" and n.target in _RELU_FUNCTIONS)
                         or (n.op == "call_method" and n.target in _RELU_METHODS))
-                rule = _ElementwiseRule(fn, ins[0], relu) if elementwise else _NodeRule(fn, ins, own, params)
+                if elementwise:
+                    rule = _ElementwiseRule(fn, ins[0], relu)
+                elif not own and _linear(n, module, varying):
+                    rule = _LinearNodeRule(fn, ins, params)
+                else:
+                    rule = _NodeRule(fn, ins, own, params)
             if not isinstance(rule.out, torch.Tensor) or not rule.out.is_floating_point():
                 raise Unsupported(f"{n.name} does not give one floating-point tensor")
             values[n] = rule.out = rule.out.detach()
@@ -342,8 +460,20 @@ class Linearised:
         if plan.output not in self.rules:
             raise Unsupported("the outputs do not depend on the weights")
 
+    def _item_rule(self, n: fx.Node, varying: list[fx.Node], module, own, buffers, values, params) -> "_NodeRule":
+        """``split(...)[i]``, through torch.func on the split and the item together (the split has no rule; an
+        item of a layer's tuple carries that layer's parameters)."""
+        source, index = n.args[0], n.args[1]
+
+        def fn(p, *ins):
+            return self._call(source, module, own, {}, buffers, values, dict(zip(varying, ins)), p)[index]
+
+        return _NodeRule(fn, [values[a] for a in varying], own, params)
+
     def _call(self, n: fx.Node, module, own, params, buffers, values, swapped, local_params):
         args, kwargs = fx.node.map_arg((n.args, n.kwargs), lambda a: swapped[a] if a in swapped else values[a])
+        if n in self.plan.inplace:  # (its input is read by no other node: the same values, out of place)
+            args = (args[0].clone(),) + tuple(args[1:])
         if n.op == "call_function":
             return n.target(*args, **kwargs)
         if n.op == "call_method":
@@ -390,9 +520,14 @@ def plan(model: nn.Module, space: ParamSpace) -> Plan | None:
     cached = _PLANS.get(model)
     if cached is not None and cached[0] == space:
         return cached[1]
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()  # (a branch on ``self.training`` is traced as the metric runs it: in eval mode)
     try:
         result = Plan(fx.symbolic_trace(model), space)
     except Exception:  # noqa: BLE001 (any tracing failure: control flow on values, unsupported Python)
         result = None
+    finally:
+        for m, training in modes:
+            m.training = training
     _PLANS[model] = (space, result)
     return result

@@ -125,8 +125,10 @@ def output_distance(kind: MetricKind, logits: torch.Tensor, reference_logits: to
 
 
 def resolve_jvp_mode(mode: JVPMode | str, model: nn.Module) -> JVPMode:
-    """``auto``: on the CPU ``layerwise`` (where the network has no plan, or its plan fails the check, the
-    operator takes torch.func's faster product instead, :func:`_torch_func_mode`); on other devices that
+    """``auto``: on the CPU ``layerwise`` (where the network has no plan, its plan fails the check, or a layer
+    with parameters would go through torch.func inside it (an attention, a LayerNorm: slower than torch.func's
+    whole product, bench/metric_speed.py), the operator takes torch.func's faster product instead,
+    :func:`_torch_func_mode`); on other devices that
     torch.func product straight away: ``reverse`` for a network without BatchNorm, ``forward`` otherwise.
 
     Chosen by ``bench/metric_speed.py``. On the CPU (docs/performance.md) the layerwise product cost 0.70–1.23×
@@ -204,8 +206,9 @@ class MetricOperator(LinearOperator):
         self.cache = cache
         self.jvp_mode = resolve_jvp_mode(jvp_mode, model) if cache else JVPMode.FORWARD
         plan = layerwise.plan(model, space) if self.jvp_mode is JVPMode.LAYERWISE else None
-        if self.jvp_mode is JVPMode.LAYERWISE and (plan is None or _LAYERWISE_CHECKED.get(model) is False):
-            self.jvp_mode = _torch_func_mode(model)  # a network the plan cannot follow
+        if self.jvp_mode is JVPMode.LAYERWISE and (plan is None or _LAYERWISE_CHECKED.get(model) is False
+                                                   or JVPMode(jvp_mode) is JVPMode.AUTO and not plan.native):
+            self.jvp_mode = _torch_func_mode(model)  # a network the plan cannot follow (or, for auto, not by hand)
         self._linearised: list[layerwise.Linearised] = []  # per micro-batch (jvp_mode layerwise)
         self._transposed: list = []  # per micro-batch: u ↦ J u, the VJP of the cached VJP (jvp_mode reverse)
         self.comm = comm or distributed.current()

@@ -70,6 +70,48 @@ class VGGLike(nn.Sequential):
                         m.bias.uniform_(-0.2, 0.2, generator=torch.Generator().manual_seed(i))
 
 
+class Torchvision(nn.Module):
+    """What torchvision's networks trace to: in-place activations and a ``+=`` skip, a split read by item, shape
+    queries, averages, sums and products of branches, a constant offset, a dropout on ``self.training``."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 4, 3, padding=1)
+        self.act = nn.ReLU(inplace=True)
+        self.hs, self.gate = nn.Hardswish(), nn.Hardsigmoid()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.se = nn.Linear(2, 2)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = self.act(self.conv(x))
+        a, b = h.chunk(2, dim=1)  # (a tuple, read by item)
+        a = self.hs(a).relu_()
+        s = self.gate(self.se(self.pool(b).flatten(1))).view(b.size(0), -1, 1, 1)  # squeeze-and-excitation
+        b = b * s + F.dropout(b, 0.5, self.training) / 2.0
+        b += a  # (traced as a sum)
+        h = torch.cat([a - b, F.hardswish(b * 3.0 + 1.0) + a * a - s / s], dim=1)  # (``a * a``, ``s / s``: not linear)
+        return self.fc(h.mean((2, 3)).reshape(x.shape[0], -1))
+
+
+class Attention(nn.Module):
+    """A parameter the graph reads itself (a position embedding), an attention layer's (outputs, None) read by
+    item, LayerNorm: layers with parameters that go through torch.func inside the plan."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Linear(3, 4)
+        self.pos = nn.Parameter(torch.randn(1, 2, 4) / 2)
+        self.attn = nn.MultiheadAttention(4, 2, batch_first=True)
+        self.norm = nn.LayerNorm(4)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = self.embed(x) + self.pos
+        a, _ = self.attn(h, h, h, need_weights=False)
+        return self.head(self.norm(h + a).mean(1))
+
+
 def _frozen_mlp():
     m = MLP(in_features=6, hidden=(4,), num_classes=3)
     m.layers[0].bias.requires_grad_(False)
@@ -100,6 +142,11 @@ NETS = {  # name: (factory, per-sample input shape)
     "residual": (Residual, (4,)),
     "frozen": (_frozen_mlp, (6,)),
     "frozen-batchnorm": (_frozen_batchnorm, (2, 3)),
+    "torchvision-like": (Torchvision, (2, 4, 4)),
+    "inplace-module": (lambda: InPlace("module"), (4,)),
+    "inplace-method": (lambda: InPlace("method"), (4,)),
+    "attention": (Attention, (2, 3)),
+    "weight-outside": (lambda: WeightOutside(), (4,)),  # (defined below, with the graphs a plan cannot follow)
 }
 
 
@@ -175,12 +222,26 @@ class ValueBranch(nn.Module):
 
 
 class WeightOutside(nn.Module):
+    """Parameters read by the graph, not by their layer: each is a node whose tangent is its entry of ``u``."""
+
     def __init__(self):
         super().__init__()
         self.a = nn.Linear(4, 3)
 
     def forward(self, x):
         return F.linear(x, self.a.weight * 2, self.a.bias)
+
+
+class WeightTwice(nn.Module):
+    """A layer's weight read by the graph as well: not followed (a parameter is read once, by its layer or the
+    graph)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.a(x) + F.linear(x, self.a.weight)
 
 
 class CalledTwice(nn.Module):
@@ -204,6 +265,10 @@ class InPlace(nn.Module):
             h = self.act(h)
         elif self.how == "method":
             h = h.relu_()
+        elif self.how == "shared":  # the tensor changed in place is read again: the traced graph reads it unchanged
+            return self.b(self.act(h) + h)
+        elif self.how == "input":
+            return self.b(x.relu_())
         else:  # torch.fx records `+=` as `+`: the traced graph reads `b(a(x))`, the network computes `b(a(x) + 1)`
             g = h
             h += 1.0
@@ -221,15 +286,16 @@ class TwoOutputs(nn.Module):
         return z, z.sum()
 
 
-@pytest.mark.parametrize("make", [ValueBranch, WeightOutside, CalledTwice, lambda: InPlace("module"),
-                                  lambda: InPlace("method"), TwoOutputs],
-                         ids=["value-branch", "weight-outside", "called-twice", "inplace-module", "inplace-method",
+@pytest.mark.parametrize("make", [ValueBranch, WeightTwice, CalledTwice, lambda: InPlace("shared"),
+                                  lambda: InPlace("input"), TwoOutputs],
+                         ids=["value-branch", "weight-twice", "called-twice", "inplace-shared", "inplace-input",
                               "two-outputs"])
 def test_graphs_it_cannot_follow_have_no_plan(make):
     model = make().to(D)
     space = ParamSpace.of(model)
     assert layerwise.plan(model, space) is None
-    if not isinstance(model, TwoOutputs):  # (the metric needs one output tensor anyway)
+    if not isinstance(model, TwoOutputs) and getattr(model, "how", "") != "input":  # (the metric needs one output
+        # tensor anyway, and torch.func refuses a network that changes its input in place)
         x = torch.randn(3, 4, dtype=D) + 0.5
         G = MetricOperator(model, space, model_vector(model, space), x, jvp_mode="layerwise")
         assert G.jvp_mode.value == "reverse"  # torch.func's products instead
@@ -274,3 +340,15 @@ def test_anchor_products_use_the_plan(rng, dense_jacobian):
     c = [torch.randn(len(xb), 3, generator=rng, dtype=D) for xb in (x[:2], x[2:])]
     J = dense_jacobian(model, space, w, x, chunks=[2, 3]).reshape(-1, space.n)
     torch.testing.assert_close(G.rmatvec_outputs(c), J.T @ torch.cat(c).reshape(-1) / len(x), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("name, native", [("torchvision-like", True), ("vgg-like", True), ("attention", False)])
+def test_auto_takes_a_plan_only_where_every_layer_has_its_own_rule(name, native):
+    """``--jvp auto`` on the CPU: the plan where every layer with parameters has a rule of its own; where one would
+    go through torch.func inside the plan (an attention, a LayerNorm: slower than torch.func's whole product),
+    torch.func's faster mode. ``--jvp layerwise`` takes the plan either way (exact: the dense test above)."""
+    model, space, w, x = _setup(name)
+    assert layerwise.plan(model, space).native is native
+    auto = MetricOperator(model, space, w, x, jvp_mode="auto")
+    assert auto.jvp_mode.value == ("layerwise" if native else "reverse")
+    assert MetricOperator(model, space, w, x, jvp_mode="layerwise").jvp_mode.value == "layerwise"
