@@ -145,9 +145,10 @@ def finished(out: Path, ckpt: Path, cfg: SparsifyConfig, options: dict) -> dict 
     if any(saved.get(k) != v for k, v in wanted.items()):
         return None
     if method == "geodesic":  # defaults the options above do not name, as the run resolved them (they change)
-        from geopath.jobs.sparsify import default_max_steps, settle_lr_of
+        from geopath.jobs.sparsify import default_max_steps, settle_lr_of, settle_prune_of
 
-        resolved = {"settle_lr": settle_lr_of(cfg), "max_steps": cfg.max_steps or default_max_steps(cfg)}
+        resolved = {"settle_lr": settle_lr_of(cfg), "max_steps": cfg.max_steps or default_max_steps(cfg),
+                    "settle_prune": settle_prune_of(cfg)}
         if any(saved.get(k) != v for k, v in resolved.items()):
             return None
     return json.loads((out / "summary.json").read_text())

@@ -322,6 +322,12 @@ class SparsifyConfig(WalkOptions):
                                         "decay).", default_help="0.1; 0.05 with --structured")
     settle_warmup: float = opt(0.0, SETTLE_WARMUP_HELP)
     settle_average: float = opt(0.0, SETTLE_AVERAGE_HELP)
+    settle_prune: float | None = opt(None, "--settle finetune/distill, unstructured: leave this fraction of the "
+                                           "weights to remove to the settle, which removes them gradually (sparsity "
+                                           "on a cubic schedule over its first half, the mask re-chosen by the run's "
+                                           "ranking 40 times); the walk lands at the rest (0: the walk lands on the "
+                                           "whole target).", default_help="0.2 (0 with --structured, --mask dynamic "
+                                                                         "or --settle geodesic)")
     settle_holdout: float = opt(0.0, SETTLE_HOLDOUT_HELP)
     settle_augment: Augment = opt(Augment.NONE, SETTLE_AUGMENT_HELP)
 
@@ -330,6 +336,8 @@ class SparsifyConfig(WalkOptions):
         if not self.checkpoint:
             raise UsageError("a checkpoint is required")
         _settle_checks(self)
+        if self.settle_prune is not None and not 0.0 <= self.settle_prune < 1.0:
+            raise UsageError(f"--settle-prune must be in [0, 1), got {self.settle_prune}")
         if self.settle_augment is not Augment.NONE and self.method is not SparsifyMethod.GEODESIC:
             raise UsageError(f"--settle-augment is an option of the geodesic's settle; --method {self.method.value} "
                              "does not take it")
@@ -363,6 +371,14 @@ class SparsifyConfig(WalkOptions):
             unread["saliency_samples"] = "only --criterion saliency or auto reads it"
         if self.structured:
             unread["criterion"] = "--structured removes whole units; no weight is ranked"
+        if "settle_prune" not in unread:
+            why = (f"--method {method} settles by its own training (--finetune-epochs, --lr)" if not geodesic else
+                   "--settle geodesic takes steps, not training options" if self.settle is Settle.GEODESIC else
+                   "--structured removes whole units in one landing" if self.structured else
+                   "--mask dynamic re-chooses the mask at every step" if _value(self.mask) == MaskMode.DYNAMIC.value
+                   else "there is no settle (--settle-epochs 0)" if self.settle_epochs == 0 else None)
+            if why:
+                unread["settle_prune"] = why
         _refuse(self, given, unread)
 
 

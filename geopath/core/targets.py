@@ -192,14 +192,18 @@ class MagnitudeTarget(HyperplaneTarget):
         if self.dynamic:
             self.mask = self._choose(w)
 
+    def rechosen(self, w: torch.Tensor, sparsity: float) -> "MagnitudeTarget":
+        """A fixed mask at ``w`` with ``sparsity``, by the same ranking (magnitude, or ``w²·scores``) and scope.
+        Zero weights rank lowest, so masks re-chosen at growing sparsity from weights held at zero are nested."""
+        return MagnitudeTarget(self.space, w, sparsity, self.parameters, self.scope, scores=self.scores)
+
     def stage(self, w: torch.Tensor, fraction: float) -> "MagnitudeTarget":
         """A fixed mask at ``w`` with sparsity ``1 − (1 − s)^fraction`` (exactly ``s`` at 1).
 
         Pruned weights are zero, hence the smallest, so stages of growing ``fraction`` have
         nested masks (iterative pruning's geometric schedule).
         """
-        s = self.sparsity if fraction >= 1 else 1.0 - (1.0 - self.sparsity) ** fraction
-        return MagnitudeTarget(self.space, w, s, self.parameters, self.scope, scores=self.scores)
+        return self.rechosen(w, self.sparsity if fraction >= 1 else 1.0 - (1.0 - self.sparsity) ** fraction)
 
     def describe(self):
         return {"target": self.name, "sparsity": self.sparsity, "scope": self.scope.value,

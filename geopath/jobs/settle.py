@@ -12,11 +12,13 @@ import torch
 from torch import nn
 
 from geopath.config import Settle
+from geopath.core import distributed
 from geopath.core.augment import augmentation
 from geopath.core.dataset import Dataset, batches
 from geopath.core.evaluate import evaluate, recompute_batchnorm
 from geopath.core.step import PASS_FORWARD
-from geopath.core.targets import Target
+from geopath.core.params import ParamSpace, load_vector, model_vector
+from geopath.core.targets import MagnitudeTarget, Target
 from geopath.jobs.common import split_train
 
 SETTLE_TEMPERATURE = 2.0  # --settle distill
@@ -26,7 +28,8 @@ AUGMENT_SEED = 7919  # the views' generator is seeded apart from the batch order
 
 
 def settle_by_training(cfg, model, target: Target, data, reference, result, recorder,
-                       device, final_path: str = "final.safetensors", held: torch.Tensor | None = None) -> dict:
+                       device, final_path: str = "final.safetensors", held: torch.Tensor | None = None,
+                       grow_to: MagnitudeTarget | None = None) -> dict:
     """``--settle finetune|distill``: masked SGD on the hyperplane from where the walk landed, for
     ``--settle-epochs`` of sample passes (a distillation step also pays the teacher's forward pass).
     Its networks continue the walk's trace (steps count SGD steps on from the landing), one every
@@ -38,6 +41,11 @@ def settle_by_training(cfg, model, target: Target, data, reference, result, reco
     With ``--settle-average F`` > 0 the settle ends on the mean of the weights after each of its last
     ``F × steps`` SGD steps (stochastic weight averaging, Izmailov et al. 2018; no extra passes, and the
     recorder re-estimates BatchNorm statistics for it as for every network).
+
+    With ``grow_to`` (``--settle-prune``; ``target`` is then the sparser-kept hyperplane the walk landed on) the
+    settle prunes on to ``grow_to``'s sparsity as gradual pruning does: the sparsity grows from ``target``'s on
+    the cubic schedule over the first half of the SGD steps, the mask re-chosen by ``grow_to``'s ranking
+    :data:`~geopath.peers.pruning.GRADUAL_UPDATES` times; ``grow_to.mask`` ends as the final mask.
 
     With ``--settle-holdout F`` > 0 the last fraction F of ``data`` is held out of the SGD; the settle's own
     loss on it (the distillation loss, or the cross-entropy with ``finetune``) is measured on the landed
@@ -64,11 +72,12 @@ def settle_by_training(cfg, model, target: Target, data, reference, result, reco
     train_data, held_out = data, None
     if holdout > 0 and steps:
         train_data, held_out = split_train(data, min(len(data) - 1, max(1, round(holdout * len(data)))))
+    growth = {"done": grow_to is None}  # --settle-prune: whether the mask has reached grow_to's sparsity
     checks = {"passes": 0.0, "best": None}  # held-out forward passes spent; (loss, weights) of the best network
 
     def check(net: nn.Module) -> None:
         """The settle's loss on the held-out inputs (BatchNorm statistics as the recorder leaves them)."""
-        if held_out is None:
+        if held_out is None or not growth["done"]:  # (a network still on its way to the sparsity cannot be final)
             return
         loss = _held_out_loss(net, held_out, loss_fn, device)
         checks["passes"] += len(held_out) * PASS_FORWARD * (2 if loss_fn is not None else 1)
@@ -98,15 +107,23 @@ def settle_by_training(cfg, model, target: Target, data, reference, result, reco
 
     check(model)  # the landed network, as recorded (its BatchNorm statistics re-estimated)
     passes = 0
+    remask = None if grow_to is None else _growing(model, target, grow_to, steps, growth)
     if steps:
         passes = train(model, train_data, epochs=budget / len(train_data), batch_size=cfg.batch_size,
                        lr=cfg.settle_lr, seed=cfg.seed, mask=target.mask if held is None else held, device=device,
                        max_passes=budget, on_step=on_step, loss_fn=loss_fn, warmup=cfg.settle_warmup,
-                       augment=augmentation(cfg.settle_augment, cfg.seed + AUGMENT_SEED)).sample_passes
+                       augment=augmentation(cfg.settle_augment, cfg.seed + AUGMENT_SEED),
+                       remask=remask).sample_passes
     if average["count"]:  # the average of masked weights is masked too
         with torch.no_grad():
             for p, total in zip(params, average["sum"]):
                 p.copy_(total / average["count"])
+    if grow_to is not None:  # (the schedule ends at grow_to's sparsity, unless the settle took no step or averaged
+        space = ParamSpace.of(model)  # over the growth: then this is where it ends)
+        w = model_vector(model, space)
+        grow_to.mask = grow_to.rechosen(w, grow_to.sparsity).mask
+        load_vector(model, space, grow_to.project(w))
+        growth["done"] = True
     if held_out is not None:
         if recorder.bn_data is not None:
             recompute_batchnorm(model, recorder.bn_data, device=device)
@@ -117,6 +134,31 @@ def settle_by_training(cfg, model, target: Target, data, reference, result, reco
     state.sample_passes += passes * per_sample + checks["passes"]
     state.wall_time = time.perf_counter() - tic
     return row
+
+
+def _growing(model: nn.Module, start: MagnitudeTarget, final: MagnitudeTarget, steps: int, done: dict):
+    """``remask(step)`` for :func:`geopath.core.train.train`: gradual pruning from ``start``'s sparsity to
+    ``final``'s over the first half of ``steps``, re-chosen at steps 0, Δ, 2Δ, … by ``final``'s ranking; each
+    update is the schedule's value one interval ahead, so the last one (at or before half-way) is ``final``'s
+    sparsity; then ``done["done"]`` is set."""
+    from geopath.peers.pruning import GRADUAL_UPDATES, cubic_sparsity
+
+    space, comm = ParamSpace.of(model), distributed.current()
+    ramp = max(1, steps // 2)
+    every = max(1, -(-ramp // GRADUAL_UPDATES))
+
+    def remask(step: int) -> torch.Tensor | None:
+        if step % every or step > ramp:
+            return None
+        s = start.sparsity + (final.sparsity - start.sparsity) * cubic_sparsity(1.0, (step + every) / ramp)
+        mask = final.rechosen(model_vector(model, space), s).mask
+        if comm.world > 1:  # rank 0's choice is every rank's (a weight at the threshold must not split the ranks)
+            mask = comm.broadcast_(mask.to(torch.uint8)).bool()
+        final.mask = mask
+        if s >= final.sparsity:
+            done["done"] = True
+        return final.mask
+    return remask
 
 
 @torch.no_grad()

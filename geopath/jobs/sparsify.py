@@ -104,6 +104,19 @@ def default_settle_lr(cfg: SparsifyConfig) -> float:
     return 0.05 if parse_structured(cfg.structured) else 0.1
 
 
+SETTLE_PRUNE = 0.2  # --settle-prune's default where it applies (docs/method.md, "Pruning during the settle")
+
+
+def settle_prune_of(cfg: SparsifyConfig) -> float | None:
+    """The fraction of the removals a geodesic run leaves to its settle: ``--settle-prune``, else
+    :data:`SETTLE_PRUNE`, for unstructured sparsity with a fixed mask and a training settle; ``None`` (nothing
+    reads it, and the run's config records none) otherwise."""
+    if cfg.method is not SparsifyMethod.GEODESIC or cfg.settle is Settle.GEODESIC or cfg.structured \
+            or cfg.mask is MaskMode.DYNAMIC or cfg.settle_epochs == 0:
+        return None
+    return cfg.settle_prune if cfg.settle_prune is not None else SETTLE_PRUNE
+
+
 def settle_lr_of(cfg: SparsifyConfig) -> float | None:
     """The settle learning rate a geodesic run uses and records: ``--settle-lr``, else :func:`default_settle_lr`;
     none before geodesic settle steps (they read no learning rate)."""
@@ -157,7 +170,8 @@ class Sparsify(job.Job):
         max_steps = cfg.max_steps or default_max_steps(cfg)
         step_size = cfg.step_size or job.default_step_size(target.distance(w0), cfg.steps, STEP_SCALE)
         if cfg.method is SparsifyMethod.GEODESIC:  # (a peer's config records no step it does not take)
-            cfg = dataclasses.replace(cfg, step_size=step_size, max_steps=max_steps, settle_lr=settle_lr_of(cfg))
+            cfg = dataclasses.replace(cfg, step_size=step_size, max_steps=max_steps, settle_lr=settle_lr_of(cfg),
+                                      settle_prune=settle_prune_of(cfg))
         cfg = dataclasses.replace(cfg, data=data_name, eval_data=job.recorded(cfg.eval_data),
                                   normalize=metric_data.preprocess, arch=ck.arch, arch_kwargs=ck.arch_kwargs,
                                   checkpoint=str(ck.path.resolve()))
@@ -188,12 +202,17 @@ class Sparsify(job.Job):
         record_start = None
         if state is None and own["spent"]:  # the passes spent choosing the mask count from the start
             state, record_start = PathState(sample_passes=float(own["spent"])), True
-        result = walk(setup.model, own["target"], own["metric"], pcfg, recorder, reference=own["reference"],
+        target = own["target"]
+        if by_training and cfg.settle_prune:  # the walk lands at 1 − F of the removals; the settle makes the rest
+            w0 = model_vector(setup.model, ParamSpace.of(setup.model))
+            target = target.rechosen(w0, (1.0 - cfg.settle_prune) * target.sparsity)
+        result = walk(setup.model, target, own["metric"], pcfg, recorder, reference=own["reference"],
                       state=state, device=device, record_start=record_start,
                       final_path="steps/landed.safetensors" if by_training else "final.safetensors")
         if by_training:
-            return job.Outcome(settle_by_training(cfg, setup.model, own["target"], own["metric"], own["reference"],
-                                                  result, recorder, device))
+            return job.Outcome(settle_by_training(cfg, setup.model, target, own["metric"], own["reference"],
+                                                  result, recorder, device,
+                                                  grow_to=own["target"] if cfg.settle_prune else None))
         return job.Outcome(result.final)
 
     def peer_task(self, setup: job.Setup, record, device) -> PeerTask:

@@ -128,8 +128,7 @@ def _stage_at(target, w: torch.Tensor, fraction: float):
     """``target`` re-chosen at ``w`` with ``fraction`` of its removals: unstructured, sparsity ``fraction·s``
     (:meth:`MagnitudeTarget.stage` is geometric in ``fraction``); structured, that fraction of each layer's units."""
     if fraction < 1.0 and isinstance(target, MagnitudeTarget):
-        return MagnitudeTarget(target.space, w, fraction * target.sparsity, target.parameters, target.scope,
-                               scores=target.scores)
+        return target.rechosen(w, fraction * target.sparsity)
     return target.stage(w, fraction)
 
 

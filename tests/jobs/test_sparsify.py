@@ -182,12 +182,15 @@ def test_defaults_choose_the_ranking_and_settle_by_finetuning(tmp_path):
     assert spent == (int(0.5 * 2000) // 64) * 64
     # the saliency estimate and the rule's three forward passes of 1,024 inputs are paid for up front
     assert rows[0]["sample_passes"] == 1024 + 1024
-    # the mask of the landed network is the final network's: fine-tuning never revives a weight
+    # the walk lands at 0.8 of the removals (--settle-prune 0.2, resolved and recorded) and the settle prunes
+    # the rest: every weight the walk removed stays removed, and the settle did train
+    assert cfg["settle_prune"] == 0.2 and landed[0]["sparsity"] == pytest.approx(0.72, abs=1e-4)
+    assert [r["sparsity"] for r in after] == sorted(r["sparsity"] for r in after)
     landed_w, _ = read_tensors(out / "steps" / "landed.safetensors")
     final_w, _ = read_tensors(out / "final.safetensors")
     for name in prunable_parameters(load_checkpoint(SAMPLE).model):
-        assert torch.equal(landed_w[name] == 0, final_w[name] == 0)
-        assert not torch.equal(landed_w[name], final_w[name])  # and it did train
+        assert bool((final_w[name][landed_w[name] == 0] == 0).all())
+        assert not torch.equal(landed_w[name], final_w[name])
     summary = json.loads((out / "summary.json").read_text())
     assert summary["sparsity"] == pytest.approx(0.9, abs=1e-4)
     ranking = summary["ranking"]
@@ -280,7 +283,9 @@ def test_settle_warmup_changes_the_settle_and_is_recorded(plain_settle, tmp_path
     a, la, b, lb = _settle_variant(plain_settle, tmp_path, "--settle-warmup", "0.5")
     assert all(torch.equal(la[k], lb[k]) for k in la)  # the same walk ...
     assert not torch.equal(a["layers.0.weight"], b["layers.0.weight"])  # ... then another settle
-    assert all(torch.equal(a[k] == 0, b[k] == 0) for k in a)  # on the same hyperplane
+    # to the same sparsity (the settle re-chooses the last removals, so not necessarily the same weights)
+    names = prunable_parameters(load_checkpoint(SAMPLE).model)
+    assert sum(int((a[n] == 0).sum()) for n in names) == sum(int((b[n] == 0).sum()) for n in names)
 
 
 def test_settle_average_ends_on_averaged_weights_on_the_same_hyperplane(plain_settle, tmp_path):
@@ -290,6 +295,29 @@ def test_settle_average_ends_on_averaged_weights_on_the_same_hyperplane(plain_se
     # the average of the last half of the steps lies between the landed network and the last step's
     w = {key: torch.cat([t[n].flatten() for n in sorted(t)]) for t, key in ((landed, "l"), (a, "a"), (b, "b"))}
     assert torch.linalg.vector_norm(w["b"] - w["l"]) < torch.linalg.vector_norm(w["a"] - w["l"])
+
+
+def test_settle_prune_zero_lands_on_the_whole_target_and_the_settle_keeps_its_mask(plain_settle, tmp_path):
+    """``--settle-prune 0``: the walk lands on the target itself and fine-tuning never revives a weight; with the
+    default the same walk goes to 0.8 of the removals (another landing) and the settle ends on the target."""
+    a, la, b, lb = _settle_variant(plain_settle, tmp_path, "--settle-prune", "0")
+    names = prunable_parameters(load_checkpoint(SAMPLE).model)
+    zeros = {key: sum(int((t[n] == 0).sum()) for n in names) for t, key in ((la, "la"), (a, "a"), (lb, "lb"), (b, "b"))}
+    assert zeros["lb"] == zeros["b"] == zeros["a"] > zeros["la"]  # the removals: the target's, or 80 % at landing
+    assert all(torch.equal(lb[n] == 0, b[n] == 0) for n in names)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--structured", "layers.0:100"], "--settle-prune: not read by this run (--structured removes whole units"),
+    (["--settle", "geodesic", *SETTLE_STEPS], "--settle-prune: not read by this run (--settle geodesic takes steps"),
+    (["--mask", "dynamic"], "--settle-prune: not read by this run (--mask dynamic re-chooses"),
+    (["--method", "gradual"], "--settle-prune: not read by this run (--method gradual settles by its own")])
+def test_settle_prune_is_refused_where_nothing_would_read_it(tmp_path, extra, message):
+    from .._helpers import cli, one_error_line
+
+    refused = cli("sparsify", SAMPLE, "-o", tmp_path / "o", *FAST_DATA, "--settle-prune", "0.3",
+                  *(["--sparsity", "0.9"] if "--structured" not in extra else []), *extra)
+    assert refused.returncode == 2 and message in one_error_line(refused), refused.stderr
 
 
 def test_settle_augment_settles_a_convnet_on_views_of_its_images_on_the_same_hyperplane(tmp_path):
@@ -337,7 +365,7 @@ def test_settle_holdout_ends_on_the_network_with_the_lowest_held_out_loss(tmp_pa
     cross-entropy on them, and the held-out forward passes are counted."""
     out = tmp_path / "out"
     geopath("sparsify", SAMPLE, "-o", out, "--sparsity", "0.9", *FAST, "--settle-epochs", "1", "--settle-lr", "0.5",
-            "--settle-holdout", "0.25", check=True)
+            "--settle-holdout", "0.25", "--settle-prune", "0", check=True)
     held = load_dataset("mnist", "train", DATA_ROOT).head(2000)
     x, y = held.x[1500:], held.y[1500:]
 
@@ -357,6 +385,18 @@ def test_settle_holdout_ends_on_the_network_with_the_lowest_held_out_loss(tmp_pa
     a, _ = read_tensors(out / "final.safetensors")
     for name in prunable_parameters(load_checkpoint(SAMPLE).model):  # still on the hyperplane
         assert torch.equal(a[name] == 0, read_tensors(out / "steps" / "landed.safetensors")[0][name] == 0)
+    # with --settle-prune 0.2 (the default) only networks at the target's sparsity can end the run: not the
+    # landed one (at 0.72) nor one recorded while the sparsity grows (over the first 15 of the 31 steps)
+    grown = tmp_path / "grown"
+    geopath("sparsify", SAMPLE, "-o", grown, "--sparsity", "0.9", *FAST, "--settle-epochs", "1", "--settle-lr", "0.5",
+            "--settle-holdout", "0.25", check=True)
+    rows = [json.loads(l) for l in (grown / "trace.jsonl").read_text().splitlines()]
+    landed = next(r for r in rows if r["checkpoint"] == "steps/landed.safetensors")
+    assert rows[-1]["sparsity"] == pytest.approx(0.9, abs=1e-4) and landed["sparsity"] < 0.8
+    settle = [r for r in rows[rows.index(landed):] if r["checkpoint"] != "final.safetensors"]
+    candidates = [loss(grown / r["checkpoint"]) for r in settle if r["sparsity"] == pytest.approx(0.9, abs=1e-4)]
+    assert len(candidates) == 1 and loss(grown / "final.safetensors") <= min(candidates) + 1e-6
+    assert rows[-1]["sample_passes"] - landed["sample_passes"] == pytest.approx(1500 + 7 * 64 + 2 * 500 / 3)
 
 
 @pytest.mark.parametrize("extra, message", [
