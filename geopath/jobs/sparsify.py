@@ -176,6 +176,9 @@ class Sparsify(job.Job):
                                   normalize=metric_data.preprocess, arch=ck.arch, arch_kwargs=ck.arch_kwargs,
                                   checkpoint=str(ck.path.resolve()))
         sparse_names = sparse_parameters(cfg, model)
+        walk_target = target  # (chosen at the start, also when a run resumes from a later network)
+        if cfg.method is SparsifyMethod.GEODESIC and cfg.settle_prune:
+            walk_target = target.rechosen(w0, (1.0 - cfg.settle_prune) * target.sparsity)
 
         def evaluate_row(net) -> dict:
             ev = evaluate(net, test_data, device=device)
@@ -186,8 +189,8 @@ class Sparsify(job.Job):
         bn_data = metric_data.head(cfg.bn_samples) if has_batchnorm(model) else None
         return job.Setup(cfg, model, ck.arch, ck.arch_kwargs, ck.sha256, data_name, evaluate_row, len(metric_data),
                          bn_data, max_steps + cfg.settle_steps,
-                         own={"target": target, "metric": metric_data, "reference": reference, "spent": spent,
-                              "ranking": ranking},
+                         own={"target": target, "walk_target": walk_target, "metric": metric_data,
+                              "reference": reference, "spent": spent, "ranking": ranking},
                          preprocess=metric_data.preprocess, carry=job.carried(ck))
 
     def walk(self, setup: job.Setup, recorder, state, device) -> job.Outcome:
@@ -202,10 +205,7 @@ class Sparsify(job.Job):
         record_start = None
         if state is None and own["spent"]:  # the passes spent choosing the mask count from the start
             state, record_start = PathState(sample_passes=float(own["spent"])), True
-        target = own["target"]
-        if by_training and cfg.settle_prune:  # the walk lands at 1 − F of the removals; the settle makes the rest
-            w0 = model_vector(setup.model, ParamSpace.of(setup.model))
-            target = target.rechosen(w0, (1.0 - cfg.settle_prune) * target.sparsity)
+        target = own["walk_target"]  # --settle-prune F: 1 − F of the removals; the settle makes the rest
         result = walk(setup.model, target, own["metric"], pcfg, recorder, reference=own["reference"],
                       state=state, device=device, record_start=record_start,
                       final_path="steps/landed.safetensors" if by_training else "final.safetensors")

@@ -307,6 +307,32 @@ def test_settle_prune_zero_lands_on_the_whole_target_and_the_settle_keeps_its_ma
     assert all(torch.equal(lb[n] == 0, b[n] == 0) for n in names)
 
 
+def test_resumed_default_run_walks_to_the_mask_chosen_at_the_start(tmp_path):
+    """Regression: the walk's mask (0.8 of the removals) was re-chosen from the network a run resumed
+    from, so an interrupted default run could walk to another mask than the uninterrupted one."""
+    args = [*SETTLE, "--steps", "60", "--max-steps", "60", "--save-every", "5"]  # a walk long enough to interrupt
+    full, out = tmp_path / "full", tmp_path / "out"
+    geopath("sparsify", *args, "-o", full, check=True)
+    cmd = [sys.executable, "-m", "geopath", "sparsify", *map(str, args), "-o", str(out), "--json"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    seen = 0
+    for line in proc.stdout:  # interrupt during the walk, after a network has been saved
+        if json.loads(line).get("step", 0) >= 5:
+            seen = 1
+            proc.send_signal(signal.SIGINT)
+            break
+    _, err = proc.communicate(timeout=120)
+    assert seen and proc.returncode == 130, err
+    resumed = geopath("sparsify", "-o", out, "--resume", "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    for name in ("steps/landed.safetensors", "final.safetensors"):
+        a, _ = read_tensors(full / name)
+        b, _ = read_tensors(out / name)
+        assert all(torch.equal(a[k] == 0, b[k] == 0) for k in a), name
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--structured", "layers.0:100"], "--settle-prune: not read by this run (--structured removes whole units"),
     (["--settle", "geodesic", *SETTLE_STEPS], "--settle-prune: not read by this run (--settle geodesic takes steps"),
