@@ -144,14 +144,17 @@ def finished(out: Path, ckpt: Path, cfg: SparsifyConfig, options: dict) -> dict 
         return None
     if any(saved.get(k) != v for k, v in wanted.items()):
         return None
+    summary = json.loads((out / "summary.json").read_text())
     if method == "geodesic":  # defaults the options above do not name, as the run resolved them (they change)
+        from geopath.config import Settle
         from geopath.jobs.sparsify import default_max_steps, settle_lr_of, settle_prune_of
 
-        resolved = {"settle_lr": settle_lr_of(cfg), "max_steps": cfg.max_steps or default_max_steps(cfg),
-                    "settle_prune": settle_prune_of(cfg)}
+        chosen = summary.get("settle", {}).get("chosen")  # (what --settle auto chose)
+        resolved = {"settle": cfg.settle.value, "settle_lr": settle_lr_of(cfg, Settle(chosen) if chosen else None),
+                    "max_steps": cfg.max_steps or default_max_steps(cfg), "settle_prune": settle_prune_of(cfg)}
         if any(saved.get(k) != v for k, v in resolved.items()):
             return None
-    return json.loads((out / "summary.json").read_text())
+    return summary
 
 
 def geodesic_options(budget: float) -> dict:

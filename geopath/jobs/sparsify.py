@@ -85,6 +85,35 @@ def choose_ranking(cfg: SparsifyConfig, model, space: ParamSpace, w0: torch.Tens
     return (scores if chosen == "saliency" else None), record, int(round(3 * PASS_FORWARD * len(x)))
 
 
+SETTLE_RULE_SAMPLES = 2048  # --settle auto: the training inputs the start is scored on
+SETTLE_RULE_ACCURACY = 0.998  # ... and the accuracy from which it counts as having fitted its labels
+
+
+def choose_settle(cfg: SparsifyConfig, model, data, device) -> tuple[Settle, dict | None, int]:
+    """``--settle auto``: settle on the start's outputs (``distill``) when the start classifies at least
+    :data:`SETTLE_RULE_ACCURACY` of :data:`SETTLE_RULE_SAMPLES` training inputs (a draw seeded by ``--seed``; the
+    network as it is evaluated, BatchNorm on its running statistics) right, else on the labels (``finetune``).
+    A start that has fitted its labels loses nothing of them in its outputs and adds their soft part; one that
+    has not would teach its mistakes (docs/method.md, "Which settle"). Returns the settle, the rule's record for
+    the summary (``None`` where nothing was chosen) and its cost in sample passes (one forward pass of the
+    inputs). Any other ``--settle``, or no settle (``--settle-epochs 0``), is returned as it is, at no cost."""
+    from geopath.core.dataset import Dataset
+    from geopath.core.step import PASS_FORWARD
+
+    if cfg.settle is not Settle.AUTO:
+        return cfg.settle, None, 0
+    if cfg.method is not SparsifyMethod.GEODESIC or cfg.settle_epochs == 0:
+        return Settle.FINETUNE, None, 0  # (nothing settles by training: the choice is never read)
+    n = min(SETTLE_RULE_SAMPLES, len(data))
+    idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(cfg.seed))[:n]
+    accuracy = evaluate(model, Dataset(data.x[idx], data.y[idx], data.name, data.split, data.preprocess),
+                        device=device).accuracy
+    chosen = Settle.DISTILL if accuracy >= SETTLE_RULE_ACCURACY else Settle.FINETUNE
+    record = {"rule": "auto", "chosen": chosen.value, "inputs": n, "train_accuracy": accuracy,
+              "threshold": SETTLE_RULE_ACCURACY}
+    return chosen, record, int(round(PASS_FORWARD * n))
+
+
 def default_max_steps(cfg: SparsifyConfig) -> int:
     """The approach's length when ``--max-steps`` is not given: ``--steps`` when a training settle follows at a
     constant β (the approach never comes within ``--tol`` on the suite's networks, and the settle, given the
@@ -96,12 +125,15 @@ def default_max_steps(cfg: SparsifyConfig) -> int:
     return 3 * cfg.steps
 
 
-def default_settle_lr(cfg: SparsifyConfig) -> float:
-    """The training settle's learning rate when ``--settle-lr`` is not given: 0.1 for unstructured sparsity, 0.05
-    when whole units go (``--structured``). Measured (docs/method.md): 0.1 gains on every unstructured suite
-    network and on VGG11 at 90 %; with whole units removed 0.05 is ahead on VGG11's filter removal by 1.75
-    points and on two of three MLPs (by 0.04 and 0.51; 0.05 behind on the third: bench/settle_lr_structured.py)."""
-    return 0.05 if parse_structured(cfg.structured) else 0.1
+def default_settle_lr(cfg: SparsifyConfig, settle: Settle) -> float:
+    """The learning rate of a training ``settle`` when ``--settle-lr`` is not given: 0.1 on the labels for
+    unstructured sparsity; 0.05 when whole units go (``--structured``) or on the start's outputs (``distill``).
+    Measured (docs/method.md): on the labels 0.1 gains on every unstructured suite network and on VGG11 at 90 %;
+    with whole units removed 0.05 is ahead on VGG11's filter removal by 1.75 points and on two of three MLPs
+    (by 0.04 and 0.51; 0.05 behind on the third: bench/settle_lr_structured.py); on the start's outputs 0.05 is
+    ahead on VGG11 at 90 % by 1.38 points (three seeds) and on three of the four label-free cases, 0.09 behind
+    on the shipped MNIST MLP."""
+    return 0.05 if parse_structured(cfg.structured) or settle is Settle.DISTILL else 0.1
 
 
 SETTLE_PRUNE = 0.2  # --settle-prune's default where it applies (docs/method.md, "Pruning during the settle")
@@ -117,12 +149,14 @@ def settle_prune_of(cfg: SparsifyConfig) -> float | None:
     return cfg.settle_prune if cfg.settle_prune is not None else SETTLE_PRUNE
 
 
-def settle_lr_of(cfg: SparsifyConfig) -> float | None:
-    """The settle learning rate a geodesic run uses and records: ``--settle-lr``, else :func:`default_settle_lr`;
-    none before geodesic settle steps (they read no learning rate)."""
-    if cfg.settle is Settle.GEODESIC:
+def settle_lr_of(cfg: SparsifyConfig, settle: Settle | None = None) -> float | None:
+    """The settle learning rate a geodesic run uses and records: ``--settle-lr``, else :func:`default_settle_lr`
+    of ``settle`` (the one ``--settle auto`` chose; default ``--settle``); none before geodesic settle steps
+    (they read no learning rate)."""
+    settle = cfg.settle if settle is None else settle
+    if settle is Settle.GEODESIC:
         return cfg.settle_lr
-    return cfg.settle_lr if cfg.settle_lr is not None else default_settle_lr(cfg)
+    return cfg.settle_lr if cfg.settle_lr is not None else default_settle_lr(cfg, settle)
 
 
 def build_target(cfg: SparsifyConfig, model, space: ParamSpace, w0: torch.Tensor,
@@ -166,12 +200,14 @@ class Sparsify(job.Job):
             if cfg.criterion is Criterion.AUTO:
                 scores, ranking, checked = choose_ranking(cfg, model, space, w0, metric_data, scores)
                 spent += checked
+        settle, settle_rule, checked = choose_settle(cfg, model, metric_data, device)
+        spent += checked
         target = build_target(cfg, model, space, w0, example=test_data.x[:2].to(device), scores=scores)
         max_steps = cfg.max_steps or default_max_steps(cfg)
         step_size = cfg.step_size or job.default_step_size(target.distance(w0), cfg.steps, STEP_SCALE)
         if cfg.method is SparsifyMethod.GEODESIC:  # (a peer's config records no step it does not take)
-            cfg = dataclasses.replace(cfg, step_size=step_size, max_steps=max_steps, settle_lr=settle_lr_of(cfg),
-                                      settle_prune=settle_prune_of(cfg))
+            cfg = dataclasses.replace(cfg, step_size=step_size, max_steps=max_steps,
+                                      settle_lr=settle_lr_of(cfg, settle), settle_prune=settle_prune_of(cfg))
         cfg = dataclasses.replace(cfg, data=data_name, eval_data=job.recorded(cfg.eval_data),
                                   normalize=metric_data.preprocess, arch=ck.arch, arch_kwargs=ck.arch_kwargs,
                                   checkpoint=str(ck.path.resolve()))
@@ -190,7 +226,8 @@ class Sparsify(job.Job):
         return job.Setup(cfg, model, ck.arch, ck.arch_kwargs, ck.sha256, data_name, evaluate_row, len(metric_data),
                          bn_data, max_steps + cfg.settle_steps,
                          own={"target": target, "walk_target": walk_target, "metric": metric_data,
-                              "reference": reference, "spent": spent, "ranking": ranking},
+                              "reference": reference, "spent": spent, "ranking": ranking, "settle": settle,
+                              "settle_rule": settle_rule},
                          preprocess=metric_data.preprocess, carry=job.carried(ck))
 
     def walk(self, setup: job.Setup, recorder, state, device) -> job.Outcome:
@@ -209,8 +246,9 @@ class Sparsify(job.Job):
         result = walk(setup.model, target, own["metric"], pcfg, recorder, reference=own["reference"],
                       state=state, device=device, record_start=record_start,
                       final_path="steps/landed.safetensors" if by_training else "final.safetensors")
-        if by_training:
-            return job.Outcome(settle_by_training(cfg, setup.model, target, own["metric"], own["reference"],
+        if by_training:  # (--settle auto: as the rule chose; the config records auto, which replays the same)
+            return job.Outcome(settle_by_training(dataclasses.replace(cfg, settle=own["settle"]), setup.model,
+                                                  target, own["metric"], own["reference"],
                                                   result, recorder, device,
                                                   grow_to=own["target"] if cfg.settle_prune else None))
         return job.Outcome(result.final)
@@ -234,6 +272,7 @@ class Sparsify(job.Job):
             "target": target.describe() if not isinstance(target, MagnitudeTarget) else
             {k: v for k, v in target.describe().items() if k != "parameters"},
             **({"ranking": setup.own["ranking"]} if setup.own.get("ranking") else {}),
+            **({"settle": setup.own["settle_rule"]} if setup.own.get("settle_rule") else {}),
         }
 
 

@@ -165,23 +165,28 @@ def test_every_saved_network_has_fresh_batchnorm_statistics(tmp_path):
         assert evaluate(net, test).accuracy == pytest.approx(float(r["test_accuracy"]), abs=1e-12)
 
 
-def test_defaults_choose_the_ranking_and_settle_by_finetuning(tmp_path):
+def test_defaults_choose_the_ranking_and_the_settle(tmp_path):
     out = tmp_path / "out"
     proc = geopath("sparsify", SAMPLE, "-o", out, "--sparsity", "0.9", *FAST, "--settle-epochs", "0.5", "--json")
     assert proc.returncode == 0, proc.stderr
     cfg = yaml.safe_load((out / "config.yaml").read_text())
-    assert cfg["criterion"] == "auto" and cfg["settle"] == "finetune"  # resolved and recorded
+    # the rules are recorded as rules (a replay applies them again); what they chose is in the summary. The
+    # shipped MNIST MLP classifies every one of its first 2,000 training inputs right: it settles on its own
+    # outputs, at the distillation's learning rate
+    assert cfg["criterion"] == "auto" and cfg["settle"] == "auto" and cfg["settle_lr"] == 0.05
     rows = [json.loads(l) for l in (out / "trace.jsonl").read_text().splitlines()]
     landed = [r for r in rows if r["checkpoint"] == "steps/landed.safetensors"]
     assert len(landed) == 1 and landed[0]["t"] == 1.0
     after = rows[rows.index(landed[0]):]
     assert [r["step"] for r in after] == sorted(r["step"] for r in after)
     assert all(r["distance"] == 0.0 and r["landed_at"] == landed[0]["landed_at"] for r in after)
-    # the settle phase spends --settle-epochs of the 2000 metric inputs (SGD steps of 64)
+    # the settle phase spends --settle-epochs of the 2000 metric inputs (SGD steps of 64), a distillation step
+    # paying the start's forward pass too
     spent = after[-1]["sample_passes"] - landed[0]["sample_passes"]
-    assert spent == (int(0.5 * 2000) // 64) * 64
-    # the saliency estimate and the rule's three forward passes of 1,024 inputs are paid for up front
-    assert rows[0]["sample_passes"] == 1024 + 1024
+    assert spent == pytest.approx((int(0.5 * 2000 / (4 / 3)) // 64) * 64 * (4 / 3))
+    # paid for up front: the saliency estimate and the ranking rule's three forward passes of 1,024 inputs; the
+    # settle rule's one forward pass of the 2,000 inputs
+    assert rows[0]["sample_passes"] == 1024 + 1024 + round(2000 / 3)
     # the walk lands at 0.8 of the removals (--settle-prune 0.2, resolved and recorded) and the settle prunes
     # the rest: every weight the walk removed stays removed, and the settle did train
     assert cfg["settle_prune"] == 0.2 and landed[0]["sparsity"] == pytest.approx(0.72, abs=1e-4)
@@ -198,6 +203,11 @@ def test_defaults_choose_the_ranking_and_settle_by_finetuning(tmp_path):
     other = {"magnitude": "saliency", "saliency": "magnitude"}[ranking["chosen"]]
     assert ranking["agreement"][ranking["chosen"]] >= ranking["agreement"][other]
     assert summary["target"]["criterion"] == ranking["chosen"]
+    # (2,000 metric inputs: the rule's draw is all of them)
+    fitted = evaluate(load_checkpoint(SAMPLE).model, load_dataset("mnist", "train", DATA_ROOT).head(2000)).accuracy
+    assert fitted >= 0.998
+    assert summary["settle"] == {"rule": "auto", "chosen": "distill", "inputs": 2000, "train_accuracy": fitted,
+                                 "threshold": 0.998}
 
 
 def test_peers_rank_by_magnitude_unless_obd(tmp_path):
@@ -391,7 +401,7 @@ def test_settle_holdout_ends_on_the_network_with_the_lowest_held_out_loss(tmp_pa
     cross-entropy on them, and the held-out forward passes are counted."""
     out = tmp_path / "out"
     geopath("sparsify", SAMPLE, "-o", out, "--sparsity", "0.9", *FAST, "--settle-epochs", "1", "--settle-lr", "0.5",
-            "--settle-holdout", "0.25", "--settle-prune", "0", check=True)
+            "--settle-holdout", "0.25", "--settle-prune", "0", "--settle", "finetune", check=True)
     held = load_dataset("mnist", "train", DATA_ROOT).head(2000)
     x, y = held.x[1500:], held.y[1500:]
 
@@ -415,7 +425,7 @@ def test_settle_holdout_ends_on_the_network_with_the_lowest_held_out_loss(tmp_pa
     # landed one (at 0.72) nor one recorded while the sparsity grows (over the first 15 of the 31 steps)
     grown = tmp_path / "grown"
     geopath("sparsify", SAMPLE, "-o", grown, "--sparsity", "0.9", *FAST, "--settle-epochs", "1", "--settle-lr", "0.5",
-            "--settle-holdout", "0.25", check=True)
+            "--settle-holdout", "0.25", "--settle", "finetune", check=True)
     rows = [json.loads(l) for l in (grown / "trace.jsonl").read_text().splitlines()]
     landed = next(r for r in rows if r["checkpoint"] == "steps/landed.safetensors")
     assert rows[-1]["sparsity"] == pytest.approx(0.9, abs=1e-4) and landed["sparsity"] < 0.8
@@ -431,7 +441,7 @@ def test_settle_holdout_ends_on_the_network_with_the_lowest_held_out_loss(tmp_pa
     (["--method", "prune-finetune", "--rounds", "3"], "--rounds: not read by this run (--method prune-finetune does "
                                                       "not take it)"),
     (["--finetune-epochs", "2"], "--finetune-epochs: not read by this run (the geodesic takes no peer option)"),
-    (["--settle-steps", "40"], "--settle-steps: not read by this run (--settle finetune trains"),
+    (["--settle-steps", "40"], "--settle-steps: not read by this run (--settle auto trains (finetune or distill)"),
     (["--settle", "geodesic", "--settle-lr", "0.2"], "--settle-lr: not read by this run (--settle geodesic takes "
                                                      "steps")])
 def test_an_option_the_run_would_not_read_is_refused_before_anything_is_written(tmp_path, extra, message):
@@ -473,18 +483,74 @@ def test_default_approach_length_follows_the_settle():
     assert default_max_steps(cfg(settle_epochs=0.0)) == 60  # no settle to give the passes to
 
 
-def test_default_settle_lr_is_lower_when_whole_units_go():
-    from geopath.config import SparsifyConfig
+def test_default_settle_lr_is_lower_when_whole_units_go_or_on_the_starts_outputs():
+    from geopath.config import Settle, SparsifyConfig
     from geopath.jobs.sparsify import default_settle_lr
 
-    assert default_settle_lr(SparsifyConfig(checkpoint="x", out="o", sparsity=0.9)) == 0.1
-    assert default_settle_lr(SparsifyConfig(checkpoint="x", out="o", structured="layers.0:100")) == 0.05
+    unstructured = SparsifyConfig(checkpoint="x", out="o", sparsity=0.9)
+    units = SparsifyConfig(checkpoint="x", out="o", structured="layers.0:100")
+    assert default_settle_lr(unstructured, Settle.FINETUNE) == 0.1
+    assert default_settle_lr(unstructured, Settle.DISTILL) == 0.05
+    assert default_settle_lr(units, Settle.FINETUNE) == 0.05
+    assert default_settle_lr(units, Settle.DISTILL) == 0.05
+
+
+class _Logits(torch.nn.Module):
+    """A network whose outputs are its inputs (so the data decide what it gets right)."""
+
+    def forward(self, x):
+        return x
+
+
+@pytest.mark.parametrize("wrong, chosen", [(0, "distill"), (2, "distill"), (3, "finetune"), (400, "finetune")])
+def test_settle_auto_distils_only_a_start_that_fits_its_labels(wrong, chosen):
+    """--settle auto: on the labels unless the start gets at least 99.8 % of (at most 2,048 of) the training inputs
+    right; the rule costs one forward pass of them and names what it measured."""
+    from geopath.config import Settle, SparsifyConfig
+    from geopath.core.dataset import Dataset
+    from geopath.jobs.sparsify import choose_settle
+
+    n = 1000
+    x = torch.nn.functional.one_hot(torch.arange(n) % 10, 10).float()
+    y = torch.arange(n) % 10
+    y[:wrong] = (y[:wrong] + 1) % 10  # the start gets these wrong
+    cfg = SparsifyConfig(checkpoint="x", out="o", sparsity=0.9)
+    settle, record, passes = choose_settle(cfg, _Logits(), Dataset(x, y, "toy", "train"), "cpu")
+    assert settle is Settle(chosen) and passes == round(n / 3)
+    assert record == {"rule": "auto", "chosen": chosen, "inputs": n, "train_accuracy": 1 - wrong / n,
+                      "threshold": 0.998}
+    # an explicit settle, a peer, or no settle at all: nothing measured, nothing spent
+    for other in (dict(settle=Settle.FINETUNE), dict(settle=Settle.DISTILL), dict(method="prune-finetune"),
+                  dict(settle_epochs=0.0)):
+        settle, record, passes = choose_settle(SparsifyConfig(checkpoint="x", out="o", sparsity=0.9, **other),
+                                               _Logits(), Dataset(x, y, "toy", "train"), "cpu")
+        assert record is None and passes == 0
+        assert settle is other.get("settle", Settle.FINETUNE)
+
+
+def test_settle_auto_scores_a_seeded_draw_of_2048_inputs():
+    from geopath.config import SparsifyConfig
+    from geopath.core.dataset import Dataset
+    from geopath.jobs.sparsify import choose_settle
+
+    n = 5000
+    x = torch.nn.functional.one_hot(torch.arange(n) % 10, 10).float()
+    y = torch.arange(n) % 10
+    y[:2500] = (y[:2500] + 1) % 10  # half wrong
+    ds = Dataset(x, y, "toy", "train")
+    records = [choose_settle(SparsifyConfig(checkpoint="x", out="o", sparsity=0.9, seed=s), _Logits(), ds, "cpu")[1]
+               for s in (0, 0, 1)]
+    assert records[0] == records[1] and records[0]["inputs"] == 2048
+    idx = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:2048]
+    assert records[0]["train_accuracy"] == pytest.approx(float((idx >= 2500).float().mean()))
+    assert records[2]["train_accuracy"] != records[0]["train_accuracy"]
 
 
 @needs_mnist
 @pytest.mark.parametrize("target, settle, lr", [
-    (["--sparsity", "0.9"], ["--settle-epochs", "0.05"], 0.1),
-    (["--structured", "layers.0:100"], ["--settle-epochs", "0.05"], 0.05),
+    (["--sparsity", "0.9"], ["--settle-epochs", "0.05", "--settle", "finetune"], 0.1),
+    (["--sparsity", "0.9"], ["--settle-epochs", "0.05"], 0.05),  # (auto: the shipped MLP fits its labels)
+    (["--structured", "layers.0:100"], ["--settle-epochs", "0.05", "--settle", "finetune"], 0.05),
     (["--sparsity", "0.9"], ["--settle-epochs", "0.05", "--settle-lr", "0.02"], 0.02),
     (["--sparsity", "0.9"], ["--settle", "geodesic", *SETTLE_STEPS], None)])
 def test_resolved_settle_lr_is_recorded_and_replays(tmp_path, target, settle, lr):

@@ -247,3 +247,10 @@ def test_settle_augment_is_refused_for_vectors_and_with_geodesic_settle_steps(pl
         proc = cli("transition", SAMPLE, "--plan", plan_file, "-o", tmp_path / "out", *extra)
         assert proc.returncode == 2 and needle in one_error_line(proc), proc.stderr
         assert not (tmp_path / "out").exists()
+
+
+def test_settle_auto_is_refused(plan_file, tmp_path):
+    """--settle auto is sparsify's rule (one start, one settle); a chain names its settle."""
+    proc = cli("transition", SAMPLE, "--plan", plan_file, "-o", tmp_path / "out", *FAST, "--settle", "auto")
+    assert proc.returncode == 2 and "--settle auto is sparsify's rule" in one_error_line(proc), proc.stderr
+    assert not (tmp_path / "out").exists()

@@ -189,8 +189,10 @@ SPARSIFY = {"checkpoint": "c.safetensors", "out": "o"}
                                                        "ranks by magnitude"),
     ({"finetune_epochs": 2.0}, "--finetune-epochs: not read by this run (the geodesic takes no peer option)"),
     ({"lr": 0.01, "optimizer": "adam"}, "--lr, --optimizer: not read by this run"),
-    ({"settle_steps": 40}, "--settle-steps: not read by this run (--settle finetune trains; it takes no geodesic "
-                           "settle-step option)"),
+    ({"settle_steps": 40}, "--settle-steps: not read by this run (--settle auto trains (finetune or distill); it "
+                           "takes no geodesic settle-step option)"),
+    ({"settle": "finetune", "settle_steps": 40}, "--settle-steps: not read by this run (--settle finetune trains; "
+                                                 "it takes no geodesic settle-step option)"),
     ({"settle": "distill", "settle_anchor": "labels"}, "--settle-anchor: not read by this run"),
     ({"settle": "geodesic", "settle_lr": 0.2}, "--settle-lr: not read by this run (--settle geodesic takes steps"),
     ({"settle": "geodesic", "settle_warmup": 0.1, "settle_holdout": 0.1}, "--settle-warmup, --settle-holdout"),
