@@ -56,27 +56,31 @@ def trained_endpoints(work: Path, data_root: str, epochs: float, quick: bool, ar
                       ) -> tuple[Path, Path]:
     """Two networks (``arch``: VGG11 width 0.25 or ResNet-20 on CIFAR-10's 20k images, LeNet-5 on MNIST)
     trained from seeds 0 and 1 (SGD, lr 0.05, weight decay 5e-4; cached in ``work``)."""
+    return (trained(work, data_root, epochs, quick, arch, seed=0),
+            trained(work, data_root, epochs, quick, arch, seed=1))
+
+
+def trained(work: Path, data_root: str, epochs: float, quick: bool, arch: str, seed: int) -> Path:
+    """One of :func:`trained_endpoints`' networks: ``arch`` trained from ``seed`` (cached in ``work``)."""
     name, kwargs, stem, data = TRAINED[arch]
+    path = work / f"{stem}_{data}_seed{seed}{'_quick' if quick else ''}.safetensors"
+    if path.exists():
+        return path
     tr = load_dataset(data, "train", data_root)
     te = load_dataset(data, "test", data_root)
     if quick:
         tr, epochs = tr.head(1000), 0.5
-    paths = []
-    for seed in (0, 1):
-        path = work / f"{stem}_{data}_seed{seed}{'_quick' if quick else ''}.safetensors"
-        if not path.exists():
-            torch.manual_seed(seed)
-            model = build_model(name, kwargs)
-            t0 = time.perf_counter()
-            train(model, tr, epochs=epochs, batch_size=128, lr=0.05, weight_decay=5e-4, seed=seed)
-            acc = evaluate(model, te).accuracy
-            save_checkpoint(path, model, name, kwargs, step=0,
-                            extra={"data": data, "test_accuracy": f"{acc:.4f}", "seed": str(seed),
-                                   "train_epochs": str(epochs)})
-            print(json.dumps({"trained": path.name, "test_accuracy": acc,
-                              "seconds": round(time.perf_counter() - t0)}), flush=True)
-        paths.append(path)
-    return paths[0], paths[1]
+    torch.manual_seed(seed)
+    model = build_model(name, kwargs)
+    t0 = time.perf_counter()
+    train(model, tr, epochs=epochs, batch_size=128, lr=0.05, weight_decay=5e-4, seed=seed)
+    acc = evaluate(model, te).accuracy
+    save_checkpoint(path, model, name, kwargs, step=0,
+                    extra={"data": data, "test_accuracy": f"{acc:.4f}", "seed": str(seed),
+                           "train_epochs": str(epochs)})
+    print(json.dumps({"trained": path.name, "test_accuracy": acc,
+                      "seconds": round(time.perf_counter() - t0)}), flush=True)
+    return path
 
 
 def run_part(part: str, a: Path, b: Path, work: Path, data_root: str, extra: dict) -> list[dict]:

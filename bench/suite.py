@@ -101,8 +101,8 @@ def network(name: str, data_root: str) -> Path:
     if name == "resnet20":
         import connect_paths
 
-        return connect_paths.trained_endpoints(ROOT / "bench" / "_work" / "connect", data_root, 12.0, False,
-                                               "resnet20")[0]
+        return connect_paths.trained(ROOT / "bench" / "_work" / "connect", data_root, 12.0, False, "resnet20",
+                                     seed=0)
     path = WORK / "nets" / f"{name}.safetensors"
     if not path.exists():  # LeNet-5 on MNIST: geopath train's recipe, 3 epochs (about 2 CPU minutes)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -178,6 +178,18 @@ def _point(text: str) -> tuple[str, float]:
     """``"sgd 0.05"`` (a grid point as the JSON records it) → ``("sgd", 0.05)``."""
     opt, lr = text.split()
     return opt, float(lr)
+
+
+def _grid_text(grid: list, grid_from: dict | None, free_grid: list | None) -> str:
+    """The peers' grid as the page names it: its points, or (``--grid-from``) the earlier winners and the points
+    added, with the label-free table's."""
+    def points(g: list) -> str:
+        return ", ".join(f"{o} lr {lr:g}" for o, lr in g)
+
+    if not grid_from:
+        return f"({points(grid)})."
+    return (f"(on each case and seed, the grid point that won in `{grid_from.get('command')}`, and {points(grid)}"
+            + (f"; the label-free table: {points(free_grid)}" if free_grid else "") + ").")
 
 
 def spread(xs: list[float]) -> float:
@@ -344,6 +356,9 @@ def main() -> int:
         checks.append((f"suite mean: geodesic ahead of the best peer by {statistics.mean(gaps) * 100:+.2f} points",
                        statistics.mean(gaps) > 0))
 
+    # the grids the peers of the table ran on: this run's, or with --peers-from the earlier run's
+    peers_grids = ((grid, grid_old and {"command": grid_old.get("command")}, free_grid if label_free else None)
+                   if old is None else (old["grid"], old.get("grid_from"), old.get("label_free_grid")))
     stem = "bench_suite_quick" if args.quick else "bench_suite"
     # the command as run (cases, budgets, seeds and grid included: a partial run says what it covers)
     command = " ".join(["python bench/suite.py"] + shown_arguments(sys.argv[1:]))
@@ -351,13 +366,15 @@ def main() -> int:
     docs = Path(args.docs)
     docs.mkdir(exist_ok=True)
     (docs / f"{stem}.json").write_text(json.dumps({"machine": host, "command": command, "seeds": seeds,
-                                                   "budgets": budgets, "grid": grid, "results": rows,
-                                                   "label_free_grid": free_grid if label_free else None,
+                                                   "budgets": budgets, "grid": peers_grids[0], "results": rows,
+                                                   "label_free_grid": peers_grids[2],
                                                    "label_free": free_rows, "checks": dict(checks),
                                                    "peers_from": old and {"command": old.get("command"),
                                                                           "machine": old["machine"]},
-                                                   "grid_from": grid_old and {"command": grid_old.get("command"),
-                                                                              "machine": grid_old["machine"]}},
+                                                   # (the peers' --grid-from: this run's, or the earlier run's)
+                                                   "grid_from": (grid_old and {"command": grid_old.get("command"),
+                                                                               "machine": grid_old["machine"]})
+                                                   if old is None else old.get("grid_from")},
                                                   indent=2) + "\n")
     methods = ["geodesic", "one-shot"] + PEERS
     lines = [f"# Sparsify suite{' (quick: a smoke run, not a result)' if args.quick else ''}", "",
@@ -366,10 +383,7 @@ def main() -> int:
              + ("; the CIFAR-10 cases: seed 0 alone" if not args.seeds and set(cases) & set(CIFAR_CASES) else "")
              + "); every peer gets the geodesic's sample passes "
              "and reports the best of its grid "
-             + (f"({', '.join(f'{o} lr {lr:g}' for o, lr in grid)})." if grid_old is None else
-                f"(on each case and seed, the grid point that won in `{grid_old.get('command')}`, and "
-                f"{', '.join(f'{o} lr {lr:g}' for o, lr in grid)}; the label-free table: "
-                f"{', '.join(f'{o} lr {lr:g}' for o, lr in free_grid)}).")
+             + _grid_text(*peers_grids)
              + (_peers_note(old, rows, free_rows) if old is not None else ""), "",
              "| case | budget (epochs) | dense | " + " | ".join(methods) + " | geodesic s | best peer s |",
              "|---|---:|---:|" + "---:|" * len(methods) + "---:|---:|"]
