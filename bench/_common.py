@@ -26,10 +26,17 @@ def machine(device: str | None = None) -> str:
     return line
 
 
+def docs_dir(path: str) -> str:
+    """``--docs``: the folder, made when missing (a long run must not fail at its last write)."""
+    Path(path).mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def add_common_args(ap: argparse.ArgumentParser, work: str | None = None, quick: bool = True) -> None:
     """``--data-root``, ``--docs``, optionally ``--work bench/_work/WORK`` and ``--quick``."""
     ap.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
-    ap.add_argument("--docs", default=str(ROOT / "docs"))
+    ap.add_argument("--docs", default=str(ROOT / "docs"), type=docs_dir,
+                    help="where the tables go (made when missing, before the run: never a result lost at the end)")
     if work:
         ap.add_argument("--work", default=str(ROOT / "bench" / "_work" / work))
     if quick:

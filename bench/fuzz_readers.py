@@ -52,6 +52,7 @@ def main() -> int:
               "bytes as YAML; random transition plans. The same tests run in CI with 150 inputs each."]
     if not ok:
         lines += ["", "```", proc.stdout[-4000:], "```"]
+    Path(args.docs).mkdir(parents=True, exist_ok=True)
     Path(args.docs, "fuzz.md").write_text("\n".join(lines) + "\n")
     print(f"fuzz_readers: {sum(tried.values()):,} inputs, {'no crash' if ok else 'FAILED'}")
     return 0 if ok else 1

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from _common import ROOT, machine  # noqa: E402 (bench/ is on sys.path when run as a script)
+from _common import ROOT, docs_dir, machine  # noqa: E402 (bench/ is on sys.path when run as a script)
 
 sys.path.insert(0, str(ROOT))
 
@@ -142,7 +142,7 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--models", default=",".join(MODELS), help="comma-separated, of: " + ", ".join(MODELS))
-    ap.add_argument("--docs", default=str(ROOT / "docs"))
+    ap.add_argument("--docs", default=str(ROOT / "docs"), type=docs_dir)
     args = ap.parse_args()
     names = args.models.split(",")
     unknown = [n for n in names if n not in MODELS]

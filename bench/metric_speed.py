@@ -40,7 +40,7 @@ from torch import nn
 from torch.func import functional_call, jacrev
 from torch.nn import functional as F
 
-from _common import ROOT, machine  # noqa: E402 (bench/ is on sys.path when run as a script)
+from _common import ROOT, docs_dir, machine  # noqa: E402 (bench/ is on sys.path when run as a script)
 
 sys.path.insert(0, str(ROOT))
 
@@ -268,7 +268,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=21)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--models", default=",".join(MODELS))
-    ap.add_argument("--docs", default=str(ROOT / "docs"))
+    ap.add_argument("--docs", default=str(ROOT / "docs"), type=docs_dir)
     ap.add_argument("--quick", action="store_true", help="mlp only, 2 repeats (a smoke test, not a result)")
     ap.add_argument("--_peak", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()

@@ -30,7 +30,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from _common import ROOT, machine  # noqa: E402 (bench/ is on sys.path when run as a script)
+from _common import ROOT, docs_dir, machine  # noqa: E402 (bench/ is on sys.path when run as a script)
 
 sys.path.insert(0, str(ROOT))
 
@@ -107,7 +107,7 @@ def median_run(runs: list[tuple[dict, dict[str, float], float]]) -> tuple[dict, 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
-    ap.add_argument("--docs", default=str(ROOT / "docs"))
+    ap.add_argument("--docs", default=str(ROOT / "docs"), type=docs_dir)
     ap.add_argument("--work", default=str(ROOT / "bench" / "_work" / "profile"))
     ap.add_argument("--sparsity", type=float, default=0.9)
     ap.add_argument("--case", choices=["mlp", "vgg"], default="mlp")
