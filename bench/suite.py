@@ -149,7 +149,10 @@ def finished(out: Path, ckpt: Path, cfg: SparsifyConfig, options: dict) -> dict 
         from geopath.config import Settle
         from geopath.jobs.sparsify import default_max_steps, settle_lr_of, settle_prune_of
 
-        chosen = summary.get("settle", {}).get("chosen")  # (what --settle auto chose)
+        rule = summary.get("settle", {})
+        if cfg.settle is Settle.AUTO and cfg.structured and not rule.get("structured"):
+            return None  # (made before --settle auto fine-tuned whenever whole units go)
+        chosen = rule.get("chosen")  # (what --settle auto chose)
         resolved = {"settle": cfg.settle.value, "settle_lr": settle_lr_of(cfg, Settle(chosen) if chosen else None),
                     "max_steps": cfg.max_steps or default_max_steps(cfg), "settle_prune": settle_prune_of(cfg)}
         if any(saved.get(k) != v for k, v in resolved.items()):

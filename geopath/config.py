@@ -68,8 +68,8 @@ class Settle(str, Enum):
     """``--settle-epochs`` of masked SGD on the start network's outputs alone (no labels; T = 2)."""
     AUTO = "auto"
     """``sparsify``'s default: ``distill`` when the start reproduces its labels on nearly every training input
-    (it has fitted them, so its outputs hold the labels and more), else ``finetune``
-    (:func:`geopath.jobs.sparsify.choose_settle`)."""
+    (it has fitted them, so its outputs hold the labels and more), else ``finetune``; always ``finetune`` when
+    whole units go (``--structured``) (:func:`geopath.jobs.sparsify.choose_settle`)."""
 
 
 SETTLE_WARMUP_HELP = ("--settle finetune/distill: the fraction of the SGD steps over which the learning rate rises "
@@ -320,7 +320,7 @@ class SparsifyConfig(WalkOptions):
     settle: Settle = opt(Settle.AUTO, "After landing: geodesic steps on the hyperplane, or masked SGD on the "
                                       "labels (finetune) or on the start's outputs (distill); auto: distill when the "
                                       "start classifies ≥ 99.8 % of 2,048 training inputs right (it has fitted its "
-                                      "labels), else finetune.")
+                                      "labels) and no --structured, else finetune.")
     settle_anchor: Anchor | None = opt(None, "The anchor of geodesic settle steps (e.g. labels).",
                                        default_help="--anchor")
     settle_epochs: float = opt(2.5, "Epochs of masked SGD after landing (--settle finetune or distill).")

@@ -528,6 +528,36 @@ def test_settle_auto_distils_only_a_start_that_fits_its_labels(wrong, chosen):
         assert settle is other.get("settle", Settle.FINETUNE)
 
 
+def test_settle_auto_fine_tunes_when_whole_units_go():
+    """--structured: on the labels whatever the start fits, at no cost, and the record says why."""
+    from geopath.config import Settle, SparsifyConfig
+    from geopath.core.dataset import Dataset
+    from geopath.jobs.sparsify import choose_settle
+
+    x = torch.nn.functional.one_hot(torch.arange(100) % 10, 10).float()
+    data = Dataset(x, torch.arange(100) % 10, "toy", "train")  # the start gets every input right
+    fits = choose_settle(SparsifyConfig(checkpoint="x", out="o", sparsity=0.9), _Logits(), data, "cpu")
+    assert fits[0] is Settle.DISTILL  # (unstructured, the same start distils)
+    settle, record, passes = choose_settle(SparsifyConfig(checkpoint="x", out="o", structured="layers.0:3"),
+                                           _Logits(), data, "cpu")
+    assert settle is Settle.FINETUNE and passes == 0
+    assert record == {"rule": "auto", "chosen": "finetune", "structured": True}
+
+
+def test_the_text_says_what_settle_auto_chose():
+    from geopath.jobs.sparsify import Sparsify
+
+    base = {"out": "o", "final": "final.safetensors", "test_accuracy": 0.98, "dense_test_accuracy": 0.985,
+            "sparsity": 0.9, "length": 1.0, "step": 10, "epochs": 4.84}
+    assert not any(line.startswith("settle:") for line in Sparsify.text(base))  # (a forced --settle: no rule)
+    fitted = {"rule": "auto", "chosen": "distill", "inputs": 2048, "train_accuracy": 0.99853515625,
+              "threshold": 0.998}
+    assert Sparsify.text({**base, "settle": fitted})[-1] == (
+        "settle:          distill (auto: the start gets 99.85% of 2,048 training inputs right; distils from 99.8%)")
+    units = {"rule": "auto", "chosen": "finetune", "structured": True}
+    assert Sparsify.text({**base, "settle": units})[-1] == "settle:          finetune (auto: whole units go)"
+
+
 def test_settle_auto_scores_a_seeded_draw_of_2048_inputs():
     from geopath.config import SparsifyConfig
     from geopath.core.dataset import Dataset
