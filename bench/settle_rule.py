@@ -4,8 +4,9 @@
 
 The rule (``choose_settle``, geopath/jobs/sparsify.py) scores the start on a seeded draw of
 ``SETTLE_RULE_SAMPLES`` training inputs and distils when at least ``SETTLE_RULE_ACCURACY`` of them are
-classified right, else fine-tunes on the labels (with ``--structured`` it always fine-tunes: not measured here). For every network of bench/suite.py (or those named) this
-runs the rule itself at each seed (the suite's seeds) and scores the start on all its training inputs; from
+classified right, else fine-tunes on the labels (with ``--structured`` it always fine-tunes: nothing to see
+here). For every network of bench/suite.py (or those named) this runs the rule itself at each seed (the
+suite's seeds) and scores the start on all its training inputs; from
 that accuracy ``p`` it gives the chance that a draw of the rule's size chooses otherwise than the whole set
 would (the number wrong taken as binomial, n = the draw, 1 − p): a network whose choice rests on luck of the
 draw shows there. Forward passes only (seconds a network), except that LeNet-5 and the ResNet-20 are trained

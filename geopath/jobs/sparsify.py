@@ -96,7 +96,7 @@ def choose_settle(cfg: SparsifyConfig, model, data, device) -> tuple[Settle, dic
     A start that has fitted its labels loses nothing of them in its outputs and adds their soft part; one that
     has not would teach its mistakes. With ``--structured`` (whole units go) always on the labels, unmeasured:
     the network lands far from the start's function there, and matching its outputs was unstable (two of five
-    seeds fell 2.5–3.8 points on VGG11's filters; docs/method.md, "Which settle"). Returns the settle, the rule's
+    seeds fell 2.6–3.7 points on VGG11's filters; docs/method.md, "Which settle"). Returns the settle, the rule's
     record for the summary (``None`` where nothing was chosen) and its cost in sample passes (one forward pass
     of the inputs). Any other ``--settle``, or no settle (``--settle-epochs 0``), is returned as it is, at no
     cost."""
