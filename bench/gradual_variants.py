@@ -178,7 +178,6 @@ def main() -> int:
                "gradual variants: none beats magnitude in every case (beyond the seed spread)")
     lines += ["", summary]
     docs = Path(args.docs)
-    docs.mkdir(parents=True, exist_ok=True)
     (docs / "gradual_variants.md").write_text("\n".join(lines) + "\n")
     (docs / "gradual_variants.json").write_text(json.dumps(
         {"machine": machine(), "epochs": args.epochs, "seeds": args.seeds, "results": results,

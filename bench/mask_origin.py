@@ -226,7 +226,6 @@ def main() -> int:
     summary = f"mask origin: the probe's mask moves the geodesic by {mean * 100:+.2f} points on the mean of {len(diffs)} cases"
     lines += ["", summary]
     docs = Path(args.docs)
-    docs.mkdir(parents=True, exist_ok=True)
     (docs / "mask_origin.md").write_text("\n".join(lines) + "\n")
     (docs / "mask_origin.json").write_text(json.dumps(
         {"machine": machine(), "epochs": EPOCHS, "lr": LR, "probe_epochs": PROBE_EPOCHS, "part_one": one,

@@ -74,7 +74,7 @@ def main() -> int:
         for seed in args.seeds:
             settle, record, _ = choose_settle(dataclasses.replace(cfg, seed=seed), model, data, "cpu")
             draws.append({"seed": seed, "train_accuracy": record["train_accuracy"], "chosen": settle.value})
-        n = min(SETTLE_RULE_SAMPLES, len(data))
+        n = record["inputs"]  # (the rule's draw: min(SETTLE_RULE_SAMPLES, len(data)))
         rows.append({"net": name, "inputs": len(data), "full_accuracy": full, "draw": n,
                      "full_choice": "distill" if full >= SETTLE_RULE_ACCURACY else "finetune",
                      "flip_chance": flip_chance(full, n, SETTLE_RULE_ACCURACY), "draws": draws})
@@ -85,7 +85,6 @@ def main() -> int:
         "" if args.seeds == [0, 1, 2] else " --seeds " + " ".join(map(str, args.seeds)))
     host = machine()
     docs = Path(args.docs)
-    docs.mkdir(exist_ok=True)
     (docs / "settle_rule.json").write_text(json.dumps(
         {"machine": host, "command": command, "threshold": SETTLE_RULE_ACCURACY, "samples": SETTLE_RULE_SAMPLES,
          "seeds": args.seeds, "results": rows, "unstable": unstable}, indent=2) + "\n")

@@ -89,7 +89,6 @@ def main() -> int:
             checks.append(("95%: geopath >= prune+fine-tune, same passes", r["geopath"] >= r["prune_finetune"]))
     host = machine()
     docs = Path(args.docs)
-    docs.mkdir(exist_ok=True)
     (docs / "bench_sparsify_mnist.json").write_text(json.dumps({"machine": host, "results": results,
                                                                  "checks": dict(checks)}, indent=2) + "\n")
     lines = ["# Sparsify: MLP 784-300-100-10 on MNIST", "",

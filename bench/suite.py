@@ -367,7 +367,6 @@ def main() -> int:
     command = " ".join(["python bench/suite.py"] + shown_arguments(sys.argv[1:]))
     host = machine()
     docs = Path(args.docs)
-    docs.mkdir(exist_ok=True)
     (docs / f"{stem}.json").write_text(json.dumps({"machine": host, "command": command, "seeds": seeds,
                                                    "budgets": budgets, "grid": peers_grids[0], "results": rows,
                                                    "label_free_grid": peers_grids[2],

@@ -105,7 +105,6 @@ def main() -> int:
     report = {"machine": host, "quick": args.quick, "checkpoint": str(ckpt), "layer": LAYER, "removed": args.remove, "of": 16,
               "results": results, "budgets": curve, "checks": dict(checks),
               "geodesic_reaches_iterative_prune": reach}
-    docs.mkdir(exist_ok=True)
     if not args.quick and args.seed == 0:
         (docs / "bench_vgg_filters.json").write_text(json.dumps(report, indent=2) + "\n")
         lines = [f"# VGG11 on CIFAR-10: {args.remove} of 16 layer-1 filters removed", "",
