@@ -33,7 +33,7 @@ from geopath.core.evaluate import evaluate
 from geopath.jobs import common as job
 from geopath.jobs.sparsify import SETTLE_RULE_ACCURACY, SETTLE_RULE_SAMPLES, choose_settle
 
-NETS = ["mlp_mnist", "mlp_fashion_mnist", "fmnist_adam", "mnist_sgd_raw", "mnist_wide", "lenet5",
+NETS = ["mlp_mnist", "mlp_fashion_mnist", "fmnist_adam", "mnist_sgd_raw", "mnist_wide", "lenet5", "vit",
         "vgg11w025_cifar10", "resnet20"]
 FLIP_BAR = 0.05
 

@@ -10,7 +10,9 @@ Every method runs on the same network, data and budget of forward+backward sampl
 geodesic spent. Peers are tuned fairly: each runs over a small grid (SGD lr 0.1, 0.05 and 0.01, Adam lr
 0.001) and its best test accuracy is reported (chosen on the test set: generous to the peers).
 Networks: the shipped MNIST and Fashion-MNIST MLPs, the MLPs of ``bench/train_mlps.py`` (Adam on
-[0, 1] inputs, plain SGD without normalisation, a wide 784-1000-1000-10), a LeNet-5 trained here, and on
+[0, 1] inputs, plain SGD without normalisation, a wide 784-1000-1000-10), a LeNet-5 and a small vision
+transformer (geopath's built-in ``vit``: 16 patches of 7×7, 4 pre-norm blocks of width 64) trained here on
+MNIST, and on
 CIFAR-10 (its 20k training images) the shipped width-0.25 VGG11 at 90 % and with 12 of its 16 layer-1
 filters removed (the geodesic with the approach docs/method.md gives BatchNorm networks for structured
 targets; obd ranks single weights and sits that case out), and the ResNet-20 of bench/connect_paths.py
@@ -72,6 +74,7 @@ CASES = {
     "mnist_sgd_raw_90": ("mnist_sgd_raw", 0.90),
     "mnist_wide_95": ("mnist_wide", 0.95),
     "lenet5_95": ("lenet5", 0.95),
+    "vit_90": ("vit", 0.90),
     "vgg11_90": ("vgg11w025_cifar10", 0.90),
     "vgg11_filters": ("vgg11w025_cifar10", 0.0),
     "resnet20_90": ("resnet20", 0.90),
@@ -104,11 +107,15 @@ def network(name: str, data_root: str) -> Path:
         return connect_paths.trained(ROOT / "bench" / "_work" / "connect", data_root, 12.0, False, "resnet20",
                                      seed=0)
     path = WORK / "nets" / f"{name}.safetensors"
-    if not path.exists():  # LeNet-5 on MNIST: geopath train's recipe, 3 epochs (about 2 CPU minutes)
+    if not path.exists():  # on MNIST by geopath train's recipe (SGD lr 0.05, momentum 0.9, cosine decay)
         path.parent.mkdir(parents=True, exist_ok=True)
-        print(json.dumps(train_checkpoint(path, arch="lenet5", data="mnist", data_root=data_root, epochs=3)))
+        print(json.dumps(train_checkpoint(path, arch=name, data="mnist", data_root=data_root,
+                                          epochs=TRAIN_EPOCHS[name])))
     return path
 
+
+# networks trained here on MNIST, and for how many epochs: LeNet-5 about 2 CPU minutes, the ViT about 3
+TRAIN_EPOCHS = {"lenet5": 3.0, "vit": 10.0}
 
 RERUN = False  # --rerun: never reuse a finished run
 

@@ -497,7 +497,8 @@ def inspect_cmd(
 @app.command("train")
 def train_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the trained network (.safetensors)."),
-    arch: str = typer.Option("mlp", help="mlp, lenet5, vgg11, torchvision:NAME, module:NAME or file.py:NAME."),
+    arch: str = typer.Option("mlp", help="mlp, lenet5, vgg11, resnet20, vit, torchvision:NAME, "
+                                                   "module:NAME or file.py:NAME."),
     arch_kwargs: Optional[str] = typer.Option(None, help="Architecture keyword arguments as JSON."),
     data: str = typer.Option("mnist", help="Training data set (the train split of a named set or a folder laid out "
                                            "by split; or one set: PATH.npz, an image folder)."),

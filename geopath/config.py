@@ -178,6 +178,7 @@ def with_peers(job: str):
 class CommonOptions:
     out: str = opt("", "Output directory (must be empty unless --overwrite/--resume).", flag="--out", short="-o")
     arch: str | None = opt(None, "Architecture (if a file does not name one, or to build yours): mlp, lenet5, vgg11, "
+                                 "resnet20, vit, "
                                  "torchvision:NAME, module:NAME or path/to/file.py:NAME (a class or a function "
                                  "returning the network).")
     arch_kwargs: dict | None = opt(None, "Architecture keyword arguments as a JSON object.",

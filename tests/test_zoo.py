@@ -31,6 +31,7 @@ ZOO = {
     "resnet18": ("torchvision:resnet18", {"num_classes": 10}, "cifar10", (3, 32, 32)),
     "resnet20": ("resnet20", {"width": 0.5}, "cifar10", (3, 32, 32)),
     "mobilenet_v3_small": ("torchvision:mobilenet_v3_small", {"num_classes": 10}, "cifar10", (3, 32, 32)),
+    "vit": ("vit", {"dim": 16, "depth": 2, "heads": 2, "mlp_dim": 32}, "mnist", (1, 28, 28)),
     "vit_mha": ("tests/zoo.py:vit_mha", {}, "mnist", (1, 28, 28)),
     "vit_sdpa": ("tests/zoo.py:vit_sdpa", {}, "mnist", (1, 28, 28)),
     "text": ("tests/zoo.py:text_classifier", {"length": 12}, "tokens", (12,)),
@@ -72,8 +73,8 @@ def _autograd_metric_product(model, x, u_params):
 # (torchvision's in-place activations, splits and squeeze-and-excitation included), torch.func's reverse mode for
 # the attention networks (through torch.func inside a plan they are slower) and where torch.fx cannot trace
 AUTO = {"sequential_mlp": "layerwise", "lenet5": "layerwise", "vgg11": "layerwise", "resnet18": "layerwise",
-        "resnet20": "layerwise", "mobilenet_v3_small": "layerwise", "vit_mha": "reverse", "vit_sdpa": "reverse",
-        "text": "reverse"}
+        "resnet20": "layerwise", "mobilenet_v3_small": "layerwise", "vit": "reverse", "vit_mha": "reverse",
+        "vit_sdpa": "reverse", "text": "reverse"}
 
 
 @pytest.mark.parametrize("jvp", ["forward", "auto"])

@@ -2,7 +2,8 @@
 
 * built-in: ``mlp``, ``lenet5``, ``vgg11`` (the CIFAR variant: 3×3 convs, BatchNorm,
   one linear classifier on 512 features), ``resnet20`` (He et al.'s CIFAR ResNet-20, 1×1 conv
-  shortcuts where the shape changes);
+  shortcuts where the shape changes), ``vit`` (a small pre-norm vision transformer, MNIST-sized by
+  default);
 * ``torchvision:NAME`` — any torchvision classification model (weights never downloaded);
 * ``package.module:NAME`` — an ``nn.Module`` class, or a function that returns a module, from
   an importable module (the current directory is importable);
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from geopath.errors import UsageError
@@ -162,7 +164,64 @@ def resnet20(num_classes: int = 10, in_channels: int = 3, width: float = 1.0) ->
     return ResNetCifar(num_classes, in_channels, blocks=3, width=width)
 
 
-BUILTIN: dict[str, Callable[..., nn.Module]] = {"mlp": MLP, "lenet5": LeNet5, "vgg11": VGG11, "resnet20": resnet20}
+class EncoderBlock(nn.Module):
+    """One pre-norm transformer encoder block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``.
+
+    The attention projects q, k and v with one ``nn.Linear`` (``qkv``) and calls
+    ``F.scaled_dot_product_attention``, so every weight matrix is a Linear layer's (prunable, and the
+    metric's products run the attention on its differentiable math kernel)."""
+
+    def __init__(self, dim: int, heads: int, mlp_dim: int):
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, mlp_dim)
+        self.fc2 = nn.Linear(mlp_dim, dim)
+
+    def forward(self, x):
+        n, t, d = x.shape
+        q, k, v = (z.reshape(n, t, self.heads, d // self.heads).transpose(1, 2)
+                   for z in self.qkv(self.norm1(x)).chunk(3, dim=-1))
+        x = x + self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n, t, d))
+        return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
+
+
+class ViT(nn.Module):
+    """A small vision transformer (Dosovitskiy et al. 2021, pre-norm, no class token): the image cut into
+    ``patch``×``patch`` patches, each embedded by one linear layer (``embed``) plus a learned position
+    (``pos``), ``depth`` encoder blocks (:class:`EncoderBlock`, ``blocks.i``), a final LayerNorm, the mean
+    over tokens and one linear classifier (``head``). The defaults fit MNIST: 16 tokens of 7×7 pixels,
+    width 64, 4 blocks of 4 heads, MLP width 128 (0.14 M parameters)."""
+
+    def __init__(self, image_size: int = 28, patch: int = 7, channels: int = 1, dim: int = 64, depth: int = 4,
+                 heads: int = 4, mlp_dim: int = 128, num_classes: int = 10):
+        super().__init__()
+        for key, value in (("image_size", image_size), ("patch", patch), ("channels", channels), ("dim", dim),
+                           ("depth", depth), ("heads", heads), ("mlp_dim", mlp_dim), ("num_classes", num_classes)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise UsageError(f"vit: {key} must be a positive integer, got {value!r}")
+        if image_size % patch:
+            raise UsageError(f"vit: patch ({patch}) must divide image_size ({image_size})")
+        if dim % heads:
+            raise UsageError(f"vit: heads ({heads}) must divide dim ({dim})")
+        self.patch = patch
+        self.embed = nn.Linear(channels * patch * patch, dim)
+        self.pos = nn.Parameter(torch.randn(1, (image_size // patch) ** 2, dim) * 0.02)
+        self.blocks = nn.Sequential(*(EncoderBlock(dim, heads, mlp_dim) for _ in range(depth)))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x):
+        tokens = F.unfold(x, self.patch, stride=self.patch).transpose(1, 2)  # (N, tokens, C·p·p)
+        h = self.blocks(self.embed(tokens) + self.pos)
+        return self.head(self.norm(h).mean(dim=1))
+
+
+BUILTIN: dict[str, Callable[..., nn.Module]] = {"mlp": MLP, "lenet5": LeNet5, "vgg11": VGG11, "resnet20": resnet20,
+                                                "vit": ViT}
 
 
 def trusted(arch: str) -> bool:

@@ -201,7 +201,7 @@ def load_checkpoint(
         arch = meta.get(META_PREFIX + "arch")
         if arch is None:
             raise UsageError(f"{path}: the file does not name its architecture; pass --arch (mlp, lenet5, vgg11, "
-                             f"torchvision:NAME, module:NAME or file.py:NAME){_layout_hint(tensors)}")
+                             f"resnet20, vit, torchvision:NAME, module:NAME or file.py:NAME){_layout_hint(tensors)}")
         if not trusted(arch) and not trust_code:
             raise UsageError(f"{path}: its metadata names architecture {arch!r}, code outside geopath and "
                              f"torchvision, which geopath does not run on a file's word; pass --arch {arch} "
