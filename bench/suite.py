@@ -154,14 +154,17 @@ def finished(out: Path, ckpt: Path, cfg: SparsifyConfig, options: dict) -> dict 
     summary = json.loads((out / "summary.json").read_text())
     if method == "geodesic":  # defaults the options above do not name, as the run resolved them (they change)
         from geopath.config import Settle
-        from geopath.jobs.sparsify import default_max_steps, settle_lr_of, settle_prune_of
+        from geopath.jobs.sparsify import default_max_steps, settle_lr_of, settle_prune_of, settle_prune_until_of
 
         rule = summary.get("settle", {})
         if cfg.settle is Settle.AUTO and cfg.structured and not rule.get("structured"):
             return None  # (made before --settle auto fine-tuned whenever whole units go)
-        chosen = rule.get("chosen")  # (what --settle auto chose)
-        resolved = {"settle": cfg.settle.value, "settle_lr": settle_lr_of(cfg, Settle(chosen) if chosen else None),
-                    "max_steps": cfg.max_steps or default_max_steps(cfg), "settle_prune": settle_prune_of(cfg)}
+        chosen = Settle(rule["chosen"]) if rule.get("chosen") else None  # (what --settle auto chose)
+        if chosen is None and cfg.settle is Settle.AUTO:
+            return None  # (made before --settle auto)
+        resolved = {"settle": cfg.settle.value, "settle_lr": settle_lr_of(cfg, chosen),
+                    "max_steps": cfg.max_steps or default_max_steps(cfg), "settle_prune": settle_prune_of(cfg),
+                    "settle_prune_until": settle_prune_until_of(cfg, chosen or cfg.settle)}
         if any(saved.get(k) != v for k, v in resolved.items()):
             return None
     return summary
@@ -211,8 +214,15 @@ def _peers_note(old: dict, rows: list[dict], free_rows: list[dict]) -> str:
     gaps = [r["methods"]["geodesic"]["epochs"] / r["peer_epochs"] - 1 for r in rows]
     gaps += [r["epochs"] / r["peer_epochs"] - 1 for r in free_rows]
     worst = max(gaps, key=abs) if gaps else 0.0
-    return (f" **Only the geodesic was run here**: every peer's figure is the earlier run's (`{old.get('command')}`), "
-            f"whose peers had that run's geodesic passes; this geodesic spent {worst:+.2%} of those at most.")
+    return (f" **Only the geodesic was run here**: every peer's figure is the earlier run's "
+            f"(`{peers_origin(old)['command']}`), whose peers had that run's geodesic passes; this geodesic spent "
+            f"{worst:+.2%} of those at most.")
+
+
+def peers_origin(old: dict) -> dict:
+    """The run whose peers ``old`` (a suite JSON) holds: ``old`` itself, or the run it took them from (a
+    ``--peers-from`` run of a ``--peers-from`` run names the run that ran the peers, with its passes)."""
+    return old.get("peers_from") or {"command": old.get("command"), "machine": old["machine"]}
 
 
 def shown_arguments(argv: list[str]) -> list[str]:
@@ -313,7 +323,9 @@ def main() -> int:
                                      f"{earlier['dense']:.2%} there, {row['dense']:.2%} here): its peers do not "
                                      "compare; re-run them")
                 row["methods"].update({m: v for m, v in earlier["methods"].items() if m != "geodesic"})
-                row["peer_epochs"] = earlier["methods"]["geodesic"]["epochs"]
+                # (their passes: the earlier geodesic's, or, where the earlier run took them from a run before
+                # it, that run's)
+                row["peer_epochs"] = earlier.get("peer_epochs", earlier["methods"]["geodesic"]["epochs"])
             rows.append(row)
             print(json.dumps({"case": case, "budget": budget,
                               **{m: round(v["mean"], 4) for m, v in row["methods"].items()}}), flush=True)
@@ -337,7 +349,7 @@ def main() -> int:
                 if earlier is None:
                     raise SystemExit(f"{args.peers_from}: no label-free {case} with {n} inputs")
                 free_rows.append({**earlier, "geodesic": geo["accuracy"], "epochs": geo["epochs"],
-                                  "peer_epochs": earlier["epochs"]})
+                                  "peer_epochs": earlier.get("peer_epochs", earlier["epochs"])})
                 print(json.dumps(free_rows[-1]), flush=True)
                 continue
             dist = best_peer(ckpt, out, args.data_root, "distill", sparsity, geo["epochs"], 0, free_grid,
@@ -378,8 +390,7 @@ def main() -> int:
                                                    "budgets": budgets, "grid": peers_grids[0], "results": rows,
                                                    "label_free_grid": peers_grids[2],
                                                    "label_free": free_rows, "checks": dict(checks),
-                                                   "peers_from": old and {"command": old.get("command"),
-                                                                          "machine": old["machine"]},
+                                                   "peers_from": old and peers_origin(old),
                                                    # (the peers' --grid-from: this run's, or the earlier run's)
                                                    "grid_from": (grid_old and {"command": grid_old.get("command"),
                                                                                "machine": grid_old["machine"]})

@@ -331,10 +331,14 @@ class SparsifyConfig(WalkOptions):
     settle_average: float = opt(0.0, SETTLE_AVERAGE_HELP)
     settle_prune: float | None = opt(None, "--settle finetune/distill, unstructured: leave this fraction of the "
                                            "weights to remove to the settle, which removes them gradually (sparsity "
-                                           "on a cubic schedule over its first half, the mask re-chosen by the run's "
-                                           "ranking 40 times); the walk lands at the rest (0: the walk lands on the "
-                                           "whole target).", default_help="0.2 (0 with --structured, --mask dynamic "
-                                                                         "or --settle geodesic)")
+                                           "on a cubic schedule over its first --settle-prune-until, the mask "
+                                           "re-chosen by the run's ranking 40 times); the walk lands at the rest (0: "
+                                           "the walk lands on the whole target).",
+                                       default_help="0.2 (0 with --structured, --mask dynamic or --settle geodesic)")
+    settle_prune_until: float | None = opt(None, "--settle-prune: the fraction of the settle's steps over which the "
+                                                 "sparsity grows; the rest trains on the final mask.",
+                                           default_help="0.75 on the labels (finetune), 0.5 on the start's outputs "
+                                                        "(distill)")
     settle_holdout: float = opt(0.0, SETTLE_HOLDOUT_HELP)
     settle_augment: Augment = opt(Augment.NONE, SETTLE_AUGMENT_HELP)
 
@@ -345,6 +349,8 @@ class SparsifyConfig(WalkOptions):
         _settle_checks(self)
         if self.settle_prune is not None and not 0.0 <= self.settle_prune < 1.0:
             raise UsageError(f"--settle-prune must be in [0, 1), got {self.settle_prune}")
+        if self.settle_prune_until is not None and not 0.0 < self.settle_prune_until <= 1.0:
+            raise UsageError(f"--settle-prune-until must be in (0, 1], got {self.settle_prune_until}")
         if self.settle_augment is not Augment.NONE and self.method is not SparsifyMethod.GEODESIC:
             raise UsageError(f"--settle-augment is an option of the geodesic's settle; --method {self.method.value} "
                              "does not take it")
@@ -385,7 +391,9 @@ class SparsifyConfig(WalkOptions):
                    "--mask dynamic re-chooses the mask at every step" if _value(self.mask) == MaskMode.DYNAMIC.value
                    else "there is no settle (--settle-epochs 0)" if self.settle_epochs == 0 else None)
             if why:
-                unread["settle_prune"] = why
+                unread["settle_prune"] = unread["settle_prune_until"] = why
+        if "settle_prune_until" not in unread and self.settle_prune == 0:
+            unread["settle_prune_until"] = "--settle-prune 0 leaves the settle nothing to remove"
         _refuse(self, given, unread)
 
 

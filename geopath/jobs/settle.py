@@ -44,7 +44,8 @@ def settle_by_training(cfg, model, target: Target, data, reference, result, reco
 
     With ``grow_to`` (``--settle-prune``; ``target`` is then the sparser-kept hyperplane the walk landed on) the
     settle prunes on to ``grow_to``'s sparsity as gradual pruning does: the sparsity grows from ``target``'s on
-    the cubic schedule over the first half of the SGD steps, the mask re-chosen by ``grow_to``'s ranking
+    the cubic schedule over the first ``cfg.settle_prune_until`` of the SGD steps (half when it is unset), the
+    mask re-chosen by ``grow_to``'s ranking
     :data:`~geopath.peers.pruning.GRADUAL_UPDATES` times; ``grow_to.mask`` ends as the final mask.
 
     With ``--settle-holdout F`` > 0 the last fraction F of ``data`` is held out of the SGD; the settle's own
@@ -107,7 +108,8 @@ def settle_by_training(cfg, model, target: Target, data, reference, result, reco
 
     check(model)  # the landed network, as recorded (its BatchNorm statistics re-estimated)
     passes = 0
-    remask = None if grow_to is None else _growing(model, target, grow_to, steps, growth)
+    until = getattr(cfg, "settle_prune_until", None) or 0.5
+    remask = None if grow_to is None else _growing(model, target, grow_to, steps, growth, until)
     if steps:
         passes = train(model, train_data, epochs=budget / len(train_data), batch_size=cfg.batch_size,
                        lr=cfg.settle_lr, seed=cfg.seed, mask=target.mask if held is None else held, device=device,
@@ -136,15 +138,16 @@ def settle_by_training(cfg, model, target: Target, data, reference, result, reco
     return row
 
 
-def _growing(model: nn.Module, start: MagnitudeTarget, final: MagnitudeTarget, steps: int, done: dict):
+def _growing(model: nn.Module, start: MagnitudeTarget, final: MagnitudeTarget, steps: int, done: dict,
+             until: float = 0.5):
     """``remask(step)`` for :func:`geopath.core.train.train`: gradual pruning from ``start``'s sparsity to
-    ``final``'s over the first half of ``steps``, re-chosen at steps 0, Δ, 2Δ, … by ``final``'s ranking; each
-    update is the schedule's value one interval ahead, so the last one (at or before half-way) is ``final``'s
-    sparsity; then ``done["done"]`` is set."""
+    ``final``'s over the first ``until`` of ``steps``, re-chosen at steps 0, Δ, 2Δ, … by ``final``'s ranking;
+    each update is the schedule's value one interval ahead, so the last one (at or before that point) is
+    ``final``'s sparsity; then ``done["done"]`` is set."""
     from geopath.peers.pruning import GRADUAL_UPDATES, cubic_sparsity
 
     space, comm = ParamSpace.of(model), distributed.current()
-    ramp = max(1, steps // 2)
+    ramp = max(1, int(steps * until))
     every = max(1, -(-ramp // GRADUAL_UPDATES))
 
     def remask(step: int) -> torch.Tensor | None:

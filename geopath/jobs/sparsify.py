@@ -162,6 +162,21 @@ def settle_prune_of(cfg: SparsifyConfig) -> float | None:
     return cfg.settle_prune if cfg.settle_prune is not None else SETTLE_PRUNE
 
 
+# --settle-prune-until's default: the fraction of the settle's steps over which its sparsity grows, by what it
+# trains on (docs/method.md, "How long the settle prunes"): on the labels three quarters, as gradual pruning's
+# schedule (Zhu & Gupta); on the start's outputs the first half
+SETTLE_PRUNE_UNTIL = {Settle.FINETUNE: 0.75, Settle.DISTILL: 0.5}
+
+
+def settle_prune_until_of(cfg: SparsifyConfig, settle: Settle) -> float | None:
+    """Over which fraction of its steps a geodesic run's settle grows the sparsity: ``--settle-prune-until``,
+    else :data:`SETTLE_PRUNE_UNTIL` of ``settle`` (the one ``--settle auto`` chose); ``None`` where the settle
+    prunes nothing (:func:`settle_prune_of` is ``None`` or 0)."""
+    if not settle_prune_of(cfg):
+        return None
+    return cfg.settle_prune_until if cfg.settle_prune_until is not None else SETTLE_PRUNE_UNTIL[settle]
+
+
 def settle_lr_of(cfg: SparsifyConfig, settle: Settle | None = None) -> float | None:
     """The settle learning rate a geodesic run uses and records: ``--settle-lr``, else :func:`default_settle_lr`
     of ``settle`` (the one ``--settle auto`` chose; default ``--settle``); none before geodesic settle steps
@@ -221,7 +236,8 @@ class Sparsify(job.Job):
         step_size = cfg.step_size or job.default_step_size(target.distance(w0), cfg.steps, STEP_SCALE)
         if cfg.method is SparsifyMethod.GEODESIC:  # (a peer's config records no step it does not take)
             cfg = dataclasses.replace(cfg, step_size=step_size, max_steps=max_steps,
-                                      settle_lr=settle_lr_of(cfg, settle), settle_prune=settle_prune_of(cfg))
+                                      settle_lr=settle_lr_of(cfg, settle), settle_prune=settle_prune_of(cfg),
+                                      settle_prune_until=settle_prune_until_of(cfg, settle))
         cfg = dataclasses.replace(cfg, data=data_name, eval_data=job.recorded(cfg.eval_data),
                                   normalize=metric_data.preprocess, arch=ck.arch, arch_kwargs=ck.arch_kwargs,
                                   checkpoint=str(ck.path.resolve()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from geopath.core.params import ParamSpace, load_vector, model_vector
@@ -11,7 +12,8 @@ from geopath.jobs.settle import _growing
 from geopath.peers.pruning import GRADUAL_UPDATES
 
 
-def test_growing_masks_are_nested_reach_the_target_by_half_way_and_follow_its_ranking():
+@pytest.mark.parametrize("until", [0.5, 0.75, 1.0])
+def test_growing_masks_are_nested_reach_the_target_by_the_given_point_and_follow_its_ranking(until):
     torch.manual_seed(0)
     model = MLP(in_features=20, hidden=(30,), num_classes=5)
     space = ParamSpace.of(model)
@@ -23,7 +25,7 @@ def test_growing_masks_are_nested_reach_the_target_by_half_way_and_follow_its_ra
     load_vector(model, space, start.project(w))
     done = {"done": False}
     steps = 400
-    remask = _growing(model, start, final, steps, done)
+    remask = _growing(model, start, final, steps, done, until)
     masks, gen = {}, torch.Generator().manual_seed(1)
     for step in range(steps):
         before = model_vector(model, space)
@@ -37,7 +39,9 @@ def test_growing_masks_are_nested_reach_the_target_by_half_way_and_follow_its_ra
             w = model_vector(model, space) + 0.01 * torch.randn(space.n, generator=gen)
             load_vector(model, space, torch.where(final.mask, torch.zeros_like(w), w))
     at = sorted(masks)
-    assert at[0] == 0 and at[-1] <= steps // 2 and len(at) <= GRADUAL_UPDATES + 1
+    ramp = int(steps * until)
+    every = -(-ramp // GRADUAL_UPDATES)
+    assert at[0] == 0 and ramp - every <= at[-1] <= ramp and len(at) <= GRADUAL_UPDATES + 1
     counts = [int(masks[s].sum()) for s in at]
     assert counts == sorted(counts) and counts[0] > int(start.mask.sum())
     assert counts[-1] == int(final.mask.sum()) == round(0.9 * sum(model.get_parameter(n).numel() for n in names))

@@ -190,6 +190,7 @@ def test_defaults_choose_the_ranking_and_the_settle(tmp_path):
     # the walk lands at 0.8 of the removals (--settle-prune 0.2, resolved and recorded) and the settle prunes
     # the rest: every weight the walk removed stays removed, and the settle did train
     assert cfg["settle_prune"] == 0.2 and landed[0]["sparsity"] == pytest.approx(0.72, abs=1e-4)
+    assert cfg["settle_prune_until"] == 0.5  # (distilling: the sparsity grows over the settle's first half)
     assert [r["sparsity"] for r in after] == sorted(r["sparsity"] for r in after)
     landed_w, _ = read_tensors(out / "steps" / "landed.safetensors")
     final_w, _ = read_tensors(out / "final.safetensors")
@@ -317,6 +318,31 @@ def test_settle_prune_zero_lands_on_the_whole_target_and_the_settle_keeps_its_ma
     assert all(torch.equal(lb[n] == 0, b[n] == 0) for n in names)
 
 
+def test_settle_prune_until_changes_the_settle_only_and_defaults_by_what_the_settle_trains_on(plain_settle,
+                                                                                             tmp_path):
+    """``--settle-prune-until``: the same walk and landing, another settle on a hyperplane of the same size;
+    resolved and recorded (0.5 distilling, the plain run; 0.75 on the labels); refused outside (0, 1]."""
+    from .._helpers import cli, one_error_line
+
+    out = tmp_path / "until"
+    geopath("sparsify", *SETTLE, "-o", out, "--settle-prune-until", "1", check=True)
+    assert yaml.safe_load((out / "config.yaml").read_text())["settle_prune_until"] == 1.0
+    a, la, b, lb = (read_tensors(run / name)[0] for run in (plain_settle, out)
+                    for name in ("final.safetensors", "steps/landed.safetensors"))
+    assert all(torch.equal(la[k], lb[k]) for k in la)  # the same walk ...
+    names = prunable_parameters(load_checkpoint(SAMPLE).model)
+    assert not torch.equal(a[names[0]], b[names[0]])  # ... another settle ...
+    assert sum(int((a[n] == 0).sum()) for n in names) == sum(int((b[n] == 0).sum()) for n in names)  # ... same size
+    labels = tmp_path / "labels"
+    geopath("sparsify", *SETTLE, "-o", labels, "--settle", "finetune", check=True)
+    assert yaml.safe_load((labels / "config.yaml").read_text())["settle_prune_until"] == 0.75
+    for bad in ("0", "1.5"):
+        refused = cli("sparsify", *SETTLE, "-o", tmp_path / "bad", "--settle-prune-until", bad)
+        assert refused.returncode == 2 and "--settle-prune-until must be in (0, 1]" in one_error_line(refused)
+    refused = cli("sparsify", *SETTLE, "-o", tmp_path / "bad", "--settle-prune", "0", "--settle-prune-until", "0.5")
+    assert refused.returncode == 2 and "--settle-prune 0 leaves the settle nothing" in one_error_line(refused)
+
+
 def test_resumed_default_run_walks_to_the_mask_chosen_at_the_start(tmp_path):
     """Regression: the walk's mask (0.8 of the removals) was re-chosen from the network a run resumed
     from, so an interrupted default run could walk to another mask than the uninterrupted one."""
@@ -348,12 +374,14 @@ def test_resumed_default_run_walks_to_the_mask_chosen_at_the_start(tmp_path):
     (["--settle", "geodesic", *SETTLE_STEPS], "--settle-prune: not read by this run (--settle geodesic takes steps"),
     (["--mask", "dynamic"], "--settle-prune: not read by this run (--mask dynamic re-chooses"),
     (["--method", "gradual"], "--settle-prune: not read by this run (--method gradual settles by its own")])
-def test_settle_prune_is_refused_where_nothing_would_read_it(tmp_path, extra, message):
+@pytest.mark.parametrize("option, value", [("--settle-prune", "0.3"), ("--settle-prune-until", "0.6")])
+def test_settle_prune_is_refused_where_nothing_would_read_it(tmp_path, extra, message, option, value):
     from .._helpers import cli, one_error_line
 
-    refused = cli("sparsify", SAMPLE, "-o", tmp_path / "o", *FAST_DATA, "--settle-prune", "0.3",
+    refused = cli("sparsify", SAMPLE, "-o", tmp_path / "o", *FAST_DATA, option, value,
                   *(["--sparsity", "0.9"] if "--structured" not in extra else []), *extra)
-    assert refused.returncode == 2 and message in one_error_line(refused), refused.stderr
+    assert refused.returncode == 2 and message.replace("--settle-prune", option) in one_error_line(refused), \
+        refused.stderr
 
 
 def test_settle_augment_settles_a_convnet_on_views_of_its_images_on_the_same_hyperplane(tmp_path):
@@ -422,10 +450,11 @@ def test_settle_holdout_ends_on_the_network_with_the_lowest_held_out_loss(tmp_pa
     for name in prunable_parameters(load_checkpoint(SAMPLE).model):  # still on the hyperplane
         assert torch.equal(a[name] == 0, read_tensors(out / "steps" / "landed.safetensors")[0][name] == 0)
     # with --settle-prune 0.2 (the default) only networks at the target's sparsity can end the run: not the
-    # landed one (at 0.72) nor one recorded while the sparsity grows (over the first 15 of the 31 steps)
+    # landed one (at 0.72) nor one recorded while the sparsity grows (over the first 15 of the 31 steps with
+    # --settle-prune-until 0.5; the step-16 network is then at the target's sparsity)
     grown = tmp_path / "grown"
     geopath("sparsify", SAMPLE, "-o", grown, "--sparsity", "0.9", *FAST, "--settle-epochs", "1", "--settle-lr", "0.5",
-            "--settle-holdout", "0.25", "--settle", "finetune", check=True)
+            "--settle-holdout", "0.25", "--settle", "finetune", "--settle-prune-until", "0.5", check=True)
     rows = [json.loads(l) for l in (grown / "trace.jsonl").read_text().splitlines()]
     landed = next(r for r in rows if r["checkpoint"] == "steps/landed.safetensors")
     assert rows[-1]["sparsity"] == pytest.approx(0.9, abs=1e-4) and landed["sparsity"] < 0.8
