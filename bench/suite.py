@@ -114,7 +114,7 @@ def network(name: str, data_root: str) -> Path:
     return path
 
 
-# networks trained here on MNIST, and for how many epochs: LeNet-5 about 2 CPU minutes, the ViT about 3
+# networks trained here on MNIST, and for how many epochs: LeNet-5 about 2 CPU minutes, the ViT about 4
 TRAIN_EPOCHS = {"lenet5": 3.0, "vit": 10.0}
 
 RERUN = False  # --rerun: never reuse a finished run
