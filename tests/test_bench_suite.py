@@ -1,0 +1,27 @@
+"""bench/suite.py's bookkeeping for ``--peers-from``: whose peers a page shows, at whose passes."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+from suite import _peers_note, peers_origin  # noqa: E402
+
+
+def test_the_peers_origin_is_the_run_that_ran_them():
+    ran = {"command": "python bench/suite.py --cases x", "machine": "m1", "peers_from": None}
+    assert peers_origin(ran) == {"command": ran["command"], "machine": "m1"}
+    # a --peers-from page of that page names the first run, and so does one more page built on it
+    once = {"command": "python bench/suite.py --cases x --peers-from a.json", "machine": "m2",
+            "peers_from": peers_origin(ran)}
+    twice = {"command": "python bench/suite.py --cases x --peers-from b.json", "machine": "m3",
+             "peers_from": peers_origin(once)}
+    assert peers_origin(once) == peers_origin(twice) == {"command": ran["command"], "machine": "m1"}
+
+
+def test_the_note_compares_with_the_peers_passes_and_names_their_run():
+    old = {"command": "python bench/suite.py --peers-from a.json", "machine": "m2",
+           "peers_from": {"command": "python bench/suite.py --cases x", "machine": "m1"}}
+    rows = [{"methods": {"geodesic": {"epochs": 5.05}}, "peer_epochs": 5.0}]
+    note = _peers_note(old, rows, [{"epochs": 9.9, "peer_epochs": 10.0}])
+    assert "(`python bench/suite.py --cases x`)" in note and "+1.00% of those at most" in note
