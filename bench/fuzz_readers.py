@@ -21,13 +21,13 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from _common import ROOT, docs_dir  # noqa: E402 (bench/ is on sys.path when run as a script)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--examples", type=int, default=5000)
-    ap.add_argument("--docs", default=str(ROOT / "docs"))
+    ap.add_argument("--docs", default=str(ROOT / "docs"), type=docs_dir)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         report = Path(d) / "tried.json"
@@ -52,7 +52,6 @@ def main() -> int:
               "bytes as YAML; random transition plans. The same tests run in CI with 150 inputs each."]
     if not ok:
         lines += ["", "```", proc.stdout[-4000:], "```"]
-    Path(args.docs).mkdir(parents=True, exist_ok=True)
     Path(args.docs, "fuzz.md").write_text("\n".join(lines) + "\n")
     print(f"fuzz_readers: {sum(tried.values()):,} inputs, {'no crash' if ok else 'FAILED'}")
     return 0 if ok else 1

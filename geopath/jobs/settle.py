@@ -44,7 +44,7 @@ def settle_by_training(cfg, model, target: Target, data, reference, result, reco
 
     With ``grow_to`` (``--settle-prune``; ``target`` is then the sparser-kept hyperplane the walk landed on) the
     settle prunes on to ``grow_to``'s sparsity as gradual pruning does: the sparsity grows from ``target``'s on
-    the cubic schedule over the first ``cfg.settle_prune_until`` of the SGD steps (half when it is unset), the
+    the cubic schedule over the first ``cfg.settle_prune_until`` of the SGD steps (as the run resolved it), the
     mask re-chosen by ``grow_to``'s ranking
     :data:`~geopath.peers.pruning.GRADUAL_UPDATES` times; ``grow_to.mask`` ends as the final mask.
 
@@ -108,8 +108,7 @@ def settle_by_training(cfg, model, target: Target, data, reference, result, reco
 
     check(model)  # the landed network, as recorded (its BatchNorm statistics re-estimated)
     passes = 0
-    until = getattr(cfg, "settle_prune_until", None) or 0.5
-    remask = None if grow_to is None else _growing(model, target, grow_to, steps, growth, until)
+    remask = None if grow_to is None else _growing(model, target, grow_to, steps, growth, cfg.settle_prune_until)
     if steps:
         passes = train(model, train_data, epochs=budget / len(train_data), batch_size=cfg.batch_size,
                        lr=cfg.settle_lr, seed=cfg.seed, mask=target.mask if held is None else held, device=device,
@@ -139,7 +138,7 @@ def settle_by_training(cfg, model, target: Target, data, reference, result, reco
 
 
 def _growing(model: nn.Module, start: MagnitudeTarget, final: MagnitudeTarget, steps: int, done: dict,
-             until: float = 0.5):
+             until: float):
     """``remask(step)`` for :func:`geopath.core.train.train`: gradual pruning from ``start``'s sparsity to
     ``final``'s over the first ``until`` of ``steps``, re-chosen at steps 0, Δ, 2Δ, … by ``final``'s ranking;
     each update is the schedule's value one interval ahead, so the last one (at or before that point) is
