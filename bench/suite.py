@@ -162,6 +162,8 @@ def finished(out: Path, ckpt: Path, cfg: SparsifyConfig, options: dict) -> dict 
         chosen = Settle(rule["chosen"]) if rule.get("chosen") else None  # (what --settle auto chose)
         if chosen is None and cfg.settle is Settle.AUTO:
             return None  # (made before --settle auto)
+        if summary.get("ranking", {}).get("rule") == "auto" and "p" not in summary["ranking"]:
+            return None  # (made before --criterion auto's sign test)
         resolved = {"settle": cfg.settle.value, "settle_lr": settle_lr_of(cfg, chosen),
                     "max_steps": cfg.max_steps or default_max_steps(cfg), "settle_prune": settle_prune_of(cfg),
                     "settle_prune_until": settle_prune_until_of(cfg, chosen or cfg.settle)}

@@ -53,8 +53,10 @@ class Criterion(str, Enum):
     """Smallest ``w² · [g]_qq`` first: the function's cost of removing each weight (Optimal Brain Damage's
     saliency with the metric's diagonal, estimated on ``--saliency-samples`` inputs)."""
     AUTO = "auto"
-    """Whichever of the two, applied in one shot, keeps more of the starting network's top-1 predictions on
-    ``--saliency-samples`` other inputs (label-free; the rule and its figures are in the summary)."""
+    """Saliency where, applied in one shot, it keeps more of the starting network's top-1 predictions on
+    ``--saliency-samples`` other inputs than magnitude does by more than chance (a one-sided sign test on the
+    inputs only one of the two keeps, p < 0.05), else magnitude (label-free; the rule and its figures are in the
+    summary)."""
 
 
 class Settle(str, Enum):
@@ -309,8 +311,10 @@ class SparsifyConfig(WalkOptions):
     scope: MaskScope = opt(MaskScope.GLOBAL, "Unstructured: global or per-layer magnitude.")
     mask: MaskMode = opt(MaskMode.FIXED, "Unstructured mask fixed at the start or re-chosen each step.")
     criterion: Criterion | None = opt(None, "Unstructured: which weights go first: smallest magnitude, smallest "
-                                            "saliency w²·[g]_qq (the metric's diagonal), or auto: whichever of the "
-                                            "two pruned in one shot keeps more of the start's predictions.",
+                                            "saliency w²·[g]_qq (the metric's diagonal), or auto: saliency when, "
+                                            "pruned in one shot, it keeps more of the start's predictions than "
+                                            "magnitude does by more than chance (sign test, p < 0.05), else "
+                                            "magnitude.",
                                       default_help="auto for the geodesic, saliency for obd, magnitude for the "
                                                    "other peers")
     saliency_samples: int = opt(1024, "Inputs the metric's diagonal is estimated on (--criterion saliency, auto); "

@@ -201,8 +201,8 @@ def test_defaults_choose_the_ranking_and_the_settle(tmp_path):
     assert summary["sparsity"] == pytest.approx(0.9, abs=1e-4)
     ranking = summary["ranking"]
     assert ranking["rule"] == "auto" and ranking["inputs"] == 1024
-    other = {"magnitude": "saliency", "saliency": "magnitude"}[ranking["chosen"]]
-    assert ranking["agreement"][ranking["chosen"]] >= ranking["agreement"][other]
+    assert ranking["chosen"] == ("saliency" if ranking["p"] < 0.05 and ranking["only"]["saliency"] > ranking["only"]["magnitude"]
+                                 else "magnitude")
     assert summary["target"]["criterion"] == ranking["chosen"]
     # (2,000 metric inputs: the rule's draw is all of them)
     fitted = evaluate(load_checkpoint(SAMPLE).model, load_dataset("mnist", "train", DATA_ROOT).head(2000)).accuracy
@@ -585,6 +585,22 @@ def test_the_text_says_what_settle_auto_chose():
         "settle:          distill (auto: the start gets 99.85% of 2,048 training inputs right; distils from 99.8%)")
     units = {"rule": "auto", "chosen": "finetune", "structured": True}
     assert Sparsify.text({**base, "settle": units})[-1] == "settle:          finetune (auto: whole units go)"
+
+
+def test_the_text_says_what_criterion_auto_chose():
+    from geopath.jobs.sparsify import Sparsify
+
+    base = {"out": "o", "final": "final.safetensors", "test_accuracy": 0.98, "dense_test_accuracy": 0.985,
+            "sparsity": 0.9, "length": 1.0, "step": 10, "epochs": 4.84}
+    assert not any(line.startswith("ranking:") for line in Sparsify.text(base))  # (a forced --criterion: no rule)
+    record = {"rule": "auto", "chosen": "magnitude", "inputs": 1024, "agreement": {"magnitude": 0.96, "saliency": 0.962},
+              "only": {"magnitude": 22, "saliency": 25}, "p": 0.3854334972865132}
+    assert Sparsify.text({**base, "ranking": record})[-1] == (
+        "ranking:         magnitude (auto: of 1,024 inputs, 25 keep the start's prediction only by saliency, "
+        "22 only by magnitude; p = 0.39)")
+    old = {k: record[k] for k in ("rule", "chosen", "inputs", "agreement")}  # a summary from before the sign test
+    assert Sparsify.text({**base, "ranking": old})[-1] == (
+        "ranking:         magnitude (auto: one-shot agreement with the start magnitude 96.00%, saliency 96.20%)")
 
 
 def test_settle_auto_scores_a_seeded_draw_of_2048_inputs():
