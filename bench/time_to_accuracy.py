@@ -57,7 +57,7 @@ def main() -> int:
     ap.add_argument("--sparsity", type=float, default=0.9)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--epochs", type=float, nargs="+", default=[0.5, 1.0, 2.0, 5.0, 8.0],
-                    help="the peers' budgets (the geodesic's own is added)")
+                    help="the budgets of the geodesic's ladder and the peers' (the defaults' own is added to the peers')")
     args = ap.parse_args()
     work = Path(args.work)
     common = {"data_root": args.data_root, "sparsity": args.sparsity}
@@ -97,7 +97,8 @@ def main() -> int:
             print(json.dumps({"method": method, **{k: v for k, v in best.items() if k != "runs"}}), flush=True)
         peers[method] = {"ladder": steps, "seconds_to_geodesic_accuracy": seconds_to_reach(steps, target),
                          "epochs_to_geodesic_accuracy": seconds_to_reach(steps, target, "epochs")}
-    levels = sorted({round(q["accuracy"], 6) for q in ladder})  # every accuracy the geodesic's ladder reached
+    levels = sorted({q["accuracy"] for q in ladder})  # every accuracy the geodesic's ladder reached (exact: a
+    # rounded level could lie above the run that reached it)
     at_levels = [{"accuracy": a, "geodesic": seconds_to_reach(ladder, a),
                   **{m: seconds_to_reach(p["ladder"], a) for m, p in peers.items()}} for a in levels]
     ok = all(p["seconds_to_geodesic_accuracy"] is None or p["seconds_to_geodesic_accuracy"] >= geo_need
@@ -141,8 +142,7 @@ def write_md(path: Path, host: str, args, r: dict) -> None:
         lines.append(f"| geodesic | {budget} | {q['epochs']:.2f} | {how} | {q['accuracy']:.2%} | {q['seconds']:.1f} |")
     for method, p in peers.items():
         for q in p["ladder"]:
-            lines.append(f"| {method} | {q.get('budget', q['epochs']):.3g} | {q['epochs']:.2f} | lr {q['lr']:g} | "
-                         f"{q['accuracy']:.2%} | "
+            lines.append(f"| {method} | {q['budget']:g} | {q['epochs']:.2f} | lr {q['lr']:g} | {q['accuracy']:.2%} | "
                          f"{q['seconds']:.1f} |")
     epochs = r["geodesic_epochs_to_accuracy"]
     lines += ["", f"Seconds each method needs to reach the defaults' mean accuracy, {geodesic['accuracy']:.2%}, on its "

@@ -90,8 +90,8 @@ def ranking_choice(by_magnitude: torch.Tensor, by_saliency: torch.Tensor) -> dic
     """The choice of ``--criterion auto`` from which inputs each one-shot network agrees with the start on (two
     boolean tensors over the same inputs). Saliency only where it keeps more predictions by more than chance: a
     one-sided sign test on the inputs just one of the two keeps (n of them, s saliency's), the chance of s or more
-    of n fair coin flips below :data:`RANKING_SIGNIFICANCE`; magnitude, the ranking of every other method,
-    otherwise. (The wide MNIST MLP at 95 % had saliency ahead by 2–3 of 1,024 inputs on two seeds of three, and
+    of n fair coin flips below :data:`RANKING_SIGNIFICANCE`; magnitude, the ranking of every peer but
+    obd, otherwise. (The wide MNIST MLP at 95 % had saliency ahead by 2–3 of 1,024 inputs on two seeds of three, and
     its geodesic lost 0.19 points to the magnitude seed; every other network of the suite was 9 or more inputs
     apart: docs/method.md.) Returns ``chosen``, both ``agreement`` fractions, ``only`` (the inputs only that
     ranking keeps) and the test's ``p``."""
