@@ -23,7 +23,8 @@ The bar (issue 19): at the largest budget the geodesic is ≥ the best peer in e
 shortfall within the larger seed spread is a tie) and ahead of the best peer on the suite mean.
 A label-free table follows: only N unlabeled inputs, geodesic (``--settle distill``, ``--steps 10``,
 settling for 3/4 of 120,000 sample passes after them) against prune + distillation (the geodesic's
-passes) and one-shot saliency pruning.
+passes) and one-shot saliency pruning, on those of the MNIST MLP at 90 %, the Adam Fashion-MNIST MLP at 90 %,
+LeNet-5 and the ViT that ``--cases`` names (with ``--peers-from``, a row the earlier run lacks is run in full).
 
 Writes docs/bench_suite.{json,md} (``--quick``: docs/bench_suite_quick.*: one seed, budget 5,
 three networks, peers at SGD lr 0.1 only, the geodesic settle's; a smoke run, not a result); prints the
@@ -90,7 +91,7 @@ NO_PEERS = {"vgg11_filters": {"obd"}}  # obd ranks single weights
 QUICK_CASES = ["mnist_mlp_90", "fmnist_adam_90", "mnist_sgd_raw_90"]
 PEERS = ["prune-finetune", "gradual", "iterative-prune", "distill", "obd"]
 GRID = [("sgd", 0.1), ("sgd", 0.05), ("sgd", 0.01), ("adam", 0.001)]
-LABEL_FREE_CASES = ["mnist_mlp_90", "fmnist_adam_90"]
+LABEL_FREE_CASES = ["mnist_mlp_90", "fmnist_adam_90", "lenet5_95", "vit_90"]  # (each where --cases names it)
 LABEL_FREE_PASSES = 120_000  # two epochs of the 60,000 training images, in passes over the N inputs
 
 
@@ -201,10 +202,11 @@ def _grid_text(grid: list, grid_from: dict | None, free_grid: list | None) -> st
     def points(g: list) -> str:
         return ", ".join(f"{o} lr {lr:g}" for o, lr in g)
 
+    free = f"; the label-free table: {points(free_grid)}" if free_grid else ""
     if not grid_from:
-        return f"({points(grid)})."
-    return (f"(on each case and seed, the grid point that won in `{grid_from.get('command')}`, and {points(grid)}"
-            + (f"; the label-free table: {points(free_grid)}" if free_grid else "") + ").")
+        same = free_grid and [tuple(g) for g in free_grid] == [tuple(g) for g in grid]
+        return f"({points(grid)}{'' if same else free})."
+    return f"(on each case and seed, the grid point that won in `{grid_from.get('command')}`, and {points(grid)}{free})."
 
 
 def spread(xs: list[float]) -> float:
@@ -216,9 +218,12 @@ def _peers_note(old: dict, rows: list[dict], free_rows: list[dict]) -> str:
     gaps = [r["methods"]["geodesic"]["epochs"] / r["peer_epochs"] - 1 for r in rows]
     gaps += [r["epochs"] / r["peer_epochs"] - 1 for r in free_rows]
     worst = max(gaps, key=abs) if gaps else 0.0
+    here = [f"{r['case']} with {r['inputs']:,} inputs" for r in free_rows if r.get("ran_here")]
     return (f" **Only the geodesic was run here**: every peer's figure is the earlier run's "
             f"(`{peers_origin(old)['command']}`), whose peers had that run's geodesic passes; this geodesic spent "
-            f"{worst:+.2%} of those at most.")
+            f"{worst:+.2%} of those at most."
+            + (f" The label-free rows the earlier run lacks were run here in full, peers included ({'; '.join(here)})."
+               if here else ""))
 
 
 def peers_origin(old: dict) -> dict:
@@ -335,7 +340,7 @@ def main() -> int:
     free_rows = []
     free_grid = grid if grid_old is None else list(dict.fromkeys(GRID + grid))  # (label-free: no earlier winners)
     for case in (LABEL_FREE_CASES if label_free else []):
-        if case not in CASES:
+        if case not in cases:
             continue
         net, sparsity = CASES[case]
         ckpt = network(net, args.data_root)
@@ -346,20 +351,21 @@ def main() -> int:
             geo = run(ckpt, out / "geodesic", args.data_root, sparsity=sparsity, settle="distill", metric_size=n,
                       steps=10, settle_epochs=0.75 * LABEL_FREE_PASSES / n,
                       **({"criterion": args.criterion} if args.criterion else {}))
-            if old is not None:
-                earlier = next((r for r in old["label_free"] if r["case"] == case and r["inputs"] == n), None)
-                if earlier is None:
-                    raise SystemExit(f"{args.peers_from}: no label-free {case} with {n} inputs")
+            earlier = None if old is None else next(
+                (r for r in old["label_free"] if r["case"] == case and r["inputs"] == n), None)
+            if earlier is not None:
                 free_rows.append({**earlier, "geodesic": geo["accuracy"], "epochs": geo["epochs"],
                                   "peer_epochs": earlier.get("peer_epochs", earlier["epochs"])})
                 print(json.dumps(free_rows[-1]), flush=True)
                 continue
+            # (with --peers-from, a label-free row the earlier run lacks is run here, its peers too)
             dist = best_peer(ckpt, out, args.data_root, "distill", sparsity, geo["epochs"], 0, free_grid,
                              metric_size=n)
             obd = run(ckpt, out / "obd", args.data_root, method="obd", sparsity=sparsity, finetune_epochs=0,
                       metric_size=n)
             free_rows.append({"case": case, "inputs": n, "geodesic": geo["accuracy"], "distill": dist["accuracy"],
-                              "obd_one_shot": obd["accuracy"], "epochs": geo["epochs"], "dense": geo["dense"]})
+                              "obd_one_shot": obd["accuracy"], "epochs": geo["epochs"], "dense": geo["dense"],
+                              **({"peer_epochs": geo["epochs"], "ran_here": True} if old is not None else {})})
             print(json.dumps(free_rows[-1]), flush=True)
 
     # the bar: at the largest budget, geodesic >= best peer (within the larger seed spread) everywhere; ahead on mean
@@ -381,8 +387,10 @@ def main() -> int:
                        statistics.mean(gaps) > 0))
 
     # the grids the peers of the table ran on: this run's, or with --peers-from the earlier run's
+    ran_here = any(r.get("ran_here") for r in free_rows)  # (label-free rows run in full beside --peers-from)
     peers_grids = ((grid, grid_old and {"command": grid_old.get("command")}, free_grid if label_free else None)
-                   if old is None else (old["grid"], old.get("grid_from"), old.get("label_free_grid")))
+                   if old is None else (old["grid"], old.get("grid_from"),
+                                        old.get("label_free_grid") or (free_grid if ran_here else None)))
     stem = "bench_suite_quick" if args.quick else "bench_suite"
     # the command as run (cases, budgets, seeds and grid included: a partial run says what it covers)
     command = " ".join(["python bench/suite.py"] + shown_arguments(sys.argv[1:]))

@@ -25,3 +25,26 @@ def test_the_note_compares_with_the_peers_passes_and_names_their_run():
     rows = [{"methods": {"geodesic": {"epochs": 5.05}}, "peer_epochs": 5.0}]
     note = _peers_note(old, rows, [{"epochs": 9.9, "peer_epochs": 10.0}])
     assert "(`python bench/suite.py --cases x`)" in note and "+1.00% of those at most" in note
+
+
+def test_the_note_names_the_label_free_rows_run_here_in_full():
+    old = {"command": "python bench/suite.py --cases vit_90", "machine": "m1"}
+    rows = [{"methods": {"geodesic": {"epochs": 5.0}}, "peer_epochs": 5.0}]
+    earlier = {"case": "mnist_mlp_90", "inputs": 1000, "epochs": 99.0, "peer_epochs": 99.0}
+    assert "run here in full" not in _peers_note(old, rows, [earlier])
+    fresh = {"case": "vit_90", "inputs": 10000, "epochs": 10.1, "peer_epochs": 10.1, "ran_here": True}
+    note = _peers_note(old, rows, [earlier, fresh])
+    assert note.endswith("The label-free rows the earlier run lacks were run here in full, peers included "
+                         "(vit_90 with 10,000 inputs).")
+
+
+def test_the_grid_text_names_the_label_free_grid_where_it_differs():
+    from suite import _grid_text
+
+    grid = [("sgd", 0.1), ("adam", 0.001)]
+    assert _grid_text(grid, None, None) == "(sgd lr 0.1, adam lr 0.001)."
+    assert _grid_text(grid, None, [["sgd", 0.1], ["adam", 0.001]]) == "(sgd lr 0.1, adam lr 0.001)."  # (as JSON)
+    assert _grid_text(grid, None, [("sgd", 0.05)]) == "(sgd lr 0.1, adam lr 0.001; the label-free table: sgd lr 0.05)."
+    assert _grid_text(grid, {"command": "c"}, [("sgd", 0.05)]) == (
+        "(on each case and seed, the grid point that won in `c`, and sgd lr 0.1, adam lr 0.001; the label-free "
+        "table: sgd lr 0.05).")
