@@ -23,6 +23,7 @@ import typer
 
 from geopath import __version__
 from geopath.config import JOBS
+from geopath.core.choices import ARCH_SPECS
 from geopath.errors import EXIT_THRESHOLD, GeopathError, UsageError
 from geopath.io.preprocess import PREPROCESS_HELP
 from geopath.report.text import fmt
@@ -497,8 +498,7 @@ def inspect_cmd(
 @app.command("train")
 def train_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the trained network (.safetensors)."),
-    arch: str = typer.Option("mlp", help="mlp, lenet5, vgg11, resnet20, vit, torchvision:NAME, "
-                                                   "module:NAME or file.py:NAME."),
+    arch: str = typer.Option("mlp", help=f"{ARCH_SPECS}."),
     arch_kwargs: Optional[str] = typer.Option(None, help="Architecture keyword arguments as JSON."),
     data: str = typer.Option("mnist", help="Training data set (the train split of a named set or a folder laid out "
                                            "by split; or one set: PATH.npz, an image folder)."),

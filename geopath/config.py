@@ -26,8 +26,8 @@ import yaml
 from geopath.errors import UsageError
 from geopath.io.preprocess import PREPROCESS_HELP, parse_image_size, parse_preprocess
 from geopath.peers import registry
-from geopath.core.choices import (Anchor, Augment, BNStats, Combine, ConnectPath, JVPMode, MaskScope, MetricKind,
-                                  TRMethod)
+from geopath.core.choices import (ARCH_SPECS, Anchor, Augment, BNStats, Combine, ConnectPath, JVPMode, MaskScope,
+                                  MetricKind, TRMethod)
 
 
 def opt(default, help: str, *, arg: bool = False, flag: str | None = None, short: str | None = None,
@@ -179,10 +179,8 @@ def with_peers(job: str):
 @dataclass(frozen=True)
 class CommonOptions:
     out: str = opt("", "Output directory (must be empty unless --overwrite/--resume).", flag="--out", short="-o")
-    arch: str | None = opt(None, "Architecture (if a file does not name one, or to build yours): mlp, lenet5, vgg11, "
-                                 "resnet20, vit, "
-                                 "torchvision:NAME, module:NAME or path/to/file.py:NAME (a class or a function "
-                                 "returning the network).")
+    arch: str | None = opt(None, f"Architecture (if a file does not name one, or to build yours): {ARCH_SPECS} (a "
+                                 "class or a function returning the network).")
     arch_kwargs: dict | None = opt(None, "Architecture keyword arguments as a JSON object.",
                                    example=ARCH_KWARGS_EXAMPLE)
     trust_pickle: bool = opt(False, "Allow unpickling a .pt file (only for files you trust).")

@@ -7,6 +7,11 @@ from __future__ import annotations
 
 from enum import Enum
 
+# the built-in architectures (geopath.io.archs.BUILTIN's names; torch-free for the help texts that list them, and
+# a test keeps the two equal), and every way to name one
+BUILTIN_ARCHS = ("mlp", "lenet5", "vgg11", "resnet20", "vit")
+ARCH_SPECS = ", ".join(BUILTIN_ARCHS) + ", torchvision:NAME, module:NAME or file.py:NAME"
+
 
 class MetricKind(str, Enum):
     """Which output-space metric is pulled back to weight space."""

@@ -20,6 +20,7 @@ from torch import nn
 
 from geopath import __version__
 from geopath.io.atomic import atomic_path, sha256_file
+from geopath.core.choices import ARCH_SPECS
 from geopath.io.archs import build_model, trusted
 from geopath.errors import CheckpointError, StorageError, UsageError
 
@@ -200,8 +201,8 @@ def load_checkpoint(
     if arch is None:
         arch = meta.get(META_PREFIX + "arch")
         if arch is None:
-            raise UsageError(f"{path}: the file does not name its architecture; pass --arch (mlp, lenet5, vgg11, "
-                             f"resnet20, vit, torchvision:NAME, module:NAME or file.py:NAME){_layout_hint(tensors)}")
+            raise UsageError(f"{path}: the file does not name its architecture; pass --arch ({ARCH_SPECS})"
+                             f"{_layout_hint(tensors)}")
         if not trusted(arch) and not trust_code:
             raise UsageError(f"{path}: its metadata names architecture {arch!r}, code outside geopath and "
                              f"torchvision, which geopath does not run on a file's word; pass --arch {arch} "

@@ -152,3 +152,19 @@ def test_the_console_script_refuses_metadata_code_and_imports_from_the_current_d
                   "--size", "100", "--json", cwd=tmp)
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["samples"] == 100 and marker.exists()
+
+
+def test_the_help_texts_list_every_built_in_architecture(tmp_path):
+    """``ARCH_SPECS`` (torch-free, for the help texts and the no-architecture error) names ``BUILTIN``'s
+    architectures, no more and no fewer; the error a file without its architecture gets lists them."""
+    from safetensors.torch import save_file
+
+    from geopath.core.choices import ARCH_SPECS, BUILTIN_ARCHS
+    from geopath.io.archs import BUILTIN
+
+    assert BUILTIN_ARCHS == tuple(BUILTIN)
+    path = tmp_path / "bare.safetensors"
+    save_file({"w": torch.zeros(2)}, str(path))
+    with pytest.raises(UsageError) as info:
+        load_checkpoint(path)
+    assert f"pass --arch ({ARCH_SPECS})" in str(info.value) and "resnet20, vit, torchvision:NAME" in str(info.value)
