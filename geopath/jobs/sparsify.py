@@ -142,11 +142,8 @@ def choose_settle(cfg: SparsifyConfig, model, data, device) -> tuple[Settle, dic
 
 
 def ranking_text(record: dict) -> str:
-    """What ``--criterion auto`` chose and why, for a person (the summary's ``ranking`` record)."""
-    agree = record["agreement"]
-    if "only" not in record:  # (a summary from before the sign test)
-        return (f"{record['chosen']} (auto: one-shot agreement with the start magnitude {agree['magnitude']:.2%}, "
-                f"saliency {agree['saliency']:.2%})")
+    """What ``--criterion auto`` chose and why, for a person (the summary's ``ranking`` record, as the run just
+    made it)."""
     only = record["only"]
     return (f"{record['chosen']} (auto: of {record['inputs']:,} inputs, {only['saliency']} keep the start's prediction "
             f"only by saliency, {only['magnitude']} only by magnitude; p = {record['p']:.2g})")

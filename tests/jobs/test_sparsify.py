@@ -598,9 +598,6 @@ def test_the_text_says_what_criterion_auto_chose():
     assert Sparsify.text({**base, "ranking": record})[-1] == (
         "ranking:         magnitude (auto: of 1,024 inputs, 25 keep the start's prediction only by saliency, "
         "22 only by magnitude; p = 0.39)")
-    old = {k: record[k] for k in ("rule", "chosen", "inputs", "agreement")}  # a summary from before the sign test
-    assert Sparsify.text({**base, "ranking": old})[-1] == (
-        "ranking:         magnitude (auto: one-shot agreement with the start magnitude 96.00%, saliency 96.20%)")
 
 
 def test_settle_auto_scores_a_seeded_draw_of_2048_inputs():
