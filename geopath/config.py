@@ -327,8 +327,12 @@ class SparsifyConfig(WalkOptions):
     settle_anchor: Anchor | None = opt(None, "The anchor of geodesic settle steps (e.g. labels).",
                                        default_help="--anchor")
     settle_epochs: float = opt(2.5, "Epochs of masked SGD after landing (--settle finetune or distill).")
-    settle_lr: float | None = opt(None, "Learning rate of --settle finetune/distill (SGD, momentum 0.9, cosine "
-                                        "decay).", default_help="0.1; 0.05 with --structured or on the start's outputs (distill)")
+    settle_lr: float | None = opt(None, "Learning rate of --settle finetune/distill (cosine decay).",
+                                  default_help="0.1; 0.05 with --structured or on the start's outputs (distill); "
+                                               "0.001 with --settle-optimizer adam")
+    settle_optimizer: registry.Optimizer = opt(registry.Optimizer.SGD, "Optimizer of --settle finetune/distill: sgd "
+                                                                       "(momentum 0.9) or adam (for a network trained "
+                                                                       "with Adam, see docs/method.md).")
     settle_warmup: float = opt(0.0, SETTLE_WARMUP_HELP)
     settle_average: float = opt(0.0, SETTLE_AVERAGE_HELP)
     settle_prune: float | None = opt(None, "--settle finetune/distill, unstructured: leave this fraction of the "
@@ -502,8 +506,8 @@ WALK_ONLY = ("beta", "step_size", "steps", "max_steps", "tol", "beta_growth", "c
 RELAX_ONLY = ("nodes", "relax_epochs", "relax_lr")
 # the settle after landing (sparsify, transition): geodesic steps read the first two, training the rest
 SETTLE_BY_STEPS = ("settle_steps", "settle_anchor")
-SETTLE_BY_TRAINING = ("settle_epochs", "settle_lr", "settle_warmup", "settle_average", "settle_holdout",
-                      "settle_augment")
+SETTLE_BY_TRAINING = ("settle_epochs", "settle_lr", "settle_optimizer", "settle_warmup", "settle_average",
+                      "settle_holdout", "settle_augment")  # (settle_optimizer: sparsify's; transition settles by SGD)
 SETTLE_OPTIONS = ("settle",) + SETTLE_BY_STEPS + SETTLE_BY_TRAINING
 
 

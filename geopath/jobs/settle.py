@@ -30,8 +30,8 @@ AUGMENT_SEED = 7919  # the views' generator is seeded apart from the batch order
 def settle_by_training(cfg, model, target: Target, data, reference, result, recorder,
                        device, final_path: str = "final.safetensors", held: torch.Tensor | None = None,
                        grow_to: MagnitudeTarget | None = None) -> dict:
-    """``--settle finetune|distill``: masked SGD on the hyperplane from where the walk landed, for
-    ``--settle-epochs`` of sample passes (a distillation step also pays the teacher's forward pass).
+    """``--settle finetune|distill``: masked SGD (Adam with ``--settle-optimizer adam``) on the hyperplane from
+    where the walk landed, for ``--settle-epochs`` of sample passes (a distillation step also pays the teacher's forward pass).
     Its networks continue the walk's trace (steps count SGD steps on from the landing), one every
     ``--save-every`` × 8 SGD steps (the passes of ``--save-every`` geodesic steps); the last is
     ``final_path`` (relative to the run). ``held`` are the weights kept at zero (default: the target's
@@ -109,9 +109,11 @@ def settle_by_training(cfg, model, target: Target, data, reference, result, reco
     check(model)  # the landed network, as recorded (its BatchNorm statistics re-estimated)
     passes = 0
     remask = None if grow_to is None else _growing(model, target, grow_to, steps, growth, cfg.settle_prune_until)
+    optimizer = getattr(getattr(cfg, "settle_optimizer", None), "value", "sgd")  # (transition: SGD)
     if steps:
         passes = train(model, train_data, epochs=budget / len(train_data), batch_size=cfg.batch_size,
-                       lr=cfg.settle_lr, seed=cfg.seed, mask=target.mask if held is None else held, device=device,
+                       lr=cfg.settle_lr, optimizer=optimizer, seed=cfg.seed,
+                       mask=target.mask if held is None else held, device=device,
                        max_passes=budget, on_step=on_step, loss_fn=loss_fn, warmup=cfg.settle_warmup,
                        augment=augmentation(cfg.settle_augment, cfg.seed + AUGMENT_SEED),
                        remask=remask).sample_passes

@@ -18,6 +18,7 @@ from geopath.jobs import common as job
 from geopath.core.augment import check_images
 from geopath.jobs.settle import SGD_STEPS_PER_STEP, settle_by_training
 from geopath.report.text import fmt
+from geopath.peers.registry import Optimizer
 from geopath.peers.task import PeerTask
 from geopath.core.params import ParamSpace, model_vector
 from geopath.io.checkpoint import sparsity_of
@@ -175,7 +176,10 @@ def default_settle_lr(cfg: SparsifyConfig, settle: Settle) -> float:
     with whole units removed 0.05 is ahead on VGG11's filter removal by 1.75 points and on two of three MLPs
     (by 0.04 and 0.51; 0.05 behind on the third: bench/settle_lr_structured.py); on the start's outputs 0.05 is
     ahead on VGG11 at 90 % by 1.38 points (three seeds) and on three of the four label-free cases, 0.09 behind
-    on the shipped MNIST MLP."""
+    on the shipped MNIST MLP. With ``--settle-optimizer adam``: 0.001 (the peers' Adam grid point; measured on the
+    wide MNIST MLP trained with Adam, docs/method.md)."""
+    if cfg.settle_optimizer is Optimizer.ADAM:
+        return 0.001
     return 0.05 if parse_structured(cfg.structured) or settle is Settle.DISTILL else 0.1
 
 

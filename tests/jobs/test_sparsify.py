@@ -472,7 +472,12 @@ def test_settle_holdout_ends_on_the_network_with_the_lowest_held_out_loss(tmp_pa
     (["--finetune-epochs", "2"], "--finetune-epochs: not read by this run (the geodesic takes no peer option)"),
     (["--settle-steps", "40"], "--settle-steps: not read by this run (--settle auto trains (finetune or distill)"),
     (["--settle", "geodesic", "--settle-lr", "0.2"], "--settle-lr: not read by this run (--settle geodesic takes "
-                                                     "steps")])
+                                                     "steps"),
+    (["--settle", "geodesic", "--settle-optimizer", "adam"], "--settle-optimizer: not read by this run (--settle "
+                                                             "geodesic takes steps"),
+    (["--method", "gradual", "--settle-optimizer", "adam"], "--settle-optimizer: not read by this run (--method "
+                                                            "gradual settles by its own training"),
+    (["--settle-optimizer", "rmsprop"], "rmsprop")])
 def test_an_option_the_run_would_not_read_is_refused_before_anything_is_written(tmp_path, extra, message):
     from .._helpers import cli, one_error_line
 
@@ -522,6 +527,43 @@ def test_default_settle_lr_is_lower_when_whole_units_go_or_on_the_starts_outputs
     assert default_settle_lr(unstructured, Settle.DISTILL) == 0.05
     assert default_settle_lr(units, Settle.FINETUNE) == 0.05
     assert default_settle_lr(units, Settle.DISTILL) == 0.05
+    adam = SparsifyConfig(checkpoint="x", out="o", sparsity=0.9, settle_optimizer="adam").validate()
+    assert default_settle_lr(adam, Settle.FINETUNE) == default_settle_lr(adam, Settle.DISTILL) == 0.001
+
+
+def test_settle_optimizer_adam_trains_the_settle_with_adam_and_replays(tmp_path, monkeypatch):
+    """--settle-optimizer adam: the settle's training runs Adam at the resolved lr 0.001 (the walk is unchanged),
+    the config records both and runs again as it is; SGD (the default) otherwise."""
+    import geopath.core.train as core_train
+    from geopath.config import SparsifyConfig
+    from geopath.jobs.sparsify import run_sparsify
+
+    seen = []
+    real = core_train.train
+
+    def spy(*a, **kw):
+        seen.append((kw.get("optimizer", "sgd"), kw.get("lr")))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(core_train, "train", spy)
+
+    def cfg(out, **kw):
+        return SparsifyConfig(checkpoint=str(SAMPLE), out=str(out), sparsity=0.9, data_root=str(DATA_ROOT),
+                              metric_size=2000, eval_size=500, batch_size=64, steps=4, max_steps=4, cg_iters=2,
+                              settle="finetune", settle_epochs=0.05, **kw).validate()
+
+    run_sparsify(cfg(tmp_path / "adam", settle_optimizer="adam"))
+    run_sparsify(cfg(tmp_path / "sgd"))
+    assert seen == [("adam", 0.001), ("sgd", 0.1)]
+    saved = yaml.safe_load((tmp_path / "adam" / "config.yaml").read_text())
+    assert saved["settle_optimizer"] == "adam" and saved["settle_lr"] == 0.001
+    a, _ = read_tensors(tmp_path / "adam" / "final.safetensors")
+    b, _ = read_tensors(tmp_path / "sgd" / "final.safetensors")
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    again = geopath("sparsify", "--config", tmp_path / "adam" / "config.yaml", "--out", tmp_path / "again")
+    assert again.returncode == 0, again.stderr
+    c, _ = read_tensors(tmp_path / "again" / "final.safetensors")
+    assert all(torch.equal(a[k], c[k]) for k in a)
 
 
 class _Logits(torch.nn.Module):
