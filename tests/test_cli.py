@@ -103,13 +103,28 @@ def test_bad_checkpoint_files(tmp_path, make, needle):
 def test_failed_overwrite_keeps_the_old_run(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    (out / "summary.json").write_text("{}")  # stands for a finished run
+    (out / "config.yaml").write_text("{}")  # (these two stand for a finished run)
+    (out / "summary.json").write_text("{}")
     proc = cli("sparsify", tmp_path / "nope.safetensors", "-o", out, "--overwrite")
     assert proc.returncode == 2 and "no such checkpoint" in one_error_line(proc)
     assert (out / "summary.json").read_text() == "{}"
     bad_data = cli("sparsify", SAMPLE, "-o", out, "--overwrite", "--data", "imagenet")
     assert bad_data.returncode == 2
     assert (out / "summary.json").read_text() == "{}"
+
+
+def test_overwrite_replaces_runs_only_never_another_folder(tmp_path):
+    """``-o`` pointed by mistake at a folder that is not a run (here the one holding the input checkpoint):
+    --overwrite refuses it in one line and deletes nothing."""
+    import shutil
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    ck = folder / "net.safetensors"
+    shutil.copy(SAMPLE, ck)
+    proc = cli("sparsify", ck, "-o", folder, "--overwrite", "--sparsity", "0.5")
+    assert proc.returncode == 2 and "not a geopath run's directory (no config.yaml)" in one_error_line(proc)
+    assert ck.read_bytes() == SAMPLE.read_bytes()
 
 
 def test_pickle_only_pt_is_refused(tmp_path):

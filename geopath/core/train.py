@@ -64,6 +64,8 @@ def train(
     every batch's loss (e.g. an EWC term). ``augment(x)`` replaces each batch's inputs by random views
     (:mod:`geopath.core.augment`) before the forward pass and ``loss_fn`` see them.
     """
+    if len(ds) == 0:  # (no batch would ever come, and the loop below would wait for one forever)
+        raise ValueError("train: no training samples")
     model.to(device)
     comm = distributed.current()
     space = ParamSpace.of(model)

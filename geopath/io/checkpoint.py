@@ -82,7 +82,25 @@ def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     raise CheckpointError(f"{path}: no state dict of tensors found in this file")
 
 
+def _torch_format(path: Path) -> None:
+    """A one-line error unless ``path`` starts like a file ``torch.save`` writes: a zip archive, or a pickle (the
+    legacy format); a file in another format would otherwise be reported as a refused pickle."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot be read ({e.strerror or type(e).__name__})") from None
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"\x80"):
+        return
+    if len(head) >= 9 and head[8:9] == b"{":  # an 8-byte header length, then the JSON header
+        raise CheckpointError(f"{path}: looks like a safetensors file, not a PyTorch one; give it the .safetensors "
+                              "suffix")
+    raise CheckpointError(f"{path}: not a PyTorch checkpoint (torch.save writes a zip archive or a pickle; this file "
+                          "is neither)")
+
+
 def _read_torch(path: Path, trust_pickle: bool) -> dict[str, torch.Tensor]:
+    _torch_format(path)
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -212,6 +230,9 @@ def load_checkpoint(
                 arch_kwargs = json.loads(meta.get(META_PREFIX + "arch_kwargs", "{}"))
             except json.JSONDecodeError:
                 raise CheckpointError(f"{path}: metadata geopath.arch_kwargs is not valid JSON") from None
+            if not isinstance(arch_kwargs, dict):
+                raise CheckpointError(f"{path}: metadata geopath.arch_kwargs is not a JSON object of architecture "
+                                      f"options (got {type(arch_kwargs).__name__})")
     arch_kwargs = dict(arch_kwargs or {})
     model = build_model(arch, arch_kwargs)
     if META_PREFIX + "compact" in meta:  # a compact network: the architecture with units removed

@@ -215,17 +215,39 @@ def _npz_arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"{path}: not a readable .npz file ({str(e).splitlines()[0]})") from None
     if len(x) != len(y):
         raise DataError(f"{path}: {len(x)} inputs but {len(y)} labels")
-    return x, y
+    if len(x) == 0:
+        raise DataError(f"{path}: holds no inputs")
+    return x, class_indices(y, path)
+
+
+def class_indices(y: np.ndarray, where) -> np.ndarray:
+    """Labels as one whole class index per input (an N×1 column is read as N), or a one-line data error: a
+    one-hot or soft label matrix, fractions or NaN would otherwise be flattened or truncated into wrong labels."""
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        hint = "; one-hot labels? store their argmax" if y.ndim == 2 else ""
+        raise DataError(f"{where}: labels must be one class index per input, got an array of shape {y.shape}{hint}")
+    if not np.issubdtype(y.dtype, np.integer) and not (
+            np.issubdtype(y.dtype, np.floating) and np.isfinite(y).all() and (y == np.round(y)).all()):
+        raise DataError(f"{where}: labels must be whole class indices, got {y.dtype} values"
+                        + (f" such as {y[0]!r}" if len(y) else ""))
+    return y
 
 
 def load_npz(path: Path, split: str = "train", preprocess: str = "dataset", mean=None, std=None) -> Dataset:
     x, y = _npz_arrays(path)
     if x.dtype == np.uint8:
+        if x.ndim < 3:
+            raise DataError(f"{path}: uint8 arrays are read as images (N×H×W, N×H×W×C or N×C×H×W), this one has "
+                            f"shape {x.shape}; store flat features as float32")
         xt, stated = _normalise(x, preprocess, mean, std)
     else:
         if preprocess not in ("dataset", AS_STORED):
-            raise DataError(f"{path}: --normalize applies to uint8 images; this file holds {x.dtype} arrays, "
-                            "used as stored (pass --normalize dataset or leave it out)")
+            raise DataError(f"{path}: the preprocessing {preprocess} (--normalize, or what the checkpoint records) "
+                            f"applies to uint8 images; this file holds {x.dtype} arrays, used as stored (pass "
+                            "--normalize dataset)")
         stated = AS_STORED
         if np.issubdtype(x.dtype, np.integer):  # token ids (an embedding's inputs): kept whole
             xt = torch.from_numpy(np.ascontiguousarray(x).astype(np.int64))
@@ -316,15 +338,32 @@ def _load_image_folder(path: Path, split: str, preprocess: str = "dataset", imag
     return Dataset(x, torch.tensor([c for _, c in samples], dtype=torch.int64), str(path), split, _stated(stats))
 
 
+def training_classes(name: str | None) -> list[str] | None:
+    """The class folders of ``name``'s training images where it is an image folder (a plain one, or ``train/`` of
+    one laid out by split) that exists here; else None. An image folder scored apart from the folder a network
+    trained on takes its labels from these (``load_dataset``'s ``classes``)."""
+    if not name or canonical_name(name) in NAMED:
+        return None
+    path = Path(name).expanduser()
+    if path.suffix == ".npz" or not path.is_dir():
+        return None
+    layout = split_layout(path)
+    root = path / "train" if layout == "folders" else path if layout is None else None
+    return sorted(p.name for p in root.iterdir() if p.is_dir()) if root is not None else None
+
+
 def load_dataset(name: str, split: str = "train", data_root=None, download: bool = False,
-                 preprocess: str | None = None, image_size: str | None = None, channels: int | None = None) -> Dataset:
+                 preprocess: str | None = None, image_size: str | None = None, channels: int | None = None,
+                 classes: list[str] | None = None) -> Dataset:
     """Load a data set split into memory (see module docstring for accepted names).
 
     ``preprocess`` (``--normalize``; default ``dataset``) says how stored pixels become inputs; the
     returned set states what was applied (``Dataset.preprocess``: ``M,M/S,S``, ``none`` or
     ``as stored``), which every run records. Image folders are streamed (``Dataset.x`` is an
     :class:`geopath.io.images.ImageFiles`), their images converted to ``channels`` (default: the
-    first image's, 1 for grayscale) and resized to ``image_size`` (``S`` or ``H,W``) when given."""
+    first image's, 1 for grayscale) and resized to ``image_size`` (``S`` or ``H,W``) when given. ``classes``
+    (:func:`training_classes` of the data a network trained on) labels a plain image folder's class folders as
+    training labelled them: a folder lacking a class would otherwise shift the labels of the others."""
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r} (use train or test)")
     preprocess = parse_preprocess(preprocess) or "dataset"
@@ -347,7 +386,7 @@ def load_dataset(name: str, split: str = "train", data_root=None, download: bool
             return _load_image_folder(path / split, split, preprocess, image_size, channels, train_classes)
         if layout == "npz":
             return load_npz(path / f"{split}.npz", split, preprocess)
-        return _load_image_folder(path, split, preprocess, image_size, channels)
+        return _load_image_folder(path, split, preprocess, image_size, channels, classes)
     known = ", ".join(NAMED)
     raise DataError(f"unknown data set {name!r} (use one of {known}, a PATH.npz, an image folder or a folder laid "
                     "out by split)")

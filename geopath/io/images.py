@@ -21,6 +21,21 @@ from geopath.errors import DataError
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 
 
+def _pixels(im, channels: int, pil_to_tensor) -> torch.Tensor:
+    """An image's pixels in [0, 1], ``channels``×H×W: 8-bit modes through PIL's conversion, 16-bit grayscale
+    scaled by 65535 (PIL's conversion to 8 bits would clip it at 255, not scale it); 32-bit integer or float
+    pixels, of no fixed range, are refused."""
+    import numpy as np
+
+    if im.mode.startswith("I;16"):
+        t = torch.from_numpy(np.asarray(im).astype(np.float32) / 65535.0)[None]
+        return t.expand(channels, -1, -1).clone()
+    if im.mode in ("I", "F"):
+        raise DataError(f"{im.mode!r} pixels ({'32-bit integers' if im.mode == 'I' else 'floats'} of no fixed "
+                        "range): geopath reads 8- and 16-bit images; convert the folder to 8-bit")
+    return pil_to_tensor(im.convert("L" if channels == 1 else "RGB")).float().div_(255.0)
+
+
 def image_mode(path: Path) -> tuple[int, tuple[int, int]]:
     """(channels, (height, width)) of an image file, from its header: 1 for grayscale modes, else 3."""
     from PIL import Image
@@ -88,7 +103,9 @@ class ImageFiles:
         for i, f in enumerate(files):
             try:
                 with Image.open(f) as im:
-                    t = pil_to_tensor(im.convert("L" if self.channels == 1 else "RGB")).float().div_(255.0)
+                    t = _pixels(im, self.channels, pil_to_tensor)
+            except DataError as e:
+                raise DataError(f"{f}: {e}") from None
             except Exception as e:
                 raise DataError(f"{f}: not a readable image ({str(e).splitlines()[0] if str(e) else ''})") from None
             if tuple(t.shape[1:]) != self.size:

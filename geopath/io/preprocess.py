@@ -8,6 +8,8 @@ that network takes it from there unless ``--normalize`` says otherwise.
 
 from __future__ import annotations
 
+import math
+
 from geopath.errors import DataError
 
 PREPROCESS_HELP = ("How stored pixels become inputs: 'dataset' (x/255, then the named set's mean and std; "
@@ -29,9 +31,10 @@ def parse_preprocess(text: str | None) -> str | None:
         sd = [float(v) for v in std.split(",")]
     except ValueError:
         m, sd = [], []
-    if not sep or not m or len(m) != len(sd) or not all(v > 0 for v in sd):
+    if (not sep or not m or len(m) != len(sd) or not all(math.isfinite(v) for v in m + sd)
+            or not all(v > 0 for v in sd)):
         raise DataError(f"--normalize {text!r}: expected dataset, none or MEAN/STD per channel "
-                        "(e.g. 0.1307/0.3081 or 0.49,0.48,0.45/0.25,0.24,0.26; each std > 0)")
+                        "(e.g. 0.1307/0.3081 or 0.49,0.48,0.45/0.25,0.24,0.26; finite, each std > 0)")
     return ",".join(f"{v:g}" for v in m) + "/" + ",".join(f"{v:g}" for v in sd)
 
 

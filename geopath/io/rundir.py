@@ -48,8 +48,12 @@ def check_output(out: str | os.PathLike, overwrite: bool, resume: bool) -> Path:
             raise UsageError(f"{out}: nothing to resume (no config.yaml)")
         if (out / MANIFEST).exists():
             raise UsageError(f"{out}: this run already completed (manifest.json exists)")
-    elif out.exists() and any(out.iterdir()) and not overwrite:
-        raise UsageError(f"{out}: output directory is not empty (pass --overwrite to replace it, or --resume)")
+    elif out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise UsageError(f"{out}: output directory is not empty (pass --overwrite to replace it, or --resume)")
+        if not (out / "config.yaml").is_file():  # (every run writes its config first)
+            raise UsageError(f"{out}: not a geopath run's directory (no config.yaml); --overwrite only replaces a "
+                             "run, it does not empty other folders: choose another --out")
     return out
 
 

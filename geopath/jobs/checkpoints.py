@@ -14,8 +14,8 @@ import torch
 from geopath.core.evaluate import evaluate
 from geopath.errors import UsageError
 from geopath.io.checkpoint import load_checkpoint, read_tensors, reading_record, save_checkpoint, sparsity_of
-from geopath.io.data import load_dataset, one_set, recorded_name
-from geopath.jobs.common import eval_set, resolve_device
+from geopath.io.data import load_dataset, one_set, recorded_name, training_classes
+from geopath.jobs.common import check_inputs, eval_set, resolve_device
 
 
 def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split: str = "test",
@@ -25,6 +25,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split: 
                         device: str = "cpu") -> dict[str, Any]:
     """Accuracy, loss and sparsity of a network on ``data`` (default: the test split of the data set it
     records, read as it records: preprocessing, image size, channels)."""
+    if size is not None and size < 1:
+        raise UsageError(f"--size must be ≥ 1, got {size}")
     dev = resolve_device(device)
     ck = load_checkpoint(checkpoint, arch, arch_kwargs, trust_pickle, trust_code)
     name = data or ck.data
@@ -34,7 +36,13 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split: 
     if single and data is None:
         raise UsageError(f"{checkpoint} records its training data {name}, one set with no test split; pass "
                          "--data with labelled test data")
-    ds = load_dataset(name, split, data_root, download, *ck.reading(normalize, image_size, channels)).head(size)
+    # an image folder scored apart from the one the network trained on: labelled as training labelled them
+    classes = training_classes(ck.data) if data is not None and ck.data and recorded_name(data) != ck.data else None
+    ds = load_dataset(name, split, data_root, download, *ck.reading(normalize, image_size, channels),
+                      classes=classes).head(size)
+    if len(ds) == 0:
+        raise UsageError(f"{name}: no {split} samples to evaluate on")
+    check_inputs(ck.model.to(dev), ds, dev)
     ev = evaluate(ck.model.to(dev), ds, device=dev)
     return {"checkpoint": str(checkpoint), "data": name, "split": None if single else split,
             "preprocess": ds.preprocess, "samples": ev.samples, "accuracy": ev.accuracy, "loss": ev.loss,
@@ -58,12 +66,16 @@ def train_checkpoint(out: str | Path, arch: str = "mlp", arch_kwargs: dict | Non
         raise UsageError(f"{out}: the output must be a .safetensors file")
     if epochs <= 0 or lr <= 0 or batch_size < 1:
         raise UsageError("--epochs and --lr must be > 0 and --batch-size ≥ 1")
+    if size is not None and size < 1:
+        raise UsageError(f"--size must be ≥ 1, got {size}")
     dev = resolve_device(device)
     torch.manual_seed(seed)
     kwargs = dict(arch_kwargs or {})
     model = build_model(arch, kwargs)
     test_name = eval_set(data, eval_data)
     tr = load_dataset(data, "train", data_root, download, normalize, image_size, channels).head(size)
+    if len(tr) == 0:
+        raise UsageError(f"{data}: no training samples")
     te = load_dataset(test_name, "test", data_root, download, tr.preprocess, image_size, channels)
     stats = train(model, tr, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed,
                   device=dev)

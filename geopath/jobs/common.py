@@ -12,6 +12,7 @@ gate, finish.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import shutil
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from torch import nn
 
 from geopath.core import distributed
 from geopath.io.checkpoint import META_PREFIX, Checkpoint, load_checkpoint, read_tensors, reading_record
-from geopath.io.data import Dataset, load_dataset, one_set, recorded_name
+from geopath.io.data import Dataset, load_dataset, one_set, recorded_name, training_classes
 from geopath.errors import CheckpointError, UsageError
 from geopath.core.evaluate import evaluate
 from geopath.core.path import Interrupted, PathConfig, PathState
@@ -169,9 +170,27 @@ def mix(datasets: list[Dataset], total: int) -> Dataset:
                    parts[0].split, parts[0].preprocess)
 
 
-def load_split(name: str, split: str, cfg, size: int | None = None, preprocess: str | None = None) -> Dataset:
+def with_reading(cfg, *cks: Checkpoint):
+    """``cfg`` with ``--image-size`` and ``--channels`` as the run reads image folders: each flag if given, else
+    what the checkpoints record (``geopath train`` records both; the networks a run saves record them again).
+    Checkpoints that record different values need the flag."""
+    values = {}
+    for i, name in ((1, "image_size"), (2, "channels")):
+        if getattr(cfg, name) is not None:
+            continue
+        recorded = {str(ck.reading()[i]) for ck in cks if ck.reading()[i] is not None}
+        if len(recorded) > 1:
+            flag = "--" + name.replace("_", "-")
+            raise UsageError(f"the networks record different {flag} ({' and '.join(sorted(recorded))}): pass {flag}")
+        if recorded:
+            values[name] = int(recorded.pop()) if name == "channels" else recorded.pop()
+    return dataclasses.replace(cfg, **values) if values else cfg
+
+
+def load_split(name: str, split: str, cfg, size: int | None = None, preprocess: str | None = None,
+               classes: list[str] | None = None) -> Dataset:
     return load_dataset(name, split, cfg.data_root, download=cfg.download, preprocess=preprocess,
-                        image_size=cfg.image_size, channels=cfg.channels).head(size)
+                        image_size=cfg.image_size, channels=cfg.channels, classes=classes).head(size)
 
 
 COMPACT_KEYS = ("compact", "input_shape", "input_dtype")  # a compact network's recipe (geopath export)
@@ -215,7 +234,8 @@ def single_task_data(cfg, ck: Checkpoint, device, what: str = "the network") -> 
     name = data_name(cfg.data, ck, "--data")
     test_name = eval_set(name, cfg.eval_data)
     metric = load_split(name, "train", cfg, cfg.metric_size, preprocess_of(cfg, ck))
-    test = load_split(test_name, "test", cfg, cfg.eval_size, metric.preprocess)  # exactly what training inputs got
+    test = load_split(test_name, "test", cfg, cfg.eval_size, metric.preprocess,  # exactly what training inputs got
+                      classes=training_classes(name) if test_name != name else None)  # (labels as training's)
     check_inputs(ck.model.to(device), test, device, what)
     return Splits(name, metric, test, metric.head(cfg.train_eval_size) if cfg.train_eval_size else None)
 

@@ -79,6 +79,7 @@ class Connect(job.Job):
 
     def prepare(self, cfg: ConnectConfig, device) -> job.Setup:
         a, b = job.load_pair(cfg)
+        cfg = job.with_reading(cfg, a, b)
         data_name, metric, test, train_eval = job.single_task_data(cfg, a, device, "network A")
         model_a, model_b = a.model.to(device).eval(), b.model.to(device).eval()
         bn_data = metric.head(cfg.bn_samples) if has_batchnorm(model_a) else None

@@ -68,6 +68,7 @@ class Tasks:
     test_b: Dataset
     offset_b: int  # added to task B's labels (split head)
     carry: dict | None = None  # what saved networks inherit from A (a compact network's recipe)
+    reading: tuple[str | None, int | None] = (None, None)  # image size and channels, as the run read them
 
 
 def _shift(ds: Dataset | None, offset: int) -> Dataset | None:
@@ -110,6 +111,7 @@ def _widen(ck, probe: Dataset, classes_a: int, classes_b: int, first: bool, devi
 
 def prepare(cfg: MergeConfig, device) -> Tasks:
     a, b = job.load(cfg, cfg.checkpoint), job.load(cfg, cfg.checkpoint_b)
+    cfg = job.with_reading(cfg, a, b)
     data_a = job.data_name(cfg.data_a, a, "--data-a")
     data_b = job.data_name(cfg.data_b, b, "--data-b")
     for name, flag in ((data_a, "--data-a"), (data_b, "--data-b")):
@@ -158,7 +160,7 @@ def prepare(cfg: MergeConfig, device) -> Tasks:
                              f"from {classes_a})")
     return Tasks(model_a, model_b, a.arch, arch_kwargs, a.arch_kwargs, a.sha256, data_a, data_b, train_a, _shift(train_b, offset),
                  val_a, _shift(val_b, offset), test_a, _shift(test_b, offset), offset,
-                 carry=job.carried(a))
+                 carry=job.carried(a), reading=(cfg.image_size, cfg.channels))
 
 
 class BothTasks:
@@ -205,6 +207,7 @@ class Merge(job.Job):
         if cfg.method is MergeMethod.GEODESIC:  # (a peer's config records no step it does not take)
             cfg = dataclasses.replace(cfg, step_size=step_size, max_steps=max_steps)
         cfg = dataclasses.replace(cfg, data_a=tasks.data_a, data_b=tasks.data_b,
+                                  image_size=tasks.reading[0], channels=tasks.reading[1],
                                   arch=tasks.arch, arch_kwargs=tasks.source_arch_kwargs,
                                   normalize=tasks.metric_a.preprocess if same else cfg.normalize,
                                   checkpoint=str(Path(cfg.checkpoint).resolve()),

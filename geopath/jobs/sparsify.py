@@ -246,6 +246,7 @@ class Sparsify(job.Job):
 
     def prepare(self, cfg: SparsifyConfig, device) -> job.Setup:
         ck = job.load(cfg, cfg.checkpoint)
+        cfg = job.with_reading(cfg, ck)
         data_name, metric_data, test_data, train_eval = job.single_task_data(cfg, ck, device)
         check_images(cfg.settle_augment, tuple(metric_data.x.shape[1:]))
         reference = job.frozen_copy(ck.model, device)  # the starting network, kept frozen

@@ -214,6 +214,7 @@ class Transition(job.Job):
     def prepare(self, cfg: TransitionConfig, device) -> job.Setup:
         legs = parse_plan(cfg.plan)
         ck = job.load(cfg, cfg.checkpoint)
+        cfg = job.with_reading(cfg, ck)
         data_name, metric, test, train_eval = job.single_task_data(cfg, ck, device)
         check_images(cfg.settle_augment, tuple(metric.x.shape[1:]))
         reference = job.frozen_copy(ck.model, device)

@@ -173,6 +173,74 @@ def test_a_job_runs_on_a_split_image_folder(tmp_path):
     assert ev["samples"] == 20 and ev["split"] == "test" and ev["preprocess"] == "0.5/0.5"
 
 
+def test_a_plain_test_folder_missing_a_class_is_labelled_as_training_labelled_it(tmp_path):
+    """Plain image folders for training (ant, bee, cat) and scoring (ant, cat): scored apart from the folder the
+    network trained on (``eval --data``, a job's ``--eval-data``), cat keeps label 2 instead of shifting to 1."""
+    import json
+
+    from geopath.io.archs import build_model
+    from geopath.io.checkpoint import save_checkpoint
+    from geopath.io.data import training_classes
+
+    from .._helpers import cli
+
+    _images(tmp_path / "train", classes=("ant", "bee", "cat"), n=2)
+    _images(tmp_path / "held", classes=("ant", "cat"), n=2, seed=1)
+    assert training_classes(str(tmp_path / "train")) == ["ant", "bee", "cat"]
+    assert training_classes("mnist") is None and training_classes(str(tmp_path / "none")) is None
+    held = load_dataset(str(tmp_path / "held"), classes=training_classes(str(tmp_path / "train")))
+    assert sorted(held.y.tolist()) == [0, 0, 2, 2]
+    kw = {"in_features": 108, "hidden": [4], "num_classes": 3}
+    net = build_model("mlp", kw)
+    with torch.no_grad():  # a network that answers "cat" (class 2) whatever it sees
+        for p in net.parameters():
+            p.zero_()
+        net.layers[-1].bias[2] = 1.0
+    save_checkpoint(tmp_path / "net.safetensors", net, "mlp", kw,
+                    extra={"data": str((tmp_path / "train").resolve()), "preprocess": "0.5/0.5"})
+    ev = cli("eval", tmp_path / "net.safetensors", "--data", tmp_path / "held", "--json")
+    assert ev.returncode == 0, ev.stderr
+    assert json.loads(ev.stdout)["accuracy"] == 0.5  # the two cats (0.0 with cat read as class 1)
+    _images(tmp_path / "odd", classes=("ant", "dog"), n=1)
+    odd = cli("eval", tmp_path / "net.safetensors", "--data", tmp_path / "odd")
+    assert odd.returncode == 2 and "dog have no counterpart" in odd.stderr
+
+
+def test_a_job_reads_images_at_the_size_and_channels_its_checkpoint_records(tmp_path):
+    """A network trained on images resized to 4×4 grayscale (``geopath train --image-size 4 --channels 1``
+    records both) is sparsified on the same 8×8 RGB folder without the flags: the job reads the images as the
+    checkpoint records (not at their stored size, which would feed a network that accepts any size the wrong
+    inputs), records the reading in its config, and its saved networks record it again; a flag given wins."""
+    import json
+
+    import yaml
+
+    from geopath.io.archs import build_model
+    from geopath.io.checkpoint import load_checkpoint, save_checkpoint
+
+    from .._helpers import cli
+
+    _images(tmp_path / "imgs" / "train", n=6, size=8)
+    _images(tmp_path / "imgs" / "test", n=3, size=8, seed=1)
+    kw = {"in_features": 16, "hidden": [8], "num_classes": 2}
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "net.safetensors", build_model("mlp", kw), "mlp", kw,
+                    extra={"data": str((tmp_path / "imgs").resolve()), "image_size": "4", "channels": "1"})
+    fast = ["--sparsity", "0.5", "--steps", "2", "--max-steps", "2", "--batch-size", "4", "--cg-iters", "2",
+            "--train-eval-size", "0", "--settle-epochs", "0.5", "--json"]
+    out = tmp_path / "out"
+    proc = cli("sparsify", tmp_path / "net.safetensors", "-o", out, *fast)
+    assert proc.returncode == 0, proc.stderr
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["image_size"] == "4" and saved["channels"] == 1
+    meta = load_checkpoint(out / "final.safetensors").metadata
+    assert meta["geopath.image_size"] == "4" and meta["geopath.channels"] == "1"
+    ev = json.loads(cli("eval", out / "final.safetensors", "--json").stdout)
+    assert ev["samples"] == 6
+    given = cli("sparsify", tmp_path / "net.safetensors", "-o", tmp_path / "given", *fast, "--image-size", "8")
+    assert given.returncode == 2 and "cannot take inputs of shape (1, 8, 8)" in given.stderr, given.stderr
+
+
 def test_a_test_folder_missing_a_class_keeps_the_training_labels(tmp_path):
     _images(tmp_path / "train", classes=("ant", "bee", "cat"), n=2)
     _images(tmp_path / "test", classes=("ant", "cat"), n=2, seed=1)
@@ -184,3 +252,23 @@ def test_a_test_folder_missing_a_class_keeps_the_training_labels(tmp_path):
     Image.new("RGB", (6, 6)).save(tmp_path / "test" / "dog" / "0.png")
     with pytest.raises(DataError, match="dog have no counterpart"):
         load_dataset(str(tmp_path), "test")
+
+
+def test_sixteen_bit_grayscale_is_scaled_not_clipped_and_float_images_are_refused(tmp_path):
+    from PIL import Image
+
+    deep = np.array([[0, 32768], [65535, 1000]], dtype=np.uint16)
+    for c in ("a", "b"):
+        (tmp_path / "deep" / c).mkdir(parents=True)
+        Image.fromarray(deep).save(tmp_path / "deep" / c / "0.png")
+    ds = load_dataset(str(tmp_path / "deep"), preprocess="none")
+    x = ds.x[:2].to("cpu")  # (a folder is decoded a view at a time)
+    assert x.shape == (2, 1, 2, 2)
+    assert torch.allclose(x[0, 0], torch.from_numpy(deep.astype(np.float32) / 65535.0))  # (clipped: 0, 1, 1, 1)
+    rgb = load_dataset(str(tmp_path / "deep"), preprocess="none", channels=3).x[:1].to("cpu")
+    assert rgb.shape == (1, 3, 2, 2) and torch.equal(rgb[0, 0], rgb[0, 2])
+    for c in ("a", "b"):
+        (tmp_path / "float" / c).mkdir(parents=True)
+        Image.fromarray(deep.astype(np.float32)).save(tmp_path / "float" / c / "0.tiff")
+    with pytest.raises(DataError, match=r"0\.tiff: 'F' pixels \(floats of no fixed range\).*convert the folder"):
+        load_dataset(str(tmp_path / "float")).x[:1].to("cpu")
