@@ -103,8 +103,8 @@ def test_bad_checkpoint_files(tmp_path, make, needle):
 def test_failed_overwrite_keeps_the_old_run(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    (out / "config.yaml").write_text("{}")  # (these two stand for a finished run)
-    (out / "summary.json").write_text("{}")
+    for name in ("config.yaml", "trace.jsonl", "summary.json"):  # (these stand for a finished run)
+        (out / name).write_text("{}")
     proc = cli("sparsify", tmp_path / "nope.safetensors", "-o", out, "--overwrite")
     assert proc.returncode == 2 and "no such checkpoint" in one_error_line(proc)
     assert (out / "summary.json").read_text() == "{}"
@@ -123,8 +123,11 @@ def test_overwrite_replaces_runs_only_never_another_folder(tmp_path):
     ck = folder / "net.safetensors"
     shutil.copy(SAMPLE, ck)
     proc = cli("sparsify", ck, "-o", folder, "--overwrite", "--sparsity", "0.5")
-    assert proc.returncode == 2 and "not a geopath run's directory (no config.yaml)" in one_error_line(proc)
+    assert proc.returncode == 2 and "not a geopath run's directory" in one_error_line(proc)
     assert ck.read_bytes() == SAMPLE.read_bytes()
+    (folder / "config.yaml").write_text("{}")  # a config alone does not make a run
+    proc = cli("sparsify", ck, "-o", folder, "--overwrite", "--sparsity", "0.5")
+    assert proc.returncode == 2 and ck.read_bytes() == SAMPLE.read_bytes()
 
 
 def test_pickle_only_pt_is_refused(tmp_path):

@@ -229,7 +229,7 @@ def class_indices(y: np.ndarray, where) -> np.ndarray:
     if y.ndim != 1:
         hint = "; one-hot labels? store their argmax" if y.ndim == 2 else ""
         raise DataError(f"{where}: labels must be one class index per input, got an array of shape {y.shape}{hint}")
-    if not np.issubdtype(y.dtype, np.integer) and not (
+    if not np.issubdtype(y.dtype, np.integer) and y.dtype != np.bool_ and not (
             np.issubdtype(y.dtype, np.floating) and np.isfinite(y).all() and (y == np.round(y)).all()):
         raise DataError(f"{where}: labels must be whole class indices, got {y.dtype} values"
                         + (f" such as {y[0]!r}" if len(y) else ""))

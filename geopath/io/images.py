@@ -21,13 +21,28 @@ from geopath.errors import DataError
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 
 
+def _sixteen_bit(im) -> bool:
+    """Whether an opened (not yet loaded) image holds 16-bit grayscale pixels: mode ``I;16*``, or mode ``I`` decoded
+    from 16-bit raw data (how Pillow opens a 16-bit PGM, and before 10.3 a 16-bit PNG)."""
+    if im.mode.startswith("I;16"):
+        return True
+    if im.mode != "I":
+        return False
+    for tile in getattr(im, "tile", None) or []:
+        args = tile[3] if len(tile) > 3 else None
+        raw = args[0] if isinstance(args, tuple) and args else args
+        if isinstance(raw, str) and raw.startswith("I;16"):
+            return True
+    return False
+
+
 def _pixels(im, channels: int, pil_to_tensor) -> torch.Tensor:
     """An image's pixels in [0, 1], ``channels``×H×W: 8-bit modes through PIL's conversion, 16-bit grayscale
     scaled by 65535 (PIL's conversion to 8 bits would clip it at 255, not scale it); 32-bit integer or float
     pixels, of no fixed range, are refused."""
     import numpy as np
 
-    if im.mode.startswith("I;16"):
+    if _sixteen_bit(im):
         t = torch.from_numpy(np.asarray(im).astype(np.float32) / 65535.0)[None]
         return t.expand(channels, -1, -1).clone()
     if im.mode in ("I", "F"):

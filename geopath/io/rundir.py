@@ -51,9 +51,9 @@ def check_output(out: str | os.PathLike, overwrite: bool, resume: bool) -> Path:
     elif out.exists() and any(out.iterdir()):
         if not overwrite:
             raise UsageError(f"{out}: output directory is not empty (pass --overwrite to replace it, or --resume)")
-        if not (out / "config.yaml").is_file():  # (every run writes its config first)
-            raise UsageError(f"{out}: not a geopath run's directory (no config.yaml); --overwrite only replaces a "
-                             "run, it does not empty other folders: choose another --out")
+        if not ((out / "config.yaml").is_file() and (out / "trace.jsonl").is_file()):  # (a run writes both first)
+            raise UsageError(f"{out}: not a geopath run's directory (no config.yaml and trace.jsonl); --overwrite "
+                             "only replaces a run, it does not empty other folders: choose another --out")
     return out
 
 

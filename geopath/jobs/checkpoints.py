@@ -76,7 +76,8 @@ def train_checkpoint(out: str | Path, arch: str = "mlp", arch_kwargs: dict | Non
     tr = load_dataset(data, "train", data_root, download, normalize, image_size, channels).head(size)
     if len(tr) == 0:
         raise UsageError(f"{data}: no training samples")
-    te = load_dataset(test_name, "test", data_root, download, tr.preprocess, image_size, channels)
+    te = load_dataset(test_name, "test", data_root, download, tr.preprocess, image_size, channels,
+                      classes=training_classes(data) if test_name != recorded_name(data) else None)
     stats = train(model, tr, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed,
                   device=dev)
     ev = evaluate(model, te, device=dev)

@@ -25,6 +25,7 @@ from torch import nn
 from geopath.core import distributed
 from geopath.io.checkpoint import META_PREFIX, Checkpoint, load_checkpoint, read_tensors, reading_record
 from geopath.io.data import Dataset, load_dataset, one_set, recorded_name, training_classes
+from geopath.io.preprocess import parse_image_size
 from geopath.errors import CheckpointError, UsageError
 from geopath.core.evaluate import evaluate
 from geopath.core.path import Interrupted, PathConfig, PathState
@@ -179,6 +180,8 @@ def with_reading(cfg, *cks: Checkpoint):
         if getattr(cfg, name) is not None:
             continue
         recorded = {str(ck.reading()[i]) for ck in cks if ck.reading()[i] is not None}
+        if name == "image_size" and len({parse_image_size(r) for r in recorded}) == 1:
+            recorded = {min(recorded)}  # (the same size written two ways: 28 and 28,28)
         if len(recorded) > 1:
             flag = "--" + name.replace("_", "-")
             raise UsageError(f"the networks record different {flag} ({' and '.join(sorted(recorded))}): pass {flag}")
@@ -233,9 +236,11 @@ def single_task_data(cfg, ck: Checkpoint, device, what: str = "the network") -> 
     checked against ``ck``'s network."""
     name = data_name(cfg.data, ck, "--data")
     test_name = eval_set(name, cfg.eval_data)
-    metric = load_split(name, "train", cfg, cfg.metric_size, preprocess_of(cfg, ck))
+    # plain image folders apart from the one the network trained on are labelled as its training labelled them
+    trained_on = training_classes(ck.data) if ck.data and ck.data != name else None
+    metric = load_split(name, "train", cfg, cfg.metric_size, preprocess_of(cfg, ck), classes=trained_on)
     test = load_split(test_name, "test", cfg, cfg.eval_size, metric.preprocess,  # exactly what training inputs got
-                      classes=training_classes(name) if test_name != name else None)  # (labels as training's)
+                      classes=trained_on or (training_classes(name) if test_name != name else None))
     check_inputs(ck.model.to(device), test, device, what)
     return Splits(name, metric, test, metric.head(cfg.train_eval_size) if cfg.train_eval_size else None)
 

@@ -204,6 +204,23 @@ def test_a_plain_test_folder_missing_a_class_is_labelled_as_training_labelled_it
     _images(tmp_path / "odd", classes=("ant", "dog"), n=1)
     odd = cli("eval", tmp_path / "net.safetensors", "--data", tmp_path / "odd")
     assert odd.returncode == 2 and "dog have no counterpart" in odd.stderr
+    # a job on a subset of the training folder's classes: metric and test labels both as training's
+    from geopath.config import SparsifyConfig
+    from geopath.io.checkpoint import load_checkpoint
+    from geopath.jobs.common import single_task_data
+
+    _images(tmp_path / "subset", classes=("ant", "cat"), n=2, seed=2)
+    cfg = SparsifyConfig(checkpoint="x", out="o", sparsity=0.5, data=str(tmp_path / "subset"),
+                         eval_data=str(tmp_path / "held")).validate()
+    splits = single_task_data(cfg, load_checkpoint(tmp_path / "net.safetensors"), "cpu")
+    assert sorted(splits.metric.y.tolist()) == sorted(splits.test.y.tolist()) == [0, 0, 2, 2]
+    # geopath train scores on a plain test folder with the training folder's labels too
+    trained = cli("train", "--arch", "mlp", "--arch-kwargs", '{"in_features": 108, "hidden": [4], "num_classes": 3}',
+                  "--data", tmp_path / "train", "--eval-data", tmp_path / "held", "--epochs", "1", "-o",
+                  tmp_path / "t.safetensors", "--json")
+    assert trained.returncode == 0, trained.stderr
+    again = cli("eval", tmp_path / "t.safetensors", "--data", tmp_path / "held", "--json")
+    assert json.loads(trained.stdout)["test_accuracy"] == json.loads(again.stdout)["accuracy"]
 
 
 def test_a_job_reads_images_at_the_size_and_channels_its_checkpoint_records(tmp_path):
@@ -267,8 +284,37 @@ def test_sixteen_bit_grayscale_is_scaled_not_clipped_and_float_images_are_refuse
     assert torch.allclose(x[0, 0], torch.from_numpy(deep.astype(np.float32) / 65535.0))  # (clipped: 0, 1, 1, 1)
     rgb = load_dataset(str(tmp_path / "deep"), preprocess="none", channels=3).x[:1].to("cpu")
     assert rgb.shape == (1, 3, 2, 2) and torch.equal(rgb[0, 0], rgb[0, 2])
+    for c in ("a", "b"):  # a 16-bit PGM opens in mode I (32-bit), its raw data 16-bit
+        (tmp_path / "pgm" / c).mkdir(parents=True)
+        Image.fromarray(deep).save(tmp_path / "pgm" / c / "0.pgm")
+    pgm = load_dataset(str(tmp_path / "pgm"), preprocess="none").x[:1].to("cpu")
+    assert torch.allclose(pgm[0, 0], torch.from_numpy(deep.astype(np.float32) / 65535.0))
     for c in ("a", "b"):
         (tmp_path / "float" / c).mkdir(parents=True)
         Image.fromarray(deep.astype(np.float32)).save(tmp_path / "float" / c / "0.tiff")
     with pytest.raises(DataError, match=r"0\.tiff: 'F' pixels \(floats of no fixed range\).*convert the folder"):
         load_dataset(str(tmp_path / "float")).x[:1].to("cpu")
+
+
+def test_two_networks_must_record_the_same_reading_but_may_write_it_two_ways():
+    from geopath.config import ConnectConfig
+    from geopath.jobs.common import with_reading
+
+    class Recorded:
+        def __init__(self, size, channels):
+            self.size, self.channels = size, channels
+
+        def reading(self):
+            return None, self.size, self.channels
+
+    cfg = ConnectConfig(checkpoint="a", checkpoint_b="b", out="o")
+    same = with_reading(cfg, Recorded("28", 1), Recorded("28,28", None))
+    assert same.image_size in ("28", "28,28") and same.channels == 1
+    with pytest.raises(UsageError, match=r"record different --image-size \(28 and 32\): pass --image-size"):
+        with_reading(cfg, Recorded("28", None), Recorded("32", None))
+    with pytest.raises(UsageError, match="record different --channels"):
+        with_reading(cfg, Recorded(None, 1), Recorded(None, 3))
+    given = with_reading(ConnectConfig(checkpoint="a", checkpoint_b="b", out="o", image_size="16"),
+                         Recorded("28", None), Recorded("32", None))
+    assert given.image_size == "16"  # a flag given wins, and nothing is compared
+    assert with_reading(cfg, Recorded(None, None)) is cfg

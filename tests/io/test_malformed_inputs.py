@@ -41,7 +41,8 @@ def test_one_hot_or_fractional_labels_are_refused_not_flattened(tmp_path):
     # a column of labels, and whole-valued floats, are what they say
     column = load_dataset(str(_npz(tmp_path / "column.npz", x, (np.arange(10) % 2)[:, None])))
     floats = load_dataset(str(_npz(tmp_path / "floats.npz", x, (np.arange(10) % 2).astype(np.float32))))
-    assert column.y.tolist() == floats.y.tolist() == [0, 1] * 5
+    booleans = load_dataset(str(_npz(tmp_path / "bool.npz", x, np.arange(10) % 2 == 1)))
+    assert column.y.tolist() == floats.y.tolist() == booleans.y.tolist() == [0, 1] * 5
     proc = cli("eval", _net(tmp_path / "net.safetensors"), "--data", tmp_path / "onehot.npz")
     assert proc.returncode == 2 and "one-hot labels" in one_error_line(proc)
 

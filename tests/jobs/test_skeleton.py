@@ -67,8 +67,8 @@ def test_a_run_that_fails_at_its_first_step_leaves_nothing(toy, tmp_path, monkey
     # over an old run with --overwrite: the old run was replaced, and the failed one leaves nothing either
     # (the directory was there before: it stays, empty)
     out.mkdir()
-    (out / "config.yaml").write_text("{}")  # (these two stand for the old run)
-    (out / "summary.json").write_text("{}")
+    for name in ("config.yaml", "trace.jsonl", "summary.json"):  # (these stand for the old run)
+        (out / name).write_text("{}")
     with pytest.raises(RuntimeError):
         run_sparsify(_cfg(ck, out), overwrite=True)
     assert out.is_dir() and not any(out.iterdir())
