@@ -15,16 +15,27 @@ from geopath.errors import UsageError
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """The rows of a JSON-lines file (``trace.jsonl``); a torn last line (a crash mid-write) ends them."""
+    """The rows of a JSON-lines file (``trace.jsonl``); a torn last line (a crash mid-write) ends them. A line that
+    is not a JSON object anywhere else is damage, not a crash: a one-line usage error (rows after it would be
+    dropped silently)."""
     path = Path(path)
     if not path.exists():
         return []
+    lines = path.read_text().splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
     out = []
-    for line in path.read_text().splitlines():
+    for i, line in enumerate(lines):
         try:
-            out.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
-            break  # everything before it is whole
+            if i == len(lines) - 1:
+                break  # a torn last line: everything before it is whole
+            raise UsageError(f"{path}: line {i + 1} of {len(lines)} is not valid JSON (the file is damaged; only its "
+                             "last line may be torn)") from None
+        if not isinstance(row, dict):
+            raise UsageError(f"{path}: line {i + 1} is not a JSON object (not a geopath trace)")
+        out.append(row)
     return out
 
 
@@ -47,7 +58,9 @@ def read_summary(run: str | Path) -> dict:
     """A finished run's ``summary.json``."""
     run = Path(run)
     summary = read_run_json(run, "summary.json", "the run did not finish")
-    if not isinstance(summary, dict) or "job" not in summary:
+    headline = summary.get("headline", []) if isinstance(summary, dict) else None
+    if not isinstance(summary, dict) or "job" not in summary or not (
+            isinstance(headline, list) and all(isinstance(k, str) for k in headline)):
         raise UsageError(f"{run / 'summary.json'}: not a geopath summary")
     return summary
 

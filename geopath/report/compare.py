@@ -1,7 +1,10 @@
 """``geopath compare``: finished runs side by side, one row each.
 
 A run directory's ``summary.json`` names its job, its method and its ``headline``
-figures; the table has the columns every run shares first, then the rest.
+figures; the table has the columns every run shares first, then the rest. Only complete runs
+(``manifest.json`` written) are compared, and where the runs were scored on different test sets
+(data set, ``--eval-data``, ``--eval-size``, from each run's ``config.yaml``) a ``test_set`` column
+says so: their accuracies are not comparable figures.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from geopath.errors import UsageError
-from geopath.io.reader import read_summary
+from geopath.io.reader import read_run_json, read_summary
 
 FIRST = ("run", "job", "method")
 COST = ("sample_passes", "epochs", "wall_time")
@@ -26,9 +29,12 @@ def load_runs(runs: list[str | Path]) -> Table:
     """The comparison table of ``runs`` (in the order given)."""
     if not runs:
         raise UsageError("name at least one run directory")
-    rows, columns = [], list(FIRST)
+    rows, columns, tests = [], list(FIRST), []
     for run in runs:
         s = read_summary(run)
+        if not (Path(run) / "manifest.json").is_file():
+            raise UsageError(f"{run}: no manifest.json (the run did not complete; --resume it or run it again)")
+        tests.append(test_set(run))
         keys = [k for k in s.get("headline", []) if k not in COST] + [k for k in COST if k in s]
         row = {"run": Path(run).name or str(run), "job": s["job"], "method": s.get("method", "geodesic")}
         row.update({k: s.get(k) for k in keys})
@@ -36,6 +42,33 @@ def load_runs(runs: list[str | Path]) -> Table:
             if k not in columns:
                 columns.append(k)
         rows.append(row)
+    if len(set(tests)) > 1:  # scored on different test sets: say which, beside the figures
+        columns.insert(len(FIRST), "test_set")
+        for row, test in zip(rows, tests):
+            row["test_set"] = test
     # cost columns last, in a fixed order
     columns = [c for c in columns if c not in COST] + [c for c in COST if c in columns]
     return Table(columns, rows)
+
+
+def test_set(run: str | Path) -> str:
+    """What a run's test figures were measured on, from its ``config.yaml``: the data set(s) (``--eval-data`` where
+    given; a path by its last component) and the number of test samples (``--eval-size``)."""
+    import yaml
+
+    path = Path(run) / "config.yaml"
+    if not path.is_file():
+        raise UsageError(f"{run}: no config.yaml (not a geopath run)")
+    try:
+        cfg = yaml.safe_load(path.read_text())
+    except yaml.YAMLError:
+        cfg = None
+    if not isinstance(cfg, dict):
+        raise UsageError(f"{path}: not a geopath run's config")
+
+    def short(name) -> str:
+        return Path(str(name)).name if "/" in str(name) else str(name)
+
+    sets = [cfg.get("eval_data") or cfg.get("data")] if "data_a" not in cfg else [cfg.get("data_a"), cfg.get("data_b")]
+    size = cfg.get("eval_size")
+    return "+".join(short(n) for n in sets) + (f"[:{size}]" if size else "")

@@ -48,3 +48,42 @@ def test_problems_are_one_line_usage_errors(tmp_path):
     assert read_run_json(tmp_path, "summary.json", "why") == {"job": "merge"}
     with pytest.raises(UsageError, match="no trace.jsonl"):
         read_trace(tmp_path)
+
+
+def test_a_damaged_line_before_the_last_is_an_error_not_the_end_of_the_trace(tmp_path):
+    """Only the last line may be torn (a crash mid-write); a bad line earlier would drop every row after it."""
+    (tmp_path / "trace.jsonl").write_text('{"step": 0}\n{"step": 1, "t"\n{"step": 2}\n')
+    with pytest.raises(UsageError, match=r"line 2 of 3 is not valid JSON \(the file is damaged"):
+        read_trace(tmp_path)
+    (tmp_path / "trace.jsonl").write_text('5\n{"step": 1}\n')
+    with pytest.raises(UsageError, match="line 1 is not a JSON object"):
+        read_trace(tmp_path)
+    (tmp_path / "trace.jsonl").write_text('{"step": 0}\n{"step": 1}\n\n')  # (trailing blank lines are no damage)
+    assert read_jsonl(tmp_path / "trace.jsonl") == [{"step": 0}, {"step": 1}]
+
+
+@pytest.mark.parametrize("headline", ['"test_accuracy"', '[{"a": 1}]', "7"])
+def test_a_summary_whose_headline_is_not_a_list_of_names_is_refused(tmp_path, headline):
+    (tmp_path / "summary.json").write_text('{"job": "sparsify", "headline": %s}' % headline)
+    with pytest.raises(UsageError, match="not a geopath summary"):
+        read_summary(tmp_path)
+
+
+def test_verify_refuses_an_empty_manifest_and_entries_outside_the_run(tmp_path):
+    from geopath.io.atomic import sha256_file
+    from geopath.io.manifest import verify_run
+
+    run, other = tmp_path / "run", tmp_path / "other"
+    for d in (run, other):
+        d.mkdir()
+        (d / "config.yaml").write_text("x: 1\n")
+    (run / "manifest.json").write_text("{}")
+    with pytest.raises(UsageError, match="lists no file"):
+        verify_run(run)
+    digest = sha256_file(other / "config.yaml")
+    for key in ("../other/config.yaml", str(other / "config.yaml")):
+        (run / "manifest.json").write_text(json.dumps({"config.yaml": digest, key: digest}))
+        with pytest.raises(UsageError, match="outside the run"):
+            verify_run(run)
+    (run / "manifest.json").write_text(json.dumps({"config.yaml": digest}))
+    assert verify_run(run)["ok"]

@@ -53,7 +53,9 @@ def test_compare_json_one_object_per_run(finished):
         assert set(s["headline"]) <= set(row)
         for k in s["headline"]:
             assert row[k] == s[k], k
-        assert set(row) <= {"run", "job", "method", *s["headline"], "sample_passes", "epochs", "wall_time"}
+        assert set(row) <= {"run", "job", "method", "test_set", *s["headline"], "sample_passes", "epochs", "wall_time"}
+    # merge scores on both tasks' test sets, connect on MNIST's: the table says so
+    assert [r["test_set"] for r in rows] == ["mnist+fashion-mnist[:300]"] * 2 + ["mnist[:300]"]
     assert rows[0]["min_test_accuracy"] == min(rows[0]["test_accuracy_a"], rows[0]["test_accuracy_b"])
     gated = _summary(finished["geo_run"])
     assert gated["passed"] is False and gated["min_accuracy"] == 0.99
@@ -109,3 +111,27 @@ def test_compare_bad_summary(tmp_path, text, needle):
     proc = cli("compare", run, "--json")
     assert proc.returncode == 2 and proc.stdout == ""
     assert needle in one_error_line(proc)
+
+
+def test_compare_refuses_an_incomplete_run_and_names_a_different_test_set(tmp_path):
+    """A run without manifest.json did not complete; runs scored on different test sets get a test_set column
+    (none when they agree)."""
+    def run(name, eval_size, manifest=True):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "config.yaml").write_text(f"data: mnist\neval_data: null\neval_size: {eval_size}\n")
+        (d / "summary.json").write_text(json.dumps({"job": "sparsify", "method": "geodesic",
+                                                    "headline": ["test_accuracy"], "test_accuracy": 0.99}))
+        if manifest:
+            (d / "manifest.json").write_text("{}")
+        return d
+
+    a, b, c = run("a", 200), run("b", 10000), run("c", 200, manifest=False)
+    proc = cli("compare", a, c)
+    assert proc.returncode == 2 and "c: no manifest.json (the run did not complete" in one_error_line(proc)
+    rows = [json.loads(l) for l in cli("compare", a, b, "--json").stdout.splitlines()]
+    assert [r["test_set"] for r in rows] == ["mnist[:200]", "mnist[:10000]"]
+    same = [json.loads(l) for l in cli("compare", a, a, "--json").stdout.splitlines()]
+    assert "test_set" not in same[0]
+    table = cli("compare", a, b).stdout
+    assert "test_set" in table and "mnist[:10000]" in table
