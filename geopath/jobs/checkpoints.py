@@ -42,8 +42,9 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split: 
                       classes=classes).head(size)
     if len(ds) == 0:
         raise UsageError(f"{name}: no {split} samples to evaluate on")
-    check_inputs(ck.model.to(dev), ds, dev)
-    ev = evaluate(ck.model.to(dev), ds, device=dev)
+    model = ck.model.to(dev)
+    check_inputs(model, ds, dev)
+    ev = evaluate(model, ds, device=dev)
     return {"checkpoint": str(checkpoint), "data": name, "split": None if single else split,
             "preprocess": ds.preprocess, "samples": ev.samples, "accuracy": ev.accuracy, "loss": ev.loss,
             "sparsity": sparsity_of(ck.model)}

@@ -179,7 +179,7 @@ def with_reading(cfg, *cks: Checkpoint):
     for i, name in ((1, "image_size"), (2, "channels")):
         if getattr(cfg, name) is not None:
             continue
-        recorded = {str(ck.reading()[i]) for ck in cks if ck.reading()[i] is not None}
+        recorded = {str(v) for v in (ck.reading()[i] for ck in cks) if v is not None}
         if name == "image_size" and len({parse_image_size(r) for r in recorded}) == 1:
             recorded = {min(recorded)}  # (the same size written two ways: 28 and 28,28)
         if len(recorded) > 1:

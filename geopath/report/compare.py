@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from geopath.errors import UsageError
-from geopath.io.reader import read_run_json, read_summary
+from geopath.io.manifest import MANIFEST
+from geopath.io.reader import read_summary
 
 FIRST = ("run", "job", "method")
 COST = ("sample_passes", "epochs", "wall_time")
@@ -32,8 +33,8 @@ def load_runs(runs: list[str | Path]) -> Table:
     rows, columns, tests = [], list(FIRST), []
     for run in runs:
         s = read_summary(run)
-        if not (Path(run) / "manifest.json").is_file():
-            raise UsageError(f"{run}: no manifest.json (the run did not complete; --resume it or run it again)")
+        if not (Path(run) / MANIFEST).is_file():
+            raise UsageError(f"{run}: no {MANIFEST} (the run did not complete; --resume it or run it again)")
         tests.append(test_set(run))
         keys = [k for k in s.get("headline", []) if k not in COST] + [k for k in COST if k in s]
         row = {"run": Path(run).name or str(run), "job": s["job"], "method": s.get("method", "geodesic")}
@@ -54,16 +55,13 @@ def load_runs(runs: list[str | Path]) -> Table:
 def test_set(run: str | Path) -> str:
     """What a run's test figures were measured on, from its ``config.yaml``: the data set(s) (``--eval-data`` where
     given; a path by its last component) and the number of test samples (``--eval-size``)."""
-    import yaml
+    from geopath.config import read_yaml
 
     path = Path(run) / "config.yaml"
     if not path.is_file():
         raise UsageError(f"{run}: no config.yaml (not a geopath run)")
-    try:
-        cfg = yaml.safe_load(path.read_text())
-    except yaml.YAMLError:
-        cfg = None
-    if not isinstance(cfg, dict):
+    cfg = read_yaml(path)  # (one-line errors for a file that is no YAML mapping)
+    if not cfg:
         raise UsageError(f"{path}: not a geopath run's config")
 
     def short(name) -> str:
