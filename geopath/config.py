@@ -507,7 +507,7 @@ RELAX_ONLY = ("nodes", "relax_epochs", "relax_lr")
 # the settle after landing (sparsify, transition): geodesic steps read the first two, training the rest
 SETTLE_BY_STEPS = ("settle_steps", "settle_anchor")
 SETTLE_BY_TRAINING = ("settle_epochs", "settle_lr", "settle_optimizer", "settle_warmup", "settle_average",
-                      "settle_holdout", "settle_augment")  # (settle_optimizer: sparsify's; transition settles by SGD)
+                      "settle_holdout", "settle_augment")
 SETTLE_OPTIONS = ("settle",) + SETTLE_BY_STEPS + SETTLE_BY_TRAINING
 
 
@@ -561,7 +561,10 @@ class TransitionConfig(WalkOptions):
                                           "labels (finetune) or on the start's outputs (distill).")
     settle_epochs: float = opt(2.5, "Epochs of masked SGD after each landing (--settle finetune or distill; a leg "
                                     "may override it).")
-    settle_lr: float = opt(0.05, "Learning rate of --settle finetune/distill (SGD, momentum 0.9, cosine decay).")
+    settle_lr: float | None = opt(None, "Learning rate of --settle finetune/distill (cosine decay).",
+                                  default_help="0.05; 0.001 with --settle-optimizer adam")
+    settle_optimizer: registry.Optimizer = opt(registry.Optimizer.SGD, "Optimizer of --settle finetune/distill: sgd "
+                                                                       "(momentum 0.9) or adam.")
     settle_warmup: float = opt(0.0, SETTLE_WARMUP_HELP)
     settle_average: float = opt(0.0, SETTLE_AVERAGE_HELP)
     settle_holdout: float = opt(0.0, SETTLE_HOLDOUT_HELP)
@@ -714,7 +717,8 @@ def _legacy(cls, values: dict[str, Any]) -> dict[str, Any]:
     before ``path`` existed walked (the default is now ``relax``); a sparsify or merge peer's run recorded the
     geodesic's resolved ``step_size`` and ``max_steps`` unread (now refused), so its config drops them; a sparsify
     run that read no ``settle_lr`` (a peer, or geodesic settle steps) recorded its former default, dropped too, as
-    is a peer's recorded ``settle: finetune`` (the default before ``auto``)."""
+    is a peer's recorded ``settle: finetune`` (the default before ``auto``) and a transition run's ``settle_lr`` under
+    geodesic settle steps (its former default, 0.05, recorded unread)."""
     if "lr" in values and "lr" not in {f.name for f in fields(cls)}:
         values = {k: v for k, v in values.items() if k != "lr"}
     recorded = {"step_size", "max_steps", "arch"} <= set(values)  # a run's config.yaml: every option, resolved
@@ -725,6 +729,11 @@ def _legacy(cls, values: dict[str, Any]) -> dict[str, Any]:
             and (peer or values.get("settle") == Settle.GEODESIC.value)):
         # runs before --settle-lr's default became per target recorded that default (0.05 or 0.1), unread by a
         # peer and by geodesic settle steps
+        values = {k: v for k, v in values.items() if k != "settle_lr"}
+    if (recorded and getattr(cls, "COMMAND", None) == "transition" and values.get("settle_lr") is not None
+            and values.get("settle", Settle.GEODESIC.value) == Settle.GEODESIC.value):
+        # a transition run before --settle-optimizer recorded --settle-lr's former default (0.05), unread by
+        # geodesic settle steps
         values = {k: v for k, v in values.items() if k != "settle_lr"}
     if recorded and getattr(cls, "JOB", None) == "sparsify" and peer and values.get("settle") == Settle.FINETUNE.value:
         # a peer's run before --settle auto recorded the former default settle (finetune), unread

@@ -109,10 +109,9 @@ def settle_by_training(cfg, model, target: Target, data, reference, result, reco
     check(model)  # the landed network, as recorded (its BatchNorm statistics re-estimated)
     passes = 0
     remask = None if grow_to is None else _growing(model, target, grow_to, steps, growth, cfg.settle_prune_until)
-    optimizer = getattr(getattr(cfg, "settle_optimizer", None), "value", "sgd")  # (transition: SGD)
     if steps:
         passes = train(model, train_data, epochs=budget / len(train_data), batch_size=cfg.batch_size,
-                       lr=cfg.settle_lr, optimizer=optimizer, seed=cfg.seed,
+                       lr=cfg.settle_lr, optimizer=cfg.settle_optimizer.value, seed=cfg.seed,
                        mask=target.mask if held is None else held, device=device,
                        max_passes=budget, on_step=on_step, loss_fn=loss_fn, warmup=cfg.settle_warmup,
                        augment=augmentation(cfg.settle_augment, cfg.seed + AUGMENT_SEED),

@@ -43,6 +43,7 @@ from geopath.report.text import fmt
 from geopath.core.params import ParamSpace, model_vector
 from geopath.io.checkpoint import read_tensors, sparsity_of
 from geopath.config import Settle, TransitionConfig, load_yaml_file
+from geopath.peers.registry import Optimizer
 from geopath.errors import UsageError
 from geopath.core.evaluate import evaluate, has_batchnorm
 from geopath.core.path import walk
@@ -193,6 +194,18 @@ class Switchboard:
         return {"removed": {k: list(v) for k, v in self.removed.items()}, "sparsity": self.sparsity}
 
 
+# --settle-lr's default by --settle-optimizer (the settle by training; geodesic settle steps read none)
+DEFAULT_SETTLE_LR = {Optimizer.SGD: 0.05, Optimizer.ADAM: 0.001}
+
+
+def settle_lr_of(cfg: TransitionConfig) -> float | None:
+    """The settle learning rate a run uses and records: ``--settle-lr``, else :data:`DEFAULT_SETTLE_LR` of
+    ``--settle-optimizer``; ``None`` with ``--settle geodesic`` (nothing reads it)."""
+    if cfg.settle is Settle.GEODESIC:
+        return cfg.settle_lr
+    return cfg.settle_lr if cfg.settle_lr is not None else DEFAULT_SETTLE_LR[cfg.settle_optimizer]
+
+
 def leg_target(prev_mask: torch.Tensor, mask: torch.Tensor, w_start: torch.Tensor) -> HyperplaneTarget:
     """The leg's hyperplane: ``mask`` at zero; weights coming back on pulled to ``w_start``, then freed."""
     restored = prev_mask & ~mask
@@ -227,7 +240,8 @@ class Transition(job.Job):
             dry.apply(leg, model, space, w_start)
         cfg = dataclasses.replace(cfg, plan=[leg.to_dict() for leg in legs], data=data_name,
                                   eval_data=job.recorded(cfg.eval_data), normalize=metric.preprocess, arch=ck.arch,
-                                  arch_kwargs=ck.arch_kwargs, checkpoint=str(ck.path.resolve()))
+                                  arch_kwargs=ck.arch_kwargs, checkpoint=str(ck.path.resolve()),
+                                  settle_lr=settle_lr_of(cfg))
         layers = sorted({layer for leg in legs for layer in (*leg.remove, *leg.restore)})
 
         def evaluate_row(net) -> dict:

@@ -254,3 +254,39 @@ def test_settle_auto_is_refused(plan_file, tmp_path):
     proc = cli("transition", SAMPLE, "--plan", plan_file, "-o", tmp_path / "out", *FAST, "--settle", "auto")
     assert proc.returncode == 2 and "--settle auto is sparsify's rule" in one_error_line(proc), proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_settle_optimizer_adam_trains_each_legs_settle_with_adam_and_records_its_lr(tmp_path, monkeypatch):
+    """--settle-optimizer adam: every leg's settle runs Adam at the resolved lr 0.001 (SGD at 0.05 by default), the
+    config records both and replays to the same networks; with geodesic settle steps the option is refused."""
+    import geopath.core.train as core_train
+
+    seen = []
+    real = core_train.train
+
+    def spy(*a, **kw):
+        seen.append((kw.get("optimizer", "sgd"), kw.get("lr")))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(core_train, "train", spy)
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump({"legs": PLAN["legs"][:2]}, sort_keys=False))
+    train = [*FAST_TRAIN, "--settle", "finetune", "--settle-epochs", "0.1"]
+    for name, extra in (("adam", ["--settle-optimizer", "adam"]), ("sgd", [])):
+        proc = cli("transition", SAMPLE, "--plan", path, "-o", tmp_path / name, *train, *extra)
+        assert proc.returncode == 0, proc.stderr
+    assert seen == [("adam", 0.001)] * 2 + [("sgd", 0.05)] * 2
+    recorded = {n: yaml.safe_load((tmp_path / n / "config.yaml").read_text()) for n in ("adam", "sgd")}
+    assert (recorded["adam"]["settle_optimizer"], recorded["adam"]["settle_lr"]) == ("adam", 0.001)
+    assert (recorded["sgd"]["settle_optimizer"], recorded["sgd"]["settle_lr"]) == ("sgd", 0.05)
+    a, _ = read_tensors(tmp_path / "adam" / LEG_FILES[1])
+    b, _ = read_tensors(tmp_path / "sgd" / LEG_FILES[1])
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    again = cli("transition", "--config", tmp_path / "adam" / "config.yaml", "-o", tmp_path / "again")
+    assert again.returncode == 0, again.stderr
+    assert seen[-1] == ("adam", 0.001)
+    c, _ = read_tensors(tmp_path / "again" / LEG_FILES[1])
+    assert all(torch.equal(a[k], c[k]) for k in a)
+    refused = cli("transition", SAMPLE, "--plan", path, "-o", tmp_path / "geo", *FAST, "--settle-optimizer", "adam")
+    assert refused.returncode == 2 and "--settle-optimizer: not read by this run" in one_error_line(refused)
+    assert not (tmp_path / "geo").exists()

@@ -307,6 +307,23 @@ def test_a_config_recorded_with_the_former_settle_lr_default_still_replays(metho
     assert resolve(SparsifyConfig, kept, {}).settle_lr == 0.1
 
 
+def test_a_transition_config_recorded_with_settle_lr_under_geodesic_settle_steps_still_replays():
+    """Transition runs before --settle-optimizer recorded --settle-lr's default (0.05) under geodesic settle steps,
+    which do not read it: such a config.yaml replays (the value dropped); given by hand it is refused; a run that
+    settled by training replays the value it read."""
+    from geopath.config import TransitionConfig
+
+    every = {f.name: getattr(f.default, "value", f.default) for f in dataclasses.fields(TransitionConfig)}
+    old = {**every, "checkpoint": "c.safetensors", "out": "o", "plan": [{"remove": {"layers.0": 5}}], "arch": "mlp",
+           "step_size": 0.02, "max_steps": 150, "settle_lr": 0.05}
+    for recorded in (old, {k: v for k, v in old.items() if k != "settle"}):
+        assert resolve(TransitionConfig, recorded, {}).settle_lr is None
+    with pytest.raises(UsageError, match="--settle-lr: not read by this run"):
+        resolve(TransitionConfig, {}, {"checkpoint": "c", "out": "o", "plan": "p.yaml", "settle_lr": 0.05})
+    trained = resolve(TransitionConfig, {**old, "settle": "finetune"}, {})
+    assert trained.settle_lr == 0.05 and trained.settle_optimizer.value == "sgd"
+
+
 def test_criterion_auto_is_for_one_shot_rankings():
     """--criterion auto chooses between two one-shot rankings: the geodesic's default, open to the one-shot
     magnitude peers; refused by the peers that re-rank by magnitude as they go and by obd (saliency by definition)."""
