@@ -806,6 +806,20 @@ def _as_recorded(name: str, new: Any, old: Any) -> Any:
     return new
 
 
+def _check_inherited_settle_lr(yaml_values: dict[str, Any], flags: dict[str, Any]) -> None:
+    """A config file's ``settle_lr`` belongs to its ``settle_optimizer`` (a run records the learning rate it
+    resolved for it: 0.001 for Adam, 0.05 or 0.1 for SGD; a file naming no optimizer means SGD, the default):
+    switching the optimizer by flag while keeping the file's learning rate would train at the other optimizer's
+    (SGD at 0.001 barely moves, Adam at 0.1 diverges), so it needs ``--settle-lr``."""
+    lr, recorded = yaml_values.get("settle_lr"), yaml_values.get("settle_optimizer", registry.Optimizer.SGD)
+    wanted = flags.get("settle_optimizer")
+    if lr is None or wanted is None or flags.get("settle_lr") is not None:
+        return
+    if _value(wanted) != _value(recorded):
+        raise UsageError(f"--settle-optimizer {_value(wanted)}: the config file's settle_lr {lr} is its "
+                         f"{_value(recorded)} settle's; give --settle-lr for {_value(wanted)} too")
+
+
 def resolve(cls, yaml_values: dict[str, Any], flags: dict[str, Any], resuming: bool = False):
     """defaults < YAML < flags (flags that are ``None`` were not given). Outside ``--resume`` (``resuming``), a
     job may refuse given options its run would not read (``refuse_unread``)."""
@@ -816,6 +830,7 @@ def resolve(cls, yaml_values: dict[str, Any], flags: dict[str, Any], resuming: b
         raise UsageError(f"unknown option(s) in config file: {', '.join(unknown)}")
     hints = typing.get_type_hints(cls)
     merged = {**yaml_values, **{k: v for k, v in flags.items() if v is not None}}
+    _check_inherited_settle_lr(yaml_values, flags)
     values = {k: _coerce(k, hints[k], v) for k, v in merged.items()}
     cfg = dataclasses.replace(cls(), **values).validate()
     if not resuming and hasattr(cfg, "refuse_unread"):

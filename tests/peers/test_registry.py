@@ -324,6 +324,25 @@ def test_a_transition_config_recorded_with_settle_lr_under_geodesic_settle_steps
     assert trained.settle_lr == 0.05 and trained.settle_optimizer.value == "sgd"
 
 
+@pytest.mark.parametrize("cls", ["SparsifyConfig", "TransitionConfig"])
+def test_switching_the_settle_optimizer_of_a_config_file_needs_its_own_settle_lr(cls):
+    """A config file records the settle learning rate resolved for its optimizer (Adam 0.001): replaying it with
+    --settle-optimizer sgd alone would run SGD at 0.001, so that is refused until --settle-lr is given too."""
+    cls = getattr(config, cls)
+    base = {"checkpoint": "c.safetensors", "out": "o", "settle": "finetune"}
+    if cls is config.TransitionConfig:
+        base["plan"] = [{"remove": {"layers.0": 5}}]
+    recorded = {**base, "settle_optimizer": "adam", "settle_lr": 0.001}
+    with pytest.raises(UsageError, match="--settle-optimizer sgd: the config file's settle_lr 0.001 is its adam "
+                                         "settle's; give --settle-lr for sgd too"):
+        resolve(cls, recorded, {"settle_optimizer": "sgd"})
+    assert resolve(cls, recorded, {"settle_optimizer": "sgd", "settle_lr": 0.1}).settle_lr == 0.1
+    assert resolve(cls, recorded, {"settle_optimizer": "adam"}).settle_lr == 0.001  # the same optimizer: kept
+    with pytest.raises(UsageError, match="--settle-optimizer adam: the config file's settle_lr 0.1 is its sgd"):
+        resolve(cls, {**base, "settle_lr": 0.1}, {"settle_optimizer": "adam"})  # a file naming no optimizer: SGD's
+    assert resolve(cls, base, {"settle_optimizer": "adam"}).settle_lr is None  # resolved by the run: Adam's 0.001
+
+
 def test_criterion_auto_is_for_one_shot_rankings():
     """--criterion auto chooses between two one-shot rankings: the geodesic's default, open to the one-shot
     magnitude peers; refused by the peers that re-rank by magnitude as they go and by obd (saliency by definition)."""
