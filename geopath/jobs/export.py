@@ -22,6 +22,7 @@ from geopath.core.coupling import compact
 from geopath.errors import NumericalError, UsageError
 from geopath.io.checkpoint import META_PREFIX, load_checkpoint, save_checkpoint
 from geopath.io.data import load_dataset
+from geopath.jobs.common import check_inputs
 
 LATENCY_BATCH = 64
 LATENCY_REPEATS = 20
@@ -74,10 +75,11 @@ def export(source: str | Path, out: str | Path, data: str | None = None, data_ro
     if not name:
         raise UsageError(f"{path} does not record its data set; pass --data (its inputs' shape is needed)")
     preprocess, image_size, channels = ck.reading(normalize, image_size, channels)
-    x = load_dataset(name, "test", data_root, preprocess=preprocess, image_size=image_size,
-                     channels=channels).x[:LATENCY_BATCH]
-    x = x if isinstance(x, torch.Tensor) else x.to("cpu")
+    ds = load_dataset(name, "test", data_root, preprocess=preprocess, image_size=image_size, channels=channels)
     model = ck.model.eval()
+    check_inputs(model, ds, "cpu")  # (a network that cannot take them: one line, not a shape error from inside)
+    x = ds.x[:LATENCY_BATCH]
+    x = x if isinstance(x, torch.Tensor) else x.to("cpu")
     with torch.no_grad():
         zeroed = model(x)
     before = _cost(model, x)

@@ -79,6 +79,14 @@ def test_export_refuses_what_it_cannot_do(zeroed, tmp_path):
     (tmp_path / "run").mkdir()
     assert "did not finish" in cli("export", tmp_path / "run", "-o", tmp_path / "y.safetensors").stderr
     assert not (tmp_path / "x.safetensors").exists()
+    flat = tmp_path / "flat"  # inputs the network cannot take: one line and exit 2, not a shape error (exit 1)
+    flat.mkdir()
+    g = np.random.default_rng(1)
+    for split in ("train", "test"):
+        np.savez(flat / f"{split}.npz", x=g.normal(size=(8, 784)).astype(np.float32), y=g.integers(0, 10, 8))
+    proc = cli("export", ck, "-o", tmp_path / "z.safetensors", "--data", flat)
+    assert proc.returncode == 2 and "the network cannot take inputs of shape (784,)" in proc.stderr, proc.stderr
+    assert not (tmp_path / "z.safetensors").exists()
 
 
 def test_a_job_on_a_compact_network_saves_networks_that_load(zeroed, tmp_path):
