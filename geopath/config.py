@@ -434,7 +434,13 @@ class MergeConfig(WalkOptions):
 
     def refuse_unread(self, given: set[str]) -> None:
         """A peer option the chosen method does not take, or (with a peer) a geodesic step option, is an error."""
-        _refuse(self, given, _unread_by_method(self, [*WALK_ONLY, "manifold", "combine", "weight_b"]))
+        unread = _unread_by_method(self, [*WALK_ONLY, "manifold", "combine", "weight_b"])
+        if _value(self.method) == registry.GEODESIC and self.manifold is not Manifold.BOTH:
+            unread.update({name: f"--manifold {self.manifold.value} keeps one task's function (only --manifold both "
+                                 "weighs two)" for name in ("combine", "weight_b")})
+        elif _value(self.method) == registry.GEODESIC and self.combine is Combine.ALTERNATE:
+            unread["weight_b"] = "--combine alternate steps on one task's metric at a time (a weight has no effect)"
+        _refuse(self, given, unread)
 
 
 @with_peers("connect")
@@ -535,6 +541,9 @@ def _refuse(cfg, given: set[str], unread: dict[str, str]) -> None:
     """One line naming the ``given`` options that ``cfg``'s run would not read (``unread``: name → why), if any is
     set away from its default."""
     defaults = {f.name: f.default for f in fields(type(cfg))}
+    anchors = {_value(cfg.anchor), _value(getattr(cfg, "settle_anchor", None))} if hasattr(cfg, "anchor") else set()
+    if "label_weight" not in unread and Anchor.START_LABELS.value not in anchors:
+        unread = {**unread, "label_weight": "only --anchor start+labels reads it"}
     names = [name for name in unread if name in given and name in defaults and _value(getattr(cfg, name))
              != _value(defaults[name])]
     if names:

@@ -112,7 +112,11 @@ def load_pair(cfg) -> tuple[Checkpoint, Checkpoint]:
 
 
 def same_arch(a: Checkpoint, b: Checkpoint, hint: str = "") -> None:
-    """Raise a one-line usage error unless ``a`` and ``b`` have the same tensors and shapes."""
+    """Raise a one-line usage error unless ``a`` and ``b`` are the same architecture built the same way: the same
+    name, tensors and shapes, and architecture options that build the same modules (a LeNet-5 for 28 and one for
+    32 pixels share every shape but not their padding)."""
+    if a.arch != b.arch:
+        raise UsageError(f"{a.path} and {b.path} are different architectures ({a.arch} and {b.arch}){hint}")
     sa, sb = a.model.state_dict(), b.model.state_dict()
     if list(sa) != list(sb):
         only_a = [k for k in sa if k not in sb][:3]
@@ -123,6 +127,33 @@ def same_arch(a: Checkpoint, b: Checkpoint, hint: str = "") -> None:
         if sa[k].shape != sb[k].shape:
             raise UsageError(f"{a.path} and {b.path} differ in shape: {k} is {tuple(sa[k].shape)} in A "
                              f"but {tuple(sb[k].shape)} in B{hint}")
+    if a.arch_kwargs != b.arch_kwargs and repr(a.model) != repr(b.model):
+        raise UsageError(f"{a.path} and {b.path} are {a.arch} built differently (options {a.arch_kwargs} and "
+                         f"{b.arch_kwargs}): pass --arch-kwargs to build both one way")
+
+
+def same_records(cfg, a: Checkpoint, b: Checkpoint, splits: "Splits") -> None:
+    """Two networks scored on one data set (connect) must read it the same way: a one-line usage error when they
+    record different data sets (without ``--data``) or different preprocessing (without ``--normalize``; ``splits``
+    were read with A's), instead of reading B's inputs as A's."""
+    if cfg.data is None and a.data and b.data and recorded_name(a.data) != recorded_name(b.data):
+        raise UsageError(f"the networks record different data sets ({a.data} and {b.data}): pass --data")
+    pb = preprocess_of(cfg, b)
+    if cfg.normalize is None and pb != preprocess_of(cfg, a):  # (spelled differently, or one resolved: compare
+        as_b = load_split(splits.name, "train", cfg, 1, pb).preprocess  # what each reads)
+        if as_b != splits.metric.preprocess:
+            raise UsageError(f"the networks record different preprocessing ({splits.metric.preprocess} and "
+                             f"{as_b}): pass --normalize")
+
+
+def two_network_provenance(a: Checkpoint, b: Checkpoint) -> dict[str, str]:
+    """What every network a two-network run saves records of B (a resumed run checks it: the same file B)."""
+    if a.path.resolve() == b.path.resolve() or a.sha256 == b.sha256:
+        raise UsageError(f"A and B are the same file ({b.path}): a two-network job needs two networks")
+    return {PARENT_B: b.sha256}
+
+
+PARENT_B = "parent_b_sha256"
 
 
 def data_name(cfg_value: str | None, ck: Checkpoint, flag: str) -> str:
@@ -131,6 +162,9 @@ def data_name(cfg_value: str | None, ck: Checkpoint, flag: str) -> str:
     name = cfg_value or ck.data
     if not name:
         raise UsageError(f"{ck.path} does not record its data set; pass {flag} (e.g. {flag} mnist)")
+    if Path(name).suffix.lower() in (".safetensors", ".pt", ".pth", ".bin", ".ckpt"):
+        raise UsageError(f"{flag} {name}: a checkpoint file, not a data set (a named set, a PATH.npz or an image "
+                         "folder)")
     return recorded_name(name)
 
 
@@ -239,6 +273,7 @@ def single_task_data(cfg, ck: Checkpoint, device, what: str = "the network") -> 
     # plain image folders apart from the one the network trained on are labelled as its training labelled them
     trained_on = training_classes(ck.data) if ck.data and ck.data != name else None
     metric = load_split(name, "train", cfg, cfg.metric_size, preprocess_of(cfg, ck), classes=trained_on)
+    check_inputs(ck.model.to(device), metric, device, what)  # (before its preprocessing is applied to the test set)
     test = load_split(test_name, "test", cfg, cfg.eval_size, metric.preprocess,  # exactly what training inputs got
                       classes=trained_on or (training_classes(name) if test_name != name else None))
     check_inputs(ck.model.to(device), test, device, what)
@@ -253,12 +288,13 @@ def task_metrics(net: nn.Module, ds: Dataset | None, device, prefix: str, suffix
     return {f"{prefix}accuracy{suffix}": ev.accuracy, f"{prefix}loss{suffix}": ev.loss}
 
 
-def resume_state(writer: RunWriter, parent_sha: str | None, accept=lambda rel: rel.startswith("steps/")
-                 ) -> tuple[PathState, dict[str, torch.Tensor], dict]:
+def resume_state(writer: RunWriter, parent_sha: str | None, accept=lambda rel: rel.startswith("steps/"),
+                 parent_b: str | None = None) -> tuple[PathState, dict[str, torch.Tensor], dict]:
     """The state, weights and trace row of the last complete step of an interrupted run.
 
     Rows after it are dropped from the trace; ``accept(relative_path)`` says which
-    saved networks may be resumed from (default: the path's steps).
+    saved networks may be resumed from (default: the path's steps). ``parent_b``: network B's sha256 (a
+    two-network job), checked against the step's record where it has one (runs before 2026-12-07 have none).
     """
     rows = writer.trace.rows()
     for i in range(len(rows) - 1, -1, -1):
@@ -273,18 +309,20 @@ def resume_state(writer: RunWriter, parent_sha: str | None, accept=lambda rel: r
             continue
         if parent_sha is not None and meta.get(META_PREFIX + "parent_sha256") != parent_sha:
             raise UsageError(f"{writer.out}: the run was started from a different checkpoint file")
+        if parent_b is not None and meta.get(META_PREFIX + PARENT_B, parent_b) != parent_b:
+            raise UsageError(f"{writer.out}: the run was started toward a different checkpoint B (the file changed)")
         writer.trace.keep(rows[: i + 1])
         return PathState.from_row(r), tensors, r
     raise UsageError(f"{writer.out}: no complete step to resume from; start again with --overwrite")
 
 
 def begin(writer: RunWriter, cfg, model: nn.Module, parent_sha: str | None, resume: bool,
-          resumable: bool = True) -> PathState | None:
+          resumable: bool = True, parent_b: str | None = None) -> PathState | None:
     """Start a run's files; or, resuming, load its last complete step into ``model`` and return its state."""
     if resume:
         if not resumable:
             raise UsageError("--resume continues geodesic runs; re-run a peer method with --overwrite")
-        state, tensors, _ = resume_state(writer, parent_sha)
+        state, tensors, _ = resume_state(writer, parent_sha, parent_b=parent_b)
         model.load_state_dict(tensors)
         return state
     writer.write_config(cfg.to_dict())
@@ -376,7 +414,8 @@ class Job:
 
     def begin(self, setup: Setup, writer: RunWriter, resume: bool, geodesic: bool) -> PathState | None:
         """Write the config and an empty trace, or (``--resume``) load the last complete step."""
-        return begin(writer, setup.cfg, setup.model, setup.parent_sha256, resume, resumable=geodesic)
+        return begin(writer, setup.cfg, setup.model, setup.parent_sha256, resume, resumable=geodesic,
+                     parent_b=(setup.carry or {}).get(PARENT_B))
 
     def run(self, cfg, overwrite: bool = False, resume: bool = False, on_row: Callable[[dict], None] | None = None,
             on_start: Callable[[Any, int], None] | None = None) -> dict[str, Any]:

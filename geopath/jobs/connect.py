@@ -79,8 +79,12 @@ class Connect(job.Job):
 
     def prepare(self, cfg: ConnectConfig, device) -> job.Setup:
         a, b = job.load_pair(cfg)
+        provenance = job.two_network_provenance(a, b)
         cfg = job.with_reading(cfg, a, b)
-        data_name, metric, test, train_eval = job.single_task_data(cfg, a, device, "network A")
+        splits = job.single_task_data(cfg, a, device, "network A")
+        data_name, metric, test, train_eval = splits
+        job.same_records(cfg, a, b, splits)
+        job.check_inputs(b.model.to(device), test, device, "network B")
         model_a, model_b = a.model.to(device).eval(), b.model.to(device).eval()
         bn_data = metric.head(cfg.bn_samples) if has_batchnorm(model_a) else None
         if cfg.align:
@@ -95,6 +99,9 @@ class Connect(job.Job):
         space = ParamSpace.of(model_a)
         w_a, w_b = model_vector(model_a, space), model_vector(model_b, space)
         d0 = float(torch.linalg.vector_norm(w_b - w_a))
+        if d0 == 0.0:
+            raise UsageError(f"networks A and B have the same weights{' once aligned' if cfg.align else ''}: "
+                             "there is no path to find")
         walking = cfg.method is ConnectMethod.GEODESIC and cfg.path is ConnectPath.WALK
         # the walk's resolved step size and step bound are recorded; a relaxed path or a peer reads neither
         max_steps = (cfg.max_steps or 4 * cfg.steps) if walking else cfg.max_steps
@@ -112,7 +119,7 @@ class Connect(job.Job):
         return job.Setup(cfg, copy.deepcopy(model_a), a.arch, a.arch_kwargs, a.sha256, data_name, evaluate_row,
                          len(metric), bn_data, max_steps or 0,
                          own={"metric": metric, "model_a": model_a, "model_b": model_b, "w_a": w_a, "w_b": w_b,
-                              "d0": d0, "space": space}, preprocess=metric.preprocess, carry=job.carried(a))
+                              "d0": d0, "space": space}, preprocess=metric.preprocess, carry={**job.carried(a), **provenance})
 
     def begin(self, setup: job.Setup, writer: RunWriter, resume: bool, geodesic: bool):
         if resume and geodesic and setup.cfg.path is ConnectPath.RELAX:

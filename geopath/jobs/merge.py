@@ -111,24 +111,30 @@ def _widen(ck, probe: Dataset, classes_a: int, classes_b: int, first: bool, devi
 
 def prepare(cfg: MergeConfig, device) -> Tasks:
     a, b = job.load(cfg, cfg.checkpoint), job.load(cfg, cfg.checkpoint_b)
+    provenance = job.two_network_provenance(a, b)
     cfg = job.with_reading(cfg, a, b)
     data_a = job.data_name(cfg.data_a, a, "--data-a")
     data_b = job.data_name(cfg.data_b, b, "--data-b")
+    recorded_a, recorded_b = (job.recorded(ck.data) for ck in (a, b))
+    if recorded_a != recorded_b and (data_a, data_b) == (recorded_b, recorded_a):
+        raise UsageError(f"--data-a {data_a} and --data-b {data_b} swap the tasks: network A records {recorded_a} "
+                         f"and B {recorded_b} (each task's data set goes with its own network)")
     for name, flag in ((data_a, "--data-a"), (data_b, "--data-b")):
         if one_set(name):
             raise UsageError(f"{flag} {name} is one set of labelled data with no test split: merge needs each task's "
                              "train and test split (a named set, or a folder holding train/ and test/ image folders "
                              "or train.npz and test.npz)")
     pre_a, pre_b = job.preprocess_of(cfg, a), job.preprocess_of(cfg, b)  # each task's own inputs
-    train_a, val_a = job.split_train(job.load_split(data_a, "train", cfg, preprocess=pre_a), cfg.val_size)
-    train_b, val_b = job.split_train(job.load_split(data_b, "train", cfg, preprocess=pre_b), cfg.val_size)
+    full_a, full_b = (job.load_split(d, "train", cfg, preprocess=p) for d, p in ((data_a, pre_a), (data_b, pre_b)))
+    classes_a, classes_b = (int(ds.y.max()) + 1 for ds in (full_a, full_b))  # (every label, not --metric-size's)
+    train_a, val_a = job.split_train(full_a, cfg.val_size)
+    train_b, val_b = job.split_train(full_b, cfg.val_size)
     train_a, train_b = train_a.head(cfg.metric_size), train_b.head(cfg.metric_size)
     test_a = job.load_split(data_a, "test", cfg, cfg.eval_size, train_a.preprocess)
     test_b = job.load_split(data_b, "test", cfg, cfg.eval_size, train_b.preprocess)
     if train_a.x.shape[1:] != train_b.x.shape[1:]:
         raise UsageError(f"task A's inputs {tuple(train_a.x.shape[1:])} and task B's {tuple(train_b.x.shape[1:])} "
                          "differ; one network cannot take both")
-    classes_a, classes_b = int(train_a.y.max()) + 1, int(train_b.y.max()) + 1
     model_a, model_b = a.model.to(device), b.model.to(device)
     for ck, ds, name in ((a, test_a, "A"), (b, test_b, "B")):
         try:
@@ -160,7 +166,7 @@ def prepare(cfg: MergeConfig, device) -> Tasks:
                              f"from {classes_a})")
     return Tasks(model_a, model_b, a.arch, arch_kwargs, a.arch_kwargs, a.sha256, data_a, data_b, train_a, _shift(train_b, offset),
                  val_a, _shift(val_b, offset), test_a, _shift(test_b, offset), offset,
-                 carry=job.carried(a), reading=(cfg.image_size, cfg.channels))
+                 carry={**job.carried(a), **provenance}, reading=(cfg.image_size, cfg.channels))
 
 
 class BothTasks:
@@ -201,6 +207,8 @@ class Merge(job.Job):
         space = ParamSpace.of(tasks.model_a)
         w_a, w_b = model_vector(tasks.model_a, space), model_vector(tasks.model_b, space)
         d0 = float(torch.linalg.vector_norm(w_b - w_a))
+        if d0 == 0.0:
+            raise UsageError("networks A and B have the same weights: there is nothing to merge")
         max_steps = cfg.max_steps or cfg.steps
         step_size = cfg.step_size or job.default_step_size(d0, cfg.steps, STEP_SCALE)
         same = tasks.metric_a.preprocess == tasks.metric_b.preprocess  # else each checkpoint's record applies
@@ -219,7 +227,7 @@ class Merge(job.Job):
         return job.Setup(cfg, model, tasks.arch, tasks.arch_kwargs, tasks.sha_a, tasks.data_a,
                          BothTasks(tasks, device), epoch_size, bn_data, max_steps,
                          own={"tasks": tasks, "w_a": w_a, "w_b": w_b},
-                         preprocess=tasks.metric_a.preprocess if same else None,  # else: eval needs --normalize
+                         preprocess=tasks.metric_a.preprocess,  # task A's, as the data set they record
                          carry=tasks.carry)
 
     def walk(self, setup: job.Setup, recorder, state, device) -> job.Outcome:

@@ -254,6 +254,13 @@ def test_transition_refuses_the_other_settles_options():
     (ConnectConfig, {"method": "linear", "epochs": 2.0}, "--epochs: not read by this run"),
     (ConnectConfig, {"method": "linear", "nodes": 3}, "--nodes: not read by this run"),
     (ConnectConfig, {"lr": 0.1}, "--lr: not read by this run (the geodesic takes no peer option)"),
+    (MergeConfig, {"weight_b": 4.0, "manifold": "a"}, "--weight-b: not read by this run (--manifold a keeps one "
+                                                      "task's function"),
+    (MergeConfig, {"combine": "alternate", "manifold": "b"}, "--combine: not read by this run (--manifold b"),
+    (MergeConfig, {"weight_b": 4.0, "combine": "alternate"}, "--weight-b: not read by this run (--combine alternate "
+                                                             "steps on one task's metric at a time"),
+    (MergeConfig, {"label_weight": 3.0}, "--label-weight: not read by this run (only --anchor start+labels reads it)"),
+    (ConnectConfig, {"label_weight": 3.0}, "--label-weight: not read by this run"),
 ])
 def test_merge_and_connect_refuse_the_options_their_method_does_not_read(cls, given, message):
     base = {"checkpoint": "a.safetensors", "checkpoint_b": "b.safetensors", "out": "o"}
@@ -266,7 +273,8 @@ def test_merge_and_connect_refuse_the_options_their_method_does_not_read(cls, gi
     (MergeConfig, {"method": "ewc", "epochs": 2.0, "ewc_lambda": 10.0, "fisher_samples": 100, "lr": 0.01,
                    "batch_size": 32}),
     (MergeConfig, {"method": "fisher", "points": 5, "fisher_samples": 100, "head": "split"}),
-    (MergeConfig, {"steps": 100, "weight_b": 4.0, "manifold": "a"}),
+    (MergeConfig, {"steps": 100, "weight_b": 4.0, "manifold": "both", "combine": "sum"}),
+    (MergeConfig, {"manifold": "a"}),
     (ConnectConfig, {"method": "linear", "points": 5, "align": True}),
 ])
 def test_merge_and_connect_take_the_options_their_method_reads(cls, given):
@@ -274,6 +282,20 @@ def test_merge_and_connect_take_the_options_their_method_reads(cls, given):
     resolve(cls, {}, {**base, **given})
     every = {f.name: getattr(f.default, "value", f.default) for f in dataclasses.fields(cls) if f.name not in base}
     resolve(cls, {**every, "method": given.get("method", "geodesic")}, base)  # a replayed config: every key
+
+
+def test_label_weight_is_read_only_under_the_start_plus_labels_anchor():
+    """--label-weight (λ of --anchor start+labels) given with another anchor is refused, in every walking job; the
+    sparsify settle's own geodesic steps read it under --settle-anchor start+labels."""
+    from geopath.config import TransitionConfig
+
+    one = {"checkpoint": "c.safetensors", "out": "o"}
+    for cls, extra in ((SparsifyConfig, {"anchor": "labels"}), (TransitionConfig, {"plan": "p.yaml"})):
+        with pytest.raises(UsageError, match=r"--label-weight: not read by this run \(only --anchor start\+labels"):
+            resolve(cls, {}, {**one, **extra, "label_weight": 3.0})
+    assert resolve(SparsifyConfig, {}, {**one, "anchor": "start+labels", "label_weight": 3.0}).label_weight == 3.0
+    assert resolve(SparsifyConfig, {}, {**one, "settle": "geodesic", "settle_anchor": "start+labels",
+                                        "label_weight": 3.0}).label_weight == 3.0
 
 
 def test_a_peer_config_recorded_with_the_geodesics_resolved_steps_still_replays():
