@@ -22,6 +22,7 @@ from geopath import __version__
 from geopath.io.atomic import atomic_path, sha256_file
 from geopath.core.choices import ARCH_SPECS
 from geopath.io.archs import build_model, trusted
+from geopath.io.data import named_stats
 from geopath.errors import CheckpointError, StorageError, UsageError
 
 META_PREFIX = "geopath."
@@ -46,9 +47,13 @@ class Checkpoint:
     def reading(self, normalize: str | None = None, image_size: str | None = None,
                 channels: int | None = None) -> tuple[str | None, str | None, int | None]:
         """How to read its data: ``(preprocess, image_size, channels)``, each the flag if given, else what
-        the checkpoint records (None: the data set's default)."""
+        the checkpoint records (None: the data set's default). A checkpoint that records a named data set and no
+        preprocessing (written before runs recorded it, or by hand) was trained on that set's default: its
+        mean and standard deviation, which then apply to any other data it reads (an ``.npz`` file or an image
+        folder would otherwise get their own default, 0.5/0.5)."""
         recorded_channels = self.metadata.get(META_PREFIX + "channels")
-        return (normalize or self.metadata.get(META_PREFIX + "preprocess"),
+        preprocess = self.metadata.get(META_PREFIX + "preprocess") or named_stats(self.data)
+        return (normalize or preprocess,
                 image_size or self.metadata.get(META_PREFIX + "image_size"),
                 channels or (int(recorded_channels) if recorded_channels else None))
 

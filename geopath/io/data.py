@@ -286,6 +286,13 @@ def one_set(name: str) -> bool:
     return not has_splits(name) and Path(name).expanduser().exists()
 
 
+def named_stats(name: str | None) -> str | None:
+    """How a network trained on named set ``name`` with the default preprocessing read its inputs (``M/S`` per
+    channel, as a run records it); None where ``name`` is no named set."""
+    key = canonical_name(name) if name else None
+    return _stated((NAMED[key]["mean"], NAMED[key]["std"])) if key in NAMED else None
+
+
 def recorded_name(name: str) -> str:
     """How a run records data set ``name``: a named set by its name, a path absolute (readable from
     any directory)."""

@@ -91,3 +91,22 @@ def test_a_network_trained_on_plain_pixels_is_scored_on_plain_pixels(tmp_path):
 def test_shipped_checkpoints_keep_their_figures():
     ev = json.loads(cli("eval", SAMPLE, "--size", "1000", "--json").stdout)
     assert ev["preprocess"] == "0.1307/0.3081" and ev["accuracy"] > 0.97
+
+
+@needs_mnist
+def test_a_checkpoint_recording_only_its_named_set_reads_other_data_with_that_sets_statistics(tmp_path):
+    """The shipped checkpoints record ``mnist`` and no preprocessing. The same MNIST test images as a ``.npz`` file
+    (uint8) must be read with MNIST's mean and std, as the network was trained, not the file's default 0.5/0.5: the
+    accuracy equals the named set's."""
+    import torchvision
+
+    raw = torchvision.datasets.MNIST(str(DATA_ROOT), train=False, download=False)
+    np.savez(tmp_path / "mnist_test.npz", x=raw.data[:1000].numpy(), y=raw.targets[:1000].numpy())
+    named = json.loads(cli("eval", SAMPLE, "--size", "1000", "--json").stdout)
+    as_file = cli("eval", SAMPLE, "--data", tmp_path / "mnist_test.npz", "--json")
+    assert as_file.returncode == 0, as_file.stderr
+    as_file = json.loads(as_file.stdout)
+    assert as_file["preprocess"] == named["preprocess"] == "0.1307/0.3081"
+    assert as_file["accuracy"] == named["accuracy"]
+    assert json.loads(cli("eval", SAMPLE, "--data", tmp_path / "mnist_test.npz", "--normalize", "dataset",
+                          "--json").stdout)["preprocess"] == "0.5/0.5"  # (the flag still wins)
