@@ -182,7 +182,8 @@ def main() -> int:
         results = run_part(part, a, b, work, args.data_root, extra)
         seconds = time.perf_counter() - t0
         plot_runs([work / part / r["name"] for r in results if not r["name"].endswith("_aligned")],
-                  docs / "img" / f"connect_{part}.png", x="t", title=f"connect, {part}: test accuracy along each path")
+                  docs / "img" / f"connect_{part}.png", x="t", title=f"connect, {part}: test accuracy along each path",
+                  overwrite=True)
         keys = ("test_accuracy_a", "test_accuracy_b", "min_test_accuracy", "accuracy_barrier", "loss_barrier",
                 "max_test_loss", "reached", "evaluated_points", "step", "sample_passes", "epochs", "seconds")
         report["parts"][part] = {"description": desc, "machine": machine(), "quick": args.quick,

@@ -83,9 +83,9 @@ def main() -> int:
     docs = Path(args.docs)
     (docs / "img").mkdir(parents=True, exist_ok=True)
     plot_runs([work / r["name"] for r in results], docs / "img" / "merge_tasks.png", kind="tasks",
-              title="MNIST (A) vs Fashion-MNIST (B) test accuracy along each method's path")
+              title="MNIST (A) vs Fashion-MNIST (B) test accuracy along each method's path", overwrite=True)
     plot_runs([work / r["name"] for r in results[:1] + ablations], docs / "img" / "merge_path.png", x="t",
-              title="Geodesic merges: accuracy on both tasks along the path")
+              title="Geodesic merges: accuracy on both tasks along the path", overwrite=True)
 
     def line(r: dict) -> str:
         s, b = r["summary"], r["summary"]["best"]

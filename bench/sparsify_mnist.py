@@ -79,7 +79,7 @@ def main() -> int:
     plot_runs(runs,
               Path(args.docs) / "img" / "sparsify_mnist.png", x="epochs",
               labels=[f"geodesic to {r['sparsity']:.0%} sparsity" for r in results],
-              title="sparsify, MLP on MNIST: test accuracy along the geodesic")
+              title="sparsify, MLP on MNIST: test accuracy along the geodesic", overwrite=True)
     checks = []
     for r in results:
         if abs(r["sparsity"] - 0.7) < 1e-9:

@@ -79,7 +79,7 @@ def main() -> int:
     docs = Path(args.docs)
     (docs / "img").mkdir(parents=True, exist_ok=True)
     plot_runs([out], docs / "img" / "transitions_mlp.png", x="step", labels=["C1 → C2 → C3 → C4"],
-              title="transitions, MLP on MNIST: test accuracy along the chain")
+              title="transitions, MLP on MNIST: test accuracy along the chain", overwrite=True)
     checks = [(f"{r['config']} within 1 point of C1", r["geodesic"] >= start_acc - 0.01) for r in rows[1:]]
     host = machine()
     if not args.quick:

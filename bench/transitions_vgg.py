@@ -118,7 +118,7 @@ def main() -> int:
     host = machine()
     if not args.quick and args.seed == 0 and args.settle == "distill":
         plot_runs([out], docs / "img" / "transitions_vgg.png", x="step", labels=["C1 → C2 → C3 → C4"],
-                  title="transitions, VGG11 (width 0.25) on CIFAR-10: test accuracy along the chain")
+                  title="transitions, VGG11 (width 0.25) on CIFAR-10: test accuracy along the chain", overwrite=True)
         (docs / "bench_transitions_vgg.json").write_text(json.dumps(
             {"machine": host, "plan": PLAN, "settle": args.settle, "options": chosen, "rows": rows, "seconds": seconds,
              "checks": dict(checks)}, indent=2) + "\n")

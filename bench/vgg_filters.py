@@ -95,7 +95,7 @@ def main() -> int:
     (docs / "img").mkdir(parents=True, exist_ok=True)
     plot_runs([work / r["name"] for r in results[:3]], docs / "img" / "vgg_filters.png", x="epochs",
               title=f"VGG11 (width 0.25), CIFAR-10: {args.remove} of 16 layer-1 filters removed",
-              labels=["geodesic", "iterative prune + retrain", "prune + fine-tune"])
+              labels=["geodesic", "iterative prune + retrain", "prune + fine-tune"], overwrite=True)
     by = {r["name"]: r for r in results}
     checks = [("geodesic <= 10 epochs of updates (paper)", geo["epochs"] <= 10.0),
               ("geodesic >= iterative prune-and-retrain at every budget", _ahead(curve, "iterative_prune")),

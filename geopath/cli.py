@@ -331,12 +331,14 @@ def compare(
 @app.command()
 def plot(
     runs: list[Path] = typer.Argument(..., help="Run directories (each with trace.jsonl and summary.json)."),
-    out: Path = typer.Option(..., "--out", "-o", help="PNG file to write."),
+    out: Path = typer.Option(..., "--out", "-o", help="Figure to write: .png, .pdf or .svg."),
     x: str = typer.Option("t", "--x", help="Horizontal axis: t, step, epochs, sample_passes, length or wall_time."),
     kind: str = typer.Option("path", "--kind", help="path: accuracy, distance and length along the runs; tasks: "
                                                     "task-A vs task-B accuracy of merge runs."),
     title: Optional[str] = typer.Option(None, "--title", help="Figure title."),
-    label: Optional[list[str]] = typer.Option(None, "--label", help="Legend label per run (repeatable, in order)."),
+    label: Optional[list[str]] = typer.Option(None, "--label", help="Legend label per run (repeatable, one per run, "
+                                                                   "in order)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing file."),
     as_json: bool = JSON_OPT,
     debug: bool = DEBUG_OPT,
 ):
@@ -345,7 +347,7 @@ def plot(
     def go():
         from geopath.report.plot import plot_runs
 
-        return plot_runs(runs, out, x=x, kind=kind, title=title, labels=label)
+        return plot_runs(runs, out, x=x, kind=kind, title=title, labels=label, overwrite=overwrite)
 
     path = _guard(go, debug)
     if as_json:
@@ -534,7 +536,7 @@ def train_cmd(
     if as_json:
         _emit(res, True)
     else:
-        typer.echo(f"wrote {res['out']}: test accuracy {res['test_accuracy']:.4f} on {res['data']}")
+        typer.echo(f"wrote {res['out']}: test accuracy {res['test_accuracy']:.4f} on {res['test_data']}")
 
 
 @contextmanager

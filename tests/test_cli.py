@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
 
 from geopath.io.archs import build_model
-from geopath.io.checkpoint import save_checkpoint
+from geopath.io.checkpoint import read_tensors, save_checkpoint
 
 from ._helpers import FAST, SAMPLE, cli, geopath, needs_mnist, one_error_line
 
@@ -128,6 +129,29 @@ def test_overwrite_replaces_runs_only_never_another_folder(tmp_path):
     (folder / "config.yaml").write_text("{}")  # a config alone does not make a run
     proc = cli("sparsify", ck, "-o", folder, "--overwrite", "--sparsity", "0.5")
     assert proc.returncode == 2 and ck.read_bytes() == SAMPLE.read_bytes()
+
+
+def test_overwrite_never_empties_a_run_holding_the_inputs(tmp_path):
+    """A run's own saved network as the input and the same run as ``-o --overwrite`` (continue pruning in place):
+    emptying the folder would delete the input (and a data file or plan kept there); refused, nothing touched."""
+    import shutil
+
+    out = tmp_path / "run"
+    out.mkdir()
+    for name in ("config.yaml", "trace.jsonl"):  # (a run: --overwrite would replace it)
+        (out / name).write_text("{}")
+    ck = out / "final.safetensors"
+    shutil.copy(SAMPLE, ck)
+    proc = cli("sparsify", ck, "-o", out, "--overwrite", "--sparsity", "0.5")
+    assert proc.returncode == 2 and "inside" in one_error_line(proc) and str(ck) in one_error_line(proc)
+    assert ck.read_bytes() == SAMPLE.read_bytes() and (out / "config.yaml").read_text() == "{}"
+    np.savez(out / "data.npz", x=np.zeros((4, 784), np.float32), y=np.zeros(4, np.int64))
+    proc = cli("sparsify", SAMPLE, "-o", out, "--overwrite", "--data", out / "data.npz")  # (a data file too)
+    assert proc.returncode == 2 and "data.npz is inside" in one_error_line(proc) and ck.exists()
+    b = tmp_path / "b.safetensors"
+    shutil.copy(SAMPLE, b)
+    proc = cli("merge", ck, b, "-o", tmp_path / "run", "--overwrite")
+    assert proc.returncode == 2 and "inside" in one_error_line(proc) and ck.exists()
 
 
 def test_pickle_only_pt_is_refused(tmp_path):
@@ -328,6 +352,58 @@ def test_train_then_eval_lenet(tmp_path):
     assert ev["data"] == "mnist" and ev["accuracy"] == pytest.approx(res["test_accuracy"], abs=1e-12)
     again = cli("train", "--arch", "lenet5", "--size", "64", "-o", out)
     assert again.returncode == 2 and "--overwrite" in one_error_line(again)
+    assert res["test_data"] == "mnist" and res["epochs"] == pytest.approx(1.0)
+    assert read_tensors(out)[1]["geopath.test_data"] == "mnist"
+
+
+@needs_mnist
+def test_train_names_the_set_it_scored_and_the_epochs_it_trained(tmp_path):
+    """--eval-data fashion-mnist scores on Fashion-MNIST: the text, the JSON and the file say so (all said
+    "mnist"); --epochs 1.5 on 100 samples at batch 64 trains whole steps, round(2.3) = 2: one pass over the 100
+    samples (64 + 36), 1 epoch, which is what is reported (was 1.5)."""
+    out = tmp_path / "m.safetensors"
+    proc = cli("train", "--arch", "mlp", "--arch-kwargs", '{"hidden": [8]}', "--size", "100", "--batch-size", "64",
+               "--epochs", "1.5", "--eval-data", "fashion-mnist", "-o", out, "--json")
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(proc.stdout)
+    assert res["data"] == "mnist" and res["test_data"] == "fashion-mnist"
+    assert res["epochs"] == pytest.approx(1.0) and res["sample_passes"] == 100
+    meta = read_tensors(out)[1]
+    assert meta["geopath.test_data"] == "fashion-mnist" and meta["geopath.data"] == "mnist"
+    text = cli("train", "--arch", "mlp", "--arch-kwargs", '{"hidden": [8]}', "--size", "100", "--eval-data",
+               "fashion-mnist", "-o", tmp_path / "t.safetensors")
+    assert text.returncode == 0 and text.stdout.strip().endswith("on fashion-mnist"), text.stdout
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--weight-decay", "-1"], "--weight-decay must be finite and ≥ 0"),
+    (["--epochs", "nan"], "--epochs and --lr must be finite"),
+    (["--epochs", "inf"], "--epochs and --lr must be finite"),
+    (["--lr", "nan"], "--epochs and --lr must be finite"),
+    (["--device", "gpu"], "--device gpu: not a device"),
+    (["--image-size", "32"], "--image-size and --channels resize and convert image folders; mnist is not one"),
+    (["--arch", "lenet5", "--arch-kwargs", '{"image_size": 32, "in_channels": 3}'], "cannot take inputs of shape"),
+    (["--arch-kwargs", '{"num_classes": 5}'], "has (5,) outputs but mnist has 10 classes"),
+])
+@needs_mnist
+def test_train_refuses_what_it_cannot_do_in_one_line(tmp_path, args, needle):
+    out = tmp_path / "m.safetensors"
+    proc = cli("train", "--size", "64", "--epochs", "1", "-o", out, *args)
+    assert proc.returncode == 2 and needle in one_error_line(proc), proc.stderr
+    assert not out.exists()
+
+
+def test_file_outputs_must_be_files_in_folders(tmp_path):
+    """train and export write one file: a directory, a path under a file, or their own input are refused before
+    anything is read."""
+    (tmp_path / "f").write_text("")
+    for out, needle in ((tmp_path, "is a directory"), (tmp_path / "f" / "m.safetensors", "is not a directory")):
+        proc = cli("train", "--size", "64", "-o", out)
+        assert proc.returncode == 2 and needle in one_error_line(proc)
+        proc = cli("export", SAMPLE, "-o", out)
+        assert proc.returncode == 2 and needle in one_error_line(proc)
+    same = cli("export", SAMPLE, "-o", SAMPLE, "--overwrite")
+    assert same.returncode == 2 and "is the input" in one_error_line(same)
 
 
 def test_torchvision_and_entry_point_architectures():

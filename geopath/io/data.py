@@ -293,6 +293,15 @@ def named_stats(name: str | None) -> str | None:
     return _stated((NAMED[key]["mean"], NAMED[key]["std"])) if key in NAMED else None
 
 
+def reads_images(name: str) -> bool:
+    """Whether data set ``name`` is read from image files (a plain image folder, or one laid out by split with
+    ``train/`` and ``test/`` folders): the ones ``--image-size`` and ``--channels`` apply to."""
+    if canonical_name(name) in NAMED:
+        return False
+    path = Path(name).expanduser()
+    return path.is_dir() and split_layout(path) in (None, "folders")
+
+
 def recorded_name(name: str) -> str:
     """How a run records data set ``name``: a named set by its name, a path absolute (readable from
     any directory)."""

@@ -30,8 +30,9 @@ from geopath.io.manifest import MANIFEST, run_files
 from geopath.io.trace import Trace
 
 
-def check_output(out: str | os.PathLike, overwrite: bool, resume: bool) -> Path:
-    """Raise a usage error unless ``out`` can take this run; touches nothing.
+def check_output(out: str | os.PathLike, overwrite: bool, resume: bool, inputs: tuple = ()) -> Path:
+    """Raise a usage error unless ``out`` can take this run; touches nothing. ``inputs``: the run's input paths
+    (checkpoints, data, plan), none of which ``--overwrite`` may empty.
 
     Jobs call this first and :func:`prepare_output` only once their inputs have loaded, so a
     run that fails on a bad checkpoint or data set neither leaves an empty directory behind nor
@@ -54,7 +55,20 @@ def check_output(out: str | os.PathLike, overwrite: bool, resume: bool) -> Path:
         if not ((out / "config.yaml").is_file() and (out / "trace.jsonl").is_file()):  # (a run writes both first)
             raise UsageError(f"{out}: not a geopath run's directory (no config.yaml and trace.jsonl); --overwrite "
                              "only replaces a run, it does not empty other folders: choose another --out")
+        inside = [str(p) for p in inputs if _within(Path(p), out)]
+        if inside:
+            raise UsageError(f"{inside[0]} is inside {out}, which --overwrite would empty before the run reads it: "
+                             "copy it elsewhere or choose another --out")
     return out
+
+
+def _within(path: Path, folder: Path) -> bool:
+    """Whether ``path`` (an existing file or folder) is ``folder`` or lies inside it, links resolved."""
+    try:
+        path, folder = path.expanduser().resolve(), folder.resolve()
+    except OSError:
+        return False
+    return path.exists() and (path == folder or folder in path.parents)
 
 
 def prepare_output(out: str | os.PathLike, overwrite: bool, resume: bool) -> Path:

@@ -6,6 +6,7 @@ Python caller.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,8 @@ import torch
 from geopath.core.evaluate import evaluate
 from geopath.errors import UsageError
 from geopath.io.checkpoint import load_checkpoint, read_tensors, reading_record, save_checkpoint, sparsity_of
-from geopath.io.data import load_dataset, one_set, recorded_name, training_classes
+from geopath.io.data import load_dataset, one_set, reads_images, recorded_name, training_classes
+from geopath.io.outfile import check_output_file
 from geopath.jobs.common import check_inputs, eval_set, resolve_device
 
 
@@ -60,15 +62,17 @@ def train_checkpoint(out: str | Path, arch: str = "mlp", arch_kwargs: dict | Non
     from geopath.core.train import train
     from geopath.io.archs import build_model
 
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise UsageError(f"{out}: already exists (pass --overwrite to replace it)")
-    if out.suffix != ".safetensors":
-        raise UsageError(f"{out}: the output must be a .safetensors file")
-    if epochs <= 0 or lr <= 0 or batch_size < 1:
-        raise UsageError("--epochs and --lr must be > 0 and --batch-size ≥ 1")
+    out = check_output_file(out, overwrite, (".safetensors",))
+    if not (math.isfinite(epochs) and epochs > 0 and math.isfinite(lr) and lr > 0) or batch_size < 1:
+        raise UsageError("--epochs and --lr must be finite and > 0, and --batch-size ≥ 1")
+    if not (math.isfinite(weight_decay) and weight_decay >= 0):
+        raise UsageError(f"--weight-decay must be finite and ≥ 0, got {weight_decay}")
     if size is not None and size < 1:
         raise UsageError(f"--size must be ≥ 1, got {size}")
+    for name in (data, eval_data):
+        if (image_size is not None or channels is not None) and name and not reads_images(name):
+            raise UsageError(f"--image-size and --channels resize and convert image folders; {name} is not one "
+                             "(its inputs are read as stored)")
     dev = resolve_device(device)
     torch.manual_seed(seed)
     kwargs = dict(arch_kwargs or {})
@@ -79,14 +83,18 @@ def train_checkpoint(out: str | Path, arch: str = "mlp", arch_kwargs: dict | Non
         raise UsageError(f"{data}: no training samples")
     te = load_dataset(test_name, "test", data_root, download, tr.preprocess, image_size, channels,
                       classes=training_classes(data) if test_name != recorded_name(data) else None)
+    for ds in (tr, te):  # (a shape error from inside the first batch, or a label beyond the outputs, otherwise)
+        check_inputs(model.to(dev), ds, dev, f"--arch {arch}")
     stats = train(model, tr, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed,
                   device=dev)
     ev = evaluate(model, te, device=dev)
+    test_data = recorded_name(test_name)
     save_checkpoint(out, model.cpu(), arch, kwargs, step=0,
                     extra={"data": recorded_name(data), "preprocess": tr.preprocess,
-                           "test_accuracy": f"{ev.accuracy:.4f}", **reading_record(image_size, channels)})
-    return {"out": str(out), "arch": arch, "data": data, "epochs": epochs, "test_accuracy": ev.accuracy,
-            "test_loss": ev.loss, "sample_passes": stats.sample_passes}
+                           "test_accuracy": f"{ev.accuracy:.4f}", "test_data": test_data,
+                           **reading_record(image_size, channels)})
+    return {"out": str(out), "arch": arch, "data": data, "test_data": test_data, "epochs": stats.epochs,
+            "test_accuracy": ev.accuracy, "test_loss": ev.loss, "sample_passes": stats.sample_passes}
 
 
 def inspect_checkpoint(checkpoint: str | Path, trust_pickle: bool = False) -> dict[str, Any]:

@@ -42,10 +42,18 @@ def open_run(cfg, overwrite: bool, resume: bool) -> tuple[Path, torch.device]:
     The directory is only checked here; the job creates it with :func:`open_writer` once its
     inputs have loaded.
     """
-    out = check_output(cfg.out, overwrite, resume)
+    out = check_output(cfg.out, overwrite, resume, inputs=input_paths(cfg))
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     return out, device
+
+
+INPUT_OPTIONS = ("checkpoint", "checkpoint_b", "data", "eval_data", "data_a", "data_b", "plan", "data_root")
+
+
+def input_paths(cfg) -> tuple[str, ...]:
+    """The files and folders a run reads (its options naming paths; a named data set names none)."""
+    return tuple(v for v in (getattr(cfg, name, None) for name in INPUT_OPTIONS) if isinstance(v, str) and v)
 
 
 def open_writer(out: Path, overwrite: bool, resume: bool, *args, **kwargs) -> RunWriter:
@@ -55,8 +63,14 @@ def open_writer(out: Path, overwrite: bool, resume: bool, *args, **kwargs) -> Ru
 
 def resolve_device(name: str) -> torch.device:
     """The run's device. On CUDA, TF32 is switched off: CG and the step checks need float32 products."""
-    if not name.startswith("cuda"):
-        return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise UsageError(f"--device {name}: not a device (cpu, cuda or cuda:N)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device {name}: geopath runs on cpu or cuda")
+    if device.type == "cpu":
+        return device
     if not torch.cuda.is_available():
         raise UsageError("--device cuda requested but no CUDA device is available")
     full_float32_on_cuda()

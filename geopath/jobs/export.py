@@ -22,6 +22,7 @@ from geopath.core.coupling import compact
 from geopath.errors import NumericalError, UsageError
 from geopath.io.checkpoint import META_PREFIX, load_checkpoint, save_checkpoint
 from geopath.io.data import load_dataset
+from geopath.io.outfile import check_output_file
 from geopath.jobs.common import check_inputs
 
 LATENCY_BATCH = 64
@@ -62,12 +63,8 @@ def export(source: str | Path, out: str | Path, data: str | None = None, data_ro
            arch_kwargs: dict | None = None, trust_code: bool = False, overwrite: bool = False,
            normalize: str | None = None, image_size: str | None = None, channels: int | None = None) -> dict[str, Any]:
     """Write the compact network of ``source`` to ``out``; returns the report."""
-    out = Path(out)
-    if out.suffix != ".safetensors":
-        raise UsageError(f"{out}: the output must be a .safetensors file")
-    if out.exists() and not overwrite:
-        raise UsageError(f"{out}: already exists (pass --overwrite to replace it)")
     path = source_file(source)
+    out = check_output_file(out, overwrite, (".safetensors",), inputs=(path,))
     ck = load_checkpoint(path, arch, arch_kwargs, trust_code=trust_code)
     if META_PREFIX + "compact" in ck.metadata:
         raise UsageError(f"{path}: already a compact network")

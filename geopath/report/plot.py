@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 from typing import Sequence
 
+from geopath.io.outfile import check_output_file
 from geopath.io.reader import read_summary, read_trace
 from geopath.errors import UsageError
 
@@ -46,9 +47,13 @@ def _accuracy_keys(rows: list[dict]) -> list[tuple[str, str]]:
     return [("test_accuracy", "-")]
 
 
+FORMATS = (".png", ".pdf", ".svg")  # what --out may end with: the figure's format
+
+
 def plot_runs(runs: Sequence[str | Path], out: str | Path, x: str = "t", kind: str = "path",
-              title: str | None = None, labels: Sequence[str] | None = None) -> Path:
-    """Draw ``runs`` into the PNG ``out``; returns its path.
+              title: str | None = None, labels: Sequence[str] | None = None, overwrite: bool = False) -> Path:
+    """Draw ``runs`` into ``out`` (PNG, PDF or SVG, by its suffix); returns its path. An existing ``out`` is
+    replaced only with ``overwrite``; ``labels``, when given, name every run.
 
     ``kind="path"``: accuracy, distance to the target and metric length against ``x``
     (one of :data:`X_CHOICES`; :func:`path_panels` leaves out a panel no run has data for).
@@ -69,13 +74,14 @@ def plot_runs(runs: Sequence[str | Path], out: str | Path, x: str = "t", kind: s
     runs = [Path(r) for r in runs]
     if not runs:
         raise UsageError("name at least one run directory")
+    if labels and len(labels) != len(runs):
+        raise UsageError(f"{len(labels)} --label for {len(runs)} run(s): give one per run, in order, or none")
+    out = check_output_file(out, overwrite, FORMATS, inputs=runs)
     data = []
     for i, run in enumerate(runs):
         summary = read_summary(run)
-        label = labels[i] if labels and i < len(labels) else f"{run.name} ({summary.get('method', 'geodesic')})"
+        label = labels[i] if labels else f"{run.name} ({summary.get('method', 'geodesic')})"
         data.append((label, summary, read_trace(run)))
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     if kind == "tasks":
         fig, ax = plt.subplots(figsize=(5.5, 5))
@@ -117,6 +123,6 @@ def plot_runs(runs: Sequence[str | Path], out: str | Path, x: str = "t", kind: s
     from geopath.io.atomic import atomic_path
 
     with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
+        fig.savefig(tmp, dpi=120, format=out.suffix.lower()[1:])
     plt.close(fig)
     return out

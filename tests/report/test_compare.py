@@ -24,7 +24,7 @@ def finished(tmp_path_factory):
         "geo_run": ["merge", SAMPLE, FASHION, *SMALL, "--val-size", "300", "--steps", "4", "--save-every", "2",
                     "--min-accuracy", "0.99"],
         "avg_run": ["merge", SAMPLE, FASHION, *PEER_SMALL, "--val-size", "300", "--method", "average", "--points", "3"],
-        "line_run": ["connect", SAMPLE, FASHION, "--data", "mnist", *PEER_SMALL, "--method", "linear", "--points", "3"],
+        "line_run": ["connect", SAMPLE, FASHION, "--data", "mnist", "--normalize", "dataset", *PEER_SMALL, "--method", "linear", "--points", "3"],
     }
     for name, args in runs.items():
         proc = geopath(*args, "-o", base / name)

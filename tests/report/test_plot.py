@@ -27,7 +27,7 @@ def finished(tmp_path_factory):
     distance, no metric length)."""
     base = tmp_path_factory.mktemp("plot")
     runs = {"walk": ["merge", SAMPLE, FASHION, *SMALL, "--val-size", "300", "--steps", "4", "--save-every", "2"],
-            "line": ["connect", SAMPLE, FASHION, "--data", "mnist", *PEER_SMALL, "--method", "linear", "--points", "3"]}
+            "line": ["connect", SAMPLE, FASHION, "--data", "mnist", "--normalize", "dataset", *PEER_SMALL, "--method", "linear", "--points", "3"]}
     for name, args in runs.items():
         proc = geopath(*args, "-o", base / name)
         assert proc.returncode == 0, proc.stderr
@@ -48,7 +48,8 @@ def test_panels_follow_what_the_runs_recorded(finished):
 @pytest.mark.parametrize("which", [["walk"], ["line"], ["walk", "line"]])
 def test_plot_writes_a_png(finished, tmp_path, which):
     out = tmp_path / "fig" / "paths.png"
-    proc = geopath("plot", *[finished[w] for w in which], "-o", out, "--json", "--title", "t", "--label", "first")
+    labels = [a for w in which for a in ("--label", f"run {w}")]
+    proc = geopath("plot", *[finished[w] for w in which], "-o", out, "--json", "--title", "t", *labels)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.splitlines()[-1]) == {"out": str(out)}
     data = out.read_bytes()
@@ -78,3 +79,29 @@ def test_plot_refuses_a_directory_that_is_not_a_run(tmp_path):
     proc = cli("plot", tmp_path / "empty", "-o", tmp_path / "x.png")
     assert proc.returncode == 2 and one_error_line(proc)
     assert not (tmp_path / "x.png").exists()
+
+
+def test_plot_writes_the_format_its_name_says_and_replaces_only_with_overwrite(finished, tmp_path):
+    for suffix, magic in ((".pdf", b"%PDF"), (".svg", b"<?xml")):
+        out = tmp_path / f"fig{suffix}"
+        assert cli("plot", finished["walk"], "-o", out).returncode == 0
+        assert out.read_bytes().startswith(magic)  # (was PNG bytes under any name)
+    before = (tmp_path / "fig.pdf").read_bytes()
+    again = cli("plot", finished["line"], "-o", tmp_path / "fig.pdf")
+    assert again.returncode == 2 and "--overwrite" in one_error_line(again)
+    assert (tmp_path / "fig.pdf").read_bytes() == before
+    assert cli("plot", finished["line"], "-o", tmp_path / "fig.pdf", "--overwrite").returncode == 0
+    bad = cli("plot", finished["walk"], "-o", tmp_path / "fig.jpg")
+    assert bad.returncode == 2 and ".png or .pdf or .svg" in one_error_line(bad)
+
+
+def test_plot_refuses_labels_that_do_not_name_every_run_and_a_finished_run_as_the_place(finished, tmp_path):
+    proc = cli("plot", finished["walk"], "-o", tmp_path / "x.png", "--label", "a", "--label", "dropped")
+    assert proc.returncode == 2 and "2 --label for 1 run" in one_error_line(proc)
+    inside = cli("plot", finished["walk"], "-o", finished["walk"] / "fig.png")  # (verify would then fail)
+    assert inside.returncode == 2 and "inside the finished run" in one_error_line(inside)
+    assert not (finished["walk"] / "fig.png").exists()
+    (tmp_path / "file").write_text("")
+    for out, needle in ((tmp_path, "is a directory"), (tmp_path / "file" / "x.png", "is not a directory")):
+        proc = cli("plot", finished["walk"], "-o", out)
+        assert proc.returncode == 2 and needle in one_error_line(proc)
