@@ -473,7 +473,7 @@ def inspect_cmd(
     as_json: bool = JSON_OPT,
     debug: bool = DEBUG_OPT,
 ):
-    """Architecture, tensors and metadata of a checkpoint."""
+    """Architecture, tensors and metadata of a checkpoint (exit 3 where a tensor holds NaN or Inf)."""
 
     def go():
         from geopath.jobs.checkpoints import inspect_checkpoint
@@ -483,18 +483,27 @@ def inspect_cmd(
     res = _guard(go, debug)
     if as_json:
         _emit(res, True)
-        return
-    from rich.console import Console
-    from rich.table import Table
+    else:
+        from rich.console import Console
+        from rich.markup import escape
+        from rich.table import Table
 
-    console = Console()
-    console.print(f"[bold]{res['checkpoint']}[/bold]  ({res['parameters']:,} values)")
-    for k, v in res["metadata"].items():
-        console.print(f"  {k} = {v}")
-    table = Table("tensor", "shape", "dtype", "zeros")
-    for r in res["tensors"]:
-        table.add_row(r["name"], "×".join(map(str, r["shape"])) or "scalar", r["dtype"], str(r["zeros"]))
-    console.print(table)
+        console = Console()
+        if not console.is_terminal:  # a pipe or a file: long metadata and names are not wrapped
+            console = Console(width=max(200, *(len(r["name"]) + 60 for r in res["tensors"])), soft_wrap=True)
+        console.print(f"[bold]{escape(res['checkpoint'])}[/bold]  ({res['values']:,} values)")
+        for k, v in res["metadata"].items():  # (text from the file: printed as it is, never read as markup)
+            console.print(f"  {escape(k)} = {escape(v)}", soft_wrap=True)
+        table = Table("tensor", "shape", "dtype", "zeros", *(["NaN/Inf"] if res["nonfinite"] else []))
+        for r in res["tensors"]:
+            table.add_row(escape(r["name"]), "×".join(map(str, r["shape"])) or "scalar", r["dtype"], str(r["zeros"]),
+                          *([str(r["nonfinite"])] if res["nonfinite"] else []))
+        console.print(table)
+    if res["nonfinite"]:
+        bad = [r["name"] for r in res["tensors"] if r["nonfinite"]]
+        _err(f"{checkpoint}: {res['nonfinite']:,} NaN or Inf value(s) in {', '.join(bad[:3])}"
+             f"{' …' if len(bad) > 3 else ''}; no job will read it")
+        raise typer.Exit(EXIT_THRESHOLD)
 
 
 @app.command("train")

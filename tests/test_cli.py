@@ -328,7 +328,28 @@ def test_eval_and_inspect_json(tmp_path):
     assert res["samples"] == 1000 and 0.9 < res["accuracy"] <= 1.0 and res["sparsity"] == 0.0
     info = json.loads(geopath("inspect", SAMPLE, "--json").stdout)
     assert info["metadata"]["geopath.arch"] == "mlp"
-    assert info["parameters"] == 784 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10
+    assert info["values"] == 784 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10 and info["nonfinite"] == 0
+
+
+def test_inspect_prints_what_the_file_holds_and_flags_nan(tmp_path):
+    """Metadata is text from the file: rich markup in it is printed, not interpreted (it crashed on a stray
+    ``[/x]``); piped output does not wrap; NaN or Inf in a tensor is shown and exits 3 with one line."""
+    from safetensors.torch import save_file as save_raw
+
+    state = {k: v.clone() for k, v in build_model("mlp", {"hidden": [4]}).state_dict().items()}
+    meta = {"geopath.arch": "mlp", "note": "[/bold] closes nothing [red]x[/red] " + "long " * 60}
+    save_raw(state, str(tmp_path / "ok.safetensors"), metadata=meta)
+    ok = cli("inspect", tmp_path / "ok.safetensors")
+    assert ok.returncode == 0 and ok.stderr == "", ok.stderr
+    line = next(l for l in ok.stdout.splitlines() if l.startswith("  note = "))
+    assert line == "  note = " + meta["note"]  # whole, on one line, markup as written
+    state["layers.0.weight"][0, :3] = float("nan")
+    save_raw(state, str(tmp_path / "nan.safetensors"), metadata=meta)
+    bad = cli("inspect", tmp_path / "nan.safetensors")
+    assert bad.returncode == 3 and "NaN/Inf" in bad.stdout
+    assert "3 NaN or Inf value(s) in layers.0.weight" in one_error_line(bad)
+    js = cli("inspect", tmp_path / "nan.safetensors", "--json")
+    assert js.returncode == 3 and json.loads(js.stdout)["nonfinite"] == 3
 
 
 def test_save_refuses_nan(tmp_path):

@@ -98,10 +98,12 @@ def train_checkpoint(out: str | Path, arch: str = "mlp", arch_kwargs: dict | Non
 
 
 def inspect_checkpoint(checkpoint: str | Path, trust_pickle: bool = False) -> dict[str, Any]:
-    """A checkpoint's tensors (shape, dtype, zeros) and metadata (sorted: safetensors keeps no order);
-    builds no network, so it runs no code."""
+    """A checkpoint's tensors (shape, dtype, zeros, NaN or Inf values) and metadata (sorted: safetensors keeps no
+    order); builds no network, so it runs no code. ``values`` counts every stored number, buffers (BatchNorm
+    statistics) included: which tensors are parameters only the built network knows."""
     tensors, meta = read_tensors(checkpoint, trust_pickle)
     rows = [{"name": k, "shape": list(v.shape), "dtype": str(v.dtype).replace("torch.", ""),
-             "zeros": int((v == 0).sum())} for k, v in tensors.items()]
+             "zeros": int((v == 0).sum()), "nonfinite": int((~torch.isfinite(v)).sum()) if v.is_floating_point()
+             else 0} for k, v in tensors.items()]
     return {"checkpoint": str(checkpoint), "metadata": dict(sorted(meta.items())), "tensors": rows,
-            "parameters": sum(v.numel() for v in tensors.values())}
+            "values": sum(v.numel() for v in tensors.values()), "nonfinite": sum(r["nonfinite"] for r in rows)}
