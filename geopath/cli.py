@@ -218,17 +218,24 @@ def _make_job_command(cls):
         def go():
             import importlib
 
-            from geopath.config import changed_options, read_yaml, resolve
+            from geopath.config import changed_options, known_options, read_yaml, resolve
 
             flags = _flags(cls, kw)
             if resume:
                 out = flags.get("out")
                 if out is None:
                     raise UsageError("--resume needs --out pointing at the interrupted run")
+                if overwrite:
+                    raise UsageError("--resume continues the run in --out and --overwrite replaces it: choose one")
                 if not (Path(out) / "config.yaml").is_file():
                     raise UsageError(f"{out}: nothing to resume (no config.yaml)")
                 saved = read_yaml(Path(out) / "config.yaml")
-                given = {**read_yaml(config), **flags}  # the run's own options may be repeated, not changed
+                try:
+                    known_options(cls, saved)
+                except UsageError as e:  # (a run of another job: merge's checkpoint_b, transition's plan, ...)
+                    raise UsageError(f"{out}: not a {cls.COMMAND} run ({e}); resume it with its own command"
+                                     ) from None
+                given = {**known_options(cls, read_yaml(config)), **flags}  # (repeated, not changed)
                 changed = changed_options(cls, saved, {k: v for k, v in given.items() if k not in RESUME_MAY_CHANGE})
                 if changed:
                     raise UsageError(f"--resume continues with the run's saved options; drop {', '.join(changed)} "

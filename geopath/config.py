@@ -829,14 +829,20 @@ def _check_inherited_settle_lr(yaml_values: dict[str, Any], flags: dict[str, Any
                          f"{_value(recorded)} settle's; give --settle-lr for {_value(wanted)} too")
 
 
+def known_options(cls, yaml_values: dict[str, Any], source: str = "config file") -> dict[str, Any]:
+    """``yaml_values`` with keys renamed since 0.1.0 brought up to date; a one-line error naming any option
+    ``cls``'s job does not have."""
+    yaml_values = _legacy(cls, yaml_values)
+    unknown = sorted(set(yaml_values) - {f.name for f in fields(cls)})
+    if unknown:
+        raise UsageError(f"unknown option(s) in {source}: {', '.join(unknown)}")
+    return yaml_values
+
+
 def resolve(cls, yaml_values: dict[str, Any], flags: dict[str, Any], resuming: bool = False):
     """defaults < YAML < flags (flags that are ``None`` were not given). Outside ``--resume`` (``resuming``), a
     job may refuse given options its run would not read (``refuse_unread``)."""
-    yaml_values = _legacy(cls, yaml_values)
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(yaml_values) - set(known))
-    if unknown:
-        raise UsageError(f"unknown option(s) in config file: {', '.join(unknown)}")
+    yaml_values = known_options(cls, yaml_values)
     hints = typing.get_type_hints(cls)
     merged = {**yaml_values, **{k: v for k, v in flags.items() if v is not None}}
     _check_inherited_settle_lr(yaml_values, flags)

@@ -232,6 +232,26 @@ def test_resume_refuses_changed_options(tmp_path):
     assert proc.returncode == 2 and "drop --steps" in one_error_line(proc)
 
 
+def test_resume_refuses_overwrite_a_bad_config_file_and_another_jobs_run(tmp_path):
+    """--resume with --overwrite (continue, or replace?), a --config file with keys no option has (they were
+    never read), and a merge run resumed by `geopath sparsify` (it said "unknown option(s) in config file:
+    checkpoint_b ..." of a file the user never named) are each one clear line; nothing is touched."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "config.yaml").write_text("checkpoint: x\ncheckpoint_b: y\n")
+    (out / "trace.jsonl").write_text("")
+    both = cli("merge", "-o", out, "--resume", "--overwrite")
+    assert both.returncode == 2 and "choose one" in one_error_line(both)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stpes: 5\n")
+    proc = cli("merge", "-o", out, "--resume", "--config", bad)
+    assert proc.returncode == 2 and "unknown option(s) in config file: stpes" in one_error_line(proc)
+    other = cli("sparsify", "-o", out, "--resume")
+    assert other.returncode == 2 and "not a sparsify run" in one_error_line(other)
+    assert "checkpoint_b" in one_error_line(other)
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "trace.jsonl"]
+
+
 # --------------------------------------------------------------------------- numerical faults
 
 
