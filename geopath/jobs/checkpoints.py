@@ -38,6 +38,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split: 
     if single and data is None:
         raise UsageError(f"{checkpoint} records its training data {name}, one set with no test split; pass "
                          "--data with labelled test data")
+    if single and split != "test":
+        raise UsageError(f"{name} is one set with no splits, scored whole: --split {split} does not apply")
     # an image folder scored apart from the one the network trained on: labelled as training labelled them
     classes = training_classes(ck.data) if data is not None and ck.data and recorded_name(data) != ck.data else None
     ds = load_dataset(name, split, data_root, download, *ck.reading(normalize, image_size, channels),

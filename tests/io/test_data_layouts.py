@@ -55,6 +55,17 @@ def test_single_sets_have_no_test_split_to_fall_back_on(tmp_path):
     assert eval_set("x", str(tmp_path / "train.npz")) == str((tmp_path / "train.npz").resolve())
 
 
+def test_eval_refuses_a_split_of_a_single_set(tmp_path):
+    """A PATH.npz is scored whole: --split train on it was ignored (the same figure as the test split)."""
+    from .._helpers import SAMPLE, cli, one_error_line
+
+    np.savez(tmp_path / "one.npz", x=np.zeros((5, 784), np.float32), y=np.zeros(5, np.int64))
+    proc = cli("eval", SAMPLE, "--data", tmp_path / "one.npz", "--normalize", "dataset", "--split", "train")
+    assert proc.returncode == 2 and "--split train does not apply" in one_error_line(proc)
+    ok = cli("eval", SAMPLE, "--data", tmp_path / "one.npz", "--normalize", "dataset", "--json")
+    assert ok.returncode == 0, ok.stderr
+
+
 def test_recorded_names_are_absolute_paths_or_canonical_names(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert recorded_name("data.npz") == str(tmp_path / "data.npz")
