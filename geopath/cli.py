@@ -204,7 +204,8 @@ def _flags(cls, given: dict) -> dict:
     return flags
 
 
-RESUME_MAY_CHANGE = {"out", "device", "data_root", "download"}  # where the run is, what it runs on, fetching
+# where the run is, what it runs on, fetching, and the permissions (flags only: a saved config's are not read back)
+RESUME_MAY_CHANGE = {"out", "device", "data_root", "download", "trust_pickle", "trust_code"}
 
 
 def _make_job_command(cls):

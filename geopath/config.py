@@ -829,6 +829,9 @@ def _check_inherited_settle_lr(yaml_values: dict[str, Any], flags: dict[str, Any
                          f"{_value(recorded)} settle's; give --settle-lr for {_value(wanted)} too")
 
 
+TRUST_FLAGS = ("trust_pickle", "trust_code")  # flags only: never taken from a config file
+
+
 def known_options(cls, yaml_values: dict[str, Any], source: str = "config file") -> dict[str, Any]:
     """``yaml_values`` with keys renamed since 0.1.0 brought up to date; a one-line error naming any option
     ``cls``'s job does not have."""
@@ -840,9 +843,12 @@ def known_options(cls, yaml_values: dict[str, Any], source: str = "config file")
 
 
 def resolve(cls, yaml_values: dict[str, Any], flags: dict[str, Any], resuming: bool = False):
-    """defaults < YAML < flags (flags that are ``None`` were not given). Outside ``--resume`` (``resuming``), a
-    job may refuse given options its run would not read (``refuse_unread``)."""
-    yaml_values = known_options(cls, yaml_values)
+    """defaults < YAML < flags (flags that are ``None`` were not given; ``--trust-pickle`` and ``--trust-code`` are
+    read from flags alone). Outside ``--resume`` (``resuming``), a job may refuse given options its run would not
+    read (``refuse_unread``)."""
+    # a permission holds for the command that gives it: a config file (a replayed or resumed run's, or anyone's)
+    # cannot unpickle a file or run a checkpoint's code; runs record the flags, which are not read back
+    yaml_values = {k: v for k, v in known_options(cls, yaml_values).items() if k not in TRUST_FLAGS}
     hints = typing.get_type_hints(cls)
     merged = {**yaml_values, **{k: v for k, v in flags.items() if v is not None}}
     _check_inherited_settle_lr(yaml_values, flags)

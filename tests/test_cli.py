@@ -172,6 +172,20 @@ def test_pickle_only_pt_is_refused(tmp_path):
     assert len(json.loads(ok.stdout)["tensors"]) == 6
 
 
+def test_a_config_file_cannot_grant_trust(tmp_path):
+    """``trust_pickle: true`` in a config file (a replayed run's config.yaml records the flag) does not unpickle:
+    the permission is a flag of the command that gives it."""
+    import argparse
+
+    ck = tmp_path / "model.pt"
+    torch.save({"state_dict": build_model("mlp").state_dict(), "args": argparse.Namespace(lr=0.1)}, ck)
+    conf = tmp_path / "c.yaml"
+    conf.write_text("trust_pickle: true\ntrust_code: true\n")
+    proc = cli("sparsify", ck, "--arch", "mlp", "--config", conf, "-o", tmp_path / "out")
+    assert proc.returncode == 2 and "pass --trust-pickle" in one_error_line(proc)
+    assert not (tmp_path / "out").exists()
+
+
 def test_pt_without_arch_needs_arch(tmp_path):
     plain = tmp_path / "plain.pt"
     torch.save(build_model("mlp").state_dict(), plain)
