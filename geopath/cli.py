@@ -208,6 +208,24 @@ def _flags(cls, given: dict) -> dict:
 RESUME_MAY_CHANGE = {"out", "device", "data_root", "download", "trust_pickle", "trust_code"}
 
 
+def _job_of(saved: dict):
+    """The job whose options a run's saved config holds, all of them, if exactly one job's do (else None)."""
+    import warnings
+
+    from geopath.config import JOBS, known_options
+
+    fits = []
+    for other in JOBS:
+        try:
+            with warnings.catch_warnings():  # (a key renamed since 0.1.0 is the resuming job's to warn about)
+                warnings.simplefilter("ignore")
+                known_options(other, saved)
+        except UsageError:
+            continue
+        fits.append(other)
+    return fits[0] if len(fits) == 1 else None
+
+
 def _make_job_command(cls):
     """``geopath JOB``: its flags from ``cls``'s fields; it runs ``cls.RUNNER``'s ``JOB`` (a
     :class:`geopath.jobs.common.Job`) and prints that job's ``text(summary)``."""
@@ -232,10 +250,13 @@ def _make_job_command(cls):
                     raise UsageError(f"{out}: nothing to resume (no config.yaml)")
                 saved = read_yaml(Path(out) / "config.yaml")
                 try:
-                    known_options(cls, saved)
-                except UsageError as e:  # (a run of another job: merge's checkpoint_b, transition's plan, ...)
-                    raise UsageError(f"{out}: not a {cls.COMMAND} run ({e}); resume it with its own command"
-                                     ) from None
+                    known_options(cls, saved, f"{Path(out) / 'config.yaml'}")
+                except UsageError as e:
+                    other = _job_of(saved)  # (a run of another job: merge's checkpoint_b, transition's plan, ...)
+                    if other is None or other is cls:
+                        raise
+                    raise UsageError(f"{out}: a {other.COMMAND} run, not a {cls.COMMAND} run ({e}); resume it with "
+                                     f"geopath {other.COMMAND} --resume") from None
                 given = {**known_options(cls, read_yaml(config)), **flags}  # (repeated, not changed)
                 changed = changed_options(cls, saved, {k: v for k, v in given.items() if k not in RESUME_MAY_CHANGE})
                 if changed:
@@ -498,7 +519,7 @@ def inspect_cmd(
 
         console = Console()
         if not console.is_terminal:  # a pipe or a file: long metadata and names are not wrapped
-            console = Console(width=max(200, *(len(r["name"]) + 60 for r in res["tensors"])), soft_wrap=True)
+            console = Console(width=max([200, *(len(r["name"]) + 60 for r in res["tensors"])]), soft_wrap=True)
         console.print(f"[bold]{escape(res['checkpoint'])}[/bold]  ({res['values']:,} values)")
         for k, v in res["metadata"].items():  # (text from the file: printed as it is, never read as markup)
             console.print(f"  {escape(k)} = {escape(v)}", soft_wrap=True)

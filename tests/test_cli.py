@@ -154,6 +154,26 @@ def test_overwrite_never_empties_a_run_holding_the_inputs(tmp_path):
     assert proc.returncode == 2 and "inside" in one_error_line(proc) and ck.exists()
 
 
+def test_a_named_data_set_is_no_input_path_whatever_the_folders_are_called(tmp_path, monkeypatch):
+    """``--data mnist -o mnist --overwrite``: the run directory called mnist holds no input (mnist is a named set)."""
+    from geopath.config import SparsifyConfig
+    from geopath.jobs.common import input_paths
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mnist").mkdir()
+    cfg = SparsifyConfig(checkpoint=str(SAMPLE), data="mnist", eval_data="FMNIST", out="mnist")
+    assert input_paths(cfg) == (str(SAMPLE),)
+    assert input_paths(SparsifyConfig(checkpoint="a.pt", data="x.npz")) == ("a.pt", "x.npz")
+
+
+def test_inspect_of_a_file_without_tensors(tmp_path):
+    from safetensors.torch import save_file as save_raw
+
+    save_raw({}, str(tmp_path / "empty.safetensors"), metadata={"geopath.arch": "mlp"})
+    proc = cli("inspect", tmp_path / "empty.safetensors")  # (piped: the width rule saw no tensor)
+    assert proc.returncode == 0 and "(0 values)" in proc.stdout, proc.stderr
+
+
 def test_pickle_only_pt_is_refused(tmp_path):
     import argparse
     import collections

@@ -22,7 +22,7 @@ from geopath import __version__
 from geopath.io.atomic import atomic_path, sha256_file
 from geopath.core.choices import ARCH_SPECS
 from geopath.io.archs import build_model, trusted
-from geopath.io.data import named_stats
+from geopath.io.data import implied_preprocess, recorded_name
 from geopath.errors import CheckpointError, StorageError, UsageError
 
 META_PREFIX = "geopath."
@@ -44,17 +44,30 @@ class Checkpoint:
         """The data set the network was trained on, if recorded."""
         return self.metadata.get(META_PREFIX + "data")
 
-    def reading(self, normalize: str | None = None, image_size: str | None = None,
-                channels: int | None = None) -> tuple[str | None, str | None, int | None]:
-        """How to read its data: ``(preprocess, image_size, channels)``, each the flag if given, else what
-        the checkpoint records (None: the data set's default). A checkpoint that records a named data set and no
-        preprocessing (written before runs recorded it, or by hand) was trained on that set's default: its
-        mean and standard deviation, which then apply to any other data it reads (an ``.npz`` file or an image
-        folder would otherwise get their own default, 0.5/0.5)."""
-        recorded_channels = self.metadata.get(META_PREFIX + "channels")
-        preprocess = self.metadata.get(META_PREFIX + "preprocess") or named_stats(self.data)
+    def reading(self, normalize: str | None = None, image_size: str | None = None, channels: int | None = None,
+                data: str | None = None) -> tuple[str | None, str | None, int | None]:
+        """How to read data set ``data`` (default: its own): ``(preprocess, image_size, channels)``, each the flag if
+        given, else what the checkpoint records (None: the data set's default).
+
+        A checkpoint that records a named data set and no preprocessing (the shipped ones, and any written before
+        runs recorded it) was trained on that set's default: ``dataset:NAME`` (a named set is read with its own
+        statistics, uint8 images without any, such as an ``.npz`` copy, with NAME's; float arrays as stored). A
+        merged network records each task's (``data``/``preprocess``, ``data_b``/``preprocess_b``): task B's data is
+        read as B's, and other data, where the tasks were read differently, needs ``--normalize``."""
+        meta = self.metadata
+        recorded_channels = meta.get(META_PREFIX + "channels")
+        preprocess = meta.get(META_PREFIX + "preprocess") or implied_preprocess(self.data)
+        data_b, preprocess_b = meta.get(META_PREFIX + "data_b"), meta.get(META_PREFIX + "preprocess_b")
+        if normalize is None and data is not None and data_b and preprocess_b is not None:
+            name = recorded_name(data)
+            if name == data_b:
+                preprocess = preprocess_b
+            elif preprocess_b != preprocess and name != (recorded_name(self.data) if self.data else None):
+                raise UsageError(f"{self.path}: a merged network whose tasks read their inputs differently ("
+                                 f"{self.data}: {preprocess}; {data_b}: {preprocess_b}); to read {data}, pass "
+                                 "--normalize")
         return (normalize or preprocess,
-                image_size or self.metadata.get(META_PREFIX + "image_size"),
+                image_size or meta.get(META_PREFIX + "image_size"),
                 channels or (int(recorded_channels) if recorded_channels else None))
 
 

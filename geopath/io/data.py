@@ -29,7 +29,7 @@ from geopath.core.dataset import Dataset
 
 from geopath.errors import DataError
 from geopath.io.images import ImageFiles, image_mode, standardise
-from geopath.io.preprocess import parse_image_size, parse_preprocess
+from geopath.io.preprocess import DATASET_OF, parse_image_size, parse_preprocess
 
 NAMED = {
     "mnist": {"folder": "MNIST", "mean": (0.1307,), "std": (0.3081,)},
@@ -53,8 +53,13 @@ def _stats(preprocess: str, channels: int, mean, std) -> tuple[tuple, tuple] | N
         return None
     if preprocess == AS_STORED:
         raise DataError("the network's inputs were arrays used as stored; these are uint8 images: pass --normalize")
-    if preprocess == "dataset":
+    if preprocess == "dataset" or (preprocess.startswith(DATASET_OF) and mean):
         return (tuple(mean) if mean else (0.5,) * channels), (tuple(std) if std else (0.5,) * channels)
+    if preprocess.startswith(DATASET_OF):  # images with no statistics of their own: the named set's
+        name = canonical_name(preprocess[len(DATASET_OF):])
+        if name not in NAMED:
+            raise DataError(f"--normalize {preprocess}: {name} is not a named data set ({', '.join(NAMED)})")
+        preprocess = named_stats(name)
     m, s = (tuple(float(v) for v in part.split(",")) for part in preprocess.split("/"))
     if len(m) == 1 and channels > 1:
         m, s = m * channels, s * channels
@@ -244,7 +249,7 @@ def load_npz(path: Path, split: str = "train", preprocess: str = "dataset", mean
                             f"shape {x.shape}; store flat features as float32")
         xt, stated = _normalise(x, preprocess, mean, std)
     else:
-        if preprocess not in ("dataset", AS_STORED):
+        if preprocess not in ("dataset", AS_STORED) and not preprocess.startswith(DATASET_OF):
             raise DataError(f"{path}: the preprocessing {preprocess} (--normalize, or what the checkpoint records) "
                             f"applies to uint8 images; this file holds {x.dtype} arrays, used as stored (pass "
                             "--normalize dataset)")
@@ -291,6 +296,14 @@ def named_stats(name: str | None) -> str | None:
     channel, as a run records it); None where ``name`` is no named set."""
     key = canonical_name(name) if name else None
     return _stated((NAMED[key]["mean"], NAMED[key]["std"])) if key in NAMED else None
+
+
+def implied_preprocess(name: str | None) -> str | None:
+    """What a checkpoint that records named set ``name`` and no preprocessing was trained with, for reading any
+    data (``dataset:NAME``, see :func:`geopath.io.preprocess.parse_preprocess`); None where ``name`` is no named
+    set."""
+    key = canonical_name(name) if name else None
+    return DATASET_OF + key if key in NAMED else None
 
 
 def reads_images(name: str) -> bool:

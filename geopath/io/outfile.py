@@ -25,12 +25,13 @@ def check_output_file(out: str | os.PathLike, overwrite: bool, suffixes: tuple[s
         raise UsageError(f"{out}: is the input; write the result to another file")
     if out.exists() and not overwrite:
         raise UsageError(f"{out}: already exists (pass --overwrite to replace it)")
-    for parent in out.absolute().parents:
+    where = out.resolve()  # (links and .. resolved: ../fig.png from inside a run lands beside it)
+    for parent in where.parents:
         if parent.exists():
             if not parent.is_dir():
                 raise UsageError(f"{out}: {parent} is not a directory")
             break
-    for parent in out.absolute().parents:
+    for parent in where.parents:
         if (parent / MANIFEST).is_file() and (parent / "config.yaml").is_file():
             raise UsageError(f"{out}: inside the finished run {parent} (its manifest lists every file, so "
                              "geopath verify would fail); write it elsewhere")

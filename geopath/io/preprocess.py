@@ -13,17 +13,28 @@ import math
 from geopath.errors import DataError
 
 PREPROCESS_HELP = ("How stored pixels become inputs: 'dataset' (x/255, then the named set's mean and std; "
-                   "0.5/0.5 for other images), 'none' (x/255 only, like torchvision's ToTensor), or MEAN/STD per "
+                   "0.5/0.5 for other images; 'dataset:mnist': MNIST's for them), 'none' (x/255 only, like "
+                   "torchvision's ToTensor), or MEAN/STD per "
                    "channel, e.g. 0.1307/0.3081 or 0.49,0.48,0.45/0.25,0.24,0.26. Float and integer .npz arrays "
                    "are used as stored.")
 
 
+DATASET_OF = "dataset:"  # dataset:NAME
+
+
 def parse_preprocess(text: str | None) -> str | None:
-    """``--normalize``'s value in its canonical form (``dataset``, ``none`` or ``M,M/S,S``), or a usage error."""
+    """``--normalize``'s value in its canonical form (``dataset``, ``dataset:NAME``, ``none`` or ``M,M/S,S``), or a
+    usage error. ``dataset:NAME`` is ``dataset`` for a set with statistics of its own (a named set) and NAME's
+    statistics for uint8 images without any (an ``.npz`` file, an image folder): how a network trained on named set
+    NAME reads other data."""
     if text is None:
         return None
     t = str(text).strip().lower()
     if t in ("dataset", "none", "as stored"):  # "as stored": recorded for float or integer arrays
+        return t
+    if t.startswith(DATASET_OF):  # the data set's own default; data without one read as NAME was
+        if not t[len(DATASET_OF):].replace("-", "").replace("_", "").isalnum():
+            raise DataError(f"--normalize {text!r}: expected dataset:NAME with a named data set (e.g. dataset:mnist)")
         return t
     mean, sep, std = t.partition("/")
     try:

@@ -42,7 +42,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split: 
         raise UsageError(f"{name} is one set with no splits, scored whole: --split {split} does not apply")
     # an image folder scored apart from the one the network trained on: labelled as training labelled them
     classes = training_classes(ck.data) if data is not None and ck.data and recorded_name(data) != ck.data else None
-    ds = load_dataset(name, split, data_root, download, *ck.reading(normalize, image_size, channels),
+    ds = load_dataset(name, split, data_root, download, *ck.reading(normalize, image_size, channels, data=name),
                       classes=classes).head(size)
     if len(ds) == 0:
         raise UsageError(f"{name}: no {split} samples to evaluate on")
@@ -71,10 +71,9 @@ def train_checkpoint(out: str | Path, arch: str = "mlp", arch_kwargs: dict | Non
         raise UsageError(f"--weight-decay must be finite and ≥ 0, got {weight_decay}")
     if size is not None and size < 1:
         raise UsageError(f"--size must be ≥ 1, got {size}")
-    for name in (data, eval_data):
-        if (image_size is not None or channels is not None) and name and not reads_images(name):
-            raise UsageError(f"--image-size and --channels resize and convert image folders; {name} is not one "
-                             "(its inputs are read as stored)")
+    if (image_size is not None or channels is not None) and not any(reads_images(n) for n in (data, eval_data) if n):
+        raise UsageError(f"--image-size and --channels resize and convert image folders; {data} is not one "
+                         "(its inputs are read as stored)")
     dev = resolve_device(device)
     torch.manual_seed(seed)
     kwargs = dict(arch_kwargs or {})

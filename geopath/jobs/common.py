@@ -24,7 +24,7 @@ from torch import nn
 
 from geopath.core import distributed
 from geopath.io.checkpoint import META_PREFIX, Checkpoint, load_checkpoint, read_tensors, reading_record
-from geopath.io.data import Dataset, load_dataset, one_set, recorded_name, training_classes
+from geopath.io.data import NAMED, Dataset, canonical_name, load_dataset, one_set, recorded_name, training_classes
 from geopath.io.preprocess import parse_image_size
 from geopath.errors import CheckpointError, UsageError
 from geopath.core.evaluate import evaluate
@@ -52,8 +52,10 @@ INPUT_OPTIONS = ("checkpoint", "checkpoint_b", "data", "eval_data", "data_a", "d
 
 
 def input_paths(cfg) -> tuple[str, ...]:
-    """The files and folders a run reads (its options naming paths; a named data set names none)."""
-    return tuple(v for v in (getattr(cfg, name, None) for name in INPUT_OPTIONS) if isinstance(v, str) and v)
+    """The files and folders a run reads (its options naming paths; a named data set such as ``mnist`` names
+    none, whatever folders the working directory holds)."""
+    return tuple(v for name in INPUT_OPTIONS if isinstance(v := getattr(cfg, name, None), str) and v
+                 and not (name in ("data", "eval_data", "data_a", "data_b") and canonical_name(v) in NAMED))
 
 
 def open_writer(out: Path, overwrite: bool, resume: bool, *args, **kwargs) -> RunWriter:
@@ -152,8 +154,8 @@ def same_records(cfg, a: Checkpoint, b: Checkpoint, splits: "Splits") -> None:
     were read with A's), instead of reading B's inputs as A's."""
     if cfg.data is None and a.data and b.data and recorded_name(a.data) != recorded_name(b.data):
         raise UsageError(f"the networks record different data sets ({a.data} and {b.data}): pass --data")
-    pb = preprocess_of(cfg, b)
-    if cfg.normalize is None and pb != preprocess_of(cfg, a):  # (spelled differently, or one resolved: compare
+    pb = preprocess_of(cfg, b, splits.name)
+    if cfg.normalize is None and pb != preprocess_of(cfg, a, splits.name):  # (spelled differently, or one resolved: compare
         as_b = load_split(splits.name, "train", cfg, 1, pb).preprocess  # what each reads)
         if as_b != splits.metric.preprocess:
             raise UsageError(f"the networks record different preprocessing ({splits.metric.preprocess} and "
@@ -253,9 +255,10 @@ def carried(ck: Checkpoint) -> dict[str, str]:
     return {k: ck.metadata[META_PREFIX + k] for k in COMPACT_KEYS if META_PREFIX + k in ck.metadata}
 
 
-def preprocess_of(cfg, ck: Checkpoint) -> str | None:
-    """``--normalize`` if given, else what ``ck`` records (None: the data set's default)."""
-    return ck.reading(cfg.normalize)[0]
+def preprocess_of(cfg, ck: Checkpoint, data: str | None = None) -> str | None:
+    """How ``ck`` reads data set ``data`` (default: its own): ``--normalize`` if given, else what ``ck`` records
+    (None: the data set's default; see :meth:`Checkpoint.reading`)."""
+    return ck.reading(cfg.normalize, data=data)[0]
 
 
 def check_inputs(model: nn.Module, ds: Dataset, device, what: str = "the network") -> None:
@@ -286,7 +289,7 @@ def single_task_data(cfg, ck: Checkpoint, device, what: str = "the network") -> 
     test_name = eval_set(name, cfg.eval_data)
     # plain image folders apart from the one the network trained on are labelled as its training labelled them
     trained_on = training_classes(ck.data) if ck.data and ck.data != name else None
-    metric = load_split(name, "train", cfg, cfg.metric_size, preprocess_of(cfg, ck), classes=trained_on)
+    metric = load_split(name, "train", cfg, cfg.metric_size, preprocess_of(cfg, ck, name), classes=trained_on)
     check_inputs(ck.model.to(device), metric, device, what)  # (before its preprocessing is applied to the test set)
     test = load_split(test_name, "test", cfg, cfg.eval_size, metric.preprocess,  # exactly what training inputs got
                       classes=trained_on or (training_classes(name) if test_name != name else None))

@@ -71,7 +71,7 @@ def export(source: str | Path, out: str | Path, data: str | None = None, data_ro
     name = data or ck.data
     if not name:
         raise UsageError(f"{path} does not record its data set; pass --data (its inputs' shape is needed)")
-    preprocess, image_size, channels = ck.reading(normalize, image_size, channels)
+    preprocess, image_size, channels = ck.reading(normalize, image_size, channels, data=name)
     ds = load_dataset(name, "test", data_root, preprocess=preprocess, image_size=image_size, channels=channels)
     model = ck.model.eval()
     check_inputs(model, ds, "cpu")  # (a network that cannot take them: one line, not a shape error from inside)

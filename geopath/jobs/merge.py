@@ -124,7 +124,7 @@ def prepare(cfg: MergeConfig, device) -> Tasks:
             raise UsageError(f"{flag} {name} is one set of labelled data with no test split: merge needs each task's "
                              "train and test split (a named set, or a folder holding train/ and test/ image folders "
                              "or train.npz and test.npz)")
-    pre_a, pre_b = job.preprocess_of(cfg, a), job.preprocess_of(cfg, b)  # each task's own inputs
+    pre_a, pre_b = job.preprocess_of(cfg, a, data_a), job.preprocess_of(cfg, b, data_b)  # each task's own inputs
     full_a, full_b = (job.load_split(d, "train", cfg, preprocess=p) for d, p in ((data_a, pre_a), (data_b, pre_b)))
     classes_a, classes_b = (int(ds.y.max()) + 1 for ds in (full_a, full_b))  # (every label, not --metric-size's)
     train_a, val_a = job.split_train(full_a, cfg.val_size)
@@ -166,7 +166,14 @@ def prepare(cfg: MergeConfig, device) -> Tasks:
                              f"from {classes_a})")
     return Tasks(model_a, model_b, a.arch, arch_kwargs, a.arch_kwargs, a.sha256, data_a, data_b, train_a, _shift(train_b, offset),
                  val_a, _shift(val_b, offset), test_a, _shift(test_b, offset), offset,
-                 carry={**job.carried(a), **provenance}, reading=(cfg.image_size, cfg.channels))
+                 carry={**job.carried(a), **provenance, **_task_b_reading(data_b, train_b)},
+                 reading=(cfg.image_size, cfg.channels))
+
+
+def _task_b_reading(data_b: str, train_b: Dataset) -> dict[str, str]:
+    """What every merged network records of task B (task A's data set and preprocessing are its ``data`` and
+    ``preprocess``): ``eval --data`` of B's set reads it as the merge scored it (Checkpoint.reading)."""
+    return {"data_b": job.recorded(data_b), "preprocess_b": train_b.preprocess}
 
 
 class BothTasks:

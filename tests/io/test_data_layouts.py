@@ -66,6 +66,20 @@ def test_eval_refuses_a_split_of_a_single_set(tmp_path):
     assert ok.returncode == 0, ok.stderr
 
 
+def test_train_resizes_an_image_folder_scored_on_a_named_set(tmp_path):
+    """--image-size applies where one of the two sets is an image folder (here the training images; the test set is
+    MNIST); with neither it is refused."""
+    from .._helpers import cli, one_error_line
+
+    _images(tmp_path / "imgs", classes=[str(i) for i in range(10)], n=2, size=32)
+    out = tmp_path / "net.safetensors"
+    proc = cli("train", "--data", tmp_path / "imgs", "--eval-data", "mnist", "--image-size", "28", "--channels", "1",
+               "--arch", "mlp", "--arch-kwargs", '{"hidden": [8]}', "--epochs", "1", "--size", "20", "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    refused = cli("train", "--image-size", "28", "--size", "20", "-o", tmp_path / "n2.safetensors")
+    assert refused.returncode == 2 and "mnist is not one" in one_error_line(refused)
+
+
 def test_recorded_names_are_absolute_paths_or_canonical_names(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert recorded_name("data.npz") == str(tmp_path / "data.npz")

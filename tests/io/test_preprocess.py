@@ -110,3 +110,25 @@ def test_a_checkpoint_recording_only_its_named_set_reads_other_data_with_that_se
     assert as_file["accuracy"] == named["accuracy"]
     assert json.loads(cli("eval", SAMPLE, "--data", tmp_path / "mnist_test.npz", "--normalize", "dataset",
                           "--json").stdout)["preprocess"] == "0.5/0.5"  # (the flag still wins)
+    # float arrays are used as stored, as before (a normalisation applies to uint8 images only)
+    x = ((raw.data[:1000].float() / 255 - 0.1307) / 0.3081).numpy()
+    np.savez(tmp_path / "float.npz", x=x, y=raw.targets[:1000].numpy())
+    as_floats = json.loads(cli("eval", SAMPLE, "--data", tmp_path / "float.npz", "--json").stdout)
+    assert as_floats["preprocess"] == "as stored"
+    assert as_floats["accuracy"] == pytest.approx(named["accuracy"], abs=2e-3)  # (float32 rounding of a few inputs)
+    # a named set other than the recorded one keeps its own statistics (as before)
+    other = json.loads(cli("eval", SAMPLE, "--data", "fashion-mnist", "--size", "100", "--json").stdout)
+    assert other["preprocess"] == "0.286/0.353"
+
+
+def test_dataset_of_a_named_set_reads_images_without_statistics_as_that_set(tmp_path):
+    assert parse_preprocess("Dataset:MNIST") == "dataset:mnist"
+    with pytest.raises(UsageError, match="dataset:NAME"):
+        parse_preprocess("dataset:../x")
+    x = np.full((2, 4, 4), 255, np.uint8)
+    np.savez(tmp_path / "img.npz", x=x, y=np.arange(2))
+    ds = load_dataset(str(tmp_path / "img.npz"), preprocess="dataset:mnist")
+    assert ds.preprocess == "0.1307/0.3081"
+    torch.testing.assert_close(ds.x.max(), torch.tensor((1 - 0.1307) / 0.3081))
+    with pytest.raises(DataError, match="not a named data set"):
+        load_dataset(str(tmp_path / "img.npz"), preprocess="dataset:imagenet")

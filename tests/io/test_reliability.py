@@ -238,7 +238,7 @@ def test_resume_refuses_overwrite_a_bad_config_file_and_another_jobs_run(tmp_pat
     checkpoint_b ..." of a file the user never named) are each one clear line; nothing is touched."""
     out = tmp_path / "out"
     out.mkdir()
-    (out / "config.yaml").write_text("checkpoint: x\ncheckpoint_b: y\n")
+    (out / "config.yaml").write_text("checkpoint: x\ncheckpoint_b: y\ndata_a: mnist\n")  # (merge's alone)
     (out / "trace.jsonl").write_text("")
     both = cli("merge", "-o", out, "--resume", "--overwrite")
     assert both.returncode == 2 and "choose one" in one_error_line(both)
@@ -247,8 +247,12 @@ def test_resume_refuses_overwrite_a_bad_config_file_and_another_jobs_run(tmp_pat
     proc = cli("merge", "-o", out, "--resume", "--config", bad)
     assert proc.returncode == 2 and "unknown option(s) in config file: stpes" in one_error_line(proc)
     other = cli("sparsify", "-o", out, "--resume")
-    assert other.returncode == 2 and "not a sparsify run" in one_error_line(other)
-    assert "checkpoint_b" in one_error_line(other)
+    assert other.returncode == 2 and "a merge run, not a sparsify run" in one_error_line(other)
+    assert "checkpoint_b" in one_error_line(other) and "geopath merge --resume" in one_error_line(other)
+    (out / "config.yaml").write_text("checkpoint: x\nsparsity: 0.5\nfuture_option: 1\n")  # (a hand edit)
+    edited = cli("sparsify", "-o", out, "--resume")
+    assert edited.returncode == 2 and "unknown option(s) in" in one_error_line(edited)
+    assert "future_option" in one_error_line(edited) and "not a sparsify run" not in one_error_line(edited)
     assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "trace.jsonl"]
 
 

@@ -410,7 +410,7 @@ def test_settle_augment_is_refused_for_vectors_geodesic_settle_steps_and_peers(t
     images = load_dataset("mnist", "train", DATA_ROOT).head(256)
     flat = tmp_path / "flat.npz"
     np.savez(flat, x=images.x.reshape(256, -1).numpy(), y=images.y.numpy())
-    for extra, message in ((["--data", flat, "--eval-data", flat, "--normalize", "dataset", "--settle-augment", "crop"],
+    for extra, message in ((["--data", flat, "--eval-data", flat, "--settle-augment", "crop"],
                             "--settle-augment crop needs image inputs (C×H×W); these are 784 per sample"),
                            (["--settle-augment", "crop-flip", "--settle", "geodesic"],
                             "--settle-augment needs --settle finetune or distill"),

@@ -240,7 +240,7 @@ def test_settle_augment_is_refused_for_vectors_and_with_geodesic_settle_steps(pl
     images = load_dataset("mnist", "train", DATA_ROOT).head(256)
     flat = tmp_path / "flat.npz"
     np.savez(flat, x=images.x.reshape(256, -1).numpy(), y=images.y.numpy())
-    for extra, needle in (([*FAST_TRAIN, "--data", flat, "--eval-data", flat, "--normalize", "dataset", "--settle", "distill",
+    for extra, needle in (([*FAST_TRAIN, "--data", flat, "--eval-data", flat, "--settle", "distill",
                             "--settle-augment", "flip"],
                            "--settle-augment flip needs image inputs (C×H×W); these are 784 per sample"),
                           ([*FAST, "--settle-augment", "flip"], "--settle-augment needs --settle finetune or distill")):

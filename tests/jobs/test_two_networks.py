@@ -4,8 +4,10 @@ their saved networks record."""
 
 from __future__ import annotations
 
+import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -99,17 +101,33 @@ def test_a_resumed_connect_refuses_a_changed_network_b(tmp_path):
     _refused(cli("connect", "-o", out, "--resume"), "the run was started toward a different checkpoint B")
 
 
-def test_merge_refuses_swapped_tasks_and_records_task_a_s_preprocessing(tmp_path):
+def test_merge_refuses_swapped_tasks_and_records_each_task_s_reading(tmp_path):
     """--data-a/--data-b that swap the networks' recorded data sets are refused; a merge of networks read
-    differently records task A's preprocessing with task A's data set (so `eval` reads task A as scored)."""
+    differently records each task's data set and preprocessing, so `eval` scores either task as the merge did
+    (task B read with A's statistics scored 0.62 where the run said 0.86), and refuses data of neither task
+    without --normalize."""
     _refused(cli("merge", SAMPLE, FASHION, "-o", tmp_path / "swap", *MERGE, "--data-a", "fashion-mnist",
                  "--data-b", "mnist"), "--data-a fashion-mnist and --data-b mnist swap the tasks", tmp_path / "swap")
     raw = _resaved(tmp_path / "raw.safetensors", source=FASHION, data="fashion-mnist", preprocess="none")
     out = tmp_path / "merged"
-    proc = cli("merge", SAMPLE, raw, "-o", out, *MERGE)
+    proc = cli("merge", SAMPLE, raw, "-o", out, *TINY, "--val-size", "64", "--method", "average", "--json")
     assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.splitlines()[-1])
     _, meta = read_tensors(out / "best.safetensors")
     assert (meta["geopath.data"], meta["geopath.preprocess"]) == ("mnist", "0.1307/0.3081")
+    assert (meta["geopath.data_b"], meta["geopath.preprocess_b"]) == ("fashion-mnist", "none")
+    for data, key in (("mnist", "test_accuracy_a"), ("fashion-mnist", "test_accuracy_b")):
+        ev = cli("eval", out / "best.safetensors", "--data", data, "--size", "128", "--json")
+        assert ev.returncode == 0, ev.stderr
+        assert json.loads(ev.stdout)["accuracy"] == pytest.approx(summary[key], abs=1e-12), data
+    import torchvision
+
+    raw_b = torchvision.datasets.FashionMNIST(str(DATA_ROOT), train=False, download=False)
+    np.savez(tmp_path / "b.npz", x=raw_b.data[:128].numpy(), y=raw_b.targets[:128].numpy())
+    _refused(cli("eval", out / "best.safetensors", "--data", tmp_path / "b.npz"),
+             "a merged network whose tasks read their inputs differently")
+    ev = cli("eval", out / "best.safetensors", "--data", tmp_path / "b.npz", "--normalize", "none", "--json")
+    assert json.loads(ev.stdout)["accuracy"] == pytest.approx(summary["test_accuracy_b"], abs=1e-12)
 
 
 def test_merge_split_head_counts_classes_on_the_whole_training_split(tmp_path):

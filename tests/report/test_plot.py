@@ -101,6 +101,9 @@ def test_plot_refuses_labels_that_do_not_name_every_run_and_a_finished_run_as_th
     inside = cli("plot", finished["walk"], "-o", finished["walk"] / "fig.png")  # (verify would then fail)
     assert inside.returncode == 2 and "inside the finished run" in one_error_line(inside)
     assert not (finished["walk"] / "fig.png").exists()
+    beside = cli("plot", ".", "-o", "../beside.png", cwd=finished["walk"])  # (.. resolved: not inside the run)
+    assert beside.returncode == 0, beside.stderr
+    (finished["walk"].parent / "beside.png").unlink()
     (tmp_path / "file").write_text("")
     for out, needle in ((tmp_path, "is a directory"), (tmp_path / "file" / "x.png", "is not a directory")):
         proc = cli("plot", finished["walk"], "-o", out)
