@@ -212,6 +212,10 @@ class CommonOptions:
     def validate(self):
         if not self.out:
             raise UsageError("an output directory is required (-o/--out)")
+        for f in fields(self):  # no option takes NaN or an infinity (inf epochs overflowed deep in a run)
+            v = getattr(self, f.name)
+            if isinstance(v, float) and not math.isfinite(v):
+                raise UsageError(f"--{f.name.replace('_', '-')} must be a finite number, got {v}")
         _positive(self, "save_every")
         _positive_or_none(self, "eval_size")
         if self.min_accuracy is not None and not 0 <= self.min_accuracy <= 1:

@@ -125,17 +125,20 @@ def parse_plan(plan: Any) -> list[Leg]:
 
 
 def _check_overrides(raw: dict, where: str) -> None:
+    """A leg's overrides of the run's options: each given must hold a value (``steps:`` with nothing after it, a
+    YAML null, is refused, not read as unset), whole numbers whole, the rest finite."""
     for key, low in (("steps", 1), ("max_steps", 1), ("settle_steps", 0)):
         v = raw.get(key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):
+        if key in raw and (isinstance(v, bool) or not isinstance(v, int) or v < low):
             raise UsageError(f"{where}: {key} must be a whole number ≥ {low}, got {v!r}")
     for key in ("step_size", "beta"):
         v = raw.get(key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0):
-            raise UsageError(f"{where}: {key} must be a number > 0, got {v!r}")
+        if key in raw and (isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < v < math.inf)):
+            raise UsageError(f"{where}: {key} must be a finite number > 0, got {v!r}")
     v = raw.get("settle_epochs")
-    if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0):
-        raise UsageError(f"{where}: settle_epochs must be a number ≥ 0, got {v!r}")
+    if "settle_epochs" in raw and (isinstance(v, bool) or not isinstance(v, (int, float))
+                                   or not (0 <= v < math.inf)):
+        raise UsageError(f"{where}: settle_epochs must be a finite number ≥ 0, got {v!r}")
 
 
 @dataclass
@@ -148,21 +151,23 @@ class Switchboard:
     def apply(self, leg: Leg, model, space: ParamSpace, w: torch.Tensor) -> None:
         """Switch units off and on as ``leg`` says (all or nothing: a bad leg changes nothing)."""
         removed = {k: list(v) for k, v in self.removed.items()}
+        restored: dict[str, set[int]] = {}  # (units a leg brings back are not what it removes: still zero in w)
         for layer, k in leg.restore.items():
             have = removed.get(layer, [])
             if k > len(have):
                 raise UsageError(f"leg {leg.name!r}: cannot restore {k} units of {layer!r}, only {len(have)} are off")
-            removed[layer] = have[: len(have) - k]
+            removed[layer], restored[layer] = have[: len(have) - k], set(have[len(have) - k:])
         for layer, k in leg.remove.items():
             try:
                 groups = unit_groups(model, space, layer, batchnorm=False)
             except UsageError as e:
                 raise UsageError(f"leg {leg.name!r}: {e}") from None
-            off = set(removed.get(layer, []))
+            off = set(removed.get(layer, [])) | restored.get(layer, set())
             on = [i for i in range(len(groups)) if i not in off]
             if k > len(on) - 1:
-                raise UsageError(f"leg {leg.name!r}: cannot remove {k} more units of {layer!r} ({len(on)} are on; "
-                                 "one must stay)")
+                back = f", not counting the {len(restored[layer])} it restores" if restored.get(layer) else ""
+                raise UsageError(f"leg {leg.name!r}: cannot remove {k} more units of {layer!r} ({len(on)} are on"
+                                 f"{back}; one must stay)")
             norms = unit_norms(groups[on], w)
             chosen = [on[i] for i in torch.argsort(norms, stable=True)[:k].tolist()]
             removed[layer] = removed.get(layer, []) + chosen
@@ -184,10 +189,19 @@ class Switchboard:
         """
         mask = self.unit_mask(model, space, w)
         if self.sparsity > 0:
-            w_eff = torch.where(mask, torch.zeros_like(w), w)
-            if revive is not None:
-                w_eff = torch.where(revive, w_start, w_eff)
-            mask |= MagnitudeTarget(space, w_eff, self.sparsity, prunable_parameters(model)).mask
+            names = prunable_parameters(model)
+            slices = space.slices()
+            prunable = torch.zeros_like(mask)
+            for name in names:
+                prunable[slices[name]] = True
+            total, units = int(prunable.sum()), int((mask & prunable).sum())
+            more = int(round(self.sparsity * total)) - units  # the switched-off units count toward the level
+            if more > 0:
+                # the rest among the weights of units still on (their zeros would tie with the units')
+                w_eff = torch.where(mask, torch.full_like(w, math.inf), w)
+                if revive is not None:
+                    w_eff = torch.where(revive, w_start, w_eff)
+                mask |= MagnitudeTarget(space, w_eff, more / total, names).mask
         return mask
 
     def to_dict(self) -> dict[str, Any]:
@@ -226,6 +240,11 @@ class Transition(job.Job):
 
     def prepare(self, cfg: TransitionConfig, device) -> job.Setup:
         legs = parse_plan(cfg.plan)
+        unread = "settle_epochs" if cfg.settle is Settle.GEODESIC else "settle_steps"  # (as the flags are refused)
+        for i, leg in enumerate(legs, 1):
+            if unread in leg.overrides:
+                raise UsageError(f"leg {i} ({leg.name}): {unread} is not read with --settle {cfg.settle.value} "
+                                 f"({'settle_steps' if unread == 'settle_epochs' else 'settle_epochs'} is)")
         ck = job.load(cfg, cfg.checkpoint)
         cfg = job.with_reading(cfg, ck)
         data_name, metric, test, train_eval = job.single_task_data(cfg, ck, device)

@@ -226,11 +226,66 @@ def test_a_run_stopped_while_settling_by_training_is_refused_on_resume(plan_file
     assert resumed.returncode == 2 and "during --settle finetune" in one_error_line(resumed)
 
 
-def test_a_bad_settle_epochs_override_fails_before_any_step(tmp_path):
+@pytest.mark.parametrize("override, needle, settle", [
+    ({"settle_epochs": -1}, "settle_epochs must be a finite number ≥ 0", []),
+    ({"settle_epochs": float("inf")}, "settle_epochs must be a finite number ≥ 0", []),  # (overflowed mid-run)
+    ({"steps": None}, "steps must be a whole number ≥ 1, got None", []),  # (a YAML null: TypeError mid-run)
+    ({"beta": None}, "beta must be a finite number > 0, got None", []),
+    ({"settle_steps": 50}, "settle_steps is not read with --settle finetune", ["--settle", "finetune"]),
+    ({"settle_epochs": 3}, "settle_epochs is not read with --settle geodesic", ["--settle-steps", "3"]),
+])
+def test_a_bad_leg_override_fails_before_any_step(tmp_path, override, needle, settle):
+    """A leg's override must be a value the leg reads: a null, an infinity, or the settle option the run's
+    --settle does not use (it was silently ignored; the same flags are refused) fail before anything is written."""
     path = tmp_path / "plan.yaml"
-    path.write_text(yaml.safe_dump({"legs": [{"remove": {"layers.0": 5}, "settle_epochs": -1}]}))
-    proc = cli("transition", SAMPLE, "--plan", path, "-o", tmp_path / "out", *FAST)
-    assert proc.returncode == 2 and "settle_epochs must be a number ≥ 0" in one_error_line(proc)
+    path.write_text(yaml.safe_dump({"legs": [{"remove": {"layers.0": 5}, **override}]}))
+    proc = cli("transition", SAMPLE, "--plan", path, "-o", tmp_path / "out", *FAST_TRAIN, *settle)
+    assert proc.returncode == 2 and needle in one_error_line(proc), proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_sparsity_level_counts_switched_off_units_exactly():
+    """`sparsity: S` with units off holds exactly S of the Linear/Conv weights at zero, the units' included (the
+    magnitude part was chosen among weights already zero, tied with the units', and overshot: 0.5626 for 0.5)."""
+    from geopath.core.params import ParamSpace, model_vector
+    from geopath.core.targets import prunable_parameters
+    from geopath.io.archs import build_model
+    from geopath.jobs.transition import Leg, Switchboard
+
+    torch.manual_seed(0)
+    model = build_model("mlp", {"hidden": [40, 20]})
+    space = ParamSpace.of(model)
+    w = model_vector(model, space)
+    slices = space.slices()
+    names = prunable_parameters(model)
+    total = sum(slices[n].stop - slices[n].start for n in names)
+    board = Switchboard()
+    board.apply(Leg("s", sparsity=0.5), model, space, w)
+    w = torch.where(board.mask(model, space, w), torch.zeros_like(w), w)  # (the leg lands: its zeros)
+    board.apply(Leg("u", remove={"layers.0": 10}), model, space, w)
+    mask = board.mask(model, space, w)
+    held = sum(int(mask[slices[n]].sum()) for n in names)
+    assert held == round(0.5 * total)
+    assert board.unit_mask(model, space, w).logical_and(~mask).sum() == 0  # every unit weight still held
+
+
+def test_a_leg_that_restores_and_removes_in_one_layer_removes_other_units():
+    """restore 2 and remove 2 of one layer in one leg: the two brought back are on, two others go (it removed the
+    same two again, still zero in the weights, and the leg changed nothing)."""
+    from geopath.core.params import ParamSpace, model_vector
+    from geopath.io.archs import build_model
+    from geopath.jobs.transition import Leg, Switchboard
+
+    torch.manual_seed(0)
+    model = build_model("mlp", {"hidden": [12]})
+    space = ParamSpace.of(model)
+    board = Switchboard()
+    board.apply(Leg("cut", remove={"layers.0": 5}), model, space, model_vector(model, space))
+    first = list(board.removed["layers.0"])
+    w = torch.where(board.unit_mask(model, space, model_vector(model, space)), 0.0, model_vector(model, space))
+    board.apply(Leg("swap", restore={"layers.0": 2}, remove={"layers.0": 2}), model, space, w)
+    now = board.removed["layers.0"]
+    assert len(now) == 5 and set(first[3:]).isdisjoint(now) and now[:3] == first[:3]
 
 
 def test_settle_augment_is_refused_for_vectors_and_with_geodesic_settle_steps(plan_file, tmp_path):
