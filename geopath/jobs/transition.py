@@ -342,7 +342,9 @@ class Transition(job.Job):
                                            leg_recorder, device, final_path=final_path, held=~target.free())
             done.append({"leg": i + 1, "name": leg.name, "file": final["checkpoint"], **leg.to_dict(),
                          "switchboard": board.to_dict(), **{k: final[k] for k in
-                         ("step", "test_accuracy", "test_loss", "sparsity", "units_off", "epochs")}})
+                         ("step", "test_accuracy", "test_loss", "sparsity", "units_off", "epochs")},
+                         # (epochs: the chain's so far; leg_epochs: this leg's own)
+                         "leg_epochs": final["epochs"] - (done[-1]["epochs"] if done else 0.0)})
             writer.write_json("legs.json", done)
             w_end = model_vector(result.model, space)
             state = dataclasses.replace(result.state, landed_at=None, milestone=0, landing_gap=None)
@@ -352,8 +354,8 @@ class Transition(job.Job):
     def summarise(self, setup: job.Setup, writer, outcome: job.Outcome) -> dict[str, Any]:
         final = outcome.final
         return {
-            "legs": [{k: d[k] for k in ("leg", "name", "step", "test_accuracy", "sparsity", "units_off", "epochs",
-                                        "file")} for d in setup.own["done"]],
+            "legs": [{k: d.get(k) for k in ("leg", "name", "step", "test_accuracy", "sparsity", "units_off", "epochs",
+                                            "leg_epochs", "file")} for d in setup.own["done"]],
             "start_test_accuracy": writer.trace.rows()[0]["test_accuracy"],
             **{k: final[k] for k in ("step", "test_accuracy", "test_loss", "sparsity", "units_off", "length",
                                       "sample_passes", "epochs", "wall_time")},

@@ -37,15 +37,17 @@ def load_runs(runs: list[str | Path]) -> Table:
             raise UsageError(f"{run}: no {MANIFEST} (the run did not complete; --resume it or run it again)")
         tests.append(test_set(run))
         keys = [k for k in s.get("headline", []) if k not in COST] + [k for k in COST if k in s]
-        row = {"run": Path(run).name or str(run), "job": s["job"], "method": s.get("method", "geodesic")}
+        row = {"run": str(run), "job": s["job"], "method": s.get("method", "geodesic")}
         row.update({k: s.get(k) for k in keys})
         for k in keys:
             if k not in columns:
                 columns.append(k)
         rows.append(row)
-    if len(set(tests)) > 1:  # scored on different test sets: say which, beside the figures
+    for row, name in zip(rows, _distinct([row["run"] for row in rows], lambda r: Path(r).name or r)):
+        row["run"] = name  # (the folder's name; the path as given where two runs share it)
+    if len(set(tests)) > 1:  # scored on different test sets (full names decide): say which, beside the figures
         columns.insert(len(FIRST), "test_set")
-        for row, test in zip(rows, tests):
+        for row, test in zip(rows, _distinct(tests, _short_test_set)):
             row["test_set"] = test
     # cost columns last, in a fixed order
     columns = [c for c in columns if c not in COST] + [c for c in COST if c in columns]
@@ -54,7 +56,7 @@ def load_runs(runs: list[str | Path]) -> Table:
 
 def test_set(run: str | Path) -> str:
     """What a run's test figures were measured on, from its ``config.yaml``: the data set(s) (``--eval-data`` where
-    given; a path by its last component) and the number of test samples (``--eval-size``)."""
+    given; a path whole) and the number of test samples (``--eval-size``)."""
     from geopath.config import read_yaml
 
     path = Path(run) / "config.yaml"
@@ -64,9 +66,20 @@ def test_set(run: str | Path) -> str:
     if not cfg:
         raise UsageError(f"{path}: not a geopath run's config")
 
-    def short(name) -> str:
-        return Path(str(name)).name if "/" in str(name) else str(name)
-
     sets = [cfg.get("eval_data") or cfg.get("data")] if "data_a" not in cfg else [cfg.get("data_a"), cfg.get("data_b")]
     size = cfg.get("eval_size")
-    return "+".join(short(n) for n in sets) + (f"[:{size}]" if size else "")
+    return "+".join(str(n) for n in sets) + (f"[:{size}]" if size else "")
+
+
+def _short_test_set(full: str) -> str:
+    """A test set as :func:`test_set` writes it, each path by its last component."""
+    head, sep, size = full.partition("[:")
+    return "+".join(Path(n).name if "/" in n else n for n in head.split("+")) + sep + size
+
+
+def _distinct(full: list[str], shorten) -> list[str]:
+    """``shorten(f)`` for each label, but ``f`` itself wherever different labels would shorten alike (two test
+    files called test.npz in different folders, two runs called run)."""
+    short = [shorten(f) for f in full]
+    clash = {t for t in short if len({f for f, u in zip(full, short) if u == t}) > 1}
+    return [f if t in clash else t for f, t in zip(full, short)]

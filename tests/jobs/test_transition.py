@@ -72,6 +72,10 @@ def test_writes_legs_and_run_files(run):
     assert [l["file"] for l in summary["legs"]] == LEG_FILES
     assert summary["start_test_accuracy"] == rows[0]["test_accuracy"]
     assert summary["test_accuracy"] == rows[-1]["test_accuracy"] > 0.9
+    # each leg's own cost beside the chain's running total
+    legs = summary["legs"]
+    assert sum(l["leg_epochs"] for l in legs) == pytest.approx(legs[-1]["epochs"]) == pytest.approx(summary["epochs"])
+    assert all(0 < l["leg_epochs"] < l["epochs"] for l in legs[1:])
 
 
 def test_units_switched_off_and_on_leg_by_leg(run):

@@ -135,3 +135,25 @@ def test_compare_refuses_an_incomplete_run_and_names_a_different_test_set(tmp_pa
     assert "test_set" not in same[0]
     table = cli("compare", a, b).stdout
     assert "test_set" in table and "mnist[:10000]" in table
+
+
+
+def test_compare_tells_apart_test_files_and_runs_that_share_a_name(tmp_path):
+    """Two --eval-data files both called test.npz are two test sets (the column was left out: the table put a
+    shuffled-label set's 13 % beside 99 % as if scored alike); two runs both called run are named by their paths."""
+    def run(folder, eval_data):
+        d = tmp_path / folder / "run"
+        d.mkdir(parents=True)
+        (d / "config.yaml").write_text(f"data: mnist\neval_data: {eval_data}\neval_size: null\n")
+        (d / "summary.json").write_text(json.dumps({"job": "sparsify", "method": "geodesic",
+                                                    "headline": ["test_accuracy"], "test_accuracy": 0.5}))
+        (d / "manifest.json").write_text("{}")
+        return d
+
+    a, b = run("x", "/data/a/test.npz"), run("y", "/data/b/test.npz")
+    rows = [json.loads(l) for l in cli("compare", a, b, "--json").stdout.splitlines()]
+    assert [r["test_set"] for r in rows] == ["/data/a/test.npz", "/data/b/test.npz"]
+    assert [r["run"] for r in rows] == [str(a), str(b)]
+    c = run("z", "/data/c/other.npz")
+    rows = [json.loads(l) for l in cli("compare", a, c, "--json").stdout.splitlines()]
+    assert [r["test_set"] for r in rows] == ["test.npz", "other.npz"]  # (short where that tells them apart)
