@@ -249,6 +249,9 @@ def walk(
 
     def record(step: int, net: nn.Module, path, drift: float = 0.0) -> dict:
         vec = model_vector(net, space)
+        free = target.free() if cfg.land and state.landed_at is not None else None
+        if free is not None:  # on the target, the coordinates it frees (a transition's restored units) are not
+            vec = torch.where(free.to(vec.device), target.project(vec), vec)  # off it, whatever they settle to
         return recorder(step, net, path, t=progress(vec), distance=target.distance(vec), length=state.length,
                         drift=drift, sample_passes=state.sample_passes, clock=_clock, state={
                             "landed_at": state.landed_at, "milestone": state.milestone,

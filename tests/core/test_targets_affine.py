@@ -358,11 +358,13 @@ def test_switchboard_restore_is_lifo():
     assert board.removed["layers.0"] == [4, 1]  # unit 5, removed last, is back
     board.apply(Leg("d", restore={"layers.0": 2}), model, space, w)
     assert board.removed["layers.0"] == []
-    # restore then remove in one leg: the restored units are candidates again
+    # restore then remove in one leg: a swap; the units it restores are not among those it removes (still zero in a
+    # run's weights at the leg's start, they were removed again and the leg did nothing)
     board = Switchboard()
     board.apply(Leg("a", remove={"layers.0": 3}), model, space, w)
+    first = list(board.removed["layers.0"])
     board.apply(Leg("b", restore={"layers.0": 3}, remove={"layers.0": 1}), model, space, w)
-    assert board.removed["layers.0"] == [4]
+    assert len(board.removed["layers.0"]) == 1 and board.removed["layers.0"][0] not in first
 
 
 def test_switchboard_over_restore_and_remove_all_raise():

@@ -109,6 +109,16 @@ def test_units_switched_off_and_on_leg_by_leg(run):
     assert int((legs[2]["layers.2.weight"] == 0).sum()) == 0
 
 
+def test_settle_rows_of_a_restoring_leg_are_on_its_target(run):
+    """Once a leg that restores units lands, its settle steps train the restored weights: they are free, not off
+    the target, so those rows say t = 1 and distance 0 (t fell back to 0.97 and the distance grew as they trained)."""
+    out, _ = run
+    rows = [r for r in jsonl(out / "trace.jsonl") if r.get("leg_name") == "back0"]
+    landed = [r for r in rows if r.get("landed_at") is not None and r["step"] > r["landed_at"]]
+    assert landed, "the restoring leg took settle steps"
+    assert all(r["t"] == 1.0 and r["distance"] == 0.0 for r in landed)
+
+
 def test_trace_rows_carry_legs_and_match_legs_json(run):
     out, _ = run
     rows = jsonl(out / "trace.jsonl")
