@@ -241,3 +241,17 @@ class BNMLP(_nn.Module):
 
 cifar10_present = (DATA_ROOT / "cifar10" / "test.npz").exists() and any(
     (DATA_ROOT / "cifar10" / f).exists() for f in ("train.npz", "train_20k.npz"))
+
+
+def spy_on_training(monkeypatch) -> list[tuple[str, float]]:
+    """Record the (optimizer, lr) of every ``geopath.core.train.train`` call, which still runs."""
+    import geopath.core.train as core_train
+
+    seen, real = [], core_train.train
+
+    def spy(*a, **kw):
+        seen.append((kw.get("optimizer", "sgd"), kw.get("lr")))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(core_train, "train", spy)
+    return seen

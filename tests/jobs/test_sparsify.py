@@ -18,7 +18,8 @@ from geopath.core.evaluate import evaluate
 from geopath.core.targets import MagnitudeTarget, prunable_parameters
 from geopath.io.trace import read_csv
 
-from .._helpers import DATA_ROOT, FAST, FAST_DATA, ROOT, SAMPLE, SETTLE_STEPS, geopath, needs_mnist, train_net
+from .._helpers import (DATA_ROOT, FAST, FAST_DATA, ROOT, SAMPLE, SETTLE_STEPS, geopath, needs_mnist, spy_on_training,
+                       train_net)
 
 pytestmark = needs_mnist
 
@@ -534,18 +535,10 @@ def test_default_settle_lr_is_lower_when_whole_units_go_or_on_the_starts_outputs
 def test_settle_optimizer_adam_trains_the_settle_with_adam_and_replays(tmp_path, monkeypatch):
     """--settle-optimizer adam: the settle's training runs Adam at the resolved lr 0.001 (the walk is unchanged),
     the config records both and runs again as it is; SGD (the default) otherwise."""
-    import geopath.core.train as core_train
     from geopath.config import SparsifyConfig
     from geopath.jobs.sparsify import run_sparsify
 
-    seen = []
-    real = core_train.train
-
-    def spy(*a, **kw):
-        seen.append((kw.get("optimizer", "sgd"), kw.get("lr")))
-        return real(*a, **kw)
-
-    monkeypatch.setattr(core_train, "train", spy)
+    seen = spy_on_training(monkeypatch)
 
     def cfg(out, **kw):
         return SparsifyConfig(checkpoint=str(SAMPLE), out=str(out), sparsity=0.9, data_root=str(DATA_ROOT),

@@ -14,7 +14,7 @@ from geopath.io.data import load_dataset
 from geopath.core.evaluate import evaluate
 
 from .._helpers import (DATA_ROOT, SAMPLE, check_manifest, cli, geopath, interrupt_when, jsonl, needs_mnist,
-                       one_error_line)
+                       one_error_line, spy_on_training)
 from .._helpers import one_thread_subprocesses  # noqa: F401 (autouse: one thread per run)
 
 pytestmark = needs_mnist
@@ -328,16 +328,7 @@ def test_settle_auto_is_refused(plan_file, tmp_path):
 def test_settle_optimizer_adam_trains_each_legs_settle_with_adam_and_records_its_lr(tmp_path, monkeypatch):
     """--settle-optimizer adam: every leg's settle runs Adam at the resolved lr 0.001 (SGD at 0.05 by default), the
     config records both and replays to the same networks; with geodesic settle steps the option is refused."""
-    import geopath.core.train as core_train
-
-    seen = []
-    real = core_train.train
-
-    def spy(*a, **kw):
-        seen.append((kw.get("optimizer", "sgd"), kw.get("lr")))
-        return real(*a, **kw)
-
-    monkeypatch.setattr(core_train, "train", spy)
+    seen = spy_on_training(monkeypatch)
     path = tmp_path / "plan.yaml"
     path.write_text(yaml.safe_dump({"legs": PLAN["legs"][:2]}, sort_keys=False))
     train = [*FAST_TRAIN, "--settle", "finetune", "--settle-epochs", "0.1"]
