@@ -57,8 +57,8 @@ def check_output(out: str | os.PathLike, overwrite: bool, resume: bool, inputs: 
                              "only replaces a run, it does not empty other folders: choose another --out")
         inside = [str(p) for p in inputs if _within(Path(p), out)]
         if inside:
-            raise UsageError(f"{inside[0]} is inside {out}, which --overwrite would empty before the run reads it: "
-                             "copy it elsewhere or choose another --out")
+            raise UsageError(f"{inside[0]} is inside {out}, which --overwrite would empty (deleting the run's "
+                             "input): copy it elsewhere or choose another --out")
     return out
 
 

@@ -155,9 +155,9 @@ def same_records(cfg, a: Checkpoint, b: Checkpoint, splits: "Splits") -> None:
     if cfg.data is None and a.data and b.data and recorded_name(a.data) != recorded_name(b.data):
         raise UsageError(f"the networks record different data sets ({a.data} and {b.data}): pass --data")
     pb = preprocess_of(cfg, b, splits.name)
-    if cfg.normalize is None and pb != preprocess_of(cfg, a, splits.name):  # (spelled differently, or one resolved: compare
-        as_b = load_split(splits.name, "train", cfg, 1, pb).preprocess  # what each reads)
-        if as_b != splits.metric.preprocess:
+    if cfg.normalize is None and pb != preprocess_of(cfg, a, splits.name):
+        as_b = load_split(splits.name, "train", cfg, 1, pb).preprocess  # (written differently, or one resolved:
+        if as_b != splits.metric.preprocess:  # compare what each reads)
             raise UsageError(f"the networks record different preprocessing ({splits.metric.preprocess} and "
                              f"{as_b}): pass --normalize")
 

@@ -119,7 +119,8 @@ class Connect(job.Job):
         return job.Setup(cfg, copy.deepcopy(model_a), a.arch, a.arch_kwargs, a.sha256, data_name, evaluate_row,
                          len(metric), bn_data, max_steps or 0,
                          own={"metric": metric, "model_a": model_a, "model_b": model_b, "w_a": w_a, "w_b": w_b,
-                              "d0": d0, "space": space}, preprocess=metric.preprocess, carry={**job.carried(a), **provenance})
+                              "d0": d0, "space": space}, preprocess=metric.preprocess,
+                         carry={**job.carried(a), **provenance})
 
     def begin(self, setup: job.Setup, writer: RunWriter, resume: bool, geodesic: bool):
         if resume and geodesic and setup.cfg.path is ConnectPath.RELAX:
