@@ -385,6 +385,9 @@ class SparsifyConfig(WalkOptions):
         unread = _unread_by_method(self, [name for name in WALK_ONLY if name != "metric"])
         if geodesic:
             unread.update(_unread_settle(self))
+            if self.settle is not Settle.GEODESIC and self.settle_epochs == 0:  # (a transition's leg may train)
+                unread.update({name: "there is no settle (--settle-epochs 0)" for name in SETTLE_BY_TRAINING
+                               if name != "settle_epochs"})
         else:
             unread.update({name: f"--method {method} settles by its own training (--finetune-epochs, --lr)"
                            for name in SETTLE_OPTIONS})
@@ -394,6 +397,8 @@ class SparsifyConfig(WalkOptions):
             unread["saliency_samples"] = "only --criterion saliency or auto reads it"
         if self.structured:
             unread["criterion"] = "--structured removes whole units; no weight is ranked"
+            unread.update({name: "--structured removes whole units (its counts say how many)"
+                           for name in ("sparsity", "mask", "scope", "layers")})
         if "settle_prune" not in unread:
             why = (f"--method {method} settles by its own training (--finetune-epochs, --lr)" if not geodesic else
                    "--settle geodesic takes steps, not training options" if self.settle is Settle.GEODESIC else
@@ -739,9 +744,9 @@ def _legacy(cls, values: dict[str, Any]) -> dict[str, Any]:
     if recorded and getattr(cls, "JOB", None) in ("sparsify", "merge") and peer:
         values = {k: v for k, v in values.items() if k not in ("step_size", "max_steps")}
     if (recorded and getattr(cls, "JOB", None) == "sparsify" and values.get("settle_lr") is not None
-            and (peer or values.get("settle") == Settle.GEODESIC.value)):
+            and (peer or values.get("settle") == Settle.GEODESIC.value or values.get("settle_epochs") == 0)):
         # runs before --settle-lr's default became per target recorded that default (0.05 or 0.1), unread by a
-        # peer and by geodesic settle steps
+        # peer, by geodesic settle steps and without a settle (--settle-epochs 0; recorded until 2026-12-07)
         values = {k: v for k, v in values.items() if k != "settle_lr"}
     if (recorded and getattr(cls, "COMMAND", None) == "transition" and values.get("settle_lr") is not None
             and values.get("settle", Settle.GEODESIC.value) == Settle.GEODESIC.value):

@@ -344,6 +344,8 @@ def parse_structured(spec: str | Sequence[str] | None) -> dict[str, int]:
             layer, sep, count = part.rpartition(":")
             if not sep or not layer:
                 raise UsageError(f"--structured expects LAYER:COUNT (e.g. features.0:50), got {part!r}")
+            if layer in out:
+                raise UsageError(f"--structured names {layer} twice; give each layer one count")
             try:
                 out[layer] = int(count)
             except ValueError:

@@ -95,14 +95,17 @@ def train(
         raise ValueError(f"unknown optimizer {optimizer!r} (sgd or adam)")
     loss_of = loss_fn or (lambda logits, x, y: nn.functional.cross_entropy(logits, y))
     total_steps = max(1, int(round(epochs * len(ds) / batch_size)))
-    if max_passes is not None:
-        total_steps = max(1, min(total_steps, max_passes // batch_size))
-    sched = _schedule(opt, total_steps, warmup)
+    if max_passes is not None:  # (a budget under one batch takes no step: it would spend passes it does not have)
+        total_steps = min(total_steps, max_passes // batch_size)
     gen = torch.Generator().manual_seed(seed)
     step, passes, last_loss = 0, 0, float("nan")
     if mask is not None:
         set_mask(mask)
         apply_mask()
+    if total_steps == 0:
+        model.eval()
+        return TrainStats(0.0, 0, last_loss)
+    sched = _schedule(opt, total_steps, warmup)
     while step < total_steps:
         model.train()
         for x, y in batches(ds, batch_size, generator=gen, shuffle=True):

@@ -165,7 +165,7 @@ def _relax(setup: job.Setup, recorder, device) -> job.Outcome:
     nodes = relax(setup.model, own["w_a"], own["w_b"], z_a, z_b, metric, passes, free=cfg.nodes,
                   batch_size=cfg.batch_size, lr=cfg.relax_lr, seed=cfg.seed, device=device)
     spent = passes + 2 * len(metric) / 3
-    ts = sorted({round(i / (cfg.points - 1), 12) for i in range(cfg.points)} | set(node_times(cfg.nodes)))
+    ts = sorted({round(t, 12) for t in (*(i / (cfg.points - 1) for i in range(cfg.points)), *node_times(cfg.nodes))})
     space, w_b = own["space"], nodes[-1]
     for i, t in enumerate(ts):
         w = chain_point(nodes, t)

@@ -65,7 +65,8 @@ def choose_ranking(cfg: SparsifyConfig, model, space: ParamSpace, w0: torch.Tens
 
     n = min(cfg.saliency_samples, len(data))
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(cfg.seed))
-    idx = order[n:2 * n] if len(data) >= 2 * n else order[:n]  # the inputs after the diagonal's, where there are
+    # the inputs after the diagonal's (as many, or all the others where fewer are left); its own only where none is
+    idx = order[n:2 * n] if len(data) > n else order[:n]
     x = data.x[idx]
     buffers = buffers_of(model)
     names = sparse_parameters(cfg, model)
@@ -214,9 +215,9 @@ def settle_prune_until_of(cfg: SparsifyConfig, settle: Settle) -> float | None:
 def settle_lr_of(cfg: SparsifyConfig, settle: Settle | None = None) -> float | None:
     """The settle learning rate a geodesic run uses and records: ``--settle-lr``, else :func:`default_settle_lr`
     of ``settle`` (the one ``--settle auto`` chose; default ``--settle``); none before geodesic settle steps
-    (they read no learning rate)."""
+    (they read no learning rate) or with ``--settle-epochs 0``."""
     settle = cfg.settle if settle is None else settle
-    if settle is Settle.GEODESIC:
+    if settle is Settle.GEODESIC or cfg.settle_epochs == 0:  # (no training settle: nothing reads it)
         return cfg.settle_lr
     return cfg.settle_lr if cfg.settle_lr is not None else default_settle_lr(cfg, settle)
 

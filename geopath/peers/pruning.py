@@ -148,12 +148,13 @@ def iterative_prune(model: nn.Module, target: MagnitudeTarget | StructuredTarget
     d0 = target.distance(model_vector(model, space))
     if record:
         record(0, model, 0, t=0.0, distance=d0)
-    per_round = sample_passes // rounds
-    steps_per_round = train_steps(per_round, batch_size)
-    every = record_every(steps_per_round * rounds, records)
+    total_steps = train_steps(sample_passes, batch_size)  # (split by steps: flooring each round's passes lost up
+    every = record_every(total_steps, records)            # to a batch a round)
     done_steps, done_passes = 0, 0
     current = target
     for r in range(1, rounds + 1):
+        steps_per_round = total_steps // rounds + (1 if r > rounds - total_steps % rounds else 0)
+        per_round = steps_per_round * batch_size
         current = target.stage(model_vector(model, space), r / rounds)
         load_vector(model, space, current.project(model_vector(model, space)))
         t_r = 1.0 - target.distance(model_vector(model, space)) / d0 if d0 else 1.0

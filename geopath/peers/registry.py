@@ -110,6 +110,7 @@ def _no_dynamic_mask(cfg) -> None:
 
 
 def _saliency_only(cfg) -> None:
+    _no_dynamic_mask(cfg)
     if getattr(cfg, "structured", None):
         raise UsageError("--method obd ranks single weights; it does not take --structured")
     criterion = getattr(getattr(cfg, "criterion", None), "value", getattr(cfg, "criterion", None))
@@ -122,7 +123,8 @@ def _saliency_only(cfg) -> None:
 
 PEERS: tuple[Peer, ...] = (
     Peer("sparsify", "prune-finetune", "One-shot magnitude pruning, then masked fine-tuning on the labels.",
-         "Han et al. 2015", "geopath.peers.pruning:run_prune_finetune", (FINETUNE_EPOCHS, LR, OPTIMIZER)),
+         "Han et al. 2015", "geopath.peers.pruning:run_prune_finetune", (FINETUNE_EPOCHS, LR, OPTIMIZER),
+         check=_no_dynamic_mask),
     Peer("sparsify", "iterative-prune", "Prune a little, fine-tune, repeat (iterative prune-and-retrain).",
          "Han et al. 2015; Frankle & Carbin 2019", "geopath.peers.pruning:run_iterative_prune",
          (FINETUNE_EPOCHS, ROUNDS, LR, OPTIMIZER), check=_magnitude_stages),
@@ -131,7 +133,7 @@ PEERS: tuple[Peer, ...] = (
          check=_magnitude_stages),
     Peer("sparsify", "distill", "One-shot magnitude pruning, then masked distillation from the dense network's "
          "outputs on the inputs alone (no labels).", "Hinton et al. 2015; Sanh et al. 2020",
-         "geopath.peers.pruning:run_distill", (FINETUNE_EPOCHS, TEMPERATURE, LR, OPTIMIZER)),
+         "geopath.peers.pruning:run_distill", (FINETUNE_EPOCHS, TEMPERATURE, LR, OPTIMIZER), check=_no_dynamic_mask),
     Peer("sparsify", "obd", "One-shot pruning by the saliency w²·[g]_qq (the metric's diagonal), then masked "
          "fine-tuning on the labels (--finetune-epochs 0: one-shot).", "LeCun et al. 1990; Singh & Alistarh 2020",
          "geopath.peers.pruning:run_prune_finetune", (FINETUNE_EPOCHS, LR, OPTIMIZER), check=_saliency_only),

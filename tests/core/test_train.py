@@ -69,3 +69,42 @@ def test_masked_weights_stay_zero_and_a_new_mask_reaches_parameters_the_old_one_
     assert not all(ok for step, _, ok in seen if step <= 3)  # the last bias was live before the new mask
     w = model_vector(model, space)
     assert bool((w[~second] != start[~second]).any())  # the free weights trained
+
+
+def test_a_budget_under_one_batch_takes_no_step():
+    """``max_passes`` below one batch: no step, no pass (it took one step of a whole batch, spending passes a peer
+    did not have: gradual at --finetune-epochs 0 trained once); the mask is still applied."""
+    from geopath.core.dataset import Dataset
+    from geopath.core.params import ParamSpace, model_vector
+    from geopath.core.train import train
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    space = ParamSpace.of(model)
+    ds = Dataset(torch.randn(64, 4), torch.randint(0, 3, (64,)), "toy", "train")
+    mask = torch.zeros(space.n, dtype=torch.bool)
+    mask[:2] = True
+    start = model_vector(model, space)
+    stats = train(model, ds, epochs=1.0, batch_size=32, max_passes=31, mask=mask)
+    assert stats.sample_passes == 0 and stats.epochs == 0.0
+    assert torch.equal(model_vector(model, space), torch.where(mask, 0.0, start))
+    assert train(model, ds, epochs=1.0, batch_size=32, max_passes=32).sample_passes == 32
+
+
+def test_iterative_pruning_spends_its_whole_budget_in_whole_steps():
+    """1,000 passes at batch 128 over 5 rounds: 7 steps (896 passes), split 1-1-1-2-2; flooring each round's 200
+    passes to one batch spent 640."""
+    from geopath.core.dataset import Dataset
+    from geopath.core.params import ParamSpace, model_vector
+    from geopath.core.targets import MagnitudeTarget
+    from geopath.peers.pruning import iterative_prune
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    space = ParamSpace.of(model)
+    ds = Dataset(torch.randn(1024, 4), torch.randint(0, 3, (1024,)), "toy", "train")
+    target = MagnitudeTarget(space, model_vector(model, space), 0.5, ["0.weight", "2.weight"])
+    rows = []
+    iterative_prune(model, target, ds, 1000, rounds=5, batch_size=128,
+                    record=lambda step, net, passes, **kw: rows.append((step, passes)) or {})
+    assert rows[-1] == (7, 896)

@@ -292,6 +292,17 @@ def test_relax_path_ends_on_b_records_nodes_and_counts_its_passes(tmp_path, net_
     assert again.returncode == 2 and "--path relax" in again.stderr
 
 
+def test_relax_path_scores_each_point_once(tmp_path, net_b):
+    """--points 4 and 2 nodes meet at t = 1/3 and 2/3: four points, not six (the grid's t were rounded, the
+    nodes' not, so 0.333333333333 and 0.3333333333333333 were both scored)."""
+    out = tmp_path / "relax"
+    proc = geopath("connect", SAMPLE, net_b, "-o", out, *SLICES, "--path", "relax", "--nodes", "2", "--points", "4",
+                   "--relax-epochs", "0.05", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert [r["t"] for r in jsonl(out / "trace.jsonl")] == pytest.approx([0, 1 / 3, 2 / 3, 1], abs=1e-12)
+    assert json.loads(proc.stdout.splitlines()[-1])["evaluated_points"] == 4
+
+
 @pytest.mark.parametrize("args, message", [
     (["--steps", "20", "--beta", "2"], "--beta, --steps: only --path walk reads them (this run: --path relax)"),
     (["--cg-iters", "3"], "--cg-iters: only --path walk reads it"),

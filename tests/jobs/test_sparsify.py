@@ -185,9 +185,9 @@ def test_defaults_choose_the_ranking_and_the_settle(tmp_path):
     # paying the start's forward pass too
     spent = after[-1]["sample_passes"] - landed[0]["sample_passes"]
     assert spent == pytest.approx((int(0.5 * 2000 / (4 / 3)) // 64) * 64 * (4 / 3))
-    # paid for up front: the saliency estimate and the ranking rule's three forward passes of 1,024 inputs; the
-    # settle rule's one forward pass of the 2,000 inputs
-    assert rows[0]["sample_passes"] == 1024 + 1024 + round(2000 / 3)
+    # paid for up front: the saliency estimate on 1,024 inputs and the ranking rule's three forward passes of the
+    # 976 others (never the diagonal's own); the settle rule's one forward pass of the 2,000 inputs
+    assert rows[0]["sample_passes"] == 1024 + 976 + round(2000 / 3)
     # the walk lands at 0.8 of the removals (--settle-prune 0.2, resolved and recorded) and the settle prunes
     # the rest: every weight the walk removed stays removed, and the settle did train
     assert cfg["settle_prune"] == 0.2 and landed[0]["sparsity"] == pytest.approx(0.72, abs=1e-4)

@@ -81,6 +81,9 @@ def test_two_different_declarations_of_one_option_are_refused(monkeypatch):
     (SparsifyConfig, {"finetune_epochs": -0.5}, "--finetune-epochs must be ≥ 0"),
     (ConnectConfig, {"lr": 0.0}, "--lr must be > 0"),
     (SparsifyConfig, {"method": "iterative-prune", "mask": "dynamic"}, "does not take --mask dynamic"),
+    (SparsifyConfig, {"method": "prune-finetune", "mask": "dynamic"}, "does not take --mask dynamic"),
+    (SparsifyConfig, {"method": "distill", "mask": "dynamic"}, "does not take --mask dynamic"),
+    (SparsifyConfig, {"method": "obd", "criterion": "saliency", "mask": "dynamic"}, "does not take --mask dynamic"),
     (SparsifyConfig, {"method": "bezier"}, "invalid value 'bezier'"),
 ])
 def test_peer_options_are_checked_when_the_options_are_read(cls, flags, needle):
@@ -88,6 +91,15 @@ def test_peer_options_are_checked_when_the_options_are_read(cls, flags, needle):
     base = {k: v for k, v in base.items() if k in {f.name for f in dataclasses.fields(cls)}}
     with pytest.raises(UsageError, match=needle.replace("(", r"\(")):
         resolve(cls, {}, {**base, **flags})
+
+
+def test_a_layer_named_twice_in_structured_is_refused():
+    """``layers.0:50,layers.0:20`` kept the last count (20 removed, exit 0)."""
+    from geopath.core.targets import parse_structured
+
+    with pytest.raises(UsageError, match="--structured names layers.0 twice"):
+        parse_structured("layers.0:50,layers.0:20")
+    assert parse_structured(["layers.0:5", "layers.1:2"]) == {"layers.0": 5, "layers.1": 2}
 
 
 def test_a_new_peer_needs_only_its_declaration(monkeypatch):
@@ -201,6 +213,12 @@ SPARSIFY = {"checkpoint": "c.safetensors", "out": "o"}
     ({"structured": "layers.0:10", "saliency_samples": 64}, "--saliency-samples: not read by this run"),
     ({"structured": "layers.0:10", "criterion": "saliency"}, "--criterion: not read by this run (--structured "
                                                              "removes whole units"),
+    # (each of these ran and recorded an option it never read)
+    ({"structured": "layers.0:10", "sparsity": 0.95}, "--sparsity: not read by this run (--structured removes whole "
+                                                      "units"),
+    ({"structured": "layers.0:10", "mask": "dynamic", "scope": "layer"}, "--mask, --scope: not read by this run"),
+    ({"settle_epochs": 0.0, "settle_lr": 0.3, "settle_optimizer": "adam"}, "--settle-lr, --settle-optimizer: not "
+                                                                           "read by this run (there is no settle"),
 ])
 def test_sparsify_refuses_given_options_its_method_and_settle_do_not_read(given, message):
     with pytest.raises(UsageError) as e:
