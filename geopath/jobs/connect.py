@@ -27,6 +27,7 @@ from torch import nn
 
 from geopath.jobs import common as job
 from geopath.report.text import fmt
+from geopath.peers._budget import samples_seen
 from geopath.peers.task import PeerTask
 from geopath.core.params import ParamSpace, load_vector, model_vector
 from geopath.config import ConnectConfig, ConnectMethod
@@ -164,7 +165,7 @@ def _relax(setup: job.Setup, recorder, device) -> job.Outcome:
     passes = int(round(cfg.relax_epochs * len(metric)))
     nodes = relax(setup.model, own["w_a"], own["w_b"], z_a, z_b, metric, passes, free=cfg.nodes,
                   batch_size=cfg.batch_size, lr=cfg.relax_lr, seed=cfg.seed, device=device)
-    spent = passes + 2 * len(metric) / 3
+    spent = samples_seen(passes, len(metric), cfg.batch_size) + 2 * len(metric) / 3  # (whole steps' samples)
     ts = sorted({round(t, 12) for t in (*(i / (cfg.points - 1) for i in range(cfg.points)), *node_times(cfg.nodes))})
     space, w_b = own["space"], nodes[-1]
     for i, t in enumerate(ts):

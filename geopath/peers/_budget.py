@@ -15,3 +15,12 @@ def record_every(total_steps: int, records: int) -> int:
 def train_steps(passes: int, batch_size: int) -> int:
     """SGD steps :func:`geopath.core.train.train` takes for a budget of ``passes`` samples."""
     return int(passes) // batch_size
+
+
+def samples_seen(passes: int, n: int, batch_size: int) -> int:
+    """The samples :func:`train_steps` steps take over ``n`` samples in epochs of shuffled batches (the last batch
+    of an epoch holds the rest): what a budget of ``passes`` really spends, at most ``passes``."""
+    steps = train_steps(passes, batch_size)
+    per_epoch = -(-n // batch_size)
+    epochs, rest = divmod(steps, per_epoch)
+    return epochs * n + min(rest * batch_size, n)

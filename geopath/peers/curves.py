@@ -10,6 +10,7 @@ from geopath.core import distributed
 from geopath.core.dataset import Dataset, batches
 from geopath.core.params import ParamSpace, load_vector
 from geopath.core.train import sharded_backward
+from geopath.peers._budget import samples_seen
 from geopath.peers.task import PeerTask
 
 
@@ -76,9 +77,10 @@ def run_bezier(task: PeerTask) -> None:
     theta = bezier(task.model, task.w_a, task.w_b, task.data, passes, batch_size=o.batch_size, lr=o.lr,
                    seed=o.seed, device=task.device)
     space = ParamSpace.of(task.model)
+    spent = samples_seen(passes, len(task.data), o.batch_size)  # (whole steps, an epoch's last batch short)
     ts = [i / (o.points - 1) for i in range(o.points)]
     for i, t in enumerate(ts):
         w = bezier_point(task.w_a, theta, task.w_b, t)
         load_vector(task.model, space, w)
-        task.record(i, task.model, passes, t=t, distance=float(torch.linalg.vector_norm(task.w_b - w)), alpha=t,
+        task.record(i, task.model, spent, t=t, distance=float(torch.linalg.vector_norm(task.w_b - w)), alpha=t,
                     final=i == len(ts) - 1)

@@ -108,3 +108,12 @@ def test_iterative_pruning_spends_its_whole_budget_in_whole_steps():
     iterative_prune(model, target, ds, 1000, rounds=5, batch_size=128,
                     record=lambda step, net, passes, **kw: rows.append((step, passes)) or {})
     assert rows[-1] == (7, 896)
+
+
+def test_samples_seen_counts_whole_steps_and_short_last_batches():
+    from geopath.peers._budget import samples_seen
+
+    assert samples_seen(1000, 2000, 64) == 960  # 15 steps of 64
+    assert samples_seen(2100, 100, 64) == 1600  # 32 steps: 16 epochs of 64 + 36 (not 32 × 64 = 2048)
+    assert samples_seen(2250, 100, 64) == 1764  # 35 steps: 17 epochs, then one batch of 64
+    assert samples_seen(63, 100, 64) == 0 and samples_seen(100, 100, 64) == 64
