@@ -201,7 +201,7 @@ def test_defaults_choose_the_ranking_and_the_settle(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["sparsity"] == pytest.approx(0.9, abs=1e-4)
     ranking = summary["ranking"]
-    assert ranking["rule"] == "auto" and ranking["inputs"] == 1024
+    assert ranking["rule"] == "auto" and ranking["inputs"] == 976  # (the 2,000 inputs after the diagonal's 1,024)
     assert ranking["chosen"] == ("saliency" if ranking["p"] < 0.05 and ranking["only"]["saliency"] > ranking["only"]["magnitude"]
                                  else "magnitude")
     assert summary["target"]["criterion"] == ranking["chosen"]
