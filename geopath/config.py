@@ -798,13 +798,16 @@ def changed_options(cls, saved: dict[str, Any], given: dict[str, Any]) -> list[s
     return sorted(changed)
 
 
+DATA_SET_OPTIONS = ("data", "eval_data", "data_a", "data_b")  # options naming a data set (a named set or a path)
+
+
 def _as_recorded(name: str, new: Any, old: Any) -> Any:
     """A flag's value in the form a run records it, so that repeating it compares equal: data sets by
     canonical name or absolute path, a plan file as its legs, ``--normalize`` per channel (``dataset``
     names the default the run resolved: taken as the saved value)."""
     if new is None:
         return new
-    if name in ("data", "eval_data", "data_a", "data_b") and isinstance(new, str):
+    if name in DATA_SET_OPTIONS and isinstance(new, str):
         from geopath.io.data import recorded_name
 
         return recorded_name(new)

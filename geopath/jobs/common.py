@@ -23,7 +23,9 @@ import torch
 from torch import nn
 
 from geopath.core import distributed
-from geopath.io.checkpoint import META_PREFIX, Checkpoint, load_checkpoint, read_tensors, reading_record
+from geopath.config import DATA_SET_OPTIONS
+from geopath.io.checkpoint import (META_PREFIX, SAFETENSORS_EXT, TORCH_EXT, Checkpoint, load_checkpoint, read_tensors,
+                                   reading_record)
 from geopath.io.data import NAMED, Dataset, canonical_name, load_dataset, one_set, recorded_name, training_classes
 from geopath.io.preprocess import parse_image_size
 from geopath.errors import CheckpointError, UsageError
@@ -48,14 +50,14 @@ def open_run(cfg, overwrite: bool, resume: bool) -> tuple[Path, torch.device]:
     return out, device
 
 
-INPUT_OPTIONS = ("checkpoint", "checkpoint_b", "data", "eval_data", "data_a", "data_b", "plan", "data_root")
+INPUT_OPTIONS = ("checkpoint", "checkpoint_b", *DATA_SET_OPTIONS, "plan", "data_root")
 
 
 def input_paths(cfg) -> tuple[str, ...]:
     """The files and folders a run reads (its options naming paths; a named data set such as ``mnist`` names
     none, whatever folders the working directory holds)."""
     return tuple(v for name in INPUT_OPTIONS if isinstance(v := getattr(cfg, name, None), str) and v
-                 and not (name in ("data", "eval_data", "data_a", "data_b") and canonical_name(v) in NAMED))
+                 and not (name in DATA_SET_OPTIONS and canonical_name(v) in NAMED))
 
 
 def open_writer(out: Path, overwrite: bool, resume: bool, *args, **kwargs) -> RunWriter:
@@ -178,7 +180,7 @@ def data_name(cfg_value: str | None, ck: Checkpoint, flag: str) -> str:
     name = cfg_value or ck.data
     if not name:
         raise UsageError(f"{ck.path} does not record its data set; pass {flag} (e.g. {flag} mnist)")
-    if Path(name).suffix.lower() in (".safetensors", ".pt", ".pth", ".bin", ".ckpt"):
+    if Path(name).suffix.lower() in SAFETENSORS_EXT | TORCH_EXT:
         raise UsageError(f"{flag} {name}: a checkpoint file, not a data set (a named set, a PATH.npz or an image "
                          "folder)")
     return recorded_name(name)
