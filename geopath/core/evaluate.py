@@ -65,11 +65,17 @@ def has_batchnorm(model: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def recompute_batchnorm(model: nn.Module, ds: Dataset, batch_size: int = 256, max_samples: int = 10000, device="cpu") -> bool:
-    """Re-estimate BatchNorm running statistics with the current weights.
+def recompute_batchnorm(model: nn.Module, ds: Dataset, batch_size: int = 256, max_samples: int | None = None,
+                        device="cpu") -> bool:
+    """Re-estimate BatchNorm running statistics with the current weights, on all of ``ds`` (or its first
+    ``max_samples`` inputs).
 
-    Uses a cumulative average (``momentum=None``) over up to ``max_samples`` inputs.
-    Returns ``False`` (and changes nothing) for a model without BatchNorm.
+    The inputs go through in ⌈n / batch_size⌉ batches of near-equal size (never a short last batch: one
+    input alone has no variance, and a BatchNorm over a 1×1 map refuses it), and each batch's statistics
+    count by its size (momentum ``b / (seen + b)``), so the running mean is the mean over all ``n`` inputs
+    whatever ``batch_size``; the running variance is the size-weighted mean of the batches' variances, as
+    PyTorch's cumulative average (``momentum=None``) gives for equal batches. Returns ``False`` (and
+    changes nothing) for a model without BatchNorm.
     """
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:
@@ -77,13 +83,18 @@ def recompute_batchnorm(model: nn.Module, ds: Dataset, batch_size: int = 256, ma
     saved = [(m, m.momentum) for m in bns]
     for m in bns:
         m.reset_running_stats()
-        m.momentum = None
     was_training = model.training
     model.train()
-    n = min(len(ds), max_samples)
+    n = len(ds) if max_samples is None else min(len(ds), max_samples)
     batch_size = min(batch_size, getattr(ds.x, "max_batch", batch_size))
-    for i in range(0, n, batch_size):
-        model(ds.x[i:min(i + batch_size, n)].to(device))
+    k = -(-n // batch_size)
+    bounds = [round(i * n / k) for i in range(k + 1)] if n else [0]
+    seen = 0
+    for lo, hi in zip(bounds, bounds[1:]):
+        for m in bns:
+            m.momentum = (hi - lo) / (seen + hi - lo)
+        model(ds.x[lo:hi].to(device))
+        seen += hi - lo
     for m, mom in saved:
         m.momentum = mom
     model.train(was_training)

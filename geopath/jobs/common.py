@@ -215,11 +215,14 @@ def split_train(ds: Dataset, val_size: int) -> tuple[Dataset, Dataset | None]:
 
 
 def mix(datasets: list[Dataset], total: int) -> Dataset:
-    """The first ``total / len(datasets)`` samples of each data set, together (e.g. BatchNorm data)."""
+    """The first ``total / len(datasets)`` samples of each data set, interleaved (one of each in turn), so that
+    every slice of it holds all of them alike: BatchNorm data, which is read in consecutive batches."""
     each = max(1, total // len(datasets))
     parts = [d.head(each) for d in datasets]
     xs = [p.x if isinstance(p.x, torch.Tensor) else p.x.to("cpu") for p in parts]  # streamed images: decoded
-    return Dataset(torch.cat(xs), torch.cat([p.y for p in parts]), "+".join(d.name for d in parts),
+    turn = torch.cat([torch.arange(len(p)) * len(parts) + i for i, p in enumerate(parts)])
+    order = torch.argsort(turn)
+    return Dataset(torch.cat(xs)[order], torch.cat([p.y for p in parts])[order], "+".join(d.name for d in parts),
                    parts[0].split, parts[0].preprocess)
 
 
