@@ -12,6 +12,7 @@ from geopath.core import distributed
 from geopath.core.dataset import Dataset
 from geopath.core.metric import math_attention
 from geopath.core.params import ParamSpace, load_vector
+from geopath.core.step import PASS_FORWARD
 from geopath.peers._budget import Record
 from geopath.peers.task import PeerTask
 
@@ -26,13 +27,17 @@ def interpolate(model: nn.Module, w_a: torch.Tensor, w_b: torch.Tensor, alphas: 
                alpha=float(a), final=i == len(alphas) - 1)
 
 
+# sample passes per input of fisher_diag: a forward to draw the labels, then the per-sample forward+backward
+FISHER_PASSES = 1.0 + PASS_FORWARD
+
+
 def fisher_diag(model: nn.Module, ds: Dataset, samples: int = 2000, chunk: int = 64, seed: int = 0,
                 device="cpu") -> torch.Tensor:
     """Diagonal Fisher ``E_x E_{y~p(y|x)} (∂ log p(y|x)/∂w)²`` as a flat vector.
 
     Labels are sampled from the model's own predictive distribution (the true Fisher,
     not the empirical one); per-sample gradients come from ``vmap(grad(...))``.
-    Costs one forward+backward pass per sample. Under ``torchrun`` every rank draws the
+    Costs :data:`FISHER_PASSES` sample passes per input (the labels' forward, then a forward+backward). Under ``torchrun`` every rank draws the
     same labels and computes the per-sample gradients of its shard; the sums are all-reduced.
     """
     space = ParamSpace.of(model)
@@ -104,5 +109,5 @@ def run_fisher_merge(task: PeerTask) -> None:
     o = task.options
     f_a = fisher_diag(task.model_a, task.data_a, o.fisher_samples, seed=o.seed, device=task.device)
     f_b = fisher_diag(task.model_b, task.data, o.fisher_samples, seed=o.seed + 1, device=task.device)
-    passes = min(o.fisher_samples, len(task.data_a)) + min(o.fisher_samples, len(task.data))
+    passes = FISHER_PASSES * (min(o.fisher_samples, len(task.data_a)) + min(o.fisher_samples, len(task.data)))
     fisher_merge(task.model, task.w_a, task.w_b, f_a, f_b, _sweep(o.points), task.record, passes=passes)

@@ -47,10 +47,10 @@ def ewc(model: nn.Module, w_a: torch.Tensor, f_a: torch.Tensor, ds_b: Dataset, s
 
 def run_ewc(task: PeerTask) -> None:
     """``merge --method ewc``: task A's diagonal Fisher, then ``--epochs`` of task B with the penalty."""
-    from geopath.peers.averaging import fisher_diag
+    from geopath.peers.averaging import FISHER_PASSES, fisher_diag
 
     o = task.options
     f_a = fisher_diag(task.model_a, task.data_a, o.fisher_samples, seed=o.seed, device=task.device)
     ewc(task.model, task.w_a, f_a, task.data, task.passes(o.epochs), o.ewc_lambda, w_b=task.w_b,
         batch_size=o.batch_size, lr=o.lr, seed=o.seed, device=task.device, record=task.record, records=task.records,
-        passes_before=min(o.fisher_samples, len(task.data_a)))
+        passes_before=FISHER_PASSES * min(o.fisher_samples, len(task.data_a)))

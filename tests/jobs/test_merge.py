@@ -277,6 +277,8 @@ def test_fisher_merge_ends_are_a_and_b(peers):
     assert [r["alpha"] for r in rows] == [0.0, 0.25, 0.5, 0.75, 1.0]
     assert torch.equal(_vec(out / rows[0]["checkpoint"]), _vec(SAMPLE))
     assert torch.equal(_vec(out / rows[-1]["checkpoint"]), _vec(FASHION))
+    # both Fishers cost 4/3 passes per input (the labels' forward, then forward+backward)
+    assert all(r["sample_passes"] == pytest.approx(2 * 200 * 4 / 3) for r in rows)
     # the interior is not the plain average
     w_mid = _vec(out / rows[2]["checkpoint"])
     assert not torch.allclose(w_mid, 0.5 * (_vec(SAMPLE) + _vec(FASHION)), atol=1e-4)
@@ -288,7 +290,8 @@ def test_ewc_trains_on_b(peers):
     assert rows[0]["t"] == 0.0 and rows[-1]["t"] == 1.0
     assert [r["step"] for r in rows] == sorted(r["step"] for r in rows)
     assert all(b["sample_passes"] > a["sample_passes"] for a, b in zip(rows, rows[1:]))
-    assert rows[0]["sample_passes"] == 200  # the Fisher of task A: --fisher-samples passes
+    # the Fisher of task A: 4/3 passes per --fisher-samples input (the labels' forward, then forward+backward)
+    assert rows[0]["sample_passes"] == pytest.approx(200 * 4 / 3)
     assert rows[-1]["val_accuracy_b"] > rows[0]["val_accuracy_b"] + 0.2
 
 
