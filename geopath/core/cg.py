@@ -15,6 +15,7 @@ class CGResult:
     iterations: int
     residual_norm: float
     converged: bool
+    breakdown: bool = False  # stopped on non-positive curvature: ``b`` reaches where ``A`` has none
 
 
 def cg(
@@ -42,7 +43,7 @@ def cg(
         Ap = A.matvec(p)
         pAp = torch.dot(p, Ap)
         if not torch.isfinite(pAp) or pAp <= 0:
-            return CGResult(x, k, float(rs.sqrt()), False)
+            return CGResult(x, k, float(rs.sqrt()), False, breakdown=True)
         alpha = rs / pAp
         x = x + alpha * p
         r = r - alpha * Ap

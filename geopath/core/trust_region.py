@@ -102,35 +102,39 @@ def multiplier_step(
     products = 0
     eye = Identity(A.n, A.dtype, A.device)
 
-    def solve(lam: float) -> torch.Tensor:
+    def solve(lam: float):
         nonlocal products
         op = A + lam * eye if lam > 0 else A
         res = cg(op, b, max_iters=max_iters, rtol=rtol)
         products += res.iterations
-        return res.x
+        return res
 
     bnorm = float(torch.linalg.vector_norm(b))
     if bnorm == 0.0:
         z = torch.zeros_like(b)
         return TRResult(z, z, 0, False)
     # Interior candidate: λ = 0 is the answer when A θ = b is solved inside the ball.
-    x0 = solve(0.0)
+    res0 = solve(0.0)
+    x0 = res0.x
     Ax0 = A.matvec(x0)
     products += 1
     resid = float(torch.linalg.vector_norm(Ax0 - b))
-    if float(torch.linalg.vector_norm(x0)) <= radius:
+    if float(torch.linalg.vector_norm(x0)) <= radius and not res0.breakdown:
         # inside the ball: the (possibly truncated) CG iterate is a descent step, since CG
-        # from 0 decreases the quadratic monotonically; converged, it is the exact answer
+        # from 0 decreases the quadratic monotonically; converged, it is the exact answer. (Not after a
+        # breakdown: then b reaches a direction of zero curvature, the quadratic falls without bound along
+        # it, and the answer is on the boundary, however short the iterate CG stopped at.)
         return TRResult(x0, Ax0, products, False)
 
     # φ(λ) = 1/‖θ(λ)‖ − 1/radius is increasing in λ; φ(λ_hi) ≥ 0 for λ_hi = ‖b‖/radius.
     def phi(lam):
-        x = solve(lam)
+        x = solve(lam).x
         return 1.0 / max(float(torch.linalg.vector_norm(x)), 1e-300) - 1.0 / radius, x
 
     lo, hi = 0.0, bnorm / radius
     x0norm = float(torch.linalg.vector_norm(x0))
-    f_lo = -1.0 / radius if resid > 1e3 * rtol * bnorm else 1.0 / x0norm - 1.0 / radius
+    unsolved = res0.breakdown or resid > 1e3 * rtol * bnorm  # (θ(λ) grows without bound as λ → 0)
+    f_lo = -1.0 / radius if unsolved else 1.0 / x0norm - 1.0 / radius
     f_hi, x_hi = phi(hi)
     lam, x = hi, x_hi
     side = 0

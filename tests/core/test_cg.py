@@ -92,8 +92,12 @@ def test_cg_stops_on_non_positive_curvature():
     A = torch.diag(torch.tensor([1.0, -1.0], dtype=D))
     b = torch.tensor([0.0, 1.0], dtype=D)
     res = cg(DenseOperator(A), b)
-    assert not res.converged
+    assert not res.converged and res.breakdown
     assert torch.equal(res.x, torch.zeros(2, dtype=D))  # last iterate: the start
+    # running out of iterations, or converging, is no breakdown
+    assert not cg(DenseOperator(torch.eye(2, dtype=D)), b).breakdown
+    assert not cg(DenseOperator(torch.diag(torch.tensor([1.0, 1e-8], dtype=D))), torch.ones(2, dtype=D),
+                  max_iters=1, rtol=1e-14).breakdown
 
 
 def test_cg_matches_scipy_through_to_scipy(rng):

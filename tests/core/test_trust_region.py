@@ -250,3 +250,20 @@ def test_trust_region_step_dispatches_both_methods(metric2g, rng, dense_tr):
     assert torch.equal(default.theta, st.theta)
     with pytest.raises(ValueError):
         trust_region_step(A, b, radius, method="newton")
+
+
+@pytest.mark.parametrize("null", ["diag", "zero"])
+def test_multiplier_b_reaching_the_null_space_goes_to_the_boundary(null):
+    """``b`` with a component where ``A`` has no curvature: CG breaks down on it at λ = 0, and its iterate
+    (here inside the ball, or zero) is no answer: the quadratic falls without bound along that direction,
+    so the exact step is on the boundary with ``(A + λI)θ = b``, λ > 0 (a zero step was taken)."""
+    A = torch.diag(torch.tensor([1.0, 0.0], dtype=D)) if null == "diag" else torch.zeros(2, 2, dtype=D)
+    b = torch.ones(2, dtype=D)
+    radius = 10.0
+    res = multiplier_step(DenseOperator(A), b, radius, max_iters=20, rtol=1e-12)
+    assert res.on_boundary and float(res.theta.norm()) == pytest.approx(radius, rel=1e-9)
+    assert res.multiplier > 0
+    torch.testing.assert_close(res.theta, torch.linalg.solve(A + res.multiplier * torch.eye(2, dtype=D), b),
+                               rtol=1e-6, atol=0)
+    st = steihaug_cg(DenseOperator(A), b, radius, max_iters=20, rtol=1e-12)
+    assert _q(A, b, res.theta) <= _q(A, b, st.theta) + 1e-9
