@@ -121,9 +121,12 @@ def output_layer(model: nn.Module, example: torch.Tensor) -> str | None:
 
 def dead_units(model: nn.Module, example: torch.Tensor) -> dict[str, list[int]]:
     """Units of each Linear/Conv layer (but the output layer) whose whole coupled group is zero: their
-    channel is exactly zero everywhere, so removing them changes no output."""
-    space = ParamSpace.of(model)
-    w = torch.cat([p.detach().reshape(-1) for p in (dict(model.named_parameters())[n] for n in space.names)])
+    channel is exactly zero everywhere, so removing them changes no output. Frozen parameters count (a
+    frozen bias that is not zero keeps its unit alive); a channel normalised by a LayerNorm or GroupNorm
+    is never removed, since its zeros enter the statistics of the other channels."""
+    named = dict(model.named_parameters())
+    space = ParamSpace(tuple(named), tuple(p.shape for p in named.values()))  # (frozen parameters included)
+    w = torch.cat([p.detach().reshape(-1) for p in named.values()])
     last = output_layer(model, example)
     out, graph = {}, None
     for name, m in model.named_modules():
@@ -133,6 +136,8 @@ def dead_units(model: nn.Module, example: torch.Tensor) -> dict[str, list[int]]:
             continue  # no unit with a zero row: nothing to trace
         if graph is None:  # traced once, for every candidate layer
             graph = dependency_graph(model, example)
+        if any(isinstance(t, (nn.LayerNorm, nn.GroupNorm)) for _, t, _ in producers(graph, model, name, 0)):
+            continue  # (removing a channel would change how the others are normalised)
         groups = coupled_groups(model, space, name, graph)
         dead = (w[groups] == 0).all(1).nonzero().reshape(-1).tolist()
         if dead and len(dead) < len(groups):

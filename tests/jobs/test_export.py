@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from geopath.core.coupling import coupled_groups, dependency_graph
 from geopath.core.params import ParamSpace, load_vector, model_vector
@@ -102,3 +103,48 @@ def test_a_job_on_a_compact_network_saves_networks_that_load(zeroed, tmp_path):
     assert final.conv1.out_channels == 59
     _, meta = read_tensors(out / "final.safetensors")
     assert json.loads(meta["geopath.input_shape"]) == [3, 32, 32]
+
+
+# --------------------------------------------------------------------------- which units are dead
+
+
+def _mlp_with(norm: nn.Module | None, frozen_bias: bool = False) -> nn.Module:
+    torch.manual_seed(0)
+    layers = [nn.Linear(3, 4)] + ([norm] if norm is not None else []) + [nn.ReLU(), nn.Linear(4, 2)]
+    net = nn.Sequential(*layers).double()
+    with torch.no_grad():
+        net[0].weight[2].zero_()
+        net[0].bias[2] = 0.0 if not frozen_bias else 0.5
+        if norm is not None:
+            norm.weight[2] = 0.0
+            norm.bias[2] = 0.0
+    if frozen_bias:
+        net[0].bias.requires_grad_(False)
+    return net
+
+
+@pytest.mark.parametrize("norm", [None, "layer", "group"])
+def test_dead_units_are_those_whose_removal_keeps_the_outputs(norm):
+    """A zeroed unit is dead, unless a LayerNorm or GroupNorm normalises its channel: its zeros then enter
+    the statistics of the others, and removing it changed the outputs (LayerNorm) or crashed (GroupNorm)."""
+    from geopath.core.coupling import compact, dead_units
+
+    made = {None: None, "layer": nn.LayerNorm(4), "group": nn.GroupNorm(2, 4)}[norm]
+    net = _mlp_with(made.double() if made is not None else None)
+    x = torch.randn(5, 3, dtype=torch.float64)
+    before = net(x).detach()
+    assert dead_units(net, x) == ({"0": [2]} if norm is None else {})
+    compact(net, x)
+    torch.testing.assert_close(net(x), before, rtol=0, atol=1e-12)
+    assert net[0].weight.shape[0] == (3 if norm is None else 4)
+
+
+def test_a_frozen_bias_keeps_its_unit_alive():
+    from geopath.core.coupling import dead_units
+
+    net = _mlp_with(None, frozen_bias=True)  # unit 2: zero weights, a frozen bias of 0.5
+    x = torch.randn(5, 3, dtype=torch.float64)
+    assert dead_units(net, x) == {}
+    with torch.no_grad():
+        net[0].bias[2] = 0.0
+    assert dead_units(net, x) == {"0": [2]}
