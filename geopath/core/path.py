@@ -103,12 +103,13 @@ class WalkResult:
 
 
 def metric_batch(ds: Dataset, step: int, cfg: PathConfig, device, source: int = 0) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """The inputs (and labels) of step ``step`` from source ``source``, split into micro-batches."""
+    """The inputs (and labels) of step ``step`` from source ``source``, split into ⌈n / micro-batch⌉ micro-batches
+    of near-equal size (no short last one: with BatchNorm's batch statistics one input alone has no variance)."""
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step + 7_919 * source)
     idx = torch.randperm(len(ds), generator=gen)[: cfg.batch_size]
     idx = idx[distributed.current().shard(len(idx))]  # under torchrun: this rank's share of the batch
-    mb = cfg.micro_batch or cfg.batch_size
-    return list(torch.split(ds.x[idx].to(device), mb)), list(torch.split(ds.y[idx].to(device), mb))
+    k = max(1, -(-len(idx) // (cfg.micro_batch or cfg.batch_size)))
+    return list(torch.tensor_split(ds.x[idx].to(device), k)), list(torch.tensor_split(ds.y[idx].to(device), k))
 
 
 class Interrupted(Exception):

@@ -583,3 +583,19 @@ def test_settle_anchor_applies_on_the_target_only(tmp_path, monkeypatch):
     assert 0 < landed < len(seen) and len(seen) - landed == 3
     assert all(s[:2] == ("start", True) for s in seen[:landed])
     assert all(s[:2] == ("labels", False) and s[2] for s in seen[landed:])  # restricted to the hyperplane too
+
+
+@pytest.mark.parametrize("batch, micro, sizes", [(128, None, [128]), (128, 64, [64, 64]), (129, 64, [43, 43, 43]),
+                                                 (65, 64, [33, 32]), (10, 3, [3, 3, 2, 2])])
+def test_micro_batches_have_near_equal_sizes(batch, micro, sizes):
+    """⌈n / micro-batch⌉ micro-batches of near-equal size: 129 in 64s was 64 + 64 + 1, and one input alone
+    cannot be normalised by BatchNorm's batch statistics (BatchNorm1d refused it)."""
+    g = torch.Generator().manual_seed(0)
+    ds = Dataset(torch.randn(200, 3, generator=g), torch.arange(200), "toy", "train", None)
+    cfg = PathConfig(step=StepConfig(step_size=1e-3), batch_size=batch, micro_batch=micro, seed=1)
+    x, y = metric_batch(ds, 0, cfg, "cpu")
+    assert [len(c) for c in x] == sizes and [len(c) for c in y] == sizes
+    # the same inputs as one batch, in the same order, labels with them
+    whole = PathConfig(step=StepConfig(step_size=1e-3), batch_size=batch, seed=1)
+    xw, yw = metric_batch(ds, 0, whole, "cpu")
+    assert torch.equal(torch.cat(x), xw[0]) and torch.equal(torch.cat(y), yw[0])
