@@ -53,7 +53,8 @@ def bn_statistics(model: nn.Module, mode: BNStats | str) -> Iterator[None]:
     if not bns and not any(m.training for m in model.modules()):  # nothing to switch (a metric product's case)
         yield
         return
-    saved_training, saved = model.training, [(m, m.training, m.track_running_stats) for m in bns]
+    modes = [(m, m.training) for m in model.modules()]  # every module's own (a caller's may differ by module)
+    tracks = [(m, m.track_running_stats) for m in bns]
     model.eval()
     if BNStats(mode) is BNStats.BATCH:
         for m in bns:
@@ -62,12 +63,10 @@ def bn_statistics(model: nn.Module, mode: BNStats | str) -> Iterator[None]:
     try:
         yield
     finally:
-        for m, training, track in saved:
-            m.train(training)
+        for m, track in tracks:
             m.track_running_stats = track
-        model.train(saved_training)
-        for m, training, _ in saved:  # model.train() above also reset the children
-            m.train(training)
+        for m, training in modes:
+            m.training = training  # (each module alone: train() would reset its children)
 
 
 @contextmanager

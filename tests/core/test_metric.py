@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from torch import nn
 from torch.autograd.functional import hessian
 
 from geopath.core.params import ParamSpace, model_vector
@@ -290,3 +291,20 @@ def test_auto_jvp_mode_is_layerwise_on_the_cpu(case):
     assert resolve_jvp_mode("auto", copy.deepcopy(model).to("meta")).value == ("forward" if has_bn else "reverse")
     assert resolve_jvp_mode("forward", model).value == "forward"
     assert MetricOperator(model, space, w, [x], jvp_mode="auto", cache=False).jvp_mode.value == "forward"
+
+
+@pytest.mark.parametrize("mode", ["batch", "running"])
+def test_bn_statistics_restores_every_module_mode(mode):
+    """Inside: eval mode, BatchNorm per ``mode``; after: each module's own mode and flag again, also where a
+    caller set a child apart from its parent (a Dropout in eval inside a network in train mode came back in
+    train mode)."""
+    from geopath.core.metric import bn_statistics
+
+    net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Dropout(0.5), nn.Linear(4, 2))
+    net.train()
+    net[2].eval()
+    before = [m.training for m in net.modules()]
+    with bn_statistics(net, mode):
+        assert not net[2].training and not net[0].training
+        assert net[1].training == (mode == "batch") and net[1].track_running_stats == (mode != "batch")
+    assert [m.training for m in net.modules()] == before and net[1].track_running_stats
