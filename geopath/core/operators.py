@@ -97,7 +97,7 @@ class SumOperator(LinearOperator):
     def __init__(self, a: LinearOperator, b: LinearOperator):
         if a.n != b.n:
             raise ValueError(f"cannot add operators of sizes {a.n} and {b.n}")
-        super().__init__(a.n, a.dtype, a.device)
+        super().__init__(a.n, torch.promote_types(a.dtype, b.dtype), a.device)  # (float32 + float64: float64)
         self.a, self.b = a, b
 
     def _matvec(self, v):

@@ -56,6 +56,15 @@ def test_sum_scale_identity_algebra_equals_dense_algebra(rng):
     torch.testing.assert_close(op @ v, expected @ v, rtol=0, atol=1e-13)
 
 
+def test_damping_a_float64_operator_with_the_default_identity_stays_float64(rng):
+    """``1e-3 * Identity(n) + G`` (the Identity float32 by default) is a float64 operator when ``G`` is: it
+    took the left operand's dtype, and ``to_dense`` then failed on mixed dtypes."""
+    A = _sym(rng)
+    for op in (1e-3 * Identity(N) + DenseOperator(A), DenseOperator(A) + 1e-3 * Identity(N)):
+        assert op.dtype == D
+        torch.testing.assert_close(op.to_dense(), A + 1e-3 * torch.eye(N, dtype=D), rtol=0, atol=1e-15)
+
+
 def test_scaling_both_sides_and_nesting(rng):
     A = _sym(rng)
     a = DenseOperator(A)
