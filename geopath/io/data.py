@@ -322,7 +322,18 @@ def recorded_name(name: str) -> str:
     return key if key in NAMED else str(Path(name).expanduser().resolve())
 
 
-SIZE_PROBE = 64  # images whose size is read up front (the rest are checked as they are decoded)
+SIZE_PROBE = 64  # images whose size and mode are read up front (the rest are checked as they are decoded)
+FOLDER_ORDER_SEED = 0  # an image folder's fixed order: its files shuffled once, the same for every run
+
+
+def _visible(name: str) -> bool:
+    """Not a hidden entry (``.ipynb_checkpoints/``, macOS ``._x.png``, ``.DS_Store``)."""
+    return not name.startswith(".")
+
+
+def class_folders(path: Path) -> list[str]:
+    """The class folders of an image folder: its visible sub-folders, sorted (their labels 0, 1, …)."""
+    return sorted(p.name for p in path.iterdir() if p.is_dir() and _visible(p.name))
 
 
 def _load_image_folder(path: Path, split: str, preprocess: str = "dataset", image_size: str | None = None,
@@ -330,17 +341,33 @@ def _load_image_folder(path: Path, split: str, preprocess: str = "dataset", imag
     """An image folder, streamed: file names and labels now, pixels a batch at a time (io/images.py).
 
     ``classes`` (a folder laid out by split: the training folder's) fixes the label of each class
-    folder, so a test folder that lacks a class does not shift the others."""
+    folder, so a test folder that lacks a class does not shift the others. Hidden entries are skipped. The
+    files come in a fixed shuffled order (the same in every run), so that the first N (``--metric-size``,
+    ``--eval-size``, BatchNorm data) and the last N (a validation split) hold every class, as in the named
+    sets; sorted by class, they held the first or the last classes alone. Without ``channels`` the folder is
+    colour (3) if any of the first :data:`SIZE_PROBE` images is, else grayscale (1)."""
     import torchvision
+    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
-    folders = sorted(p.name for p in path.iterdir() if p.is_dir()) if path.is_dir() else []
+    folders = class_folders(path) if path.is_dir() else []
     if set(SPLITS) & set(folders):
         missing = [s for s in SPLITS if s not in folders]
         raise DataError(f"{path}: holds {', '.join(c for c in folders if c in SPLITS)}/ but not "
                         f"{', '.join(missing)}/: a folder laid out by split needs train/ and test/ "
                         "(each an image folder); a folder of classes must not name a class train or test")
+
+    class Visible(torchvision.datasets.ImageFolder):
+        def find_classes(self, directory):
+            found = class_folders(Path(directory))
+            if not found:
+                raise FileNotFoundError(f"no class folder in {directory}")
+            return found, {c: i for i, c in enumerate(found)}
+
+    def readable(f: str) -> bool:
+        return (has_file_allowed_extension(f, IMG_EXTENSIONS)
+                and all(_visible(part) for part in Path(f).relative_to(path).parts))
     try:  # lists the files; decodes nothing
-        folder = torchvision.datasets.ImageFolder(str(path))
+        folder = Visible(str(path), is_valid_file=readable)
     except Exception as e:
         raise DataError(f"{path}: not a usable image folder ({str(e).splitlines()[0]})") from None
     samples = folder.samples
@@ -350,18 +377,20 @@ def _load_image_folder(path: Path, split: str, preprocess: str = "dataset", imag
             raise DataError(f"{path}: class folder(s) {', '.join(unknown)} have no counterpart in the training "
                             "folder")
         samples = [(f, classes.index(folder.classes[c])) for f, c in samples]
+    order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(FOLDER_ORDER_SEED)).tolist()
+    samples = [samples[i] for i in order]
     files = [Path(f) for f, _ in samples]
-    first_channels, first_size = image_mode(files[0])
     if channels is not None and channels not in (1, 3):
         raise DataError(f"--channels must be 1 or 3, got {channels}")
+    probed = [(f, *image_mode(f)) for f in files[:SIZE_PROBE]]
     size = parse_image_size(image_size)
+    first, first_size = files[0], probed[0][2]
     if size is None:
-        for f in files[1:SIZE_PROBE]:
-            other = image_mode(f)[1]
+        for f, _, other in probed[1:]:
             if other != first_size:
-                raise DataError(f"{path}: images differ in size ({files[0].name} {first_size[0]}×{first_size[1]}, "
+                raise DataError(f"{path}: images differ in size ({first.name} {first_size[0]}×{first_size[1]}, "
                                 f"{f.name} {other[0]}×{other[1]}): pass --image-size to resize them all")
-    ch = channels or first_channels
+    ch = channels or max(c for _, c, _ in probed)
     stats = _stats(preprocess, ch, None, None)
     x = ImageFiles(files, ch, size or first_size, stats, resize=size is not None)
     return Dataset(x, torch.tensor([c for _, c in samples], dtype=torch.int64), str(path), split, _stated(stats))
@@ -378,7 +407,7 @@ def training_classes(name: str | None) -> list[str] | None:
         return None
     layout = split_layout(path)
     root = path / "train" if layout == "folders" else path if layout is None else None
-    return sorted(p.name for p in root.iterdir() if p.is_dir()) if root is not None else None
+    return class_folders(root) if root is not None else None
 
 
 def load_dataset(name: str, split: str = "train", data_root=None, download: bool = False,
@@ -410,9 +439,17 @@ def load_dataset(name: str, split: str = "train", data_root=None, download: bool
             x, y = _read_cifar_batches(path, layout, split)
             xt, stated = _normalise(x, preprocess, NAMED[layout]["mean"], NAMED[layout]["std"])
             return Dataset(xt, torch.from_numpy(y), str(path), split, stated)
-        if layout == "folders":
-            train_classes = sorted(p.name for p in (path / "train").iterdir() if p.is_dir())
-            return _load_image_folder(path / split, split, preprocess, image_size, channels, train_classes)
+        if layout == "folders":  # labelled by the network's classes where given, else by train/'s
+            if split == "train" or image_size is not None:
+                return _load_image_folder(path / split, split, preprocess, image_size, channels,
+                                          classes or class_folders(path / "train"))
+            train = _load_image_folder(path / "train", "train", preprocess, None, channels, classes)
+            test = _load_image_folder(path / "test", split, preprocess, None, channels or train.x.channels,
+                                      classes or class_folders(path / "train"))
+            if test.x.size != train.x.size:  # (a network that takes any size would score images it never saw)
+                raise DataError(f"{path}: test/ images are {test.x.size[0]}×{test.x.size[1]}, train/ images "
+                                f"{train.x.size[0]}×{train.x.size[1]}: pass --image-size to resize them all")
+            return test
         if layout == "npz":
             return load_npz(path / f"{split}.npz", split, preprocess)
         return _load_image_folder(path, split, preprocess, image_size, channels, classes)

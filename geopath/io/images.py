@@ -18,7 +18,7 @@ import torch
 
 from geopath.errors import DataError
 
-GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
+GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}  # (16-bit: either byte order)
 
 
 def _sixteen_bit(im) -> bool:

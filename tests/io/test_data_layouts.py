@@ -343,3 +343,71 @@ def test_two_networks_must_record_the_same_reading_but_may_write_it_two_ways():
                          Recorded("28", None), Recorded("32", None))
     assert given.image_size == "16"  # a flag given wins, and nothing is compared
     assert with_reading(cfg, Recorded(None, None)) is cfg
+
+
+def test_an_image_folder_comes_in_a_fixed_order_that_mixes_its_classes(tmp_path):
+    """The first and last N of a folder (metric inputs, --eval-size, BatchNorm data; a validation split) hold
+    every class: sorted by class, the first 40 of 3 × 40 images were all class 0 and the last 30 all class 2."""
+    _images(tmp_path / "imgs", classes=("ant", "bee", "cat"), n=40, size=4)
+    ds = load_dataset(str(tmp_path / "imgs"))
+    classes = ["ant", "bee", "cat"]
+    assert [f.parent.name for f in ds.x.files] == [classes[c] for c in ds.y.tolist()]  # labels go with files
+    assert set(ds.y[:15].tolist()) == {0, 1, 2} and set(ds.y[-15:].tolist()) == {0, 1, 2}
+    assert sorted(ds.y.tolist()) == sorted([0, 1, 2] * 40)
+    again = load_dataset(str(tmp_path / "imgs"))
+    assert again.x.files == ds.x.files  # the same order in every run
+
+
+def test_hidden_entries_of_an_image_folder_are_skipped(tmp_path):
+    from PIL import Image
+
+    _images(tmp_path / "imgs", n=2)
+    (tmp_path / "imgs" / ".ipynb_checkpoints").mkdir()
+    (tmp_path / "imgs" / "cat" / "._0.png").write_bytes(b"\x00\x05\x16\x07 not an image")  # (macOS metadata)
+    (tmp_path / "imgs" / "dog" / ".cache").mkdir()
+    Image.new("RGB", (6, 6)).save(tmp_path / "imgs" / "dog" / ".cache" / "0.png")
+    ds = load_dataset(str(tmp_path / "imgs"))
+    assert len(ds) == 4 and sorted(ds.y.tolist()) == [0, 0, 1, 1]
+    assert ds.x[torch.arange(4)].shape == (4, 3, 6, 6)
+
+
+def test_one_grayscale_image_does_not_make_a_colour_folder_grayscale(tmp_path):
+    from PIL import Image
+
+    _images(tmp_path / "imgs", n=5)
+    Image.new("L", (6, 6), 10).save(tmp_path / "imgs" / "cat" / "-0.png")  # (sorted first)
+    ds = load_dataset(str(tmp_path / "imgs"))
+    assert ds.x.shape[1] == 3
+    assert ds.x[torch.arange(len(ds))].shape == (11, 3, 6, 6)
+
+
+def test_big_endian_sixteen_bit_images_are_grayscale(tmp_path):
+    from PIL import Image
+
+    deep = np.array([[0, 32768], [65535, 1000]], dtype=">u2")
+    for c in ("a", "b"):
+        (tmp_path / "be" / c).mkdir(parents=True)
+        Image.frombytes("I;16B", (2, 2), deep.tobytes()).save(tmp_path / "be" / c / "0.tiff")
+    with Image.open(tmp_path / "be" / "a" / "0.tiff") as im:
+        assert im.mode == "I;16B"
+    ds = load_dataset(str(tmp_path / "be"), preprocess="none")
+    assert ds.x.shape[1] == 1
+    x = ds.x[:1].to("cpu")
+    assert torch.allclose(x[0, 0], torch.from_numpy(deep.astype(np.float32) / 65535.0))
+
+
+def test_a_split_folder_is_labelled_by_the_networks_classes_and_checked_for_size(tmp_path):
+    """A folder laid out by split and scored by a network trained elsewhere takes the network's classes (a
+    train/ lacking one shifted every label after it), and test/ must have train/'s image size."""
+    _images(tmp_path / "d" / "train", classes=("bee", "cat"), n=2)
+    _images(tmp_path / "d" / "test", classes=("bee", "cat"), n=2, seed=1)
+    te = load_dataset(str(tmp_path / "d"), "test", classes=["ant", "bee", "cat"])
+    assert sorted(te.y.tolist()) == [1, 1, 2, 2]
+    assert sorted(load_dataset(str(tmp_path / "d"), "train", classes=["ant", "bee", "cat"]).y.tolist()) == [1, 1, 2, 2]
+    with pytest.raises(DataError, match="cat have no counterpart"):
+        load_dataset(str(tmp_path / "d"), "test", classes=["ant", "bee"])
+    _images(tmp_path / "s" / "train", n=2, size=8)
+    _images(tmp_path / "s" / "test", n=2, size=16, seed=1)
+    with pytest.raises(DataError, match=r"test/ images are 16×16, train/ images 8×8: pass --image-size"):
+        load_dataset(str(tmp_path / "s"), "test")
+    assert load_dataset(str(tmp_path / "s"), "test", image_size="8").x.shape == (4, 3, 8, 8)
