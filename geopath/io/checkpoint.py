@@ -44,6 +44,21 @@ class Checkpoint:
         """The data set the network was trained on, if recorded."""
         return self.metadata.get(META_PREFIX + "data")
 
+    @property
+    def classes(self) -> list[str] | None:
+        """The class folders the network's outputs stand for, in order, where it was trained on an image folder
+        (``geopath train`` records them; every network a run saves inherits them)."""
+        text = self.metadata.get(META_PREFIX + "classes")
+        if not text:
+            return None
+        try:
+            names = json.loads(text)
+        except ValueError:
+            names = None
+        if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
+            raise UsageError(f"{self.path}: its recorded classes are not a list of names ({text[:60]!r})")
+        return names
+
     def reading(self, normalize: str | None = None, image_size: str | None = None, channels: int | None = None,
                 data: str | None = None) -> tuple[str | None, str | None, int | None]:
         """How to read data set ``data`` (default: its own): ``(preprocess, image_size, channels)``, each the flag if

@@ -17,7 +17,7 @@ from geopath.errors import UsageError
 from geopath.io.checkpoint import load_checkpoint, read_tensors, reading_record, save_checkpoint, sparsity_of
 from geopath.io.data import load_dataset, one_set, reads_images, recorded_name, training_classes
 from geopath.io.outfile import check_output_file
-from geopath.jobs.common import check_inputs, eval_set, resolve_device
+from geopath.jobs.common import check_inputs, classes_record, eval_set, network_classes, resolve_device
 
 
 def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split: str = "test",
@@ -41,7 +41,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split: 
     if single and split != "test":
         raise UsageError(f"{name} is one set with no splits, scored whole: --split {split} does not apply")
     # an image folder scored apart from the one the network trained on: labelled as training labelled them
-    classes = training_classes(ck.data) if data is not None and ck.data and recorded_name(data) != ck.data else None
+    classes = network_classes(ck) if data is not None and recorded_name(data) != ck.data else None
     ds = load_dataset(name, split, data_root, download, *ck.reading(normalize, image_size, channels, data=name),
                       classes=classes).head(size)
     if len(ds) == 0:
@@ -93,7 +93,7 @@ def train_checkpoint(out: str | Path, arch: str = "mlp", arch_kwargs: dict | Non
     save_checkpoint(out, model.cpu(), arch, kwargs, step=0,
                     extra={"data": recorded_name(data), "preprocess": tr.preprocess,
                            "test_accuracy": f"{ev.accuracy:.4f}", "test_data": test_data,
-                           **reading_record(image_size, channels)})
+                           **reading_record(image_size, channels), **classes_record(data)})
     return {"out": str(out), "arch": arch, "data": data, "test_data": test_data, "epochs": stats.epochs,
             "test_accuracy": ev.accuracy, "test_loss": ev.loss, "sample_passes": stats.sample_passes}
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
 import shutil
 from dataclasses import dataclass
@@ -252,12 +253,26 @@ def load_split(name: str, split: str, cfg, size: int | None = None, preprocess: 
 
 
 COMPACT_KEYS = ("compact", "input_shape", "input_dtype")  # a compact network's recipe (geopath export)
+CLASSES_KEY = "classes"  # the class folders of an image folder the network was trained on (JSON list)
 
 
 def carried(ck: Checkpoint) -> dict[str, str]:
     """What the networks a run saves inherit from its start checkpoint: an exported network's removal
-    history and input shape, without which they would not load."""
-    return {k: ck.metadata[META_PREFIX + k] for k in COMPACT_KEYS if META_PREFIX + k in ck.metadata}
+    history and input shape, without which they would not load, and the classes its outputs stand for."""
+    keys = COMPACT_KEYS + (CLASSES_KEY,)
+    return {k: ck.metadata[META_PREFIX + k] for k in keys if META_PREFIX + k in ck.metadata}
+
+
+def classes_record(data: str | None) -> dict[str, str]:
+    """``{"classes": JSON}`` where ``data`` is an image folder here (its class folders label the outputs), else {}."""
+    names = training_classes(data) if data else None
+    return {CLASSES_KEY: json.dumps(names)} if names else {}
+
+
+def network_classes(ck: Checkpoint) -> list[str] | None:
+    """The classes ``ck``'s outputs stand for: as recorded, else the class folders of the image folder it
+    records as its training data, where that folder is here (None: not an image folder, or not known)."""
+    return ck.classes or (training_classes(ck.data) if ck.data else None)
 
 
 def preprocess_of(cfg, ck: Checkpoint, data: str | None = None) -> str | None:
@@ -293,7 +308,7 @@ def single_task_data(cfg, ck: Checkpoint, device, what: str = "the network") -> 
     name = data_name(cfg.data, ck, "--data")
     test_name = eval_set(name, cfg.eval_data)
     # plain image folders apart from the one the network trained on are labelled as its training labelled them
-    trained_on = training_classes(ck.data) if ck.data and ck.data != name else None
+    trained_on = network_classes(ck) if ck.data != name else None
     metric = load_split(name, "train", cfg, cfg.metric_size, preprocess_of(cfg, ck, name), classes=trained_on)
     check_inputs(ck.model.to(device), metric, device, what)  # (before its preprocessing is applied to the test set)
     test = load_split(test_name, "test", cfg, cfg.eval_size, metric.preprocess,  # exactly what training inputs got
@@ -444,7 +459,8 @@ class Job:
         out, device = open_run(cfg, overwrite, resume)
         setup = self.prepare(cfg, device)
         existed = out.exists()  # (an empty directory the user made is theirs to keep)
-        carry = {**(setup.carry or {}), **reading_record(setup.cfg.image_size, setup.cfg.channels)}
+        carry = {**classes_record(setup.data), **(setup.carry or {}),
+                 **reading_record(setup.cfg.image_size, setup.cfg.channels)}
         writer = open_writer(out, overwrite, resume, setup.arch, setup.arch_kwargs, setup.parent_sha256, self.name,
                              setup.data, self.columns, preprocess=setup.preprocess, carry=carry)
         try:

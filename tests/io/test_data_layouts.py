@@ -411,3 +411,55 @@ def test_a_split_folder_is_labelled_by_the_networks_classes_and_checked_for_size
     with pytest.raises(DataError, match=r"test/ images are 16×16, train/ images 8×8: pass --image-size"):
         load_dataset(str(tmp_path / "s"), "test")
     assert load_dataset(str(tmp_path / "s"), "test", image_size="8").x.shape == (4, 3, 8, 8)
+
+
+def test_a_network_trained_on_an_image_folder_records_its_classes(tmp_path):
+    """``train`` records the class folders its outputs stand for, and every network a run saves inherits them:
+    with the training folder moved away (another machine), a folder lacking a class is still labelled as
+    training labelled it (it labelled itself: cat as class 1, accuracy 0.0)."""
+    import json
+    import shutil
+
+    from geopath.io.checkpoint import load_checkpoint
+
+    from .._helpers import cli
+
+    _images(tmp_path / "train", classes=("ant", "bee", "cat"), n=2)
+    _images(tmp_path / "held", classes=("ant", "cat"), n=2, seed=1)
+    trained = cli("train", "--arch", "mlp", "--arch-kwargs", '{"in_features": 108, "hidden": [4], "num_classes": 3}',
+                  "--data", tmp_path / "train", "--eval-data", tmp_path / "held", "--epochs", "1", "-o",
+                  tmp_path / "t.safetensors", "--json")
+    assert trained.returncode == 0, trained.stderr
+    assert load_checkpoint(tmp_path / "t.safetensors").classes == ["ant", "bee", "cat"]
+    run = cli("sparsify", tmp_path / "t.safetensors", "-o", tmp_path / "run", "--sparsity", "0.5", "--steps", "2",
+              "--max-steps", "2", "--batch-size", "4", "--cg-iters", "2", "--train-eval-size", "0",
+              "--settle-epochs", "0", "--eval-data", tmp_path / "held")
+    assert run.returncode == 0, run.stderr
+    assert load_checkpoint(tmp_path / "run" / "final.safetensors").classes == ["ant", "bee", "cat"]
+    # a network that answers "cat" (class 2) whatever it sees, recording the classes as train did
+    from geopath.io.archs import build_model
+    from geopath.io.checkpoint import save_checkpoint
+
+    ck = load_checkpoint(tmp_path / "t.safetensors")
+    net = build_model("mlp", ck.arch_kwargs)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.zero_()
+        net.layers[-1].bias[2] = 1.0
+    keep = {k: ck.metadata["geopath." + k] for k in ("data", "preprocess", "classes")}
+    save_checkpoint(tmp_path / "cat.safetensors", net, "mlp", ck.arch_kwargs, extra=keep)
+    shutil.move(tmp_path / "train", tmp_path / "elsewhere")
+    after = cli("eval", tmp_path / "cat.safetensors", "--data", tmp_path / "held", "--json")
+    assert after.returncode == 0, after.stderr
+    assert json.loads(after.stdout)["accuracy"] == 0.5  # the two cats (0.0 with cat read as class 1)
+
+
+@pytest.mark.parametrize("text", ["cat", "[1, 2]", "[]", '{"a": 1}'])
+def test_recorded_classes_that_are_not_a_list_of_names_are_refused(tmp_path, text):
+    from geopath.io.archs import build_model
+    from geopath.io.checkpoint import load_checkpoint, save_checkpoint
+
+    kw = {"in_features": 4, "hidden": [3], "num_classes": 2}
+    save_checkpoint(tmp_path / "n.safetensors", build_model("mlp", kw), "mlp", kw, extra={"classes": text})
+    with pytest.raises(UsageError, match="recorded classes are not a list of names"):
+        load_checkpoint(tmp_path / "n.safetensors").classes
