@@ -443,7 +443,7 @@ def load_dataset(name: str, split: str = "train", data_root=None, download: bool
             if split == "train" or image_size is not None:
                 return _load_image_folder(path / split, split, preprocess, image_size, channels,
                                           classes or class_folders(path / "train"))
-            train = _load_image_folder(path / "train", "train", preprocess, None, channels, classes)
+            train = _load_image_folder(path / "train", "train", preprocess, None, channels)  # (its size, channels)
             test = _load_image_folder(path / "test", split, preprocess, None, channels or train.x.channels,
                                       classes or class_folders(path / "train"))
             if test.x.size != train.x.size:  # (a network that takes any size would score images it never saw)
