@@ -317,8 +317,7 @@ class SparsifyConfig(WalkOptions):
                                             "pruned in one shot, it keeps more of the start's predictions than "
                                             "magnitude does by more than chance (sign test, p < 0.05), else "
                                             "magnitude.",
-                                      default_help="auto for the geodesic, saliency for obd, magnitude for the "
-                                                   "other peers")
+                                      default_help="magnitude (saliency for obd)")
     saliency_samples: int = opt(1024, "Inputs the metric's diagonal is estimated on (--criterion saliency, auto); "
                                       "auto compares the two rankings on as many others.")
     layers: list | None = opt(None, "Prune only these parameters (repeatable, e.g. layers.0.weight).", flag="--layer")
@@ -380,8 +379,7 @@ class SparsifyConfig(WalkOptions):
         method, criterion = _value(self.method), _value(self.criterion)
         geodesic = method == registry.GEODESIC
         saliency = not self.structured and (method == "obd" or criterion in (Criterion.SALIENCY.value,
-                                                                              Criterion.AUTO.value)
-                                           or (geodesic and criterion is None))
+                                                                              Criterion.AUTO.value))
         unread = _unread_by_method(self, [name for name in WALK_ONLY if name != "metric"])
         if geodesic:
             unread.update(_unread_settle(self))

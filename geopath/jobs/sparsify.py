@@ -257,10 +257,9 @@ class Sparsify(job.Job):
         scores, spent, ranking = None, 0, None
         if cfg.method is SparsifyMethod.OBD:  # the peer is one-shot pruning by saliency
             cfg = dataclasses.replace(cfg, criterion=Criterion.SALIENCY)
-        elif cfg.criterion is None and not cfg.structured:  # the geodesic chooses its ranking; the others: magnitude
+        elif cfg.criterion is None and not cfg.structured:  # magnitude, the geodesic's too (docs/method.md)
             # (a structured target ranks no weight: its config records no criterion, so that it replays)
-            geodesic = cfg.method is SparsifyMethod.GEODESIC
-            cfg = dataclasses.replace(cfg, criterion=Criterion.AUTO if geodesic else Criterion.MAGNITUDE)
+            cfg = dataclasses.replace(cfg, criterion=Criterion.MAGNITUDE)
         if cfg.criterion in (Criterion.SALIENCY, Criterion.AUTO) and not cfg.structured:
             scores, spent = saliency_scores(cfg, model, space, w0, metric_data)
             if cfg.criterion is Criterion.AUTO:

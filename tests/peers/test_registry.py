@@ -210,6 +210,7 @@ SPARSIFY = {"checkpoint": "c.safetensors", "out": "o"}
     ({"settle": "geodesic", "settle_warmup": 0.1, "settle_holdout": 0.1}, "--settle-warmup, --settle-holdout"),
     ({"criterion": "magnitude", "saliency_samples": 64}, "--saliency-samples: not read by this run (only "
                                                          "--criterion saliency or auto reads it)"),
+    ({"saliency_samples": 64}, "--saliency-samples: not read by this run"),  # (the geodesic: magnitude by default)
     ({"structured": "layers.0:10", "saliency_samples": 64}, "--saliency-samples: not read by this run"),
     ({"structured": "layers.0:10", "criterion": "saliency"}, "--criterion: not read by this run (--structured "
                                                              "removes whole units"),
@@ -234,7 +235,7 @@ def test_sparsify_refuses_given_options_its_method_and_settle_do_not_read(given,
     {"method": "prune-finetune", "criterion": "saliency", "metric": "fisher"},
     {"method": "gradual", "rounds": 5, "steps": 50},  # at their defaults: nothing is lost
     {"settle": "geodesic", "settle_steps": 40, "settle_anchor": "labels", "steps": 20, "metric": "fisher"},
-    {"settle_epochs": 1.0, "settle_lr": 0.2, "settle_warmup": 0.1, "saliency_samples": 64},
+    {"settle_epochs": 1.0, "settle_lr": 0.2, "settle_warmup": 0.1, "criterion": "auto", "saliency_samples": 64},
 ])
 def test_sparsify_takes_the_options_its_method_and_settle_read(given):
     resolve(SparsifyConfig, {}, {**SPARSIFY, **given})
