@@ -130,7 +130,8 @@ def test_a_short_sparsify_run_through_the_command_line(name, tmp_path, tokens):
                    "--data-root", DATA_ROOT, "--sparsity", "0.5", "--steps", "2", "--max-steps", "2",
                    "--settle-steps", "1", "--settle", "geodesic", "--batch-size", "16", "--metric-size", "64",
                    "--eval-size", "64", "--bn-samples", "64", "--train-eval-size", "0", "--cg-iters", "2",
-                   "--save-every", "1", "--saliency-samples", "32", "--json")
+                   "--save-every", "1", "--criterion", "auto", "--saliency-samples", "32", "--json")  # (the metric's
+    # diagonal and the ranking rule on every architecture; the default ranks by magnitude)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout.splitlines()[-1])
     assert summary["sparsity"] == pytest.approx(0.5, abs=1e-3) and summary["step"] <= 3  # approach ≤ 2, settle 1
