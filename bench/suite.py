@@ -37,7 +37,8 @@ passes, and the page says by how much the passes differ; a case whose network is
 ``--grid-from OLD.json --grid OPT:LR ...`` re-runs the peers at this geodesic's passes, each on the grid
 point that won in the earlier run (for its case, peer and seed) and on the points given (a grid extended
 without re-running the points that lost). ``--criterion`` sets the geodesic's ranking
-(``magnitude`` by default since 2026-12-07; ``auto`` was the default before, ``saliency`` before that). A finished run in bench/_work/suite with the same
+(``magnitude`` by default since 2026-12-07; ``auto`` was the default before, ``saliency`` before that). A
+finished run in bench/_work/suite with the same
 options is reused (a suite stopped part-way goes on where it stopped; ``--rerun`` redoes everything);
 seconds are each run's own wall time.
 """
@@ -265,7 +266,8 @@ def main() -> int:
                     help="re-run the peers, each on the grid point that won in this earlier run (per case, peer "
                          "and seed) and on the points of --grid (a grid extended without re-running its losers)")
     ap.add_argument("--criterion", choices=["auto", "saliency", "magnitude"],
-                    help="the geodesic's --criterion (default: the CLI's, magnitude; auto and saliency were defaults before)")
+                    help="the geodesic's --criterion (default: the CLI's, magnitude; auto and saliency were "
+                         "defaults before)")
     ap.add_argument("--rerun", action="store_true", help="run everything again (by default a finished run in "
                                                          "bench/_work/suite with the same options is reused)")
     args = ap.parse_args()

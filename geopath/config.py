@@ -260,9 +260,9 @@ class WalkOptions(CommonOptions):
                                        "outputs and the labels (start+labels), or only locally.")
     label_weight: float = opt(1.0, "λ of --anchor start+labels: r = (z − z_start) + λ (softmax(z) − onehot(y)).")
     batch_size: int = opt(128, "Metric batch size.")
-    micro_batch: int | None = opt(None, "Split metric batches into micro-batches of at most this size (near-equal sizes): products are "
-                                     "accumulated over them and only one micro-batch's activations are held "
-                                     "(one more forward pass per product).")
+    micro_batch: int | None = opt(None, "Split metric batches into micro-batches of at most this size (near-equal "
+                                     "sizes): products are accumulated over them and only one micro-batch's "
+                                     "activations are held (one more forward pass per product).")
     bn_stats: BNStats = opt(BNStats.BATCH, "BatchNorm in metric products: the batch's own statistics (the function "
                                            "with fresh running statistics) or the stored running statistics.")
     bn_samples: int = opt(2000, "Samples used to re-estimate BatchNorm statistics at every evaluated network.")

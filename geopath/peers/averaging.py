@@ -37,8 +37,9 @@ def fisher_diag(model: nn.Module, ds: Dataset, samples: int = 2000, chunk: int =
 
     Labels are sampled from the model's own predictive distribution (the true Fisher,
     not the empirical one); per-sample gradients come from ``vmap(grad(...))``.
-    Costs :data:`FISHER_PASSES` sample passes per input (the labels' forward, then a forward+backward). Under ``torchrun`` every rank draws the
-    same labels and computes the per-sample gradients of its shard; the sums are all-reduced.
+    Costs :data:`FISHER_PASSES` sample passes per input (the labels' forward, then a forward+backward). Under
+    ``torchrun`` every rank draws the same labels and computes the per-sample gradients of its shard; the sums
+    are all-reduced.
     """
     space = ParamSpace.of(model)
     model.eval()
