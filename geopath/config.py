@@ -74,6 +74,19 @@ class Settle(str, Enum):
     whole units go (``--structured``) (:func:`geopath.jobs.sparsify.choose_settle`)."""
 
 
+class SettleOptimizer(str, Enum):
+    """The optimizer of ``sparsify``'s settle by training."""
+
+    SGD = "sgd"
+    """SGD with momentum 0.9 at ``--settle-lr``."""
+    ADAM = "adam"
+    """Adam (default learning rate 0.001)."""
+    AUTO = "auto"
+    """``sparsify``'s default: Adam where SGD's learning rate times the start network's sharpness (the largest
+    eigenvalue of its softmax Fisher on 256 training inputs) exceeds 2.5, else SGD
+    (:func:`geopath.jobs.sparsify.choose_settle_optimizer`)."""
+
+
 SETTLE_WARMUP_HELP = ("--settle finetune/distill: the fraction of the SGD steps over which the learning rate rises "
                       "linearly to --settle-lr before its cosine decay (0: none).")
 
@@ -331,11 +344,13 @@ class SparsifyConfig(WalkOptions):
                                        default_help="--anchor")
     settle_epochs: float = opt(2.5, "Epochs of masked SGD after landing (--settle finetune or distill).")
     settle_lr: float | None = opt(None, "Learning rate of --settle finetune/distill (cosine decay).",
-                                  default_help="0.1; 0.05 with --structured or on the start's outputs (distill); "
-                                               "0.001 with --settle-optimizer adam")
-    settle_optimizer: registry.Optimizer = opt(registry.Optimizer.SGD, "Optimizer of --settle finetune/distill: sgd "
-                                                                       "(momentum 0.9) or adam (for a network trained "
-                                                                       "with Adam, see docs/method.md).")
+                                  default_help="SGD's: 0.1; 0.05 with --structured or on the start's outputs "
+                                               "(distill). 0.001 with --settle-optimizer adam (where auto chooses "
+                                               "Adam, it runs at 0.001)")
+    settle_optimizer: SettleOptimizer = opt(SettleOptimizer.AUTO, "Optimizer of --settle finetune/distill: sgd "
+                                                                  "(momentum 0.9), adam, or auto: Adam where SGD's "
+                                                                  "rate × the start's sharpness (the top eigenvalue "
+                                                                  "of its softmax Fisher) exceeds 2.5, else SGD.")
     settle_warmup: float = opt(0.0, SETTLE_WARMUP_HELP)
     settle_average: float = opt(0.0, SETTLE_AVERAGE_HELP)
     settle_prune: float | None = opt(None, "--settle finetune/distill, unstructured: leave this fraction of the "
@@ -834,7 +849,8 @@ def _check_inherited_settle_lr(yaml_values: dict[str, Any], flags: dict[str, Any
     wanted = flags.get("settle_optimizer")
     if lr is None or wanted is None or flags.get("settle_lr") is not None:
         return
-    if _value(wanted) != _value(recorded):
+    sgd_rate = {"sgd", "auto"}  # (auto's learning rate is its SGD's; Adam races at its own)
+    if _value(wanted) != _value(recorded) and not {_value(wanted), _value(recorded)} <= sgd_rate:
         raise UsageError(f"--settle-optimizer {_value(wanted)}: the config file's settle_lr {lr} is its "
                          f"{_value(recorded)} settle's; give --settle-lr for {_value(wanted)} too")
 

@@ -18,11 +18,10 @@ from geopath.jobs import common as job
 from geopath.core.augment import check_images
 from geopath.jobs.settle import SGD_STEPS_PER_STEP, settle_by_training
 from geopath.report.text import fmt
-from geopath.peers.registry import Optimizer
 from geopath.peers.task import PeerTask
 from geopath.core.params import ParamSpace, model_vector
 from geopath.io.checkpoint import sparsity_of
-from geopath.config import Criterion, MaskMode, Settle, SparsifyConfig, SparsifyMethod
+from geopath.config import Criterion, MaskMode, Settle, SettleOptimizer, SparsifyConfig, SparsifyMethod
 from geopath.errors import UsageError
 from geopath.core.evaluate import evaluate, has_batchnorm
 from geopath.core.path import PathState, walk
@@ -159,6 +158,57 @@ def settle_text(record: dict) -> str:
             f"training inputs right; distils from {record['threshold']:.1%})")
 
 
+# --settle-optimizer auto (docs/method.md, "Which optimizer settles"): the sharpness λ of the start's softmax GGN
+# (its largest eigenvalue: SHARPNESS_ITERATIONS Lanczos products on SHARPNESS_SAMPLES training inputs) against
+# SGD's learning rate; Adam settles where lr·λ exceeds SHARPNESS_BOUND
+SHARPNESS_SAMPLES = 256
+SHARPNESS_ITERATIONS = 10
+SHARPNESS_BOUND = 2.5
+
+
+def choose_settle_optimizer(cfg: SparsifyConfig, settle: Settle, model, space: ParamSpace, w0: torch.Tensor,
+                            data, device) -> tuple[SettleOptimizer, dict | None, float]:
+    """``--settle-optimizer auto``: Adam (at 0.001) when SGD's learning rate times the start's sharpness exceeds
+    :data:`SHARPNESS_BOUND`, else SGD. The sharpness is the largest eigenvalue of the softmax Fisher (the
+    cross-entropy's Gauss-Newton matrix) of the start network on a draw of :data:`SHARPNESS_SAMPLES` training
+    inputs seeded by ``--seed`` (:func:`geopath.core.lanczos.top_eigenvalue`, :data:`SHARPNESS_ITERATIONS`
+    products). Gradient descent at rate lr is stable along a direction of curvature λ only while lr·λ < 2 (heavy
+    ball with momentum 0.9: < 3.8); past the bound SGD at the settle's rate mostly bounces along the sharpest
+    directions, while Adam's steps do not scale with the curvature. Returns the optimizer, the rule's record for
+    the summary (``None`` where nothing was chosen) and its cost in sample passes. Any other
+    ``--settle-optimizer``, or a run that does not settle by training, is returned as it is (SGD), at no cost."""
+    from geopath.core.choices import MetricKind
+    from geopath.core.lanczos import top_eigenvalue
+    from geopath.core.metric import MetricOperator
+    from geopath.core.step import PASS_FORWARD, PASS_MATVEC
+
+    if cfg.settle_optimizer is not SettleOptimizer.AUTO:
+        return cfg.settle_optimizer, None, 0.0
+    if cfg.method is not SparsifyMethod.GEODESIC or settle is Settle.GEODESIC or cfg.settle_epochs == 0:
+        return SettleOptimizer.SGD, None, 0.0  # (nothing settles by training: the choice is never read)
+    lr = settle_lr_of(cfg, settle)  # (SGD's: --settle-lr, else its default)
+    n = min(SHARPNESS_SAMPLES, len(data))
+    idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(cfg.seed))[:n]
+    x = data.x[idx].to(device)
+    parts = [x] if cfg.micro_batch is None else list(torch.tensor_split(x, -(-n // cfg.micro_batch)))
+    fisher = MetricOperator(model, space, w0, parts, MetricKind.FISHER, cfg.bn_stats,
+                            cache=cfg.micro_batch is None, jvp_mode=cfg.jvp)
+    sharpness = top_eigenvalue(fisher, SHARPNESS_ITERATIONS, torch.Generator().manual_seed(cfg.seed))
+    chosen = SettleOptimizer.ADAM if lr * sharpness > SHARPNESS_BOUND else SettleOptimizer.SGD
+    cost = fisher.num_samples * (PASS_FORWARD + (PASS_MATVEC + PASS_FORWARD * fisher.forward_passes_per_product)
+                                 * fisher.matvecs)
+    record = {"rule": "auto", "chosen": chosen.value, "sharpness": sharpness, "sgd_lr": lr,
+              "bound": SHARPNESS_BOUND, "inputs": n, "products": fisher.matvecs}
+    return chosen, record, cost
+
+
+def optimizer_text(record: dict) -> str:
+    """What ``--settle-optimizer auto`` chose and why, for a person (the summary's ``settle_optimizer``)."""
+    return (f"{record['chosen']} (auto: SGD's rate {record['sgd_lr']:g} × the start's sharpness "
+            f"{record['sharpness']:.3g} = {record['sgd_lr'] * record['sharpness']:.3g}; Adam above "
+            f"{record['bound']:g})")
+
+
 def default_max_steps(cfg: SparsifyConfig) -> int:
     """The approach's length when ``--max-steps`` is not given: ``--steps`` when a training settle follows at a
     constant β (the approach never comes within ``--tol`` on the suite's networks, and the settle, given the
@@ -170,6 +220,9 @@ def default_max_steps(cfg: SparsifyConfig) -> int:
     return 3 * cfg.steps
 
 
+ADAM_LR = 0.001  # the settle's rate with Adam (--settle-optimizer adam, or where auto chooses it)
+
+
 def default_settle_lr(cfg: SparsifyConfig, settle: Settle) -> float:
     """The learning rate of a training ``settle`` when ``--settle-lr`` is not given: 0.1 on the labels for
     unstructured sparsity; 0.05 when whole units go (``--structured``) or on the start's outputs (``distill``).
@@ -179,8 +232,8 @@ def default_settle_lr(cfg: SparsifyConfig, settle: Settle) -> float:
     ahead on VGG11 at 90 % by 1.38 points (three seeds) and on three of the four label-free cases, 0.09 behind
     on the shipped MNIST MLP. With ``--settle-optimizer adam``: 0.001 (the peers' Adam grid point; measured on the
     wide MNIST MLP trained with Adam, docs/method.md)."""
-    if cfg.settle_optimizer is Optimizer.ADAM:
-        return 0.001
+    if cfg.settle_optimizer is SettleOptimizer.ADAM:
+        return ADAM_LR
     return 0.05 if parse_structured(cfg.structured) or settle is Settle.DISTILL else 0.1
 
 
@@ -243,7 +296,8 @@ class Sparsify(job.Job):
                 f"sparsity:        {fmt(s['sparsity'])}",
                 f"path length:     {fmt(s['length'])}   steps: {s['step']}   epochs of data: {s['epochs']:.2f}"
                 ] + ([f"ranking:         {ranking_text(s['ranking'])}"] if s.get("ranking") else []) \
-            + ([f"settle:          {settle_text(s['settle'])}"] if s.get("settle") else [])
+            + ([f"settle:          {settle_text(s['settle'])}"] if s.get("settle") else []) \
+            + ([f"optimizer:       {optimizer_text(s['settle_optimizer'])}"] if s.get("settle_optimizer") else [])
 
     def prepare(self, cfg: SparsifyConfig, device) -> job.Setup:
         ck = job.load(cfg, cfg.checkpoint)
@@ -266,6 +320,9 @@ class Sparsify(job.Job):
                 scores, ranking, checked = choose_ranking(cfg, model, space, w0, metric_data, scores)
                 spent += checked
         settle, settle_rule, checked = choose_settle(cfg, model, metric_data, device)
+        spent += checked
+        optimizer, optimizer_rule, checked = choose_settle_optimizer(cfg, settle, model, space, w0, metric_data,
+                                                                     device)
         spent += checked
         target = build_target(cfg, model, space, w0, example=test_data.x[:2].to(device), scores=scores)
         max_steps = cfg.max_steps or default_max_steps(cfg)
@@ -293,7 +350,7 @@ class Sparsify(job.Job):
                          bn_data, max_steps + cfg.settle_steps,
                          own={"target": target, "walk_target": walk_target, "metric": metric_data,
                               "reference": reference, "spent": spent, "ranking": ranking, "settle": settle,
-                              "settle_rule": settle_rule},
+                              "settle_rule": settle_rule, "optimizer": optimizer, "optimizer_rule": optimizer_rule},
                          preprocess=metric_data.preprocess, carry=job.carried(ck))
 
     def walk(self, setup: job.Setup, recorder, state, device) -> job.Outcome:
@@ -313,7 +370,12 @@ class Sparsify(job.Job):
                       state=state, device=device, record_start=record_start,
                       final_path="steps/landed.safetensors" if by_training else "final.safetensors")
         if by_training:  # (--settle auto: as the rule chose; the config records auto, which replays the same)
-            return job.Outcome(settle_by_training(dataclasses.replace(cfg, settle=own["settle"]), setup.model,
+            # (--settle-optimizer auto: as the rule chose, Adam at its own rate; the config records auto and SGD's
+            # rate, which replay the same)
+            lr = ADAM_LR if cfg.settle_optimizer is SettleOptimizer.AUTO and own["optimizer"] is SettleOptimizer.ADAM \
+                else cfg.settle_lr
+            chosen = dataclasses.replace(cfg, settle=own["settle"], settle_optimizer=own["optimizer"], settle_lr=lr)
+            return job.Outcome(settle_by_training(chosen, setup.model,
                                                   target, own["metric"], own["reference"],
                                                   result, recorder, device,
                                                   grow_to=own["target"] if cfg.settle_prune else None))
@@ -339,6 +401,7 @@ class Sparsify(job.Job):
             {k: v for k, v in target.describe().items() if k != "parameters"},
             **({"ranking": setup.own["ranking"]} if setup.own.get("ranking") else {}),
             **({"settle": setup.own["settle_rule"]} if setup.own.get("settle_rule") else {}),
+            **({"settle_optimizer": setup.own["optimizer_rule"]} if setup.own.get("optimizer_rule") else {}),
         }
 
 

@@ -185,8 +185,12 @@ def test_defaults_choose_the_ranking_and_the_settle(tmp_path):
     # paying the start's forward pass too
     spent = after[-1]["sample_passes"] - landed[0]["sample_passes"]
     assert spent == pytest.approx((int(0.5 * 2000 / (4 / 3)) // 64) * 64 * (4 / 3))
-    # paid for up front: the settle rule's one forward pass of the 2,000 inputs (magnitude costs nothing)
-    assert rows[0]["sample_passes"] == round(2000 / 3)
+    # paid for up front: the settle rule's one forward pass of the 2,000 inputs (magnitude costs nothing) and the
+    # settle optimizer rule's sharpness (a forward pass and its products on 256 inputs); it keeps SGD here
+    summary = json.loads(proc.stdout.splitlines()[-1])
+    assert cfg["settle_optimizer"] == "auto" and summary["settle_optimizer"]["chosen"] == "sgd"
+    products = summary["settle_optimizer"]["products"]
+    assert products == 10 and rows[0]["sample_passes"] == pytest.approx(round(2000 / 3) + 256 * (1 / 3 + 4 / 3 * 10))
     # the walk lands at 0.8 of the removals (--settle-prune 0.2, resolved and recorded) and the settle prunes
     # the rest: every weight the walk removed stays removed, and the settle did train
     assert cfg["settle_prune"] == 0.2 and landed[0]["sparsity"] == pytest.approx(0.72, abs=1e-4)

@@ -384,6 +384,24 @@ def test_switching_the_settle_optimizer_of_a_config_file_needs_its_own_settle_lr
     assert resolve(cls, base, {"settle_optimizer": "adam"}).settle_lr is None  # resolved by the run: Adam's 0.001
 
 
+def test_a_config_files_auto_settle_optimizer_records_sgds_rate():
+    """sparsify's --settle-optimizer auto records SGD's rate (the rule's input; Adam, where chosen, runs at its
+    own): switching such a file to sgd keeps the rate, to adam needs --settle-lr."""
+    recorded = {"checkpoint": "c.safetensors", "out": "o", "settle_optimizer": "auto", "settle_lr": 0.1}
+    assert resolve(SparsifyConfig, recorded, {"settle_optimizer": "sgd"}).settle_lr == 0.1
+    sgd_file = {**recorded, "settle_optimizer": "sgd"}
+    assert resolve(SparsifyConfig, sgd_file, {"settle_optimizer": "auto"}).settle_lr == 0.1
+    with pytest.raises(UsageError, match="--settle-optimizer adam: the config file's settle_lr 0.1 is its auto"):
+        resolve(SparsifyConfig, recorded, {"settle_optimizer": "adam"})
+    with pytest.raises(UsageError, match="--settle-optimizer auto: the config file's settle_lr 0.001 is its adam"):
+        resolve(SparsifyConfig, {**recorded, "settle_optimizer": "adam", "settle_lr": 0.001},
+                {"settle_optimizer": "auto"})
+    assert SparsifyConfig(checkpoint="c", out="o").settle_optimizer.value == "auto"
+    with pytest.raises(UsageError, match="auto"):  # transition has no rule: sgd or adam
+        resolve(config.TransitionConfig, {"checkpoint": "c.safetensors", "out": "o",
+                                          "plan": [{"remove": {"layers.0": 5}}]}, {"settle_optimizer": "auto"})
+
+
 def test_criterion_auto_is_for_one_shot_rankings():
     """--criterion auto chooses between two one-shot rankings: the geodesic's default, open to the one-shot
     magnitude peers; refused by the peers that re-rank by magnitude as they go and by obd (saliency by definition)."""
