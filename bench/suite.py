@@ -83,10 +83,13 @@ CASES = {
     "mnist_deep_95": ("mnist_deep", 0.95),
     "fmnist_adamw_90": ("fmnist_adamw", 0.90),
     "cifar_mlp_90": ("cifar_mlp", 0.90),
+    "cifar_mlp_sgd_90": ("cifar_mlp_sgd", 0.90),
+    "fmnist_wide_adam_95": ("fmnist_wide_adam", 0.95),
 }
 # (mnist_deep_95 and fmnist_adamw_90 were added after every default was fixed, and never run before: the
 # held-out check, docs/bench_suite_heldout_auto.md; they then chose the default ranking, magnitude, and
-# cifar_mlp_90 was added after that: docs/bench_suite_heldout.md)
+# cifar_mlp_90 was added after that: docs/bench_suite_heldout.md; it then chose --settle-optimizer auto's rule, and
+# cifar_mlp_sgd_90 and fmnist_wide_adam_95 were added after that: docs/bench_suite_heldout_sharpness.md)
 # the CIFAR-10 cases (the 20k training images; one seed: each costs well over 10 CPU minutes a budget)
 CIFAR_CASES = ("vgg11_90", "vgg11_filters", "resnet20_90")
 # options of a case beside its sparsity, for every method: 12 of the 16 layer-1 filters of the VGG11 (issue 19's
@@ -139,7 +142,13 @@ def run(ckpt: Path, out: Path, data_root: str, **options) -> dict:
         s = run_sparsify(cfg)
     return {"accuracy": s["test_accuracy"], "passes": s["sample_passes"], "epochs": s["epochs"],
             "seconds": s["wall_time"], "dense": s["dense_test_accuracy"],
-            "ranking": s.get("ranking", {}).get("chosen") or s["target"].get("criterion")}
+            "ranking": s.get("ranking", {}).get("chosen") or s["target"].get("criterion"),
+            "optimizer": _optimizer(s.get("settle_optimizer"))}
+
+
+def _optimizer(rule: dict | None) -> str | None:
+    """What --settle-optimizer auto chose, with SGD's rate × the sharpness it compared (``None`` without it)."""
+    return None if not rule else f"{rule['chosen']} ({rule['sgd_lr'] * rule['sharpness']:.2f})"
 
 
 def finished(out: Path, ckpt: Path, cfg: SparsifyConfig, options: dict) -> dict | None:
@@ -172,6 +181,7 @@ def finished(out: Path, ckpt: Path, cfg: SparsifyConfig, options: dict) -> dict 
         if summary.get("ranking", {}).get("rule") == "auto" and "p" not in summary["ranking"]:
             return None  # (made before --criterion auto's sign test)
         resolved = {"settle": cfg.settle.value, "settle_lr": settle_lr_of(cfg, chosen),
+                    "settle_optimizer": cfg.settle_optimizer.value,
                     "max_steps": cfg.max_steps or default_max_steps(cfg), "settle_prune": settle_prune_of(cfg),
                     "settle_prune_until": settle_prune_until_of(cfg, chosen or cfg.settle)}
         if any(saved.get(k) != v for k, v in resolved.items()):
@@ -330,7 +340,10 @@ def main() -> int:
                                    "epochs": statistics.mean(r["epochs"] for r in rs),
                                    "seconds": statistics.mean(r["seconds"] for r in rs),
                                    "grid": [r.get("grid") for r in rs],
-                                   "ranking": [r.get("ranking") for r in rs]} for m, rs in per_method.items()}}
+                                   "ranking": [r.get("ranking") for r in rs],
+                                   **({"optimizer": [r["optimizer"] for r in rs]}
+                                      if any(r.get("optimizer") for r in rs) else {})}
+                               for m, rs in per_method.items()}}
             if earlier is not None:  # the peers of the earlier run, at its geodesic's passes
                 if abs(earlier["dense"] - row["dense"]) > 1e-9:  # not the same network (re-made elsewhere?)
                     raise SystemExit(f"{args.peers_from}: {case}'s network is not this run's (dense "
@@ -444,6 +457,12 @@ def main() -> int:
         lines += ["", "The geodesic ranked the weights by (`--criterion`; magnitude unless the command names "
                   "another, `auto` choosing per network): "
                   + "; ".join(f"{case} {'/'.join(k)}" for case, k in rankings.items() if k) + "."]
+    optimizers = {r["case"]: r["methods"]["geodesic"]["optimizer"] for r in rows
+                  if r["methods"]["geodesic"].get("optimizer")}
+    if optimizers:
+        lines += ["", "The geodesic's settle optimizer by seed (`--settle-optimizer auto`: Adam where SGD's rate × the "
+                  "start's sharpness, in brackets, exceeds 2.5): "
+                  + "; ".join(f"{case} {', '.join(map(str, k))}" for case, k in optimizers.items()) + "."]
     if free_rows:
         lines += ["", "## Label-free: N unlabeled inputs", "",
                   "| case | inputs | dense | geodesic (settle distill) | prune + distill | one-shot saliency | epochs |",

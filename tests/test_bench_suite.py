@@ -48,3 +48,33 @@ def test_the_grid_text_names_the_label_free_grid_where_it_differs():
     assert _grid_text(grid, {"command": "c"}, [("sgd", 0.05)]) == (
         "(on each case and seed, the grid point that won in `c`, and sgd lr 0.1, adam lr 0.001; the label-free "
         "table: sgd lr 0.05).")
+
+
+def test_a_run_made_before_the_settle_optimizer_rule_is_not_reused(tmp_path):
+    """A finished geodesic run counts as today's only if it resolved today's settle optimizer too: one recorded with
+    sgd (before --settle-optimizer auto) runs again; the same run recorded with auto is reused."""
+    import json
+
+    import yaml
+
+    from suite import _optimizer, finished
+
+    from geopath.config import SparsifyConfig
+
+    ckpt = tmp_path / "net.safetensors"
+    ckpt.write_bytes(b"")
+    options = {"sparsity": 0.9, "steps": 25, "settle_epochs": 4.375}
+    cfg = SparsifyConfig(checkpoint=str(ckpt), out=str(tmp_path / "run"), **options).validate()
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "manifest.json").write_text("{}")
+    rule = {"rule": "auto", "chosen": "sgd", "sharpness": 1.5, "sgd_lr": 0.1, "bound": 2.5}
+    (run / "summary.json").write_text(json.dumps({
+        "settle": {"rule": "auto", "chosen": "finetune"}, "settle_optimizer": rule}))
+    saved = {**options, "checkpoint": str(ckpt.resolve()), "seed": 0, "method": "geodesic", "criterion": "magnitude",
+             "settle": "auto", "settle_lr": 0.1, "max_steps": 25, "settle_prune": 0.2, "settle_prune_until": 0.75}
+    (run / "config.yaml").write_text(yaml.safe_dump({**saved, "settle_optimizer": "sgd"}))
+    assert finished(run, ckpt, cfg, options) is None
+    (run / "config.yaml").write_text(yaml.safe_dump({**saved, "settle_optimizer": "auto"}))
+    assert finished(run, ckpt, cfg, options)["settle_optimizer"] == rule
+    assert _optimizer(rule) == "sgd (0.15)" and _optimizer(None) is None
