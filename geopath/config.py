@@ -849,7 +849,7 @@ def _check_inherited_settle_lr(yaml_values: dict[str, Any], flags: dict[str, Any
     wanted = flags.get("settle_optimizer")
     if lr is None or wanted is None or flags.get("settle_lr") is not None:
         return
-    sgd_rate = {"sgd", "auto"}  # (auto's learning rate is its SGD's; Adam races at its own)
+    sgd_rate = {"sgd", "auto"}  # (auto's learning rate is its SGD's; Adam, where auto chooses it, runs at 0.001)
     if _value(wanted) != _value(recorded) and not {_value(wanted), _value(recorded)} <= sgd_rate:
         raise UsageError(f"--settle-optimizer {_value(wanted)}: the config file's settle_lr {lr} is its "
                          f"{_value(recorded)} settle's; give --settle-lr for {_value(wanted)} too")

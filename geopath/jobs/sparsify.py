@@ -177,6 +177,7 @@ def choose_settle_optimizer(cfg: SparsifyConfig, settle: Settle, model, space: P
     directions, while Adam's steps do not scale with the curvature. Returns the optimizer, the rule's record for
     the summary (``None`` where nothing was chosen) and its cost in sample passes. Any other
     ``--settle-optimizer``, or a run that does not settle by training, is returned as it is (SGD), at no cost."""
+    from geopath.core import distributed
     from geopath.core.choices import MetricKind
     from geopath.core.lanczos import top_eigenvalue
     from geopath.core.metric import MetricOperator
@@ -189,8 +190,8 @@ def choose_settle_optimizer(cfg: SparsifyConfig, settle: Settle, model, space: P
     lr = settle_lr_of(cfg, settle)  # (SGD's: --settle-lr, else its default)
     n = min(SHARPNESS_SAMPLES, len(data))
     idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(cfg.seed))[:n]
-    x = data.x[idx].to(device)
-    parts = [x] if cfg.micro_batch is None else list(torch.tensor_split(x, -(-n // cfg.micro_batch)))
+    x = data.x[idx[distributed.current().shard(n)]].to(device)  # under torchrun: this rank's share of the draw
+    parts = [x] if cfg.micro_batch is None else list(torch.tensor_split(x, -(-len(x) // cfg.micro_batch)))
     fisher = MetricOperator(model, space, w0, parts, MetricKind.FISHER, cfg.bn_stats,
                             cache=cfg.micro_batch is None, jvp_mode=cfg.jvp)
     sharpness = top_eigenvalue(fisher, SHARPNESS_ITERATIONS, torch.Generator().manual_seed(cfg.seed))

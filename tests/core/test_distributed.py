@@ -87,6 +87,10 @@ def test_torchrun_sparsify_reproduces_the_single_process_path(tmp_path):
     # rank 0 alone wrote: the files are exactly those of the manifest, no stray temp files
     assert verify_run(tmp_path / "two")["ok"]
     assert not [p for p in (tmp_path / "two").rglob(".*")]
+    # --settle-optimizer auto: the ranks share the 256 inputs of the sharpness, measured and paid for once
+    sa, sb = (json.loads(p.stdout.splitlines()[-1])["settle_optimizer"] for p in (one, two))
+    assert sb["chosen"] == sa["chosen"] and sb["sharpness"] == pytest.approx(sa["sharpness"], rel=1e-4)
+    assert rb[0]["sample_passes"] == pytest.approx(ra[0]["sample_passes"])
 
 
 @needs_mnist
