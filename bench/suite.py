@@ -60,7 +60,7 @@ import train_mlps  # noqa: E402
 
 from geopath.config import SparsifyConfig  # noqa: E402
 from geopath.jobs.checkpoints import train_checkpoint  # noqa: E402
-from geopath.jobs.sparsify import run_sparsify  # noqa: E402
+from geopath.jobs.sparsify import SHARPNESS_BOUND, run_sparsify  # noqa: E402
 
 SHIPPED = ROOT / "sample_checkpoints"
 WORK = ROOT / "bench" / "_work" / "suite"
@@ -461,7 +461,7 @@ def main() -> int:
                   if r["methods"]["geodesic"].get("optimizer")}
     if optimizers:
         lines += ["", "The geodesic's settle optimizer by seed (`--settle-optimizer auto`: Adam where SGD's rate × the "
-                  "start's sharpness, in brackets, exceeds 2.5): "
+                  f"start's sharpness, in brackets, exceeds {SHARPNESS_BOUND:g}): "
                   + "; ".join(f"{case} {', '.join(map(str, k))}" for case, k in optimizers.items()) + "."]
     if free_rows:
         lines += ["", "## Label-free: N unlabeled inputs", "",

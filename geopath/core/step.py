@@ -37,6 +37,12 @@ PASS_JVP = 2.0 / 3.0
 PASS_MATVEC = PASS_JVP + PASS_VJP
 
 
+def product_passes(G: MetricOperator) -> float:
+    """The sample passes of the products taken on ``G`` so far: a JVP and a VJP each per sample, plus the forward
+    pass an uncached product redoes."""
+    return (PASS_MATVEC + PASS_FORWARD * G.forward_passes_per_product) * G.num_samples * G.matvecs
+
+
 @dataclass(frozen=True)
 class StepConfig:
     beta: float = 1.0
@@ -187,8 +193,7 @@ def geodesic_step(
     theta_g_theta = res.curvature / 2.0
     if cfg.damping > 0:
         theta_g_theta -= cfg.damping * float(torch.dot(res.theta, res.theta))
-    passes += sum((PASS_MATVEC + PASS_FORWARD * Gs.forward_passes_per_product) * Gs.num_samples * Gs.matvecs
-                  for Gs in parts)
+    passes += sum(product_passes(Gs) for Gs in parts)
     passes += PASS_FORWARD * len(probe.inputs)  # the check in step_fault
     return StepInfo(
         theta=res.theta,

@@ -181,7 +181,7 @@ def choose_settle_optimizer(cfg: SparsifyConfig, settle: Settle, model, space: P
     from geopath.core.choices import MetricKind
     from geopath.core.lanczos import top_eigenvalue
     from geopath.core.metric import MetricOperator
-    from geopath.core.step import PASS_FORWARD, PASS_MATVEC
+    from geopath.core.step import PASS_FORWARD, product_passes
 
     if cfg.settle_optimizer is not SettleOptimizer.AUTO:
         return cfg.settle_optimizer, None, 0.0
@@ -196,8 +196,7 @@ def choose_settle_optimizer(cfg: SparsifyConfig, settle: Settle, model, space: P
                             cache=cfg.micro_batch is None, jvp_mode=cfg.jvp)
     sharpness = top_eigenvalue(fisher, SHARPNESS_ITERATIONS, torch.Generator().manual_seed(cfg.seed))
     chosen = SettleOptimizer.ADAM if lr * sharpness > SHARPNESS_BOUND else SettleOptimizer.SGD
-    cost = fisher.num_samples * (PASS_FORWARD + (PASS_MATVEC + PASS_FORWARD * fisher.forward_passes_per_product)
-                                 * fisher.matvecs)
+    cost = PASS_FORWARD * fisher.num_samples + product_passes(fisher)  # (building it: one forward pass)
     record = {"rule": "auto", "chosen": chosen.value, "sharpness": sharpness, "sgd_lr": lr,
               "bound": SHARPNESS_BOUND, "inputs": n, "products": fisher.matvecs}
     return chosen, record, cost
