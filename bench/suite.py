@@ -16,7 +16,9 @@ MNIST, and on
 CIFAR-10 (its 20k training images) the shipped width-0.25 VGG11 at 90 % and with 12 of its 16 layer-1
 filters removed (the geodesic with the approach docs/method.md gives BatchNorm networks for structured
 targets; obd ranks single weights and sits that case out), and the ResNet-20 of bench/connect_paths.py
-at 90 %. A CIFAR-10 case runs one seed unless ``--seeds`` is given (each costs well over 10 CPU minutes
+at 90 %. Held-out cases add MLPs trained after the defaults were chosen, each with its own
+page, five of them under-trained on purpose (docs/bench_suite_heldout_undertrained.md). A CIFAR-10
+case runs one seed unless ``--seeds`` is given (each costs well over 10 CPU minutes
 a budget).
 
 The bar (issue 19): at the largest budget the geodesic is ≥ the best peer in every case (a
@@ -85,11 +87,17 @@ CASES = {
     "cifar_mlp_90": ("cifar_mlp", 0.90),
     "cifar_mlp_sgd_90": ("cifar_mlp_sgd", 0.90),
     "fmnist_wide_adam_95": ("fmnist_wide_adam", 0.95),
+    "fmnist_short_90": ("fmnist_short", 0.90),
+    "mnist_short_90": ("mnist_short", 0.90),
+    "cifar_mlp_short_90": ("cifar_mlp_short", 0.90),
+    "fmnist_slow_90": ("fmnist_slow", 0.90),
+    "cifar_mlp_adam_short_90": ("cifar_mlp_adam_short", 0.90),
 }
 # (mnist_deep_95 and fmnist_adamw_90 were added after every default was fixed, and never run before: the
 # held-out check, docs/bench_suite_heldout_auto.md; they then chose the default ranking, magnitude, and
 # cifar_mlp_90 was added after that: docs/bench_suite_heldout.md; it then chose --settle-optimizer auto's rule, and
-# cifar_mlp_sgd_90 and fmnist_wide_adam_95 were added after that: docs/bench_suite_heldout_sharpness.md)
+# cifar_mlp_sgd_90 and fmnist_wide_adam_95 were added after that: docs/bench_suite_heldout_sharpness.md; the
+# three under-trained starts after that: docs/bench_suite_heldout_undertrained.md)
 # the CIFAR-10 cases (the 20k training images; one seed: each costs well over 10 CPU minutes a budget)
 CIFAR_CASES = ("vgg11_90", "vgg11_filters", "resnet20_90")
 # options of a case beside its sparsity, for every method: 12 of the 16 layer-1 filters of the VGG11 (issue 19's

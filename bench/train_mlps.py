@@ -26,6 +26,14 @@ name               data           layers           recipe
                                                    ``--settle-optimizer auto``, chosen on ``cifar_mlp``)
 ``fmnist_wide_``   Fashion-MNIST  784-1024-512-10  Adam, lr 3e-4, batch 128, 8 epochs, inputs in [0, 1] (held
 ``adam``                                           out, as ``cifar_mlp_sgd``)
+``fmnist_short``   Fashion-MNIST  784-300-100-10   plain SGD, lr 0.01, batch 128, 1 epoch, inputs in [0, 1]
+                                                   (under-trained on purpose; held out, as the next two)
+``mnist_short``    MNIST          784-300-100-10   plain SGD, lr 0.01, batch 128, 1 epoch, inputs standardised
+``cifar_mlp_``     CIFAR-10 (20k) 3072-512-256-10  SGD, momentum 0.9, lr 0.005, batch 128, 3 epochs, inputs
+``short``                                          standardised per channel
+``fmnist_slow``    Fashion-MNIST  784-300-100-10   plain SGD, lr 0.002, batch 128, 1 epoch, inputs in [0, 1]
+``cifar_mlp_``     CIFAR-10 (20k) 3072-512-256-10  Adam, lr 1e-4, batch 128, 1 epoch, inputs in [0, 1] (these
+``adam_short``                                     two added as the check of a rule the first three suggested)
 =================  =============  ===============  =================================================
 
 Each network is written as a self-describing checkpoint (``--normalize none`` recorded where the
@@ -68,6 +76,14 @@ RECIPES = {
     # held out from --settle-optimizer auto (added after it was chosen on cifar_mlp)
     "cifar_mlp_sgd": ("cifar10", (1024, 256), "none", "sgdm", 0.01, 5e-4, 128, 12),
     "fmnist_wide_adam": ("fashion-mnist", (1024, 512), "none", "adam", 3e-4, 0.0, 128, 8),
+    # under-trained starts (few epochs at a small rate), added to test how the settle's pruning depends on how
+    # well the start fits its labels (cifar_mlp_sgd fits half of its own)
+    "fmnist_short": ("fashion-mnist", (300, 100), "none", "sgd", 0.01, 0.0, 128, 1),
+    "mnist_short": ("mnist", (300, 100), "dataset", "sgd", 0.01, 0.0, 128, 1),
+    "cifar_mlp_short": ("cifar10", (512, 256), "dataset", "sgdm", 0.005, 0.0, 128, 3),
+    # the check of a rule by the start's fit that the three above suggested (docs/method.md, "Under-trained starts")
+    "fmnist_slow": ("fashion-mnist", (300, 100), "none", "sgd", 0.002, 0.0, 128, 1),
+    "cifar_mlp_adam_short": ("cifar10", (512, 256), "none", "adam", 1e-4, 0.0, 128, 1),
 }
 DEFAULT_OUT = ROOT / "bench" / "_work" / "mlps"
 
