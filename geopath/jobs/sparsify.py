@@ -38,13 +38,20 @@ def sparse_parameters(cfg: SparsifyConfig, model) -> list[str]:
     return list(cfg.layers) if cfg.layers else prunable_parameters(model)
 
 
+def seeded_order(data, seed: int) -> torch.Tensor:
+    """The training inputs' indices in the order ``--seed`` draws them: every rule of a run that looks at the
+    start on a sample (the saliency diagonal, ``--criterion``, ``--settle`` and ``--settle-optimizer auto``) takes
+    a prefix or a slice of it."""
+    return torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
+
+
 def saliency_scores(cfg: SparsifyConfig, model, space: ParamSpace, w0: torch.Tensor, data) -> tuple[torch.Tensor, int]:
     """The metric's diagonal at the start on ``--saliency-samples`` inputs drawn (seeded by ``--seed``) from
     ``data``, and its cost in sample passes (one forward+backward per sample)."""
     from geopath.core.saliency import metric_diagonal
 
     n = min(cfg.saliency_samples, len(data))
-    idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(cfg.seed))[:n]
+    idx = seeded_order(data, cfg.seed)[:n]
     return metric_diagonal(model, space, w0, data.x[idx], cfg.metric, seed=cfg.seed), n
 
 
@@ -63,7 +70,7 @@ def choose_ranking(cfg: SparsifyConfig, model, space: ParamSpace, w0: torch.Tens
     from geopath.core.step import PASS_FORWARD
 
     n = min(cfg.saliency_samples, len(data))
-    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(cfg.seed))
+    order = seeded_order(data, cfg.seed)
     # the inputs after the diagonal's (as many, or all the others where fewer are left); its own only where none is
     idx = order[n:2 * n] if len(data) > n else order[:n]
     x = data.x[idx]
@@ -133,7 +140,7 @@ def choose_settle(cfg: SparsifyConfig, model, data, device) -> tuple[Settle, dic
     if parse_structured(cfg.structured):
         return Settle.FINETUNE, {"rule": "auto", "chosen": Settle.FINETUNE.value, "structured": True}, 0
     n = min(SETTLE_RULE_SAMPLES, len(data))
-    idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(cfg.seed))[:n]
+    idx = seeded_order(data, cfg.seed)[:n]
     accuracy = evaluate(model, Dataset(data.x[idx], data.y[idx], data.name, data.split, data.preprocess),
                         device=device).accuracy
     chosen = Settle.DISTILL if accuracy >= SETTLE_RULE_ACCURACY else Settle.FINETUNE
@@ -189,7 +196,7 @@ def choose_settle_optimizer(cfg: SparsifyConfig, settle: Settle, model, space: P
         return SettleOptimizer.SGD, None, 0.0  # (nothing settles by training: the choice is never read)
     lr = settle_lr_of(cfg, settle)  # (SGD's: --settle-lr, else its default)
     n = min(SHARPNESS_SAMPLES, len(data))
-    idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(cfg.seed))[:n]
+    idx = seeded_order(data, cfg.seed)[:n]
     x = data.x[idx[distributed.current().shard(n)]].to(device)  # under torchrun: this rank's share of the draw
     parts = [x] if cfg.micro_batch is None else list(torch.tensor_split(x, -(-len(x) // cfg.micro_batch)))
     fisher = MetricOperator(model, space, w0, parts, MetricKind.FISHER, cfg.bn_stats,

@@ -39,6 +39,7 @@ import torch
 from geopath.jobs import common as job
 from geopath.core.augment import check_images
 from geopath.jobs.settle import settle_by_training
+from geopath.jobs.sparsify import ADAM_LR
 from geopath.report.text import fmt
 from geopath.core.params import ParamSpace, model_vector
 from geopath.io.checkpoint import read_tensors, sparsity_of
@@ -209,7 +210,7 @@ class Switchboard:
 
 
 # --settle-lr's default by --settle-optimizer (the settle by training; geodesic settle steps read none)
-DEFAULT_SETTLE_LR = {Optimizer.SGD: 0.05, Optimizer.ADAM: 0.001}
+DEFAULT_SETTLE_LR = {Optimizer.SGD: 0.05, Optimizer.ADAM: ADAM_LR}  # (Adam's: sparsify's settle rate)
 
 
 def settle_lr_of(cfg: TransitionConfig) -> float | None:
