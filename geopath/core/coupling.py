@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from geopath.core.params import ParamSpace
+from geopath.core.params import ParamSpace, model_vector
 from geopath.errors import UsageError
 
 ROW_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)  # output channels along weight dim 0
@@ -124,9 +124,8 @@ def dead_units(model: nn.Module, example: torch.Tensor) -> dict[str, list[int]]:
     channel is exactly zero everywhere, so removing them changes no output. Frozen parameters count (a
     frozen bias that is not zero keeps its unit alive); a channel normalised by a LayerNorm or GroupNorm
     is never removed, since its zeros enter the statistics of the other channels."""
-    named = dict(model.named_parameters())
-    space = ParamSpace(tuple(named), tuple(p.shape for p in named.values()))  # (frozen parameters included)
-    w = torch.cat([p.detach().reshape(-1) for p in named.values()])
+    space = ParamSpace.of(model, frozen=True)
+    w = model_vector(model, space)
     last = output_layer(model, example)
     out, graph = {}, None
     for name, m in model.named_modules():

@@ -16,8 +16,9 @@ class ParamSpace:
     shapes: tuple[torch.Size, ...]
 
     @classmethod
-    def of(cls, model: nn.Module) -> "ParamSpace":
-        items = [(n, p.shape) for n, p in model.named_parameters() if p.requires_grad]
+    def of(cls, model: nn.Module, frozen: bool = False) -> "ParamSpace":
+        """The space of ``model``'s trainable parameters (``frozen``: of all of them, frozen ones included)."""
+        items = [(n, p.shape) for n, p in model.named_parameters() if frozen or p.requires_grad]
         return cls(tuple(n for n, _ in items), tuple(s for _, s in items))
 
     @property
