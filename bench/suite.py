@@ -62,7 +62,7 @@ import train_mlps  # noqa: E402
 
 from geopath.config import SparsifyConfig  # noqa: E402
 from geopath.jobs.checkpoints import train_checkpoint  # noqa: E402
-from geopath.jobs.sparsify import SHARPNESS_BOUND, run_sparsify  # noqa: E402
+from geopath.jobs.sparsify import SHARPNESS_BOUND, TRAINED_LOSS, run_sparsify  # noqa: E402
 
 SHIPPED = ROOT / "sample_checkpoints"
 WORK = ROOT / "bench" / "_work" / "suite"
@@ -92,6 +92,9 @@ CASES = {
     "cifar_mlp_short_90": ("cifar_mlp_short", 0.90),
     "fmnist_slow_90": ("fmnist_slow", 0.90),
     "cifar_mlp_adam_short_90": ("cifar_mlp_adam_short", 0.90),
+    "mnist_adam_short_90": ("mnist_adam_short", 0.90),
+    "cifar_mlp_sgd_short_90": ("cifar_mlp_sgd_short", 0.90),
+    "fmnist_sgdm_short_90": ("fmnist_sgdm_short", 0.90),
 }
 # (mnist_deep_95 and fmnist_adamw_90 were added after every default was fixed, and never run before: the
 # held-out check, docs/bench_suite_heldout_auto.md; they then chose the default ranking, magnitude, and
@@ -155,8 +158,13 @@ def run(ckpt: Path, out: Path, data_root: str, **options) -> dict:
 
 
 def _optimizer(rule: dict | None) -> str | None:
-    """What --settle-optimizer auto chose, with SGD's rate × the sharpness it compared (``None`` without it)."""
-    return None if not rule else f"{rule['chosen']} ({rule['sgd_lr'] * rule['sharpness']:.2f})"
+    """What --settle-optimizer auto chose, with SGD's rate × the sharpness it compared, or the start's training loss
+    where that kept SGD unmeasured (``None`` without a rule)."""
+    if not rule:
+        return None
+    if "sharpness" not in rule:
+        return f"{rule['chosen']} (loss {rule['train_loss']:.2f})"
+    return f"{rule['chosen']} ({rule['sgd_lr'] * rule['sharpness']:.2f})"
 
 
 def finished(out: Path, ckpt: Path, cfg: SparsifyConfig, options: dict) -> dict | None:
@@ -469,7 +477,9 @@ def main() -> int:
                   if r["methods"]["geodesic"].get("optimizer")}
     if optimizers:
         lines += ["", "The geodesic's settle optimizer by seed (`--settle-optimizer auto`: Adam where SGD's rate × the "
-                  f"start's sharpness, in brackets, exceeds {SHARPNESS_BOUND:g}): "
+                  f"start's sharpness, in brackets, exceeds {SHARPNESS_BOUND:g}; SGD unmeasured where the start's "
+                  f"training loss, in brackets, is not below {TRAINED_LOSS:.3g} × ln C: it has not finished "
+                  "training): "
                   + "; ".join(f"{case} {', '.join(map(str, k))}" for case, k in optimizers.items()) + "."]
     if free_rows:
         lines += ["", "## Label-free: N unlabeled inputs", "",

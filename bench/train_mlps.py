@@ -84,6 +84,10 @@ RECIPES = {
     # the check of a rule by the start's fit that the three above suggested (docs/method.md, "Under-trained starts")
     "fmnist_slow": ("fashion-mnist", (300, 100), "none", "sgd", 0.002, 0.0, 128, 1),
     "cifar_mlp_adam_short": ("cifar10", (512, 256), "none", "adam", 1e-4, 0.0, 128, 1),
+    # the check of keeping SGD on starts whose training loss says they are under-trained (docs/method.md)
+    "mnist_adam_short": ("mnist", (300, 100), "none", "adam", 5e-5, 0.0, 128, 1),
+    "cifar_mlp_sgd_short": ("cifar10", (1024, 256), "none", "sgdm", 0.01, 5e-4, 128, 1),
+    "fmnist_sgdm_short": ("fashion-mnist", (512, 256), "dataset", "sgdm", 0.001, 0.0, 64, 1),
 }
 DEFAULT_OUT = ROOT / "bench" / "_work" / "mlps"
 

@@ -78,3 +78,4 @@ def test_a_run_made_before_the_settle_optimizer_rule_is_not_reused(tmp_path):
     (run / "config.yaml").write_text(yaml.safe_dump({**saved, "settle_optimizer": "auto"}))
     assert finished(run, ckpt, cfg, options)["settle_optimizer"] == rule
     assert _optimizer(rule) == "sgd (0.15)" and _optimizer(None) is None
+    assert _optimizer({"rule": "auto", "chosen": "sgd", "train_loss": 1.234, "loss_bound": 0.38}) == "sgd (loss 1.23)"

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from geopath.jobs import common as job
 from geopath.core.augment import check_images
@@ -167,10 +168,12 @@ def settle_text(record: dict) -> str:
 
 # --settle-optimizer auto (docs/method.md, "Which optimizer settles"): the sharpness λ of the start's softmax GGN
 # (its largest eigenvalue: SHARPNESS_ITERATIONS Lanczos products on SHARPNESS_SAMPLES training inputs) against
-# SGD's learning rate; Adam settles where lr·λ exceeds SHARPNESS_BOUND
+# SGD's learning rate; Adam settles where lr·λ exceeds SHARPNESS_BOUND, and only for a start that has finished
+# training: its cross-entropy on those inputs below TRAINED_LOSS × ln C, C classes (chance's loss is ln C)
 SHARPNESS_SAMPLES = 256
 SHARPNESS_ITERATIONS = 10
 SHARPNESS_BOUND = 2.5
+TRAINED_LOSS = 1.0 / 6.0
 
 
 def choose_settle_optimizer(cfg: SparsifyConfig, settle: Settle, model, space: ParamSpace, w0: torch.Tensor,
@@ -181,9 +184,13 @@ def choose_settle_optimizer(cfg: SparsifyConfig, settle: Settle, model, space: P
     inputs seeded by ``--seed`` (:func:`geopath.core.lanczos.top_eigenvalue`, :data:`SHARPNESS_ITERATIONS`
     products). Gradient descent at rate lr is stable along a direction of curvature λ only while lr·λ < 2 (heavy
     ball with momentum 0.9: < 3.8); past the bound SGD at the settle's rate mostly bounces along the sharpest
-    directions, while Adam's steps do not scale with the curvature. Returns the optimizer, the rule's record for
-    the summary (``None`` where nothing was chosen) and its cost in sample passes. Any other
-    ``--settle-optimizer``, or a run that does not settle by training, is returned as it is (SGD), at no cost."""
+    directions, while Adam's steps do not scale with the curvature. Settling on the labels, a start that has not
+    finished training (its cross-entropy on the same inputs at or above :data:`TRAINED_LOSS` × ln C, C classes)
+    keeps SGD unmeasured: its sharpness is not the one its training would settle at (on six under-trained MLPs
+    where the sharpness alone chose Adam, SGD was ahead on four by 0.8–1.7 points and within 0.25 on the other
+    two: docs/method.md). Returns the optimizer, the rule's record for the
+    summary (``None`` where nothing was chosen) and its cost in sample passes. Any other ``--settle-optimizer``,
+    or a run that does not settle by training, is returned as it is (SGD), at no cost."""
     from geopath.core import distributed
     from geopath.core.choices import MetricKind
     from geopath.core.lanczos import top_eigenvalue
@@ -197,20 +204,31 @@ def choose_settle_optimizer(cfg: SparsifyConfig, settle: Settle, model, space: P
     lr = settle_lr_of(cfg, settle)  # (SGD's: --settle-lr, else its default)
     n = min(SHARPNESS_SAMPLES, len(data))
     idx = seeded_order(data, cfg.seed)[:n]
-    x = data.x[idx[distributed.current().shard(n)]].to(device)  # under torchrun: this rank's share of the draw
-    parts = [x] if cfg.micro_batch is None else list(torch.tensor_split(x, -(-len(x) // cfg.micro_batch)))
-    fisher = MetricOperator(model, space, w0, parts, MetricKind.FISHER, cfg.bn_stats,
+    mine = idx[distributed.current().shard(n)]  # under torchrun: this rank's share of the draw
+    x = data.x[mine].to(device)
+    k = 1 if cfg.micro_batch is None else -(-len(x) // cfg.micro_batch)
+    fisher = MetricOperator(model, space, w0, list(torch.tensor_split(x, k)), MetricKind.FISHER, cfg.bn_stats,
                             cache=cfg.micro_batch is None, jvp_mode=cfg.jvp)
+    cost = PASS_FORWARD * fisher.num_samples  # (building it: one forward pass, whose outputs give the loss too)
+    record = {"rule": "auto", "chosen": SettleOptimizer.SGD.value, "sgd_lr": lr, "inputs": n}
+    if settle is Settle.FINETUNE:  # (a settle on the start's outputs reads no label, and neither does its rule)
+        loss = fisher.comm.sum_float(sum(float(F.cross_entropy(z, t, reduction="sum")) for z, t in
+                                         zip(fisher.logits, torch.tensor_split(data.y[mine].to(device), k)))
+                                     ) / fisher.num_samples
+        record.update(train_loss=loss, loss_bound=TRAINED_LOSS * math.log(fisher.logits[0].shape[-1]))
+        if not loss < record["loss_bound"]:  # (a NaN loss too: nothing says Adam is safer there)
+            return SettleOptimizer.SGD, record, cost
     sharpness = top_eigenvalue(fisher, SHARPNESS_ITERATIONS, torch.Generator().manual_seed(cfg.seed))
     chosen = SettleOptimizer.ADAM if lr * sharpness > SHARPNESS_BOUND else SettleOptimizer.SGD
-    cost = PASS_FORWARD * fisher.num_samples + product_passes(fisher)  # (building it: one forward pass)
-    record = {"rule": "auto", "chosen": chosen.value, "sharpness": sharpness, "sgd_lr": lr,
-              "bound": SHARPNESS_BOUND, "inputs": n, "products": fisher.matvecs}
-    return chosen, record, cost
+    record.update(chosen=chosen.value, sharpness=sharpness, bound=SHARPNESS_BOUND, products=fisher.matvecs)
+    return chosen, record, cost + product_passes(fisher)
 
 
 def optimizer_text(record: dict) -> str:
     """What ``--settle-optimizer auto`` chose and why, for a person (the summary's ``settle_optimizer``)."""
+    if "sharpness" not in record:
+        return (f"{record['chosen']} (auto: the start's training loss {record['train_loss']:.3g} is not below "
+                f"{record['loss_bound']:.3g}, a sixth of chance's: it has not finished training)")
     return (f"{record['chosen']} (auto: SGD's rate {record['sgd_lr']:g} × the start's sharpness "
             f"{record['sharpness']:.3g} = {record['sgd_lr'] * record['sharpness']:.3g}; Adam above "
             f"{record['bound']:g})")

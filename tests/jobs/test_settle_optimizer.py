@@ -4,6 +4,7 @@ against the top eigenvalue of the dense softmax Fisher (float64, ``jacrev``), an
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -55,8 +56,15 @@ def _choose(cfg, model, data):
     return choose_settle_optimizer(cfg, Settle.FINETUNE, model, space, model_vector(model, space), data, "cpu")
 
 
+@pytest.fixture
+def measured(monkeypatch):
+    """The sharpness measured whatever the start's loss (the tiny model's labels are noise: it never trains)."""
+    monkeypatch.setattr(sparsify, "TRAINED_LOSS", math.inf)
+
+
 @pytest.mark.parametrize("seed", [0, 1])
-def test_the_sharpness_is_the_top_eigenvalue_of_the_starts_softmax_fisher(seed, dense_jacobian, dense_metric):
+def test_the_sharpness_is_the_top_eigenvalue_of_the_starts_softmax_fisher(seed, dense_jacobian, dense_metric,
+                                                                            measured):
     model, data = _tiny()
     chosen, record, cost = _choose(_cfg(seed=seed), model, data)
     exact = _dense_sharpness(model, data, seed, dense_jacobian, dense_metric)
@@ -69,7 +77,7 @@ def test_the_sharpness_is_the_top_eigenvalue_of_the_starts_softmax_fisher(seed, 
     assert abs(other - exact) > 1e-6  # (the draw follows --seed: another seed measures other inputs)
 
 
-def test_adam_is_chosen_just_past_the_bound_and_sgd_just_below_it(dense_jacobian, dense_metric):
+def test_adam_is_chosen_just_past_the_bound_and_sgd_just_below_it(dense_jacobian, dense_metric, measured):
     """The rule compares SGD's learning rate (--settle-lr here) times the sharpness with the bound."""
     model, data = _tiny()
     sharp = _dense_sharpness(model, data, 0, dense_jacobian, dense_metric)
@@ -79,6 +87,32 @@ def test_adam_is_chosen_just_past_the_bound_and_sgd_just_below_it(dense_jacobian
     assert optimizer_text(record) == (f"adam (auto: SGD's rate {record['sgd_lr']:g} × the start's sharpness "
                                       f"{record['sharpness']:.3g} = {record['sgd_lr'] * record['sharpness']:.3g}; "
                                       f"Adam above 2.5)")
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_start_that_has_not_finished_training_keeps_sgd_unmeasured(seed, dense_jacobian, dense_metric):
+    """Settling on the labels, a start whose cross-entropy on the rule's inputs is not below a sixth of ln C keeps
+    SGD at the cost of the forward pass alone, however sharp; on the start's outputs (distill) no label is read
+    and the sharpness decides."""
+    model, data = _tiny(seed)
+    idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:sparsify.SHARPNESS_SAMPLES]
+    with torch.no_grad():
+        loss = float(nn.functional.cross_entropy(model(data.x[idx]), data.y[idx]))
+    bound = math.log(2) / 6
+    assert loss >= bound  # (labels of noise)
+    fast = _cfg(seed=seed, settle_lr=100.0)  # (lr·λ far past the bound: the sharpness alone would choose Adam)
+    chosen, record, cost = _choose(fast, model, data)
+    assert chosen is SettleOptimizer.SGD and "sharpness" not in record and "products" not in record
+    assert record["train_loss"] == pytest.approx(loss, rel=1e-12) and record["loss_bound"] == pytest.approx(bound)
+    assert cost == pytest.approx(256 * PASS_FORWARD)
+    assert optimizer_text(record) == (f"sgd (auto: the start's training loss {loss:.3g} is not below {bound:.3g}, "
+                                      "a sixth of chance's: it has not finished training)")
+    space = ParamSpace.of(model)
+    chosen, record, _ = choose_settle_optimizer(fast, Settle.DISTILL, model, space, model_vector(model, space),
+                                                data, "cpu")
+    assert chosen is SettleOptimizer.ADAM and "train_loss" not in record
+    exact = _dense_sharpness(model, data, seed, dense_jacobian, dense_metric)
+    assert record["sharpness"] == pytest.approx(exact, rel=1e-9)
 
 
 def test_a_given_optimizer_or_no_training_settle_measures_nothing():
