@@ -350,7 +350,10 @@ class SparsifyConfig(WalkOptions):
     settle_optimizer: SettleOptimizer = opt(SettleOptimizer.AUTO, "Optimizer of --settle finetune/distill: sgd "
                                                                   "(momentum 0.9), adam, or auto: Adam where SGD's "
                                                                   "rate × the start's sharpness (the top eigenvalue "
-                                                                  "of its softmax Fisher) exceeds 2.5, else SGD.")
+                                                                  "of its softmax Fisher) exceeds 2.5 and, settling "
+                                                                  "on the labels, the start's training loss is below "
+                                                                  "ln(classes)/6 (it has finished training); else "
+                                                                  "SGD.")
     settle_warmup: float = opt(0.0, SETTLE_WARMUP_HELP)
     settle_average: float = opt(0.0, SETTLE_AVERAGE_HELP)
     settle_prune: float | None = opt(None, "--settle finetune/distill, unstructured: leave this fraction of the "
