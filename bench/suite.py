@@ -17,7 +17,7 @@ CIFAR-10 (its 20k training images) the shipped width-0.25 VGG11 at 90 % and with
 filters removed (the geodesic with the approach docs/method.md gives BatchNorm networks for structured
 targets; obd ranks single weights and sits that case out), and the ResNet-20 of bench/connect_paths.py
 at 90 %. Held-out cases add MLPs trained after the defaults were chosen, each with its own
-page, five of them under-trained on purpose (docs/bench_suite_heldout_undertrained.md). A CIFAR-10
+page, eight of them under-trained on purpose (docs/bench_suite_heldout_undertrained.md, _fit.md, _loss.md). A CIFAR-10
 case runs one seed unless ``--seeds`` is given (each costs well over 10 CPU minutes
 a budget).
 
@@ -99,8 +99,10 @@ CASES = {
 # (mnist_deep_95 and fmnist_adamw_90 were added after every default was fixed, and never run before: the
 # held-out check, docs/bench_suite_heldout_auto.md; they then chose the default ranking, magnitude, and
 # cifar_mlp_90 was added after that: docs/bench_suite_heldout.md; it then chose --settle-optimizer auto's rule, and
-# cifar_mlp_sgd_90 and fmnist_wide_adam_95 were added after that: docs/bench_suite_heldout_sharpness.md; the
-# three under-trained starts after that: docs/bench_suite_heldout_undertrained.md)
+# cifar_mlp_sgd_90 and fmnist_wide_adam_95 were added after that: docs/bench_suite_heldout_sharpness.md; then three
+# under-trained starts, docs/bench_suite_heldout_undertrained.md; two more as the check of a rule by the start's
+# fit, docs/bench_suite_heldout_fit.md; three more as the check of the settle optimizer's loss bound,
+# docs/bench_suite_heldout_loss.md)
 # the CIFAR-10 cases (the 20k training images; one seed: each costs well over 10 CPU minutes a budget)
 CIFAR_CASES = ("vgg11_90", "vgg11_filters", "resnet20_90")
 # options of a case beside its sparsity, for every method: 12 of the 16 layer-1 filters of the VGG11 (issue 19's

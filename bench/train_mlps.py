@@ -34,6 +34,13 @@ name               data           layers           recipe
 ``fmnist_slow``    Fashion-MNIST  784-300-100-10   plain SGD, lr 0.002, batch 128, 1 epoch, inputs in [0, 1]
 ``cifar_mlp_``     CIFAR-10 (20k) 3072-512-256-10  Adam, lr 1e-4, batch 128, 1 epoch, inputs in [0, 1] (these
 ``adam_short``                                     two added as the check of a rule the first three suggested)
+``mnist_adam_``    MNIST          784-300-100-10   Adam, lr 5e-5, batch 128, 1 epoch, inputs in [0, 1]
+``short``                                          (this and the next two: the check of the settle optimizer's
+                                                   loss bound, made after it was fixed)
+``cifar_mlp_sgd_`` CIFAR-10 (20k) 3072-1024-256-10 ``cifar_mlp_sgd``'s recipe for 1 epoch
+``short``
+``fmnist_sgdm_``   Fashion-MNIST  784-512-256-10   SGD, momentum 0.9, lr 0.001, batch 64, 1 epoch, inputs
+``short``                                          standardised
 =================  =============  ===============  =================================================
 
 Each network is written as a self-describing checkpoint (``--normalize none`` recorded where the

@@ -187,7 +187,7 @@ def choose_settle_optimizer(cfg: SparsifyConfig, settle: Settle, model, space: P
     directions, while Adam's steps do not scale with the curvature. Settling on the labels, a start that has not
     finished training (its cross-entropy on the same inputs at or above :data:`TRAINED_LOSS` × ln C, C classes)
     keeps SGD unmeasured: its sharpness is not the one its training would settle at (on six under-trained MLPs
-    where the sharpness alone chose Adam, SGD was ahead on four by 0.8–1.7 points and within 0.25 on the other
+    where the sharpness alone chose Adam, SGD was ahead on four by 0.8–1.7 points and within 0.3 on the other
     two: docs/method.md). Returns the optimizer, the rule's record for the
     summary (``None`` where nothing was chosen) and its cost in sample passes. Any other ``--settle-optimizer``,
     or a run that does not settle by training, is returned as it is (SGD), at no cost."""
