@@ -83,7 +83,8 @@ class SettleOptimizer(str, Enum):
     """Adam (default learning rate 0.001)."""
     AUTO = "auto"
     """``sparsify``'s default: Adam where SGD's learning rate times the start network's sharpness (the largest
-    eigenvalue of its softmax Fisher on 256 training inputs) exceeds 2.5, else SGD
+    eigenvalue of its softmax Fisher on 256 training inputs) exceeds 2.5 and, settling on the labels, the start's
+    cross-entropy on those inputs is below ln(classes)/6; else SGD
     (:func:`geopath.jobs.sparsify.choose_settle_optimizer`)."""
 
 
