@@ -60,7 +60,7 @@ sys.path.insert(0, str(ROOT))
 
 import train_mlps  # noqa: E402
 
-from geopath.config import SparsifyConfig  # noqa: E402
+from geopath.config import SparsifyConfig, budget_rule  # noqa: E402
 from geopath.jobs.checkpoints import train_checkpoint  # noqa: E402
 from geopath.jobs.sparsify import SHARPNESS_BOUND, TRAINED_LOSS, run_sparsify  # noqa: E402
 
@@ -210,7 +210,8 @@ def finished(out: Path, ckpt: Path, cfg: SparsifyConfig, options: dict) -> dict 
 def geodesic_options(budget: float) -> dict:
     """The one budget rule: approach steps and settle epochs scale with the budget (the approach, ``--steps``
     long by default, and the ranking cost about an eighth of it)."""
-    return {"steps": max(5, int(round(5 * budget))), "settle_epochs": 0.875 * budget}
+    steps, settle_epochs = budget_rule(budget)  # (what ``geopath sparsify --budget B`` sets)
+    return {"steps": steps, "settle_epochs": settle_epochs}
 
 
 def best_peer(ckpt, out, data_root, method, sparsity, epochs, seed, grid, **extra) -> dict:

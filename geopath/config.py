@@ -344,6 +344,11 @@ class SparsifyConfig(WalkOptions):
     settle_anchor: Anchor | None = opt(None, "The anchor of geodesic settle steps (e.g. labels).",
                                        default_help="--anchor")
     settle_epochs: float = opt(2.5, "Epochs of masked SGD after landing (--settle finetune or distill).")
+    budget: float | None = opt(None, "About B epochs of sample passes in all: sets --steps 5·B (at least 5) and "
+                                     "--settle-epochs 0.875·B, the rule bench/suite.py measures the geodesic by "
+                                     "(4.87 epochs at B = 5 on the MNIST MLPs; the summary's epochs say what a run "
+                                     "spent); for a training settle.",
+                               default_help="--steps and --settle-epochs as given")
     settle_lr: float | None = opt(None, "Learning rate of --settle finetune/distill (cosine decay).",
                                   default_help="SGD's: 0.1; 0.05 with --structured or on the start's outputs "
                                                "(distill). 0.001 with --settle-optimizer adam (where auto chooses "
@@ -370,11 +375,22 @@ class SparsifyConfig(WalkOptions):
     settle_holdout: float = opt(0.0, SETTLE_HOLDOUT_HELP)
     settle_augment: Augment = opt(Augment.NONE, SETTLE_AUGMENT_HELP)
 
+    def __post_init__(self):
+        super().__post_init__()
+        if _budget_valid(self.budget):  # (a bad value is validate's error) fill in what the budget sets
+            steps, epochs = budget_rule(self.budget)
+            defaults = {f.name: f.default for f in fields(self)}
+            if self.steps == defaults["steps"]:
+                object.__setattr__(self, "steps", steps)
+            if self.settle_epochs == defaults["settle_epochs"]:
+                object.__setattr__(self, "settle_epochs", epochs)
+
     def validate(self):
         super().validate()
         if not self.checkpoint:
             raise UsageError("a checkpoint is required")
         _settle_checks(self)
+        _budget_checks(self)
         if self.settle_prune is not None and not 0.0 <= self.settle_prune < 1.0:
             raise UsageError(f"--settle-prune must be in [0, 1), got {self.settle_prune}")
         if self.settle_prune_until is not None and not 0.0 < self.settle_prune_until <= 1.0:
@@ -408,6 +424,7 @@ class SparsifyConfig(WalkOptions):
         else:
             unread.update({name: f"--method {method} settles by its own training (--finetune-epochs, --lr)"
                            for name in SETTLE_OPTIONS})
+            unread["budget"] = f"--method {method} spends --finetune-epochs; --budget is the geodesic's"
             if not saliency:
                 unread["metric"] = f"--method {method} ranks by magnitude (the metric is not built)"
         if not saliency:
@@ -641,6 +658,37 @@ def _positive_or_none(cfg, name):
         raise UsageError(f"--{name.replace('_', '-')} must be ≥ 1, got {v}")
 
 
+def budget_rule(budget: float) -> tuple[int, float]:
+    """``--budget B``: the approach's ``--steps`` and the settle's ``--settle-epochs`` for about ``B`` epochs of
+    sample passes in all: 5·B steps (at least 5) and 0.875·B epochs. The one rule by which ``bench/suite.py`` gives
+    the geodesic its budgets of 1, 2 and 5 epochs (docs/method.md, "A shorter approach and a hotter settle"); the
+    approach and the ranking cost about the other eighth (4.87 epochs at B = 5 on the MNIST MLPs, 5.79 on the
+    CIFAR-10 VGG11)."""
+    return max(5, int(round(5 * budget))), 0.875 * budget
+
+
+def _budget_valid(budget) -> bool:
+    return isinstance(budget, (int, float)) and math.isfinite(budget) and budget > 0
+
+
+def _budget_checks(cfg) -> None:
+    """``--budget`` sets ``--steps`` and ``--settle-epochs``: it needs a training settle, and neither may be given
+    another value beside it."""
+    if cfg.budget is None:
+        return
+    if not _budget_valid(cfg.budget):
+        raise UsageError(f"--budget must be > 0 (epochs of sample passes), got {cfg.budget}")
+    if cfg.settle is Settle.GEODESIC:
+        raise UsageError("--budget sets a training settle's epochs; --settle geodesic takes --steps and "
+                         "--settle-steps")
+    steps, epochs = budget_rule(cfg.budget)
+    clash = [f"--{name.replace('_', '-')} {value:g}" for name, value, wanted in
+             (("steps", cfg.steps, steps), ("settle_epochs", cfg.settle_epochs, epochs)) if value != wanted]
+    if clash:
+        raise UsageError(f"--budget {cfg.budget:g} sets --steps {steps} and --settle-epochs {epochs:g}: drop "
+                         f"{' and '.join(clash)}, or --budget")
+
+
 def _settle_checks(cfg) -> None:
     if not cfg.settle_epochs >= 0 or (cfg.settle_lr is not None and not cfg.settle_lr > 0):
         raise UsageError("--settle-epochs must be ≥ 0 and --settle-lr > 0")
@@ -859,6 +907,21 @@ def _check_inherited_settle_lr(yaml_values: dict[str, Any], flags: dict[str, Any
                          f"{_value(recorded)} settle's; give --settle-lr for {_value(wanted)} too")
 
 
+def _inherited_budget(yaml_values: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]:
+    """A config file's ``steps`` and ``settle_epochs`` where its ``budget`` set them (a run records all three) give
+    way to a ``--budget`` flag; its ``budget`` gives way to a ``--steps`` or ``--settle-epochs`` flag (the other
+    keeps the file's value)."""
+    budget = yaml_values.get("budget")
+    if not _budget_valid(budget):
+        return yaml_values
+    if flags.get("budget") is not None:
+        steps, epochs = budget_rule(budget)
+        return {k: v for k, v in yaml_values.items() if (k, v) not in (("steps", steps), ("settle_epochs", epochs))}
+    if flags.get("steps") is not None or flags.get("settle_epochs") is not None:
+        return {k: v for k, v in yaml_values.items() if k != "budget"}
+    return yaml_values
+
+
 TRUST_FLAGS = ("trust_pickle", "trust_code")  # flags only: never taken from a config file
 
 
@@ -880,8 +943,9 @@ def resolve(cls, yaml_values: dict[str, Any], flags: dict[str, Any], resuming: b
     # cannot unpickle a file or run a checkpoint's code; runs record the flags, which are not read back
     yaml_values = {k: v for k, v in known_options(cls, yaml_values).items() if k not in TRUST_FLAGS}
     hints = typing.get_type_hints(cls)
-    merged = {**yaml_values, **{k: v for k, v in flags.items() if v is not None}}
     _check_inherited_settle_lr(yaml_values, flags)
+    yaml_values = _inherited_budget(yaml_values, flags)
+    merged = {**yaml_values, **{k: v for k, v in flags.items() if v is not None}}
     values = {k: _coerce(k, hints[k], v) for k, v in merged.items()}
     cfg = dataclasses.replace(cls(), **values).validate()
     if not resuming and hasattr(cfg, "refuse_unread"):

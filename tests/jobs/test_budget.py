@@ -1,0 +1,105 @@
+"""``geopath sparsify --budget B``: the suite's budget rule as one option (``--steps 5·B --settle-epochs 0.875·B``),
+refused where it would be ignored or contradicted, recorded so that a run replays and resumes."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import yaml
+
+from geopath.config import SparsifyConfig, budget_rule, resolve
+from geopath.errors import UsageError
+
+from .._helpers import FAST_DATA, SAMPLE, cli, geopath, needs_mnist, one_error_line
+
+BASE = {"checkpoint": str(SAMPLE), "out": "unused"}
+
+
+def _resolve(yaml_values=None, **flags):
+    return resolve(SparsifyConfig, yaml_values or {}, {**BASE, **flags})
+
+
+@pytest.mark.parametrize("budget, steps, epochs", [(5, 25, 4.375), (2, 10, 1.75), (1, 5, 0.875), (0.5, 5, 0.4375),
+                                                    (3.3, 16, 2.8875)])
+def test_the_rule(budget, steps, epochs):
+    assert budget_rule(budget) == (steps, pytest.approx(epochs))
+    cfg = _resolve(budget=budget)
+    assert (cfg.budget, cfg.steps, cfg.settle_epochs) == (budget, steps, pytest.approx(epochs))
+
+
+def test_a_budget_is_the_run_the_two_options_it_sets_would_make():
+    by_budget = _resolve(budget=2).to_dict()
+    by_hand = _resolve(steps=10, settle_epochs=1.75).to_dict()
+    assert by_budget.pop("budget") == 2 and by_hand.pop("budget") is None
+    assert by_budget == by_hand
+
+
+def test_without_a_budget_the_defaults_stand():
+    cfg = _resolve()
+    assert (cfg.budget, cfg.steps, cfg.settle_epochs) == (None, 50, 2.5)
+
+
+@pytest.mark.parametrize("flags, names", [({"steps": 30}, "--steps 30"), ({"settle_epochs": 3.0}, "--settle-epochs 3"),
+                                          ({"steps": 7, "settle_epochs": 1.0}, "--steps 7 and --settle-epochs 1")])
+def test_a_budget_beside_another_value_of_what_it_sets_is_refused(flags, names):
+    with pytest.raises(UsageError, match=f"--budget 5 sets --steps 25 and --settle-epochs 4.375: drop {names}, or"):
+        _resolve(budget=5, **flags)
+
+
+def test_a_budget_beside_the_value_it_sets_is_the_same_run():
+    assert _resolve(budget=5, steps=25, settle_epochs=4.375) == _resolve(budget=5)
+
+
+@pytest.mark.parametrize("bad", [0, -1, math.nan, math.inf])
+def test_a_budget_must_be_a_positive_number(bad):
+    with pytest.raises(UsageError, match="--budget must be|finite|invalid value"):
+        _resolve(budget=bad)
+
+
+def test_a_geodesic_settle_takes_no_budget():
+    with pytest.raises(UsageError, match="--settle geodesic takes --steps and --settle-steps"):
+        _resolve(budget=2, settle="geodesic")
+
+
+def test_a_peer_takes_no_budget():
+    with pytest.raises(UsageError, match="--budget: not read by this run .--method gradual spends --finetune-epochs"):
+        _resolve(budget=2, method="gradual")
+
+
+def test_a_recorded_budget_gives_way_to_a_flag():
+    """A run's config.yaml holds the budget and the two values it set: replayed with another ``--budget`` both
+    follow the flag; with ``--steps`` the recorded budget is dropped and the recorded settle epochs stay."""
+    recorded = _resolve(budget=5).to_dict()
+    assert (recorded["steps"], recorded["settle_epochs"]) == (25, 4.375)
+    again = _resolve(recorded, budget=2)
+    assert (again.budget, again.steps, again.settle_epochs) == (2, 10, 1.75)
+    steps = _resolve(recorded, steps=30)
+    assert (steps.budget, steps.steps, steps.settle_epochs) == (None, 30, 4.375)
+    assert _resolve(recorded) == _resolve(budget=5)  # replayed as it was
+    own = {**BASE, "steps": 30}  # a file of the user's own, not a run's record: its steps stand, and clash
+    with pytest.raises(UsageError, match="drop --steps 30"):
+        _resolve(own, budget=5)
+
+
+def test_the_command_line_refuses_in_one_line(tmp_path):
+    r = cli("sparsify", SAMPLE, "--budget", "5", "--steps", "30", "-o", tmp_path / "o")
+    assert r.returncode == 2
+    assert "--budget 5 sets --steps 25" in one_error_line(r)
+    assert not (tmp_path / "o").exists()
+
+
+@needs_mnist
+def test_a_run_records_its_budget_and_replays(tmp_path):
+    args = ["sparsify", SAMPLE, "--sparsity", "0.5", *FAST_DATA, "--cg-iters", "3", "--settle-prune", "0",
+            "--train-eval-size", "0", "--json"]
+    r = geopath(*args, "--budget", "0.2", "-o", tmp_path / "a")
+    assert r.returncode == 0, r.stderr
+    saved = yaml.safe_load((tmp_path / "a" / "config.yaml").read_text())
+    assert (saved["budget"], saved["steps"], saved["settle_epochs"]) == (0.2, 5, pytest.approx(0.175))
+    replay = geopath("sparsify", "--config", tmp_path / "a" / "config.yaml", "--json", "-o", tmp_path / "b")
+    assert replay.returncode == 0, replay.stderr
+    first, second = (json.loads(p.stdout.splitlines()[-1]) for p in (r, replay))
+    assert first["test_accuracy"] == second["test_accuracy"]
+    assert first["sample_passes"] == second["sample_passes"]
