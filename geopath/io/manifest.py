@@ -11,9 +11,7 @@ from typing import Any
 
 from geopath.errors import UsageError
 from geopath.io.atomic import sha256_file
-from geopath.io.reader import read_run_json
-
-MANIFEST = "manifest.json"
+from geopath.io.reader import MANIFEST, read_run_json
 
 
 def run_files(run: Path) -> list[str]:

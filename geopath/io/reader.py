@@ -13,6 +13,8 @@ from typing import Any
 
 from geopath.errors import UsageError
 
+MANIFEST = "manifest.json"  # a run's list of files with their sha256, written last (geopath.io.manifest)
+
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """The rows of a JSON-lines file (``trace.jsonl``); a torn last line (a crash mid-write) ends them. A line that
@@ -55,13 +57,16 @@ def read_run_json(run: Path, name: str, absent: str) -> Any:
 
 
 def read_summary(run: str | Path) -> dict:
-    """A finished run's ``summary.json``."""
+    """A finished run's ``summary.json``: a run whose manifest (written last) is missing did not complete, and what
+    ``compare`` and ``plot`` would show of it is not its result."""
     run = Path(run)
     summary = read_run_json(run, "summary.json", "the run did not finish")
     headline = summary.get("headline", []) if isinstance(summary, dict) else None
     if not isinstance(summary, dict) or "job" not in summary or not (
             isinstance(headline, list) and all(isinstance(k, str) for k in headline)):
         raise UsageError(f"{run / 'summary.json'}: not a geopath summary")
+    if not (run / MANIFEST).is_file():
+        raise UsageError(f"{run}: no {MANIFEST} (the run did not complete; --resume it or run it again)")
     return summary
 
 

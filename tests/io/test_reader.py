@@ -44,6 +44,9 @@ def test_problems_are_one_line_usage_errors(tmp_path):
     with pytest.raises(UsageError, match="not a geopath summary"):
         read_summary(tmp_path)
     (tmp_path / "summary.json").write_text('{"job": "merge"}')
+    with pytest.raises(UsageError, match=r"no manifest.json \(the run did not complete"):
+        read_summary(tmp_path)  # (the summary is written just before the manifest)
+    (tmp_path / "manifest.json").write_text("{}")
     assert read_summary(tmp_path) == {"job": "merge"}
     assert read_run_json(tmp_path, "summary.json", "why") == {"job": "merge"}
     with pytest.raises(UsageError, match="no trace.jsonl"):

@@ -81,6 +81,21 @@ def test_plot_refuses_a_directory_that_is_not_a_run(tmp_path):
     assert not (tmp_path / "x.png").exists()
 
 
+def test_plot_refuses_a_run_that_did_not_complete(finished, tmp_path):
+    """A run without its manifest (written last) stopped before it completed: its summary and trace are not its
+    result, and ``plot`` refuses it as ``compare`` does."""
+    import shutil
+
+    cut = tmp_path / "cut"
+    shutil.copytree(finished["walk"], cut)
+    (cut / "manifest.json").unlink()
+    proc = cli("plot", cut, "-o", tmp_path / "x.png")
+    assert proc.returncode == 2
+    assert "no manifest.json (the run did not complete" in one_error_line(proc)
+    assert not (tmp_path / "x.png").exists()
+    assert cli("plot", finished["walk"], "-o", tmp_path / "y.png").returncode == 0  # (the complete run draws)
+
+
 def test_plot_writes_the_format_its_name_says_and_replaces_only_with_overwrite(finished, tmp_path):
     for suffix, magic in ((".pdf", b"%PDF"), (".svg", b"<?xml")):
         out = tmp_path / f"fig{suffix}"
