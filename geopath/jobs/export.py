@@ -6,11 +6,14 @@ exactly zero everywhere; export removes only units whose whole coupled group is 
 :mod:`geopath.core.coupling`), checks that the compact network computes what the zeroed one did,
 and writes safetensors that rebuild without pickle: the architecture, the removal history
 (``geopath.compact``) and the input shape to trace it on. ``geopath eval`` and every job read it
-back like any checkpoint. Parameters, MACs and CPU latency before and after go into the report.
+back like any checkpoint. Parameters, MACs and CPU latency before and after go into the report. A compact
+network pruned again (a structured run from an exported network) exports too: its history is the recorded one
+followed by the new removals, and the report counts the new ones.
 """
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from pathlib import Path
@@ -66,8 +69,8 @@ def export(source: str | Path, out: str | Path, data: str | None = None, data_ro
     path = source_file(source)
     out = check_output_file(out, overwrite, (".safetensors",), inputs=(path,))
     ck = load_checkpoint(path, arch, arch_kwargs, trust_code=trust_code)
-    if META_PREFIX + "compact" in ck.metadata:
-        raise UsageError(f"{path}: already a compact network")
+    # a compact network (or a run's from one) pruned again: its units go after the recorded ones, which rebuild it
+    earlier = json.loads(ck.metadata.get(META_PREFIX + "compact", "[]"))
     name = data or ck.data
     if not name:
         raise UsageError(f"{path} does not record its data set; pass --data (its inputs' shape is needed)")
@@ -83,7 +86,8 @@ def export(source: str | Path, out: str | Path, data: str | None = None, data_ro
     history = compact(model, x[:2])
     if not history:
         raise UsageError(f"{path}: no unit is zero with everything coupled to it; nothing to remove (export "
-                         "follows a structured run: sparsify --structured, or a transition)")
+                         "follows a structured run: sparsify --structured, or a transition)"
+                         + ("; it is already compact" if earlier else ""))
     with torch.no_grad():
         diff = float((model(x) - zeroed).abs().max())
     scale = float(zeroed.abs().max()) or 1.0
@@ -94,7 +98,8 @@ def export(source: str | Path, out: str | Path, data: str | None = None, data_ro
     extra = {k[len(META_PREFIX):]: v for k, v in ck.metadata.items()
              if k.startswith(META_PREFIX) and k[len(META_PREFIX):] in ("data", "preprocess", "job", "image_size",
                                                                        "channels")}
-    extra.update({"compact": history, "input_shape": list(x.shape[1:]),
+    extra.update({"compact": [list(step) for step in earlier] + [[layer, units] for layer, units in history],
+                  "input_shape": list(x.shape[1:]),
                   "input_dtype": str(x.dtype).replace("torch.", "")})
     save_checkpoint(out, model, ck.arch, ck.arch_kwargs, parent_sha256=ck.sha256, extra=extra)
     return {"source": str(path), "out": str(out), "removed": {layer: len(units) for layer, units in history},

@@ -105,6 +105,41 @@ def test_a_job_on_a_compact_network_saves_networks_that_load(zeroed, tmp_path):
     assert json.loads(meta["geopath.input_shape"]) == [3, 32, 32]
 
 
+def test_a_compact_network_pruned_again_exports_with_both_removals(zeroed, tmp_path):
+    """Prune, export, prune the compact network again (here: zero three more stem channels and two of
+    layer2.0.conv1, as a structured run from it would), export again: the history is the first one followed by the
+    new removals (indices of the compact network), and the file rebuilds with the outputs of the zeroed one."""
+    tmp, ck, data = zeroed
+    small = tmp_path / "small.safetensors"
+    assert cli("export", ck, "-o", small).returncode == 0
+    loaded = load_checkpoint(small)
+    model = loaded.model.eval()
+    space = ParamSpace.of(model)
+    x = torch.randn(2, 3, 32, 32)
+    graph = dependency_graph(model, x)
+    w = model_vector(model, space)
+    w[coupled_groups(model, space, "conv1", graph)[[1, 2, 50]].reshape(-1)] = 0
+    w[coupled_groups(model, space, "layer2.0.conv1", graph)[[0, 124]].reshape(-1)] = 0
+    load_vector(model, space, w)
+    again = tmp_path / "again.safetensors"
+    save_checkpoint(again, model, ARCH, KW, extra={"data": str(data), "compact": loaded.metadata["geopath.compact"],
+                                                    "input_shape": loaded.metadata["geopath.input_shape"]})
+    smaller = tmp_path / "smaller.safetensors"
+    proc = cli("export", again, "-o", smaller, "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["removed"] == {"conv1": 3, "layer2.0.conv1": 2}
+    _, meta = read_tensors(smaller)
+    assert json.loads(meta["geopath.compact"]) == [["conv1", [0, 3, 7, 8, 60]], ["layer2.0.conv1", [1, 2, 100]],
+                                                   ["conv1", [1, 2, 50]], ["layer2.0.conv1", [0, 124]]]
+    rebuilt = load_checkpoint(smaller).model
+    assert rebuilt.conv1.out_channels == 56 and rebuilt.layer2[0].conv1.out_channels == 123
+    xs = torch.from_numpy(np.load(data / "test.npz")["x"][:16])
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(xs), load_checkpoint(again).model(xs), rtol=1e-4, atol=1e-4)
+    proc = cli("export", smaller, "-o", tmp_path / "none.safetensors")  # nothing zero is left
+    assert proc.returncode == 2 and "nothing to remove" in proc.stderr and "already compact" in proc.stderr
+
+
 # --------------------------------------------------------------------------- which units are dead
 
 
