@@ -6,8 +6,8 @@
 
 Every method runs on the same network, data and budget of forward+backward sample passes
 (docs/method.md): the geodesic first (CLI defaults; the only rule that depends on the budget
-``B`` epochs is ``--steps 5·B --settle-epochs 0.875·B``), then every peer given exactly the passes the
-geodesic spent. Peers are tuned fairly: each runs over a small grid (SGD lr 0.1, 0.05 and 0.01, Adam lr
+``B`` epochs is ``--steps 5·B --settle-epochs 0.875·B``, what ``geopath sparsify --budget B`` sets), then every
+peer given exactly the passes the geodesic spent. Peers are tuned fairly: each runs over a small grid (SGD lr 0.1, 0.05 and 0.01, Adam lr
 0.001) and its best test accuracy is reported (chosen on the test set: generous to the peers).
 Networks: the shipped MNIST and Fashion-MNIST MLPs, the MLPs of ``bench/train_mlps.py`` (Adam on
 [0, 1] inputs, plain SGD without normalisation, a wide 784-1000-1000-10), a LeNet-5 and a small vision
