@@ -668,7 +668,7 @@ def budget_rule(budget: float) -> tuple[int, float]:
 
 
 def _budget_valid(budget) -> bool:
-    return isinstance(budget, (int, float)) and math.isfinite(budget) and budget > 0
+    return isinstance(budget, (int, float)) and budget > 0 and math.isfinite(5.0 * budget)
 
 
 def _budget_checks(cfg) -> None:
@@ -677,7 +677,7 @@ def _budget_checks(cfg) -> None:
     if cfg.budget is None:
         return
     if not _budget_valid(cfg.budget):
-        raise UsageError(f"--budget must be > 0 (epochs of sample passes), got {cfg.budget}")
+        raise UsageError(f"--budget must be a positive, finite number of epochs, got {cfg.budget}")
     if cfg.settle is Settle.GEODESIC:
         raise UsageError("--budget sets a training settle's epochs; --settle geodesic takes --steps and "
                          "--settle-steps")

@@ -52,7 +52,7 @@ def test_a_budget_beside_the_value_it_sets_is_the_same_run():
     assert _resolve(budget=5, steps=25, settle_epochs=4.375) == _resolve(budget=5)
 
 
-@pytest.mark.parametrize("bad", [0, -1, math.nan, math.inf])
+@pytest.mark.parametrize("bad", [0, -1, math.nan, math.inf, 1e308])
 def test_a_budget_must_be_a_positive_number(bad):
     with pytest.raises(UsageError, match="--budget must be|finite|invalid value"):
         _resolve(budget=bad)
