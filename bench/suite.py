@@ -95,6 +95,8 @@ CASES = {
     "mnist_adam_short_90": ("mnist_adam_short", 0.90),
     "cifar_mlp_sgd_short_90": ("cifar_mlp_sgd_short", 0.90),
     "fmnist_sgdm_short_90": ("fmnist_sgdm_short", 0.90),
+    "fmnist_deep_sgdm_90": ("fmnist_deep_sgdm", 0.90),
+    "mnist_adamw_wide_95": ("mnist_adamw_wide", 0.95),
 }
 # (mnist_deep_95 and fmnist_adamw_90 were added after every default was fixed, and never run before: the
 # held-out check, docs/bench_suite_heldout_auto.md; they then chose the default ranking, magnitude, and
@@ -102,7 +104,7 @@ CASES = {
 # cifar_mlp_sgd_90 and fmnist_wide_adam_95 were added after that: docs/bench_suite_heldout_sharpness.md; then three
 # under-trained starts, docs/bench_suite_heldout_undertrained.md; two more as the check of a rule by the start's
 # fit, docs/bench_suite_heldout_fit.md; three more as the check of the settle optimizer's loss bound,
-# docs/bench_suite_heldout_loss.md)
+# docs/bench_suite_heldout_loss.md; two converged ones after all of that, docs/bench_suite_heldout_late.md)
 # the CIFAR-10 cases (the 20k training images; one seed: each costs well over 10 CPU minutes a budget)
 CIFAR_CASES = ("vgg11_90", "vgg11_filters", "resnet20_90")
 # options of a case beside its sparsity, for every method: 12 of the 16 layer-1 filters of the VGG11 (issue 19's
