@@ -662,7 +662,7 @@ def budget_rule(budget: float) -> tuple[int, float]:
     """``--budget B``: the approach's ``--steps`` and the settle's ``--settle-epochs`` for about ``B`` epochs of
     sample passes in all: 5·B steps (at least 5) and 0.875·B epochs. The one rule by which ``bench/suite.py`` gives
     the geodesic its budgets of 1, 2 and 5 epochs (docs/method.md, "A shorter approach and a hotter settle"); the
-    approach and the ranking cost about the other eighth (4.87 epochs at B = 5 on the MNIST MLPs, 5.79 on the
+    approach and the ranking cost about the other eighth (4.87 epochs at B = 5 on the MNIST MLPs, 5.8–5.9 on the
     CIFAR-10 VGG11)."""
     return max(5, int(round(5 * budget))), 0.875 * budget
 
