@@ -102,14 +102,20 @@ class WalkResult:
         return float(self.state.landing_gap or 0.0)
 
 
+def micro_batches(t: torch.Tensor, micro_batch: int | None) -> list[torch.Tensor]:
+    """``t`` split along its first dimension into ⌈n / micro_batch⌉ micro-batches of near-equal size (no short last
+    one: with BatchNorm's batch statistics one input alone has no variance); whole where ``micro_batch`` is None.
+    Inputs and their labels split alike."""
+    k = 1 if micro_batch is None else max(1, -(-len(t) // micro_batch))
+    return list(torch.tensor_split(t, k))
+
+
 def metric_batch(ds: Dataset, step: int, cfg: PathConfig, device, source: int = 0) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """The inputs (and labels) of step ``step`` from source ``source``, split into ⌈n / micro-batch⌉ micro-batches
-    of near-equal size (no short last one: with BatchNorm's batch statistics one input alone has no variance)."""
+    """The inputs (and labels) of step ``step`` from source ``source``, in :func:`micro_batches`."""
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step + 7_919 * source)
     idx = torch.randperm(len(ds), generator=gen)[: cfg.batch_size]
     idx = idx[distributed.current().shard(len(idx))]  # under torchrun: this rank's share of the batch
-    k = max(1, -(-len(idx) // (cfg.micro_batch or cfg.batch_size)))
-    return list(torch.tensor_split(ds.x[idx].to(device), k)), list(torch.tensor_split(ds.y[idx].to(device), k))
+    return micro_batches(ds.x[idx].to(device), cfg.micro_batch), micro_batches(ds.y[idx].to(device), cfg.micro_batch)
 
 
 class Interrupted(Exception):

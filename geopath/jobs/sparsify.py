@@ -25,7 +25,7 @@ from geopath.io.checkpoint import sparsity_of
 from geopath.config import Criterion, MaskMode, Settle, SettleOptimizer, SparsifyConfig, SparsifyMethod
 from geopath.errors import UsageError
 from geopath.core.evaluate import evaluate, has_batchnorm
-from geopath.core.path import PathState, walk
+from geopath.core.path import PathState, micro_batches, walk
 from geopath.core.targets import MagnitudeTarget, StructuredTarget, Target, parse_structured, prunable_parameters
 from geopath.io.trace import columns
 
@@ -205,16 +205,14 @@ def choose_settle_optimizer(cfg: SparsifyConfig, settle: Settle, model, space: P
     n = min(SHARPNESS_SAMPLES, len(data))
     idx = seeded_order(data, cfg.seed)[:n]
     mine = idx[distributed.current().shard(n)]  # under torchrun: this rank's share of the draw
-    x = data.x[mine].to(device)
-    k = 1 if cfg.micro_batch is None else -(-len(x) // cfg.micro_batch)
-    fisher = MetricOperator(model, space, w0, list(torch.tensor_split(x, k)), MetricKind.FISHER, cfg.bn_stats,
-                            cache=cfg.micro_batch is None, jvp_mode=cfg.jvp)
+    fisher = MetricOperator(model, space, w0, micro_batches(data.x[mine].to(device), cfg.micro_batch),
+                            MetricKind.FISHER, cfg.bn_stats, cache=cfg.micro_batch is None, jvp_mode=cfg.jvp)
     cost = PASS_FORWARD * fisher.num_samples  # (building it: one forward pass, whose outputs give the loss too)
     record = {"rule": "auto", "chosen": SettleOptimizer.SGD.value, "sgd_lr": lr, "inputs": n}
     if settle is Settle.FINETUNE:  # (a settle on the start's outputs reads no label, and neither does its rule)
-        loss = fisher.comm.sum_float(sum(float(F.cross_entropy(z, t, reduction="sum")) for z, t in
-                                         zip(fisher.logits, torch.tensor_split(data.y[mine].to(device), k)))
-                                     ) / fisher.num_samples
+        labels = micro_batches(data.y[mine].to(device), cfg.micro_batch)
+        loss = fisher.comm.sum_float(sum(float(F.cross_entropy(z, t, reduction="sum"))
+                                         for z, t in zip(fisher.logits, labels))) / fisher.num_samples
         record.update(train_loss=loss, loss_bound=TRAINED_LOSS * math.log(fisher.logits[0].shape[-1]))
         if not loss < record["loss_bound"]:  # (a NaN loss too: nothing says Adam is safer there)
             return SettleOptimizer.SGD, record, cost
