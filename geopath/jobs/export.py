@@ -98,7 +98,7 @@ def export(source: str | Path, out: str | Path, data: str | None = None, data_ro
     extra = {k[len(META_PREFIX):]: v for k, v in ck.metadata.items()
              if k.startswith(META_PREFIX) and k[len(META_PREFIX):] in ("data", "preprocess", "job", "image_size",
                                                                        "channels")}
-    extra.update({"compact": [list(step) for step in earlier] + [[layer, units] for layer, units in history],
+    extra.update({"compact": earlier + history,
                   "input_shape": list(x.shape[1:]),
                   "input_dtype": str(x.dtype).replace("torch.", "")})
     save_checkpoint(out, model, ck.arch, ck.arch_kwargs, parent_sha256=ck.sha256, extra=extra)
