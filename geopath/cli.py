@@ -265,7 +265,7 @@ def _make_job_command(cls):
                 cfg = resolve(cls, saved, {k: v for k, v in flags.items() if k in RESUME_MAY_CHANGE},
                               resuming=True)
             else:
-                cfg = resolve(cls, read_yaml(config), flags)
+                cfg = resolve(cls, read_yaml(config, rederive=True), flags)
             job = importlib.import_module(cls.RUNNER).JOB
             with _ranks(cfg.device):
                 summary = _run_with_progress(lambda **k: job.run(cfg, overwrite=overwrite, resume=resume, **k),

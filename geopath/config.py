@@ -344,10 +344,10 @@ class SparsifyConfig(WalkOptions):
     settle_anchor: Anchor | None = opt(None, "The anchor of geodesic settle steps (e.g. labels).",
                                        default_help="--anchor")
     settle_epochs: float = opt(2.5, "Epochs of masked SGD after landing (--settle finetune or distill).")
-    budget: float | None = opt(None, "About B epochs of sample passes in all: sets --steps 5·B (at least 5) and "
-                                     "--settle-epochs 0.875·B, the rule bench/suite.py measures the geodesic by "
-                                     "(4.87 epochs at B = 5 on the MNIST MLPs; the summary's epochs say what a run "
-                                     "spent); for a training settle.",
+    budget: float | None = opt(None, "About B epochs of sample passes in all: sets --steps 5·B (rounded, at least "
+                                     "5) and --settle-epochs 0.875·B, the rule bench/suite.py measures the geodesic "
+                                     "by (4.87 epochs at B = 5 on the MNIST MLPs; the summary's epochs say what a "
+                                     "run spent); for a training settle.",
                                default_help="--steps and --settle-epochs as given")
     settle_lr: float | None = opt(None, "Learning rate of --settle finetune/distill (cosine decay).",
                                   default_help="SGD's: 0.1; 0.05 with --structured or on the start's outputs "
@@ -664,7 +664,7 @@ def budget_rule(budget: float) -> tuple[int, float]:
     the geodesic its budgets of 1, 2 and 5 epochs (docs/method.md, "A shorter approach and a hotter settle"); the
     approach and the ranking cost about the other eighth (4.87 epochs at B = 5 on the MNIST MLPs, 5.8–5.9 on the
     CIFAR-10 VGG11)."""
-    return max(5, int(round(5 * budget))), 0.875 * budget
+    return max(5, math.floor(5 * budget + 0.5)), 0.875 * budget  # (half up: 5·2.5 is 13 steps, as the help says)
 
 
 def _budget_valid(budget) -> bool:
@@ -681,12 +681,18 @@ def _budget_checks(cfg) -> None:
     if cfg.settle is Settle.GEODESIC:
         raise UsageError("--budget sets a training settle's epochs; --settle geodesic takes --steps and "
                          "--settle-steps")
-    steps, epochs = budget_rule(cfg.budget)
+    _budget_clash(cfg.budget, cfg.steps, cfg.settle_epochs)
+
+
+def _budget_clash(budget: float, steps, settle_epochs) -> None:
+    """A one-line error where ``steps`` or ``settle_epochs`` (``None``: not given) is not what ``budget`` sets."""
+    wanted_steps, wanted_epochs = budget_rule(budget)
     clash = [f"--{name.replace('_', '-')} {value:g}" for name, value, wanted in
-             (("steps", cfg.steps, steps), ("settle_epochs", cfg.settle_epochs, epochs)) if value != wanted]
+             (("steps", steps, wanted_steps), ("settle_epochs", settle_epochs, wanted_epochs))
+             if value is not None and not math.isclose(value, wanted, rel_tol=1e-9)]
     if clash:
-        raise UsageError(f"--budget {cfg.budget:g} sets --steps {steps} and --settle-epochs {epochs:g}: drop "
-                         f"{' and '.join(clash)}, or --budget")
+        raise UsageError(f"--budget {budget:g} sets --steps {wanted_steps} and --settle-epochs {wanted_epochs:g}: "
+                         f"drop {' and '.join(clash)}, or --budget")
 
 
 def _settle_checks(cfg) -> None:
@@ -782,7 +788,15 @@ def load_yaml_file(path: str | Path, what: str) -> Any:
         raise UsageError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
 
 
-def read_yaml(path: str | Path | None) -> dict[str, Any]:
+DERIVED = "derived"  # a run's config.yaml: the options its command left to the run, which filled them in
+
+
+def read_yaml(path: str | Path | None, rederive: bool = False) -> dict[str, Any]:
+    """A config file's options. A run's ``config.yaml`` records every option, the ones its command left to the
+    run (``--step-size``, ``--settle-lr``, the architecture, ...) as the run resolved them, and lists those under
+    ``derived``; ``rederive`` (a replay, ``--config``) drops them, so that the replay derives them again from its
+    own options: the same values where nothing changed, and the values a changed ``--steps``, ``--sparsity`` or
+    ``--settle`` calls for where something did (keeping them replayed another run than the flags say)."""
     if path is None:
         return {}
     path = Path(path)
@@ -791,7 +805,19 @@ def read_yaml(path: str | Path | None) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise UsageError(f"{path}: a config file must be a mapping of option: value")
-    return {str(k).replace("-", "_"): v for k, v in data.items()}
+    values = {str(k).replace("-", "_"): v for k, v in data.items()}
+    derived = values.pop(DERIVED, [])
+    if not (isinstance(derived, list) and all(isinstance(name, str) for name in derived)):
+        raise UsageError(f"{path}: '{DERIVED}' must be a list of option names, got {derived!r}")
+    if rederive:
+        values = {k: v for k, v in values.items() if k not in derived}
+    return values
+
+
+def derived_options(given, resolved) -> list[str]:
+    """The options ``given`` left unset (``None``) and the run filled in: ``config.yaml``'s ``derived``."""
+    return [f.name for f in fields(given) if getattr(given, f.name) is None
+            and getattr(resolved, f.name, None) is not None]
 
 
 def _legacy(cls, values: dict[str, Any]) -> dict[str, Any]:
@@ -909,17 +935,24 @@ def _check_inherited_settle_lr(yaml_values: dict[str, Any], flags: dict[str, Any
 
 def _inherited_budget(yaml_values: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]:
     """A config file's ``steps`` and ``settle_epochs`` where its ``budget`` set them (a run records all three) give
-    way to a ``--budget`` flag; its ``budget`` gives way to a ``--steps`` or ``--settle-epochs`` flag (the other
-    keeps the file's value)."""
+    way to a ``--budget`` flag; a run's record (the budget with both values it set) gives its ``budget`` up to a
+    ``--steps`` or ``--settle-epochs`` flag (the other keeps the file's value). In a file of the user's own, a
+    ``budget`` beside such a flag is the command line's clash."""
     budget = yaml_values.get("budget")
     if not _budget_valid(budget):
         return yaml_values
+    steps, epochs = budget_rule(budget)
     if flags.get("budget") is not None:
-        steps, epochs = budget_rule(budget)
-        return {k: v for k, v in yaml_values.items() if (k, v) not in (("steps", steps), ("settle_epochs", epochs))}
-    if flags.get("steps") is not None or flags.get("settle_epochs") is not None:
+        return {k: v for k, v in yaml_values.items()
+                if not (k == "steps" and v == steps or k == "settle_epochs" and _close(v, epochs))}
+    recorded = yaml_values.get("steps") == steps and _close(yaml_values.get("settle_epochs"), epochs)
+    if recorded and (flags.get("steps") is not None or flags.get("settle_epochs") is not None):
         return {k: v for k, v in yaml_values.items() if k != "budget"}
     return yaml_values
+
+
+def _close(value, wanted: float) -> bool:
+    return isinstance(value, (int, float)) and math.isclose(value, wanted, rel_tol=1e-9)
 
 
 TRUST_FLAGS = ("trust_pickle", "trust_code")  # flags only: never taken from a config file
@@ -947,6 +980,8 @@ def resolve(cls, yaml_values: dict[str, Any], flags: dict[str, Any], resuming: b
     yaml_values = _inherited_budget(yaml_values, flags)
     merged = {**yaml_values, **{k: v for k, v in flags.items() if v is not None}}
     values = {k: _coerce(k, hints[k], v) for k, v in merged.items()}
+    if _budget_valid(values.get("budget")):  # (the dataclass fills in only the defaults: a given value clashes)
+        _budget_clash(values["budget"], values.get("steps"), values.get("settle_epochs"))
     cfg = dataclasses.replace(cls(), **values).validate()
     if not resuming and hasattr(cfg, "refuse_unread"):
         cfg.refuse_unread(set(merged))

@@ -16,7 +16,7 @@ import dataclasses
 import json
 import math
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, NamedTuple
 
@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from geopath.core import distributed
-from geopath.config import DATA_SET_OPTIONS
+from geopath.config import DATA_SET_OPTIONS, DERIVED, derived_options
 from geopath.io.checkpoint import (META_PREFIX, SAFETENSORS_EXT, TORCH_EXT, Checkpoint, load_checkpoint, read_tensors,
                                    reading_record)
 from geopath.io.data import NAMED, Dataset, canonical_name, load_dataset, one_set, recorded_name, training_classes
@@ -354,15 +354,16 @@ def resume_state(writer: RunWriter, parent_sha: str | None, accept=lambda rel: r
 
 
 def begin(writer: RunWriter, cfg, model: nn.Module, parent_sha: str | None, resume: bool,
-          resumable: bool = True, parent_b: str | None = None) -> PathState | None:
-    """Start a run's files; or, resuming, load its last complete step into ``model`` and return its state."""
+          resumable: bool = True, parent_b: str | None = None, derived: list[str] = ()) -> PathState | None:
+    """Start a run's files; or, resuming, load its last complete step into ``model`` and return its state.
+    ``derived``: the options the run filled in itself, listed in ``config.yaml`` (a replay derives them again)."""
     if resume:
         if not resumable:
             raise UsageError("--resume continues geodesic runs; re-run a peer method with --overwrite")
         state, tensors, _ = resume_state(writer, parent_sha, parent_b=parent_b)
         model.load_state_dict(tensors)
         return state
-    writer.write_config(cfg.to_dict())
+    writer.write_config({**cfg.to_dict(), **({DERIVED: list(derived)} if derived else {})})
     writer.trace.create()
     return None
 
@@ -401,6 +402,7 @@ class Setup:
     own: Any = None  # the job's own (target, endpoints, tasks, legs): read by its walk, peer task and summary
     preprocess: str | None = None  # how stored data became inputs (every saved network records it)
     carry: dict | None = None  # metadata every saved network inherits from the start checkpoint (carried())
+    derived: list[str] = field(default_factory=list)  # options the command left unset and the run filled in
 
 
 @dataclass
@@ -452,12 +454,13 @@ class Job:
     def begin(self, setup: Setup, writer: RunWriter, resume: bool, geodesic: bool) -> PathState | None:
         """Write the config and an empty trace, or (``--resume``) load the last complete step."""
         return begin(writer, setup.cfg, setup.model, setup.parent_sha256, resume, resumable=geodesic,
-                     parent_b=(setup.carry or {}).get(PARENT_B))
+                     parent_b=(setup.carry or {}).get(PARENT_B), derived=setup.derived)
 
     def run(self, cfg, overwrite: bool = False, resume: bool = False, on_row: Callable[[dict], None] | None = None,
             on_start: Callable[[Any, int], None] | None = None) -> dict[str, Any]:
         out, device = open_run(cfg, overwrite, resume)
         setup = self.prepare(cfg, device)
+        setup.derived = derived_options(cfg, setup.cfg)
         existed = out.exists()  # (an empty directory the user made is theirs to keep)
         carry = {**classes_record(setup.data), **(setup.carry or {}),
                  **reading_record(setup.cfg.image_size, setup.cfg.channels)}

@@ -22,7 +22,7 @@ def _resolve(yaml_values=None, **flags):
 
 
 @pytest.mark.parametrize("budget, steps, epochs", [(5, 25, 4.375), (2, 10, 1.75), (1, 5, 0.875), (0.5, 5, 0.4375),
-                                                    (3.3, 16, 2.8875)])
+                                                    (3.3, 17, 2.8875), (2.5, 13, 2.1875)])
 def test_the_rule(budget, steps, epochs):
     assert budget_rule(budget) == (steps, pytest.approx(epochs))
     cfg = _resolve(budget=budget)
@@ -46,6 +46,27 @@ def test_without_a_budget_the_defaults_stand():
 def test_a_budget_beside_another_value_of_what_it_sets_is_refused(flags, names):
     with pytest.raises(UsageError, match=f"--budget 5 sets --steps 25 and --settle-epochs 4.375: drop {names}, or"):
         _resolve(budget=5, **flags)
+
+
+@pytest.mark.parametrize("flags", [{"steps": 50}, {"settle_epochs": 2.5}])
+def test_a_budget_beside_a_default_value_given_is_refused_too(flags):
+    """``--steps 50`` is the default's value but given: the budget must not drop it in silence."""
+    with pytest.raises(UsageError, match="drop --(steps 50|settle-epochs 2.5), or --budget"):
+        _resolve(budget=5, **flags)
+    with pytest.raises(UsageError, match="drop --(steps 50|settle-epochs 2.5), or --budget"):
+        _resolve({"budget": 5, **flags})  # the same pair in a config file of the user's own
+
+
+def test_the_value_a_budget_sets_is_compared_as_a_number():
+    """0.875 × 0.1 is one unit in the last place above 0.0875: the same value, not a clash."""
+    assert _resolve(budget=0.1, settle_epochs=0.0875).settle_epochs == pytest.approx(0.0875)
+
+
+def test_a_budget_in_a_users_file_clashes_with_a_steps_flag():
+    """Only a run's record (the budget with the two values it set) gives way to ``--steps``; in a file of the
+    user's own, ``budget: 5`` beside ``--steps 30`` is the command line's clash."""
+    with pytest.raises(UsageError, match="drop --steps 30, or --budget"):
+        _resolve({"budget": 5}, steps=30)
 
 
 def test_a_budget_beside_the_value_it_sets_is_the_same_run():
