@@ -960,8 +960,9 @@ TRUST_FLAGS = ("trust_pickle", "trust_code")  # flags only: never taken from a c
 
 def known_options(cls, yaml_values: dict[str, Any], source: str = "config file") -> dict[str, Any]:
     """``yaml_values`` with keys renamed since 0.1.0 brought up to date; a one-line error naming any option
-    ``cls``'s job does not have."""
-    yaml_values = _legacy(cls, yaml_values)
+    ``cls``'s job does not have. A run's ``derived`` list is no option (values read as a plain mapping, not by
+    :func:`read_yaml`, keep the recorded values of the options it names)."""
+    yaml_values = _legacy(cls, {k: v for k, v in yaml_values.items() if k != DERIVED})
     unknown = sorted(set(yaml_values) - {f.name for f in fields(cls)})
     if unknown:
         raise UsageError(f"unknown option(s) in {source}: {', '.join(unknown)}")

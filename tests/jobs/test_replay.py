@@ -34,6 +34,15 @@ def test_a_replay_drops_the_derived_options_and_a_resume_keeps_them(tmp_path):
     assert read_yaml(path) == {"sparsity": 0.7, "step_size": 0.37, "max_steps": 50}
 
 
+def test_a_plain_mapping_with_a_derived_list_resolves_with_its_recorded_values():
+    """A library caller passing ``yaml.safe_load(config.yaml)`` to ``resolve`` gets the recorded run (the list is
+    no option; only ``--config`` derives again)."""
+    from geopath.config import resolve
+
+    cfg = resolve(SparsifyConfig, {"checkpoint": "c", "out": "o", "step_size": 0.37, "derived": ["step_size"]}, {})
+    assert cfg.step_size == 0.37
+
+
 @pytest.mark.parametrize("bad", ["step_size", [1, 2], {"a": 1}])
 def test_a_derived_entry_that_is_no_list_of_names_is_refused(tmp_path, bad):
     path = tmp_path / "config.yaml"
