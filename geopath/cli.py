@@ -257,7 +257,8 @@ def _make_job_command(cls):
                         raise
                     raise UsageError(f"{out}: a {other.COMMAND} run, not a {cls.COMMAND} run ({e}); resume it with "
                                      f"geopath {other.COMMAND} --resume") from None
-                given = {**known_options(cls, read_yaml(config)), **flags}  # (repeated, not changed)
+                # (repeated, not changed; a --config run record's derived options are the run's, not given)
+                given = {**known_options(cls, read_yaml(config, rederive=True)), **flags}
                 changed = changed_options(cls, saved, {k: v for k, v in given.items() if k not in RESUME_MAY_CHANGE})
                 if changed:
                     raise UsageError(f"--resume continues with the run's saved options; drop {', '.join(changed)} "

@@ -667,6 +667,12 @@ def budget_rule(budget: float) -> tuple[int, float]:
     return max(5, math.floor(5 * budget + 0.5)), 0.875 * budget  # (half up: 5·2.5 is 13 steps, as the help says)
 
 
+def _budget_steps(budget: float) -> set[int]:
+    """The ``--steps`` a budget's run may hold: :func:`budget_rule`'s, and the one that rule gave until 2026-12-08
+    (it rounded 5·B half to even, 12 steps at B = 2.5): a run recorded then replays and resumes."""
+    return {budget_rule(budget)[0], max(5, int(round(5 * budget)))}
+
+
 def _budget_valid(budget) -> bool:
     return isinstance(budget, (int, float)) and budget > 0 and math.isfinite(5.0 * budget)
 
@@ -687,9 +693,10 @@ def _budget_checks(cfg) -> None:
 def _budget_clash(budget: float, steps, settle_epochs) -> None:
     """A one-line error where ``steps`` or ``settle_epochs`` (``None``: not given) is not what ``budget`` sets."""
     wanted_steps, wanted_epochs = budget_rule(budget)
-    clash = [f"--{name.replace('_', '-')} {value:g}" for name, value, wanted in
-             (("steps", steps, wanted_steps), ("settle_epochs", settle_epochs, wanted_epochs))
-             if value is not None and not math.isclose(value, wanted, rel_tol=1e-9)]
+    clash = [f"--{name.replace('_', '-')} {value:g}" for name, value, fits in
+             (("steps", steps, lambda v: v in _budget_steps(budget)),
+              ("settle_epochs", settle_epochs, lambda v: _close(v, wanted_epochs)))
+             if value is not None and not fits(value)]
     if clash:
         raise UsageError(f"--budget {budget:g} sets --steps {wanted_steps} and --settle-epochs {wanted_epochs:g}: "
                          f"drop {' and '.join(clash)}, or --budget")
@@ -796,7 +803,8 @@ def read_yaml(path: str | Path | None, rederive: bool = False) -> dict[str, Any]
     run (``--step-size``, ``--settle-lr``, the architecture, ...) as the run resolved them, and lists those under
     ``derived``; ``rederive`` (a replay, ``--config``) drops them, so that the replay derives them again from its
     own options: the same values where nothing changed, and the values a changed ``--steps``, ``--sparsity`` or
-    ``--settle`` calls for where something did (keeping them replayed another run than the flags say)."""
+    ``--settle`` calls for where something did (keeping them replayed another run than the flags say). With
+    ``rederive`` the list stays under ``derived`` (it marks a run's record, see :func:`resolve`)."""
     if path is None:
         return {}
     path = Path(path)
@@ -806,11 +814,11 @@ def read_yaml(path: str | Path | None, rederive: bool = False) -> dict[str, Any]
     if not isinstance(data, dict):
         raise UsageError(f"{path}: a config file must be a mapping of option: value")
     values = {str(k).replace("-", "_"): v for k, v in data.items()}
-    derived = values.pop(DERIVED, [])
-    if not (isinstance(derived, list) and all(isinstance(name, str) for name in derived)):
+    derived = values.pop(DERIVED, None)
+    if derived is not None and not (isinstance(derived, list) and all(isinstance(name, str) for name in derived)):
         raise UsageError(f"{path}: '{DERIVED}' must be a list of option names, got {derived!r}")
-    if rederive:
-        values = {k: v for k, v in values.items() if k not in derived}
+    if rederive and derived is not None:
+        values = {**{k: v for k, v in values.items() if k not in derived}, DERIVED: derived}
     return values
 
 
@@ -933,19 +941,23 @@ def _check_inherited_settle_lr(yaml_values: dict[str, Any], flags: dict[str, Any
                          f"{_value(recorded)} settle's; give --settle-lr for {_value(wanted)} too")
 
 
-def _inherited_budget(yaml_values: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]:
+def _inherited_budget(cls, yaml_values: dict[str, Any], flags: dict[str, Any], record: bool) -> dict[str, Any]:
     """A config file's ``steps`` and ``settle_epochs`` where its ``budget`` set them (a run records all three) give
-    way to a ``--budget`` flag; a run's record (the budget with both values it set) gives its ``budget`` up to a
-    ``--steps`` or ``--settle-epochs`` flag (the other keeps the file's value). In a file of the user's own, a
-    ``budget`` beside such a flag is the command line's clash."""
+    way to a ``--budget`` flag, as do a run's ``record`` of them at their defaults (a run without a budget);
+    a run's record (the budget with both values it set) gives its ``budget`` up to a ``--steps`` or
+    ``--settle-epochs`` flag (the other keeps the file's value). In a file of the user's own, a ``budget`` beside
+    such a flag is the command line's clash."""
     budget = yaml_values.get("budget")
     if not _budget_valid(budget):
-        return yaml_values
-    steps, epochs = budget_rule(budget)
+        if flags.get("budget") is None or not record:
+            return yaml_values
+        default = {f.name: f.default for f in fields(cls) if f.name in ("steps", "settle_epochs")}
+        return {k: v for k, v in yaml_values.items() if not (k in default and v == default[k])}
+    steps, epochs = _budget_steps(budget), budget_rule(budget)[1]
     if flags.get("budget") is not None:
         return {k: v for k, v in yaml_values.items()
-                if not (k == "steps" and v == steps or k == "settle_epochs" and _close(v, epochs))}
-    recorded = yaml_values.get("steps") == steps and _close(yaml_values.get("settle_epochs"), epochs)
+                if not (k == "steps" and v in steps or k == "settle_epochs" and _close(v, epochs))}
+    recorded = yaml_values.get("steps") in steps and _close(yaml_values.get("settle_epochs"), epochs)
     if recorded and (flags.get("steps") is not None or flags.get("settle_epochs") is not None):
         return {k: v for k, v in yaml_values.items() if k != "budget"}
     return yaml_values
@@ -975,10 +987,11 @@ def resolve(cls, yaml_values: dict[str, Any], flags: dict[str, Any], resuming: b
     read (``refuse_unread``)."""
     # a permission holds for the command that gives it: a config file (a replayed or resumed run's, or anyone's)
     # cannot unpickle a file or run a checkpoint's code; runs record the flags, which are not read back
+    record = DERIVED in yaml_values or {"step_size", "max_steps", "arch"} <= set(yaml_values)  # a run's config.yaml
     yaml_values = {k: v for k, v in known_options(cls, yaml_values).items() if k not in TRUST_FLAGS}
     hints = typing.get_type_hints(cls)
     _check_inherited_settle_lr(yaml_values, flags)
-    yaml_values = _inherited_budget(yaml_values, flags)
+    yaml_values = _inherited_budget(cls, yaml_values, flags, record)
     merged = {**yaml_values, **{k: v for k, v in flags.items() if v is not None}}
     values = {k: _coerce(k, hints[k], v) for k, v in merged.items()}
     if _budget_valid(values.get("budget")):  # (the dataclass fills in only the defaults: a given value clashes)

@@ -104,6 +104,26 @@ def test_a_recorded_budget_gives_way_to_a_flag():
         _resolve(own, budget=5)
 
 
+def test_a_run_recorded_without_a_budget_replays_with_one():
+    """A run's record holds ``steps`` and ``settle_epochs`` at their defaults; replayed with ``--budget`` they are
+    what the budget sets (a value the run was given, or a file of the user's own, still clashes)."""
+    recorded = _resolve().to_dict()
+    assert (recorded["steps"], recorded["settle_epochs"], recorded["budget"]) == (50, 2.5, None)
+    again = _resolve(recorded, budget=2)
+    assert (again.budget, again.steps, again.settle_epochs) == (2, 10, 1.75)
+    with pytest.raises(UsageError, match="drop --steps 30"):
+        _resolve(_resolve(steps=30).to_dict(), budget=2)
+    with pytest.raises(UsageError, match="drop --steps 50"):
+        _resolve({"steps": 50}, budget=2)
+
+
+def test_a_run_recorded_under_the_former_rounding_replays_and_resumes():
+    """Until 2026-12-08 ``--budget 3.3`` made 16 steps (5·B rounded half to even); such a record still resolves."""
+    recorded = {**_resolve(budget=3.3).to_dict(), "steps": 16}
+    assert _resolve(recorded).steps == 16
+    assert resolve(SparsifyConfig, recorded, {}, resuming=True).steps == 16
+
+
 def test_the_command_line_refuses_in_one_line(tmp_path):
     r = cli("sparsify", SAMPLE, "--budget", "5", "--steps", "30", "-o", tmp_path / "o")
     assert r.returncode == 2

@@ -13,7 +13,7 @@ import yaml
 from geopath.config import SparsifyConfig, derived_options, read_yaml
 from geopath.errors import UsageError
 
-from .._helpers import FAST_DATA, SAMPLE, geopath, needs_mnist
+from .._helpers import FAST_DATA, SAMPLE, geopath, interrupt_when, needs_mnist
 
 # a short geodesic run with a training settle, everything else left to the run
 SHORT = [*FAST_DATA, "--cg-iters", "3", "--train-eval-size", "0", "--json"]
@@ -30,8 +30,10 @@ def test_a_replay_drops_the_derived_options_and_a_resume_keeps_them(tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump({"sparsity": 0.7, "step_size": 0.37, "max_steps": 50, "derived":
                                     ["step_size", "max_steps"]}))
-    assert read_yaml(path, rederive=True) == {"sparsity": 0.7}
+    assert read_yaml(path, rederive=True) == {"sparsity": 0.7, "derived": ["step_size", "max_steps"]}  # (marks a run)
     assert read_yaml(path) == {"sparsity": 0.7, "step_size": 0.37, "max_steps": 50}
+    path.write_text(yaml.safe_dump({"sparsity": 0.7, "derived": None}))
+    assert read_yaml(path, rederive=True) == {"sparsity": 0.7}  # (an empty list)
 
 
 def test_a_plain_mapping_with_a_derived_list_resolves_with_its_recorded_values():
@@ -84,3 +86,16 @@ def test_a_replay_as_it_was_derives_the_same_values(tmp_path):
     assert again == first and other == fresh and other["step_size"] != first["step_size"]
     assert again_summary["test_accuracy"] == first_summary["test_accuracy"]
     assert other_summary["sample_passes"] == fresh_summary["sample_passes"]
+
+
+@needs_mnist
+def test_an_interrupted_replay_resumes_with_the_same_command_line(tmp_path):
+    """``--resume`` beside the ``--config`` and flags the run was started with: the config's derived step size is
+    the original run's, not an option the resume changes."""
+    _run(tmp_path / "first", SAMPLE, "--sparsity", "0.5", *LENGTH)
+    again = ["--config", tmp_path / "first" / "config.yaml", "--sparsity", "0.6", "-o", tmp_path / "again"]
+    code, err, hit = interrupt_when(["sparsify", *SHORT, *again, "--steps", "8"], lambda row: row["step"] >= 5)
+    assert hit is not None and code != 0, err
+    resumed = geopath("sparsify", *SHORT, *again, "--steps", "8", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout.splitlines()[-1])["sparsity"] == pytest.approx(0.6, abs=1e-3)
