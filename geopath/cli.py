@@ -237,7 +237,7 @@ def _make_job_command(cls):
         def go():
             import importlib
 
-            from geopath.config import changed_options, known_options, read_yaml, resolve
+            from geopath.config import changed_options, known_options, read_yaml, replayed, resolve
 
             flags = _flags(cls, kw)
             if resume:
@@ -258,7 +258,7 @@ def _make_job_command(cls):
                     raise UsageError(f"{out}: a {other.COMMAND} run, not a {cls.COMMAND} run ({e}); resume it with "
                                      f"geopath {other.COMMAND} --resume") from None
                 # (repeated, not changed; a --config run record's derived options are the run's, not given)
-                given = {**known_options(cls, read_yaml(config, rederive=True)), **flags}
+                given = {**replayed(cls, read_yaml(config, rederive=True), flags), **flags}
                 changed = changed_options(cls, saved, {k: v for k, v in given.items() if k not in RESUME_MAY_CHANGE})
                 if changed:
                     raise UsageError(f"--resume continues with the run's saved options; drop {', '.join(changed)} "

@@ -687,15 +687,17 @@ def _budget_checks(cfg) -> None:
     if cfg.settle is Settle.GEODESIC:
         raise UsageError("--budget sets a training settle's epochs; --settle geodesic takes --steps and "
                          "--settle-steps")
-    _budget_clash(cfg.budget, cfg.steps, cfg.settle_epochs)
+    _budget_clash(cfg.budget, cfg.steps, cfg.settle_epochs, former=True)
 
 
-def _budget_clash(budget: float, steps, settle_epochs) -> None:
-    """A one-line error where ``steps`` or ``settle_epochs`` (``None``: not given) is not what ``budget`` sets."""
+def _budget_clash(budget: float, steps, settle_epochs, former: bool = False) -> None:
+    """A one-line error where ``steps`` or ``settle_epochs`` (``None``: not given) is not what ``budget`` sets
+    (``former``: ``steps`` may be what the former rounding set, for a run recorded then)."""
     wanted_steps, wanted_epochs = budget_rule(budget)
+    allowed = _budget_steps(budget) if former else {wanted_steps}
     clash = [f"--{name.replace('_', '-')} {value:g}" for name, value, fits in
-             (("steps", steps, lambda v: v in _budget_steps(budget)),
-              ("settle_epochs", settle_epochs, lambda v: _close(v, wanted_epochs)))
+             (("steps", steps, lambda v: v in allowed), ("settle_epochs", settle_epochs,
+                                                          lambda v: _close(v, wanted_epochs)))
              if value is not None and not fits(value)]
     if clash:
         raise UsageError(f"--budget {budget:g} sets --steps {wanted_steps} and --settle-epochs {wanted_epochs:g}: "
@@ -957,7 +959,7 @@ def _inherited_budget(cls, yaml_values: dict[str, Any], flags: dict[str, Any], r
     if flags.get("budget") is not None:
         return {k: v for k, v in yaml_values.items()
                 if not (k == "steps" and v in steps or k == "settle_epochs" and _close(v, epochs))}
-    recorded = yaml_values.get("steps") in steps and _close(yaml_values.get("settle_epochs"), epochs)
+    recorded = record and yaml_values.get("steps") in steps and _close(yaml_values.get("settle_epochs"), epochs)
     if recorded and (flags.get("steps") is not None or flags.get("settle_epochs") is not None):
         return {k: v for k, v in yaml_values.items() if k != "budget"}
     return yaml_values
@@ -981,22 +983,37 @@ def known_options(cls, yaml_values: dict[str, Any], source: str = "config file")
     return yaml_values
 
 
+def replayed(cls, yaml_values: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]:
+    """A config file's options as ``flags`` take them over: known, brought up to date, without the permissions
+    (flags only), and a run's record of a budget's values giving way as :func:`_inherited_budget` says."""
+    # a permission holds for the command that gives it: a config file (a replayed or resumed run's, or anyone's)
+    # cannot unpickle a file or run a checkpoint's code; runs record the flags, which are not read back
+    record = _is_record(yaml_values)
+    yaml_values = {k: v for k, v in known_options(cls, yaml_values).items() if k not in TRUST_FLAGS}
+    return _inherited_budget(cls, yaml_values, flags, record)
+
+
+def _is_record(yaml_values: dict[str, Any]) -> bool:
+    """Whether config values are a run's ``config.yaml`` (its ``derived`` list; before it, every option, among them
+    the resolved ``step_size``, ``max_steps`` and ``arch``) rather than a file of the user's own."""
+    return DERIVED in yaml_values or {"step_size", "max_steps", "arch"} <= set(yaml_values)
+
+
 def resolve(cls, yaml_values: dict[str, Any], flags: dict[str, Any], resuming: bool = False):
     """defaults < YAML < flags (flags that are ``None`` were not given; ``--trust-pickle`` and ``--trust-code`` are
     read from flags alone). Outside ``--resume`` (``resuming``), a job may refuse given options its run would not
     read (``refuse_unread``)."""
-    # a permission holds for the command that gives it: a config file (a replayed or resumed run's, or anyone's)
-    # cannot unpickle a file or run a checkpoint's code; runs record the flags, which are not read back
-    record = DERIVED in yaml_values or {"step_size", "max_steps", "arch"} <= set(yaml_values)  # a run's config.yaml
-    yaml_values = {k: v for k, v in known_options(cls, yaml_values).items() if k not in TRUST_FLAGS}
+    record = _is_record(yaml_values)
+    yaml_values = replayed(cls, yaml_values, flags)
     hints = typing.get_type_hints(cls)
     _check_inherited_settle_lr(yaml_values, flags)
-    yaml_values = _inherited_budget(cls, yaml_values, flags, record)
     merged = {**yaml_values, **{k: v for k, v in flags.items() if v is not None}}
     values = {k: _coerce(k, hints[k], v) for k, v in merged.items()}
-    if _budget_valid(values.get("budget")):  # (the dataclass fills in only the defaults: a given value clashes)
-        _budget_clash(values["budget"], values.get("steps"), values.get("settle_epochs"))
     cfg = dataclasses.replace(cls(), **values).validate()
+    if _budget_valid(values.get("budget")):  # (the dataclass fills in only the defaults: a given value clashes; a
+        # run recorded under the former rounding keeps its steps)
+        _budget_clash(values["budget"], values.get("steps"), values.get("settle_epochs"),
+                      former=record and flags.get("steps") is None)
     if not resuming and hasattr(cfg, "refuse_unread"):
         cfg.refuse_unread(set(merged))
     return cfg

@@ -363,7 +363,7 @@ def begin(writer: RunWriter, cfg, model: nn.Module, parent_sha: str | None, resu
         state, tensors, _ = resume_state(writer, parent_sha, parent_b=parent_b)
         model.load_state_dict(tensors)
         return state
-    writer.write_config({**cfg.to_dict(), **({DERIVED: list(derived)} if derived else {})})
+    writer.write_config({**cfg.to_dict(), DERIVED: list(derived)})  # (also empty: it marks a run's record)
     writer.trace.create()
     return None
 

@@ -117,6 +117,25 @@ def test_a_run_recorded_without_a_budget_replays_with_one():
         _resolve({"steps": 50}, budget=2)
 
 
+def test_a_users_file_with_a_budget_and_its_values_clashes_with_a_steps_flag():
+    """Only a run's record gives its budget up to ``--steps``; a file of the user's own naming the budget and the
+    two values it sets does not look like one."""
+    with pytest.raises(UsageError, match="drop --steps 30, or --budget"):
+        _resolve({"budget": 2, "steps": 10, "settle_epochs": 1.75}, steps=30)
+
+
+def test_the_former_rounding_is_for_records_only():
+    with pytest.raises(UsageError, match="--budget 2.5 sets --steps 13 .*drop --steps 12"):
+        _resolve(budget=2.5, steps=12)
+    with pytest.raises(UsageError, match="drop --steps 12"):
+        _resolve({"budget": 2.5, "steps": 12, "settle_epochs": 2.1875})  # (a file of the user's own)
+
+
+def test_a_geodesic_settle_is_the_first_complaint():
+    with pytest.raises(UsageError, match="--settle geodesic takes --steps and --settle-steps"):
+        _resolve(budget=2, settle="geodesic", steps=30)
+
+
 def test_a_run_recorded_under_the_former_rounding_replays_and_resumes():
     """Until 2026-12-08 ``--budget 3.3`` made 16 steps (5·B rounded half to even); such a record still resolves."""
     recorded = {**_resolve(budget=3.3).to_dict(), "steps": 16}
@@ -144,3 +163,17 @@ def test_a_run_records_its_budget_and_replays(tmp_path):
     first, second = (json.loads(p.stdout.splitlines()[-1]) for p in (r, replay))
     assert first["test_accuracy"] == second["test_accuracy"]
     assert first["sample_passes"] == second["sample_passes"]
+
+
+def test_a_resume_beside_the_budget_replay_it_continues_sees_no_change():
+    """``geopath sparsify --config RUN/config.yaml --budget 2 -o OUT --resume`` (the command the interrupted
+    replay was started with): the file's default steps and settle epochs gave way to the budget then, and do
+    again, so they are no option the resume would change."""
+    from geopath.config import changed_options, known_options, replayed
+
+    record = {**_resolve().to_dict(), "derived": []}  # a run's record without a budget
+    saved = _resolve(record, budget=2).to_dict()  # what the replay recorded
+    given = {**replayed(SparsifyConfig, record, {**BASE, "budget": 2}), **BASE, "budget": 2}
+    assert changed_options(SparsifyConfig, saved, given) == []
+    plain = {**known_options(SparsifyConfig, record), **BASE, "budget": 2}  # (before: the file's values as given)
+    assert changed_options(SparsifyConfig, saved, plain) == ["--settle-epochs", "--steps"]

@@ -89,13 +89,15 @@ def test_a_replay_as_it_was_derives_the_same_values(tmp_path):
 
 
 @needs_mnist
-def test_an_interrupted_replay_resumes_with_the_same_command_line(tmp_path):
+@pytest.mark.parametrize("length, change", [(LENGTH, ["--sparsity", "0.6", "--steps", "8"]),
+                                            (["--budget", "0.2"], ["--sparsity", "0.6", "--budget", "1.4"])])
+def test_an_interrupted_replay_resumes_with_the_same_command_line(tmp_path, length, change):
     """``--resume`` beside the ``--config`` and flags the run was started with: the config's derived step size is
-    the original run's, not an option the resume changes."""
-    _run(tmp_path / "first", SAMPLE, "--sparsity", "0.5", *LENGTH)
-    again = ["--config", tmp_path / "first" / "config.yaml", "--sparsity", "0.6", "-o", tmp_path / "again"]
-    code, err, hit = interrupt_when(["sparsify", *SHORT, *again, "--steps", "8"], lambda row: row["step"] >= 5)
+    the original run's, and its steps and settle epochs gave way to the budget, not options the resume changes."""
+    _run(tmp_path / "first", SAMPLE, "--sparsity", "0.5", *length)
+    again = ["--config", tmp_path / "first" / "config.yaml", *change, "-o", tmp_path / "again"]
+    code, err, hit = interrupt_when(["sparsify", *SHORT, *again], lambda row: row["step"] >= 5)
     assert hit is not None and code != 0, err
-    resumed = geopath("sparsify", *SHORT, *again, "--steps", "8", "--resume")
+    resumed = geopath("sparsify", *SHORT, *again, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads(resumed.stdout.splitlines()[-1])["sparsity"] == pytest.approx(0.6, abs=1e-3)
