@@ -806,7 +806,7 @@ def read_yaml(path: str | Path | None, rederive: bool = False) -> dict[str, Any]
     ``derived``; ``rederive`` (a replay, ``--config``) drops them, so that the replay derives them again from its
     own options: the same values where nothing changed, and the values a changed ``--steps``, ``--sparsity`` or
     ``--settle`` calls for where something did (keeping them replayed another run than the flags say). With
-    ``rederive`` the list stays under ``derived`` (it marks a run's record, see :func:`resolve`)."""
+    ``rederive`` the list stays under ``derived`` (it marks a run's record, see :func:`_is_record`)."""
     if path is None:
         return {}
     path = Path(path)
