@@ -694,11 +694,11 @@ def _budget_clash(budget: float, steps, settle_epochs, former: bool = False) -> 
     """A one-line error where ``steps`` or ``settle_epochs`` (``None``: not given) is not what ``budget`` sets
     (``former``: ``steps`` may be what the former rounding set, for a run recorded then)."""
     wanted_steps, wanted_epochs = budget_rule(budget)
-    allowed = _budget_steps(budget) if former else {wanted_steps}
-    clash = [f"--{name.replace('_', '-')} {value:g}" for name, value, fits in
-             (("steps", steps, lambda v: v in allowed), ("settle_epochs", settle_epochs,
-                                                          lambda v: _close(v, wanted_epochs)))
-             if value is not None and not fits(value)]
+    clash = []
+    if steps is not None and steps not in (_budget_steps(budget) if former else {wanted_steps}):
+        clash.append(f"--steps {steps:g}")
+    if settle_epochs is not None and not _close(settle_epochs, wanted_epochs):
+        clash.append(f"--settle-epochs {settle_epochs:g}")
     if clash:
         raise UsageError(f"--budget {budget:g} sets --steps {wanted_steps} and --settle-epochs {wanted_epochs:g}: "
                          f"drop {' and '.join(clash)}, or --budget")
@@ -840,7 +840,7 @@ def _legacy(cls, values: dict[str, Any]) -> dict[str, Any]:
     geodesic settle steps (its former default, 0.05, recorded unread)."""
     if "lr" in values and "lr" not in {f.name for f in fields(cls)}:
         values = {k: v for k, v in values.items() if k != "lr"}
-    recorded = {"step_size", "max_steps", "arch"} <= set(values)  # a run's config.yaml: every option, resolved
+    recorded = _is_record(values)  # a run's config.yaml: every option, resolved (here without its derived list)
     peer = values.get("method") not in (None, registry.GEODESIC, *(m.value for m in TRMethod))
     if recorded and getattr(cls, "JOB", None) in ("sparsify", "merge") and peer:
         values = {k: v for k, v in values.items() if k not in ("step_size", "max_steps")}
