@@ -148,7 +148,11 @@ RERUN = False  # --rerun: never reuse a finished run
 
 def run(ckpt: Path, out: Path, data_root: str, **options) -> dict:
     """One sparsify run, or the finished run already in ``out`` with the same options (a suite stopped part-way
-    goes on where it stopped). Seconds are the run's own wall time, as its summary records it."""
+    goes on where it stopped). Seconds are the run's own wall time, as its summary records it. Whole units
+    (``structured``): ``sparsity`` is not read, so it keeps its default, as the CLI records it (the run's config then
+    replays with ``geopath sparsify --config``)."""
+    if options.get("structured"):
+        options.pop("sparsity", None)
     cfg = SparsifyConfig(checkpoint=str(ckpt), out=str(out), data_root=data_root, save_every=1000,
                          train_eval_size=0, **options).validate()
     s = None if RERUN else finished(out, ckpt, cfg, options)

@@ -79,3 +79,21 @@ def test_a_run_made_before_the_settle_optimizer_rule_is_not_reused(tmp_path):
     assert finished(run, ckpt, cfg, options)["settle_optimizer"] == rule
     assert _optimizer(rule) == "sgd (0.15)" and _optimizer(None) is None
     assert _optimizer({"rule": "auto", "chosen": "sgd", "train_loss": 1.234, "loss_bound": 0.38}) == "sgd (loss 1.23)"
+
+
+def test_a_structured_run_records_the_default_sparsity_so_that_its_config_replays(tmp_path, monkeypatch):
+    """The filters case has no sparsity (its table row says 0.0); the run must not record that 0.0, which the CLI
+    refuses beside --structured ('--sparsity: not read') when the run's config.yaml is replayed."""
+    import suite
+
+    from geopath.config import SparsifyConfig
+
+    made = []
+    monkeypatch.setattr(suite, "RERUN", True)
+    monkeypatch.setattr(suite, "run_sparsify", lambda cfg: made.append(cfg) or {
+        "test_accuracy": 0.5, "sample_passes": 1, "epochs": 1.0, "wall_time": 1.0, "dense_test_accuracy": 0.6,
+        "target": {}})
+    suite.run(tmp_path / "ck.safetensors", tmp_path / "out", "data", sparsity=0.0, structured="features.0:12")
+    suite.run(tmp_path / "ck.safetensors", tmp_path / "out", "data", sparsity=0.9)
+    assert made[0].sparsity == SparsifyConfig.sparsity and made[0].structured == "features.0:12"
+    assert made[1].sparsity == 0.9
