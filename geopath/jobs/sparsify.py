@@ -226,7 +226,8 @@ def optimizer_text(record: dict) -> str:
     """What ``--settle-optimizer auto`` chose and why, for a person (the summary's ``settle_optimizer``)."""
     if "sharpness" not in record:
         return (f"{record['chosen']} (auto: the start's training loss {record['train_loss']:.3g} is not below "
-                f"{record['loss_bound']:.3g}, a sixth of chance's: it has not finished training)")
+                f"{record['loss_bound']:.3g}, a sixth of chance's: it has not finished training; on such starts "
+                "--method gradual or prune-finetune did better at the same passes, docs/method.md)")
     return (f"{record['chosen']} (auto: SGD's rate {record['sgd_lr']:g} × the start's sharpness "
             f"{record['sharpness']:.3g} = {record['sgd_lr'] * record['sharpness']:.3g}; Adam above "
             f"{record['bound']:g})")

@@ -106,7 +106,9 @@ def test_a_start_that_has_not_finished_training_keeps_sgd_unmeasured(seed, dense
     assert record["train_loss"] == pytest.approx(loss, rel=1e-12) and record["loss_bound"] == pytest.approx(bound)
     assert cost == pytest.approx(256 * PASS_FORWARD)
     assert optimizer_text(record) == (f"sgd (auto: the start's training loss {loss:.3g} is not below {bound:.3g}, "
-                                      "a sixth of chance's: it has not finished training)")
+                                      "a sixth of chance's: it has not finished training; on such starts "
+                                      "--method gradual or prune-finetune did better at the same passes, "
+                                      "docs/method.md)")
     space = ParamSpace.of(model)
     chosen, record, _ = choose_settle_optimizer(fast, Settle.DISTILL, model, space, model_vector(model, space),
                                                 data, "cpu")
