@@ -685,8 +685,8 @@ def _budget_checks(cfg) -> None:
     if not _budget_valid(cfg.budget):
         raise UsageError(f"--budget must be a positive, finite number of epochs, got {cfg.budget}")
     if cfg.settle is Settle.GEODESIC:
-        raise UsageError("--budget sets a training settle's epochs; --settle geodesic takes --steps and "
-                         "--settle-steps")
+        raise UsageError(f"--budget {cfg.budget:g} sets a training settle's epochs; --settle geodesic takes --steps "
+                         "and --settle-steps")
     _budget_clash(cfg.budget, cfg.steps, cfg.settle_epochs, former=True)
 
 
