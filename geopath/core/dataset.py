@@ -32,6 +32,13 @@ class Dataset:
             return self
         return Dataset(self.x[:n], self.y[:n], self.name, self.split, self.preprocess)
 
+    def shifted(self, offset: int) -> "Dataset":
+        """The same inputs with ``offset`` added to every label (task B of a split-head network: its classes
+        follow task A's)."""
+        if offset == 0:
+            return self
+        return Dataset(self.x, self.y + offset, self.name, self.split, self.preprocess)
+
 
 def batches(ds: Dataset, batch_size: int, generator: torch.Generator | None = None, shuffle: bool = False):
     """Yield (x, y) mini-batches; a permutation from ``generator`` when shuffling."""

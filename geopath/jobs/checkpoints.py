@@ -17,7 +17,7 @@ from geopath.errors import UsageError
 from geopath.io.checkpoint import load_checkpoint, read_tensors, reading_record, save_checkpoint, sparsity_of
 from geopath.io.data import load_dataset, one_set, reads_images, recorded_name, training_classes
 from geopath.io.outfile import check_output_file
-from geopath.jobs.common import check_inputs, classes_record, eval_set, network_classes, resolve_device
+from geopath.jobs.common import check_inputs, classes_record, eval_set, label_offset, network_classes, resolve_device
 
 
 def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split: str = "test",
@@ -43,7 +43,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split: 
     # an image folder scored apart from the one the network trained on: labelled as training labelled them
     classes = network_classes(ck) if data is not None and recorded_name(data) != ck.data else None
     ds = load_dataset(name, split, data_root, download, *ck.reading(normalize, image_size, channels, data=name),
-                      classes=classes).head(size)
+                      classes=classes).head(size).shifted(label_offset(ck, name))  # (a split head's task B)
     if len(ds) == 0:
         raise UsageError(f"{name}: no {split} samples to evaluate on")
     model = ck.model.to(dev)

@@ -254,12 +254,15 @@ def load_split(name: str, split: str, cfg, size: int | None = None, preprocess: 
 
 COMPACT_KEYS = ("compact", "input_shape", "input_dtype")  # a compact network's recipe (geopath export)
 CLASSES_KEY = "classes"  # the class folders of an image folder the network was trained on (JSON list)
+TASK_B_KEYS = ("data_b", "preprocess_b")  # a merged network's second task: its data set and preprocessing
+LABEL_OFFSET_KEY = "label_offset_b"  # a split-head merged network: where task B's classes start among its outputs
 
 
 def carried(ck: Checkpoint) -> dict[str, str]:
     """What the networks a run saves inherit from its start checkpoint: an exported network's removal
-    history and input shape, without which they would not load, and the classes its outputs stand for."""
-    keys = COMPACT_KEYS + (CLASSES_KEY,)
+    history and input shape, without which they would not load, and the classes its outputs stand for (a merged
+    network's task B among them: its data set, how it was read, and where its classes start in a split head)."""
+    keys = COMPACT_KEYS + (CLASSES_KEY,) + TASK_B_KEYS + (LABEL_OFFSET_KEY,)
     return {k: ck.metadata[META_PREFIX + k] for k in keys if META_PREFIX + k in ck.metadata}
 
 
@@ -267,6 +270,22 @@ def classes_record(data: str | None) -> dict[str, str]:
     """``{"classes": JSON}`` where ``data`` is an image folder here (its class folders label the outputs), else {}."""
     names = training_classes(data) if data else None
     return {CLASSES_KEY: json.dumps(names)} if names else {}
+
+
+def label_offset(ck: Checkpoint, data: str | None) -> int:
+    """What to add to the labels of data set ``data`` for ``ck``'s outputs: task B's offset where ``ck`` is a
+    split-head merged network and ``data`` is its task B's set (``geopath merge --head split``), else 0."""
+    meta = ck.metadata
+    text = meta.get(META_PREFIX + LABEL_OFFSET_KEY)
+    if not text or not data or recorded_name(data) != meta.get(META_PREFIX + "data_b"):
+        return 0
+    try:
+        offset = int(text)
+    except ValueError:
+        offset = -1
+    if offset < 1:
+        raise UsageError(f"{ck.path}: its recorded {LABEL_OFFSET_KEY} is not a positive class count ({text[:20]!r})")
+    return offset
 
 
 def network_classes(ck: Checkpoint) -> list[str] | None:
@@ -310,9 +329,11 @@ def single_task_data(cfg, ck: Checkpoint, device, what: str = "the network") -> 
     # plain image folders apart from the one the network trained on are labelled as its training labelled them
     trained_on = network_classes(ck) if ck.data != name else None
     metric = load_split(name, "train", cfg, cfg.metric_size, preprocess_of(cfg, ck, name), classes=trained_on)
+    metric = metric.shifted(label_offset(ck, name))  # (task B of a split-head merged network)
     check_inputs(ck.model.to(device), metric, device, what)  # (before its preprocessing is applied to the test set)
     test = load_split(test_name, "test", cfg, cfg.eval_size, metric.preprocess,  # exactly what training inputs got
                       classes=trained_on or (training_classes(name) if test_name != name else None))
+    test = test.shifted(label_offset(ck, test_name))
     check_inputs(ck.model.to(device), test, device, what)
     return Splits(name, metric, test, metric.head(cfg.train_eval_size) if cfg.train_eval_size else None)
 

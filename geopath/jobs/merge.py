@@ -72,9 +72,7 @@ class Tasks:
 
 
 def _shift(ds: Dataset | None, offset: int) -> Dataset | None:
-    if ds is None or offset == 0:
-        return ds
-    return Dataset(ds.x, ds.y + offset, ds.name, ds.split, ds.preprocess)
+    return None if ds is None else ds.shifted(offset)
 
 
 def _outputs(model: nn.Module, ds: Dataset, device) -> torch.Tensor:
@@ -166,7 +164,8 @@ def prepare(cfg: MergeConfig, device) -> Tasks:
                              f"from {classes_a})")
     return Tasks(model_a, model_b, a.arch, arch_kwargs, a.arch_kwargs, a.sha256, data_a, data_b, train_a, _shift(train_b, offset),
                  val_a, _shift(val_b, offset), test_a, _shift(test_b, offset), offset,
-                 carry={**job.carried(a), **provenance, **_task_b_reading(data_b, train_b)},
+                 carry={**_not_task_b(job.carried(a)), **provenance, **_task_b_reading(data_b, train_b),
+                        **_task_b_labels(offset)},
                  reading=(cfg.image_size, cfg.channels))
 
 
@@ -174,6 +173,17 @@ def _task_b_reading(data_b: str, train_b: Dataset) -> dict[str, str]:
     """What every merged network records of task B (task A's data set and preprocessing are its ``data`` and
     ``preprocess``): ``eval --data`` of B's set reads it as the merge scored it (Checkpoint.reading)."""
     return {"data_b": job.recorded(data_b), "preprocess_b": train_b.preprocess}
+
+
+def _not_task_b(record: dict[str, str]) -> dict[str, str]:
+    """What A carries, less a task B of its own (A merged before): this merge records its own B."""
+    return {k: v for k, v in record.items() if k not in job.TASK_B_KEYS + (job.LABEL_OFFSET_KEY,)}
+
+
+def _task_b_labels(offset: int) -> dict[str, str]:
+    """A split head's record of where task B's classes start (``eval`` and every job that reads B's labels shift
+    them by it: :func:`geopath.jobs.common.label_offset`)."""
+    return {job.LABEL_OFFSET_KEY: str(offset)} if offset else {}
 
 
 class BothTasks:

@@ -344,6 +344,35 @@ def test_split_head_keeps_a_and_shifts_b_labels(split, slices):
     assert f"B {summary['test_accuracy_b']:.4f} (start {rows[0]['test_accuracy_b']:.4f})" in printed
 
 
+def test_a_split_head_network_is_scored_on_task_b_as_the_merge_scored_it(split, slices, tmp_path):
+    """``eval --data fashion-mnist`` of a split-head network shifts B's labels by A's 10 classes, as the merge's trace
+    did (it reported 0.4 % where the trace said 42 %); task A's data and a plain merge's networks are not shifted."""
+    summary = json.loads((split / "summary.json").read_text())
+    best = split / "best.safetensors"
+    assert read_tensors(best)[1]["geopath.label_offset_b"] == "10"
+    for data, key in (("fashion-mnist", "test_accuracy_b"), ("mnist", "test_accuracy_a")):
+        proc = cli("eval", best, "--data", data, "--size", "500", "--data-root", DATA_ROOT, "--json")
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["accuracy"] == pytest.approx(summary["best"][key], abs=1e-12)
+    # a job on task B's data reads the shifted labels too: sparsify's start accuracy is B's
+    out = tmp_path / "sp"
+    proc = cli("sparsify", best, "--data", "fashion-mnist", "--sparsity", "0.1", "--steps", "1", "--settle-epochs",
+               "0", "--eval-size", "500", "--metric-size", "256", "--train-eval-size", "0", "--criterion",
+               "magnitude", "--data-root", DATA_ROOT, "-o", out, "--json")
+    assert proc.returncode == 0, proc.stderr
+    start = json.loads((out / "summary.json").read_text())["dense_test_accuracy"]
+    assert start == pytest.approx(summary["best"]["test_accuracy_b"], abs=1e-12)
+    # and its networks carry the record: eval of its final network on B is shifted as well
+    assert read_tensors(out / "final.safetensors")[1]["geopath.label_offset_b"] == "10"
+
+
+def test_a_shared_head_records_no_label_offset(geo):
+    out, _ = geo
+    for rel in ("final.safetensors", "best.safetensors"):
+        meta = read_tensors(out / rel)[1]
+        assert "geopath.label_offset_b" not in meta and meta["geopath.data_b"] == "fashion-mnist"
+
+
 def test_split_head_resume_matches_uninterrupted(split, tmp_path):
     out = tmp_path / "out"
     rc, err, hit = interrupt_when(["merge", SAMPLE, FASHION, "-o", out, *SPLIT, "--json"], lambda r: r["step"] >= 5)
