@@ -334,7 +334,9 @@ class SparsifyConfig(WalkOptions):
                                       default_help="magnitude (saliency for obd)")
     saliency_samples: int = opt(1024, "Inputs the metric's diagonal is estimated on (--criterion saliency, auto); "
                                       "auto compares the two rankings on as many others.")
-    layers: list | None = opt(None, "Prune only these parameters (repeatable, e.g. layers.0.weight).", flag="--layer")
+    layers: list | None = opt(None, "Prune only these parameters (repeatable, e.g. layers.0.weight): --sparsity is "
+                                    "their share; the run reports the whole network's sparsity and theirs.",
+                              flag="--layer")
     structured: str | None = opt(None, "Remove whole units instead: LAYER:COUNT[,LAYER:COUNT] (e.g. features.0:50).")
     settle_steps: int = opt(150, "Steps on the target after landing.")
     settle: Settle = opt(Settle.AUTO, "After landing: geodesic steps on the hyperplane, or masked SGD on the "

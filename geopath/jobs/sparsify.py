@@ -317,7 +317,8 @@ class Sparsify(job.Job):
     def text(s: dict) -> list[str]:
         return [f"final network:   {Path(s['out']) / s['final']}",
                 f"test accuracy:   {fmt(s['test_accuracy'])} (start {fmt(s['dense_test_accuracy'])})",
-                f"sparsity:        {fmt(s['sparsity'])}",
+                f"sparsity:        {fmt(s['sparsity'])}"
+                + (f" ({fmt(s['layer_sparsity'])} of the --layer parameters)" if "layer_sparsity" in s else ""),
                 f"path length:     {fmt(s['length'])}   steps: {s['step']}   epochs of data: {s['epochs']:.2f}"
                 ] + ([f"ranking:         {ranking_text(s['ranking'])}"] if s.get("ranking") else []) \
             + ([f"settle:          {settle_text(s['settle'])}"] if s.get("settle") else []) \
@@ -365,7 +366,10 @@ class Sparsify(job.Job):
 
         def evaluate_row(net) -> dict:
             ev = evaluate(net, test_data, device=device)
-            row = {"test_accuracy": ev.accuracy, "test_loss": ev.loss, "sparsity": sparsity_of(net, sparse_names)}
+            # the whole network's, as eval counts it; with --layer also the named parameters' (the target's)
+            row = {"test_accuracy": ev.accuracy, "test_loss": ev.loss, "sparsity": sparsity_of(net)}
+            if cfg.layers:
+                row["layer_sparsity"] = sparsity_of(net, sparse_names)
             row["train_accuracy"] = evaluate(net, train_eval, device=device).accuracy if train_eval else math.nan
             return row
 
@@ -421,6 +425,7 @@ class Sparsify(job.Job):
             "dense_test_accuracy": start["test_accuracy"],
             **{k: final[k] for k in ("step", "test_accuracy", "test_loss", "train_accuracy", "sparsity",
                                       "length", "sample_passes", "epochs", "wall_time")},
+            **({"layer_sparsity": final["layer_sparsity"]} if "layer_sparsity" in final else {}),
             "target": target.describe() if not isinstance(target, MagnitudeTarget) else
             {k: v for k, v in target.describe().items() if k != "parameters"},
             **({"ranking": setup.own["ranking"]} if setup.own.get("ranking") else {}),

@@ -141,6 +141,25 @@ def test_structured_removes_whole_neurons(tmp_path):
     assert resolve(SparsifyConfig, saved, {}).structured == "layers.0:200"
 
 
+@pytest.mark.parametrize("method", ["geodesic", "prune-finetune"])
+def test_a_layer_run_reports_the_whole_networks_sparsity_and_the_layers(tmp_path, method):
+    """--layer layers.2.weight --sparsity 0.5 zeroes 500 of the 266,200 weights: the run's sparsity (trace, summary,
+    text, what compare shows) is the whole network's, as eval counts it, and layer_sparsity the named layer's."""
+    out = tmp_path / method
+    proc = geopath("sparsify", SAMPLE, "-o", out, "--layer", "layers.2.weight", "--sparsity", "0.5",
+                   "--method", method, *(FAST if method == "geodesic" else [*FAST_DATA, "--finetune-epochs", "0.05"]))
+    assert proc.returncode == 0, proc.stderr
+    tensors, _ = read_tensors(out / "final.safetensors")
+    zeros = int((tensors["layers.2.weight"] == 0).sum())
+    total = sum(tensors[k].numel() for k in ("layers.0.weight", "layers.1.weight", "layers.2.weight"))
+    assert zeros == 500
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["sparsity"] == pytest.approx(zeros / total) and summary["layer_sparsity"] == 0.5
+    assert f"sparsity:        {zeros / total:.4f} (0.5000 of the --layer parameters)" in proc.stdout
+    rows = [json.loads(l) for l in (out / "trace.jsonl").read_text().splitlines()]
+    assert rows[-1]["sparsity"] == summary["sparsity"] and rows[0]["layer_sparsity"] == 0.0
+
+
 def test_every_saved_network_has_fresh_batchnorm_statistics(tmp_path):
     """Regression: sparsify used to re-estimate BatchNorm statistics at the endpoint only, so the
     trace scored intermediate networks with the start's stale statistics (on a CIFAR VGG11 a path
