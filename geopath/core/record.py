@@ -82,12 +82,12 @@ class PeerRecorder:
 
     It saves ``steps/step_NNNNN.safetensors`` (``name=``: ``steps/NAME.safetensors``; ``final=True``:
     ``final.safetensors``). Peers have no metric length or drift: both are NaN. Wall time runs from
-    the recorder's creation.
+    the recorder's creation, plus the ``already`` seconds the job spent on the peer's behalf before it.
     """
 
-    def __init__(self, recorder: Recorder):
+    def __init__(self, recorder: Recorder, already: float = 0.0):
         self.recorder = recorder
-        self._tic = time.perf_counter()
+        self._tic = time.perf_counter() - already
         self.rows: list[dict] = []
 
     def __call__(self, step: int, model: nn.Module, sample_passes: float, t: float = math.nan,

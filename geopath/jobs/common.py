@@ -424,6 +424,9 @@ class Setup:
     preprocess: str | None = None  # how stored data became inputs (every saved network records it)
     carry: dict | None = None  # metadata every saved network inherits from the start checkpoint (carried())
     derived: list[str] = field(default_factory=list)  # options the command left unset and the run filled in
+    # seconds of the work prepare did that the run's sample passes count (sparsify: ranking the weights, the settle
+    # rules, the mask): the run's wall time starts with them, the geodesic's and a peer's alike
+    spent_seconds: float = 0.0
 
 
 @dataclass
@@ -508,7 +511,7 @@ class Job:
         if geodesic:
             outcome = self.walk(setup, recorder, state, device)
         else:
-            record = PeerRecorder(recorder)
+            record = PeerRecorder(recorder, already=setup.spent_seconds)
             returned = registry.get(self.name, method).run(self.peer_task(setup, record, device))
             outcome = Outcome(record.rows[-1], target=returned)
         summary = {"job": self.name, "method": method, "out": str(writer.out), "final": "final.safetensors",

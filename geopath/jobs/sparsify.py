@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -334,6 +335,7 @@ class Sparsify(job.Job):
         space = ParamSpace.of(model)
         w0 = model_vector(model, space)
         scores, spent, ranking = None, 0, None
+        tic = time.perf_counter()  # (the work whose passes count from the start: its seconds count too)
         if cfg.method is SparsifyMethod.OBD:  # the peer is one-shot pruning by saliency
             cfg = dataclasses.replace(cfg, criterion=Criterion.SALIENCY)
         elif cfg.criterion is None and not cfg.structured:  # magnitude, the geodesic's too (docs/method.md)
@@ -350,6 +352,7 @@ class Sparsify(job.Job):
                                                                      device)
         spent += checked
         target = build_target(cfg, model, space, w0, example=test_data.x[:2].to(device), scores=scores)
+        spent_seconds = time.perf_counter() - tic
         max_steps = cfg.max_steps or default_max_steps(cfg)
         step_size = cfg.step_size or job.default_step_size(target.distance(w0), cfg.steps, STEP_SCALE)
         if cfg.method is SparsifyMethod.GEODESIC:  # (a peer's config records no step it does not take)
@@ -379,7 +382,7 @@ class Sparsify(job.Job):
                          own={"target": target, "walk_target": walk_target, "metric": metric_data,
                               "reference": reference, "spent": spent, "ranking": ranking, "settle": settle,
                               "settle_rule": settle_rule, "optimizer": optimizer, "optimizer_rule": optimizer_rule},
-                         preprocess=metric_data.preprocess, carry=job.carried(ck))
+                         preprocess=metric_data.preprocess, carry=job.carried(ck), spent_seconds=spent_seconds)
 
     def walk(self, setup: job.Setup, recorder, state, device) -> job.Outcome:
         cfg, own = setup.cfg, setup.own
@@ -391,8 +394,8 @@ class Sparsify(job.Job):
         pcfg = job.path_config(cfg, cfg.step_size, cfg.max_steps, settle_steps=0 if by_training else cfg.settle_steps,
                                settle_anchor=cfg.settle_anchor)
         record_start = None
-        if state is None and own["spent"]:  # the passes spent choosing the mask count from the start
-            state, record_start = PathState(sample_passes=float(own["spent"])), True
+        if state is None:  # the passes and seconds spent choosing the mask and the rules count from the start
+            state, record_start = PathState(sample_passes=float(own["spent"]), wall_time=setup.spent_seconds), True
         target = own["walk_target"]  # --settle-prune F: 1 − F of the removals; the settle makes the rest
         result = walk(setup.model, target, own["metric"], pcfg, recorder, reference=own["reference"],
                       state=state, device=device, record_start=record_start,

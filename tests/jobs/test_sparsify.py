@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -158,6 +159,24 @@ def test_a_layer_run_reports_the_whole_networks_sparsity_and_the_layers(tmp_path
     assert f"sparsity:        {zeros / total:.4f} (0.5000 of the --layer parameters)" in proc.stdout
     rows = [json.loads(l) for l in (out / "trace.jsonl").read_text().splitlines()]
     assert rows[-1]["sparsity"] == summary["sparsity"] and rows[0]["layer_sparsity"] == 0.0
+
+
+@pytest.mark.parametrize("method", ["geodesic", "prune-finetune"])
+def test_the_wall_time_counts_the_work_the_passes_count_before_the_walk(tmp_path, monkeypatch, method):
+    """Ranking the weights and the settle rules are counted in sample passes from the start; their seconds are
+    counted too (the clock started only with the walk or the peer, so the geodesic's rules were free of time)."""
+    from geopath.jobs import sparsify
+
+    from .._helpers import cli
+
+    real = sparsify.build_target
+    monkeypatch.setattr(sparsify, "build_target", lambda *a, **k: time.sleep(0.4) or real(*a, **k))
+    out = tmp_path / method
+    proc = cli("sparsify", SAMPLE, "-o", out, "--sparsity", "0.5", "--method", method,
+               *(FAST if method == "geodesic" else [*FAST_DATA, "--finetune-epochs", "0.05"]))
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(l) for l in (out / "trace.jsonl").read_text().splitlines()]
+    assert rows[0]["wall_time"] >= 0.4 and rows[-1]["wall_time"] > rows[0]["wall_time"]
 
 
 def test_every_saved_network_has_fresh_batchnorm_statistics(tmp_path):
