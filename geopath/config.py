@@ -232,6 +232,7 @@ class CommonOptions:
                 raise UsageError(f"--{f.name.replace('_', '-')} must be a finite number, got {v}")
         _positive(self, "save_every")
         _positive_or_none(self, "eval_size")
+        check_seed(self.seed)
         if self.min_accuracy is not None and not 0 <= self.min_accuracy <= 1:
             raise UsageError(f"--min-accuracy must be in [0, 1], got {self.min_accuracy}")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -406,6 +407,14 @@ class SparsifyConfig(WalkOptions):
             _non_negative(self, name)
         if self.saliency_samples < 1:
             raise UsageError(f"--saliency-samples must be ≥ 1, got {self.saliency_samples}")
+        if self.structured is not None:  # (an empty one ran as unstructured; a count of 0 removed nothing)
+            from geopath.core.targets import parse_structured
+
+            parse_structured(self.structured, required=True)
+        if self.layers is not None and (not self.layers or not all(isinstance(n, str) and n.strip()
+                                                                     for n in self.layers)):
+            raise UsageError("--layer names a parameter to prune (e.g. layers.0.weight); got "
+                             f"{'none' if not self.layers else 'an empty name'}")
         return self
 
     def refuse_unread(self, given: set[str]) -> None:
@@ -658,6 +667,15 @@ def _positive_or_none(cfg, name):
     v = getattr(cfg, name)
     if v is not None and v < 1:
         raise UsageError(f"--{name.replace('_', '-')} must be ≥ 1, got {v}")
+
+
+SEED_LIMIT = 2**32  # every seed a run derives (seed × 1,000,003 + step, …) stays a 64-bit integer below it
+
+
+def check_seed(seed: int) -> None:
+    """A one-line error unless ``seed`` is a whole number in [0, 2³²) (a larger one overflowed deep in a run)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
+        raise UsageError(f"--seed must be a whole number in [0, 2^32), got {seed}")
 
 
 def budget_rule(budget: float) -> tuple[int, float]:
@@ -991,7 +1009,12 @@ def replayed(cls, yaml_values: dict[str, Any], flags: dict[str, Any]) -> dict[st
     # a permission holds for the command that gives it: a config file (a replayed or resumed run's, or anyone's)
     # cannot unpickle a file or run a checkpoint's code; runs record the flags, which are not read back
     record = _is_record(yaml_values)
-    yaml_values = {k: v for k, v in known_options(cls, yaml_values).items() if k not in TRUST_FLAGS}
+    yaml_values = known_options(cls, yaml_values)
+    granted = [k for k in TRUST_FLAGS if yaml_values.get(k) not in (None, False)]
+    if granted and not record:  # (a run records the flags it was given; a file of the user's own would be ignored)
+        raise UsageError(f"{', '.join(granted)} in a config file is not read: a permission holds for the command "
+                         f"that gives it (--{granted[0].replace('_', '-')})")
+    yaml_values = {k: v for k, v in yaml_values.items() if k not in TRUST_FLAGS}
     return _inherited_budget(cls, yaml_values, flags, record)
 
 

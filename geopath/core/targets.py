@@ -330,8 +330,9 @@ class StructuredTarget(HyperplaneTarget):
         return out
 
 
-def parse_structured(spec: str | Sequence[str] | None) -> dict[str, int]:
-    """``"features.0:50,layers.1:200"`` → ``{"features.0": 50, "layers.1": 200}``."""
+def parse_structured(spec: str | Sequence[str] | None, required: bool = False) -> dict[str, int]:
+    """``"features.0:50,layers.1:200"`` → ``{"features.0": 50, "layers.1": 200}`` (every count ≥ 1; ``required``:
+    a given spec must name a layer)."""
     if spec is None:
         return {}
     items = [spec] if isinstance(spec, str) else list(spec)
@@ -350,4 +351,8 @@ def parse_structured(spec: str | Sequence[str] | None) -> dict[str, int]:
                 out[layer] = int(count)
             except ValueError:
                 raise UsageError(f"--structured: {count!r} is not a whole number") from None
+            if out[layer] < 1:
+                raise UsageError(f"--structured {part}: remove at least one unit (a count ≥ 1)")
+    if required and not out:
+        raise UsageError(f"--structured names no layer ({spec!r}); give LAYER:COUNT (e.g. features.0:50)")
     return out
