@@ -308,11 +308,34 @@ def save_checkpoint(
     with atomic_path(path) as tmp:
         try:
             save_file(tensors, str(tmp), metadata=meta)
+            _canonical_header(tmp)
         except OSError:
             raise
         except Exception as e:  # safetensors reports I/O failures as its own error type
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise StorageError(f"{path}: cannot write the checkpoint ({first[:200]})") from None
+
+
+def _canonical_header(path: str | Path) -> None:
+    """Rewrite the JSON header of the safetensors file ``path`` in one form: keys sorted (the tensors' entries, each
+    entry's fields and the ``__metadata__`` map), no spaces, padded with spaces to a multiple of 8 bytes as the format
+    asks. safetensors writes the header from a Rust ``HashMap``, whose order changes from process to process, so the
+    same tensors and metadata gave files with different bytes (and sha256, which manifests and ``parent_sha256``
+    record). The data section is left as it is: its ``data_offsets`` count from its own start."""
+    with open(path, "r+b") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+        text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        text += b" " * (-len(text) % 8)
+        if len(text) == size:
+            f.seek(8)
+            f.write(text)
+        else:  # (a header written with other spacing or escapes): the data follows the new header
+            data = f.read()
+            f.seek(0)
+            f.truncate()
+            f.write(len(text).to_bytes(8, "little") + text)
+            f.write(data)
 
 
 def sparsity_of(model: nn.Module, names: list[str] | None = None) -> float:

@@ -9,9 +9,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from geopath.errors import UsageError
 from geopath.io.atomic import sha256_file
-from geopath.io.reader import MANIFEST, read_run_json
+from geopath.io.reader import MANIFEST, read_manifest
 
 
 def run_files(run: Path) -> list[str]:
@@ -23,14 +22,7 @@ def run_files(run: Path) -> list[str]:
 def verify_run(run: str | os.PathLike) -> dict[str, Any]:
     """Compare a run's files with its ``manifest.json``: missing, changed and unlisted files."""
     run = Path(run)
-    manifest = read_run_json(run, MANIFEST, "the run did not complete")
-    if not isinstance(manifest, dict) or not all(isinstance(v, str) for v in manifest.values()):
-        raise UsageError(f"{run / MANIFEST}: not a geopath manifest")
-    if not manifest:  # (every run writes at least its config, trace and summary)
-        raise UsageError(f"{run / MANIFEST}: lists no file (not a geopath manifest)")
-    outside = sorted(k for k in manifest if Path(k).is_absolute() or ".." in Path(k).parts)
-    if outside:
-        raise UsageError(f"{run / MANIFEST}: lists {outside[0]}, outside the run (not a geopath manifest)")
+    manifest = read_manifest(run)
     missing = sorted(k for k in manifest if not (run / k).is_file())
     changed = sorted(k for k, digest in manifest.items() if (run / k).is_file() and sha256_file(run / k) != digest)
     unlisted = sorted(set(run_files(run)) - set(manifest))

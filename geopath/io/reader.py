@@ -12,8 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from geopath.errors import UsageError
+from geopath.io.atomic import sha256_file
 
 MANIFEST = "manifest.json"  # a run's list of files with their sha256, written last (geopath.io.manifest)
+NETWORK = ".safetensors"  # a run's networks end so; every other file it writes is a record of the run
+READ = ("config.yaml", "summary.json", "trace.jsonl")  # the records the reports read
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
@@ -80,3 +83,44 @@ def read_trace(run: str | Path) -> list[dict]:
     jump = [r for r in rows if r.get("segment") == "jump"]
     path = [r for r in rows if r.get("segment") != "jump"]
     return path[:-1] + jump + path[-1:] if jump else path
+
+
+def read_manifest(run: str | Path) -> dict[str, str]:
+    """A finished run's ``manifest.json``, ``{file: sha256}``, or a one-line usage error: missing (the run did not
+    complete), not JSON, not a map of file names to digests, listing nothing or a file outside the run."""
+    run = Path(run)
+    manifest = read_run_json(run, MANIFEST, "the run did not complete")
+    if not isinstance(manifest, dict) or not all(isinstance(v, str) for v in manifest.values()):
+        raise UsageError(f"{run / MANIFEST}: not a geopath manifest")
+    if not manifest:  # (every run writes at least its config, trace and summary)
+        raise UsageError(f"{run / MANIFEST}: lists no file (not a geopath manifest)")
+    outside = sorted(k for k in manifest if Path(k).is_absolute() or ".." in Path(k).parts)
+    if outside:
+        raise UsageError(f"{run / MANIFEST}: lists {outside[0]}, outside the run (not a geopath manifest)")
+    return manifest
+
+
+def read_run(run: str | Path) -> tuple[dict, list[dict]]:
+    """A finished run's summary (:func:`read_summary`) and trace rows (:func:`read_trace`), for the commands that
+    report its results, once the run has passed the checks every such reader makes, each a one-line usage error:
+    a summary and a manifest, a whole ``trace.jsonl`` (a bad line anywhere is damage: a finished run has no torn
+    line), a manifest that parses (:func:`read_manifest`) and lists the records read, and every record it lists
+    (each file but the networks, ``*.safetensors``: config, traces, summary, ...) as the run left it. The networks
+    are left to ``geopath verify``: a table of figures would wait on hashing gigabytes of checkpoints it never
+    reads, and a run whose step checkpoints were deleted to save space still has its figures."""
+    run = Path(run)
+    summary = read_summary(run)
+    rows = read_trace(run)
+    manifest = read_manifest(run)
+    unlisted = [name for name in READ if name not in manifest]
+    if unlisted:
+        raise UsageError(f"{run}: {MANIFEST} does not list {unlisted[0]} (not this run's manifest)")
+    for name, digest in sorted(manifest.items()):
+        if name.endswith(NETWORK):
+            continue
+        if not (run / name).is_file():
+            raise UsageError(f"{run}: {name} is missing (the run's {MANIFEST} lists it)")
+        if sha256_file(run / name) != digest:
+            raise UsageError(f"{run}: {name} has changed since the run finished (its sha256 is not the one in "
+                             f"{MANIFEST}; geopath verify {run} lists every difference)")
+    return summary, rows

@@ -2,7 +2,8 @@
 
 A run directory's ``summary.json`` names its job, its method and its ``headline``
 figures; the table has the columns every run shares first, then the rest. Only complete runs
-(``manifest.json`` written) are compared, and where the runs were scored on different test sets
+(``manifest.json`` written) are compared, each read and checked by :func:`geopath.io.reader.read_run` (a damaged
+trace, manifest or record is refused in one line), and where the runs were scored on different test sets
 (data set, ``--eval-data``, ``--eval-size``, from each run's ``config.yaml``) a ``test_set`` column
 says so: their accuracies are not comparable figures.
 """
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from geopath.errors import UsageError
-from geopath.io.reader import read_summary
+from geopath.io.reader import read_run
 
 FIRST = ("run", "job", "method")
 COST = ("sample_passes", "epochs", "wall_time")
@@ -31,7 +32,7 @@ def load_runs(runs: list[str | Path]) -> Table:
         raise UsageError("name at least one run directory")
     rows, columns, tests = [], list(FIRST), []
     for run in runs:
-        s = read_summary(run)  # (complete runs only)
+        s, _ = read_run(run)  # (complete, undamaged runs only)
         tests.append(test_set(run))
         keys = [k for k in s.get("headline", []) if k not in COST] + [k for k in COST if k in s]
         row = {"run": str(run), "job": s["job"], "method": s.get("method", "geodesic")}

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from geopath.io.outfile import check_output_file
-from geopath.io.reader import read_summary, read_trace
+from geopath.io.reader import read_run
 from geopath.errors import UsageError
 
 X_CHOICES = ("t", "step", "epochs", "sample_passes", "length", "wall_time")
@@ -79,9 +79,9 @@ def plot_runs(runs: Sequence[str | Path], out: str | Path, x: str = "t", kind: s
     out = check_output_file(out, overwrite, FORMATS, inputs=runs)
     data = []
     for i, run in enumerate(runs):
-        summary = read_summary(run)
+        summary, rows = read_run(run)  # (complete, undamaged runs only: the checks compare makes)
         label = labels[i] if labels else f"{run.name} ({summary.get('method', 'geodesic')})"
-        data.append((label, summary, read_trace(run)))
+        data.append((label, summary, rows))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     if kind == "tasks":
         fig, ax = plt.subplots(figsize=(5.5, 5))

@@ -82,6 +82,15 @@ def test_compare_table_names_runs_and_methods(finished):
     assert f"{_summary(finished['geo_run'])['test_accuracy_b']:.4f}" in geo
 
 
+def _finish(run):
+    """Make the records in ``run`` a finished run: a trace and the manifest (compare checks both)."""
+    from geopath.io.atomic import sha256_file
+
+    (run / "trace.jsonl").write_text('{"step": 0}\n')
+    files = ("config.yaml", "summary.json", "trace.jsonl")
+    (run / "manifest.json").write_text(json.dumps({f: sha256_file(run / f) for f in files}))
+
+
 def test_compare_directory_without_summary(tmp_path):
     run = tmp_path / "unfinished"
     run.mkdir()
@@ -123,7 +132,7 @@ def test_compare_refuses_an_incomplete_run_and_names_a_different_test_set(tmp_pa
         (d / "summary.json").write_text(json.dumps({"job": "sparsify", "method": "geodesic",
                                                     "headline": ["test_accuracy"], "test_accuracy": 0.99}))
         if manifest:
-            (d / "manifest.json").write_text("{}")
+            _finish(d)
         return d
 
     a, b, c = run("a", 200), run("b", 10000), run("c", 200, manifest=False)
@@ -147,7 +156,7 @@ def test_compare_tells_apart_test_files_and_runs_that_share_a_name(tmp_path):
         (d / "config.yaml").write_text(f"data: mnist\neval_data: {eval_data}\neval_size: null\n")
         (d / "summary.json").write_text(json.dumps({"job": "sparsify", "method": "geodesic",
                                                     "headline": ["test_accuracy"], "test_accuracy": 0.5}))
-        (d / "manifest.json").write_text("{}")
+        _finish(d)
         return d
 
     a, b = run("x", "/data/a/test.npz"), run("y", "/data/b/test.npz")
