@@ -350,7 +350,8 @@ class SparsifyConfig(WalkOptions):
     budget: float | None = opt(None, "About B epochs of sample passes in all: sets --steps 5·B (rounded, at least "
                                      "5) and --settle-epochs 0.875·B, the rule bench/suite.py measures the geodesic "
                                      "by (4.87 epochs at B = 5 on the MNIST MLPs; the summary's epochs say what a "
-                                     "run spent); for a training settle.",
+                                     "run spent); for a training settle. Below B = 1 the 5-step floor and the rules' "
+                                     "fixed cost (about 0.07 epochs of MNIST) spend more (0.32 epochs at B = 0.2).",
                                default_help="--steps and --settle-epochs as given")
     settle_lr: float | None = opt(None, "Learning rate of --settle finetune/distill (cosine decay).",
                                   default_help="SGD's: 0.1; 0.05 with --structured or on the start's outputs "
@@ -524,7 +525,8 @@ class ConnectConfig(WalkOptions):
                                                "(greedy metric steps toward B, resumable; it stalls on CIFAR pairs); "
                                                "see docs/method.md.")
     nodes: int = opt(1, "--path relax: free nodes of the path, evenly spaced in t.")
-    relax_epochs: float = opt(10.0, "--path relax: epochs of fitting (sample passes over the metric inputs).")
+    relax_epochs: float = opt(10.0, "--path relax: epochs of fitting (sample passes over the metric inputs); the "
+                                    "endpoints' outputs on those inputs cost 2/3 of an epoch more.")
     relax_lr: float = opt(0.05, "--path relax: learning rate (SGD, momentum 0.9, cosine decay).")
 
     ENDPOINTS_ANCHOR = True
