@@ -328,7 +328,7 @@ class SparsifyConfig(WalkOptions):
     scope: MaskScope = opt(MaskScope.GLOBAL, "Unstructured: global or per-layer magnitude.")
     mask: MaskMode = opt(MaskMode.FIXED, "Unstructured mask fixed at the start or re-chosen each step.")
     criterion: Criterion | None = opt(None, "Unstructured: which weights go first: smallest magnitude, smallest "
-                                            "saliency w²·[g]_qq (the metric's diagonal), or auto: saliency when, "
+                                            "saliency w²·g_qq (g_qq: the metric's diagonal), or auto: saliency when, "
                                             "pruned in one shot, it keeps more of the start's predictions than "
                                             "magnitude does by more than chance (sign test, p < 0.05), else "
                                             "magnitude.",
