@@ -30,6 +30,36 @@ from geopath.report.text import fmt
 
 EXIT_INTERRUPTED = 130
 
+
+def _plain_flags(params) -> None:
+    """A flag takes no value: typer's rich help printed its type as if it took one (``--json <bool>``,
+    ``--help <bool>``); an empty metavar leaves the type column blank (parsing never reads a metavar)."""
+    for p in params:
+        if getattr(p, "is_flag", False) and p.metavar is None:
+            p.metavar = ""
+
+
+class _PlainFlags:
+    """The flags of a command, its --help included (made when first asked for), shown without a type."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        _plain_flags(self.params)
+
+    def get_help_option(self, ctx):
+        option = super().get_help_option(ctx)
+        _plain_flags([option] if option is not None else [])
+        return option
+
+
+class _Command(_PlainFlags, typer.core.TyperCommand):
+    pass
+
+
+class _Group(_PlainFlags, typer.core.TyperGroup):
+    pass
+
+
 app = typer.Typer(
     name="geopath",
     help="Move trained networks along geodesics of weight space: sparsify, merge, connect, transition; "
@@ -37,6 +67,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=_Group,
 )
 
 
@@ -52,7 +83,9 @@ def _emit(obj: dict, as_json: bool) -> None:
 
 
 def _guard(fn, debug: bool):
-    """Run ``fn``; known failures become one line on stderr and an exit code."""
+    """Run ``fn``; known failures become one line on stderr and an exit code. An interrupted job says what its run
+    allows next: ``--resume`` where it stopped between walk steps, ``--overwrite`` where it was training in one go
+    (a training settle, a peer, connect's relaxation: :func:`geopath.core.path.in_one_go`)."""
     from geopath.core.path import Interrupted
 
     try:
@@ -65,7 +98,11 @@ def _guard(fn, debug: bool):
     except (Interrupted, KeyboardInterrupt) as e:
         if debug:
             raise
-        _err(f"interrupted ({e}); the run can be continued with --resume" if str(e) else "interrupted")
+        if not isinstance(e, Interrupted):  # (before a run was open, or a command that opens none)
+            _err("interrupted")
+        else:  # (its own words: "interrupted after step 74", "interrupted in --method gradual, which ...")
+            _err(f"{str(e) or 'interrupted'}; " + ("the run can be continued with --resume" if e.resumable else
+                                                    "start it again with --overwrite"))
         raise typer.Exit(EXIT_INTERRUPTED)
     except typer.Exit:
         raise
@@ -133,6 +170,16 @@ def _default_text(f: dataclasses.Field) -> str:
     if default is None or default is False or default == "":
         return ""
     return str(default.value if isinstance(default, Enum) else default)
+
+
+def _shared_help(name: str) -> str:
+    """The jobs' --help text of one of their common options (``geopath.config.CommonOptions``), for the
+    commands that take the same option outside a job (eval, export, inspect, train): one wording for both."""
+    from geopath.config import CommonOptions
+
+    f = next(f for f in dataclasses.fields(CommonOptions) if f.name == name)
+    text = _default_text(f)
+    return f.metadata["help"] + (f" \\[default: {text}]" if text else "")
 
 
 def _panel(cls, name: str) -> str:
@@ -226,6 +273,18 @@ def _job_of(saved: dict):
     return fits[0] if len(fits) == 1 else None
 
 
+def _as_typed(cls, flags: list[str]) -> list[str]:
+    """``changed_options``' names (``--`` + the field's name) as the user types them: a positional argument
+    (``the checkpoint argument``), a flag spelt otherwise (``--layer`` for the field ``layers``)."""
+    typed = {}
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("arg"):
+            typed["--" + f.name.replace("_", "-")] = f"the {f.name} argument"
+        elif f.metadata.get("flag"):
+            typed["--" + f.name.replace("_", "-")] = f.metadata["flag"]
+    return [typed.get(flag, flag) for flag in flags]
+
+
 def _make_job_command(cls):
     """``geopath JOB``: its flags from ``cls``'s fields; it runs ``cls.RUNNER``'s ``JOB`` (a
     :class:`geopath.jobs.common.Job`) and prints that job's ``text(summary)``."""
@@ -261,8 +320,9 @@ def _make_job_command(cls):
                 given = {**replayed(cls, read_yaml(config, rederive=True), flags), **flags}
                 changed = changed_options(cls, saved, {k: v for k, v in given.items() if k not in RESUME_MAY_CHANGE})
                 if changed:
-                    raise UsageError(f"--resume continues with the run's saved options; drop {', '.join(changed)} "
-                                     f"(different from {Path(out) / 'config.yaml'})")
+                    raise UsageError(f"--resume continues with the run's saved options; drop "
+                                     f"{', '.join(_as_typed(cls, changed))} (different from "
+                                     f"{Path(out) / 'config.yaml'})")
                 cfg = resolve(cls, saved, {k: v for k, v in flags.items() if k in RESUME_MAY_CHANGE},
                               resuming=True)
             else:
@@ -288,7 +348,7 @@ def _make_job_command(cls):
     command.__annotations__ = {p.name: p.annotation for p in params}
     command.__doc__ = cls.HELP
     command.__name__ = cls.COMMAND
-    app.command(cls.COMMAND)(command)
+    app.command(cls.COMMAND, cls=_Command)(command)
 
 
 for _cls in JOBS:
@@ -328,7 +388,7 @@ def _run_with_progress(run, as_json: bool, progress: bool):
         return run(on_row=on_row, on_start=on_start)
 
 
-@app.command()
+@app.command(cls=_Command)
 def compare(
     runs: list[Path] = typer.Argument(..., help="Run directories (each with a summary.json)."),
     as_json: bool = JSON_OPT,
@@ -358,7 +418,7 @@ def compare(
     console.print(t)
 
 
-@app.command()
+@app.command(cls=_Command)
 def plot(
     runs: list[Path] = typer.Argument(..., help="Run directories (each with trace.jsonl and summary.json)."),
     out: Path = typer.Option(..., "--out", "-o", help="Figure to write: .png, .pdf or .svg."),
@@ -386,7 +446,7 @@ def plot(
         typer.echo(f"wrote {path}")
 
 
-@app.command()
+@app.command(cls=_Command)
 def verify(
     run: Path = typer.Argument(..., help="A finished run directory."),
     as_json: bool = JSON_OPT,
@@ -413,7 +473,7 @@ def verify(
         raise typer.Exit(EXIT_THRESHOLD)
 
 
-@app.command("eval")
+@app.command("eval", cls=_Command)
 def eval_cmd(
     checkpoint: Path = typer.Argument(..., help="Network to evaluate."),
     data: Optional[str] = typer.Option(None, help="Labelled data set: a named set, a folder laid out by split, or "
@@ -425,15 +485,16 @@ def eval_cmd(
     image_size: Optional[str] = typer.Option(None, help="Image folders: resize every image to S or H,W pixels."),
     channels: Optional[int] = typer.Option(None, help="Image folders: 1 (grayscale) or 3 (RGB) channels."),
     download: bool = typer.Option(False, "--download", help="Download a named data set that is not found."),
-    data_root: Optional[str] = typer.Option(None, envvar="GEOPATH_DATA_ROOT"),
+    data_root: Optional[str] = typer.Option(None, envvar="GEOPATH_DATA_ROOT", help=_shared_help("data_root"),
+                                            show_default=False),
     size: Optional[int] = typer.Option(None, help="Only the first N samples."),
     arch: Optional[str] = typer.Option(None, help="Architecture (see geopath sparsify --help). \\[default: the "
                                                      "checkpoint's]"),
     arch_kwargs: Optional[str] = typer.Option(None, help="Architecture keyword arguments as JSON."),
-    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow unpickling a .pt file you trust."),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help=_shared_help("trust_pickle")),
     trust_code: bool = typer.Option(False, "--trust-code", help="Build an architecture the file names outside "
                                                                 "geopath and torchvision."),
-    device: str = typer.Option("cpu"),
+    device: str = typer.Option("cpu", help=_shared_help("device"), show_default=False),
     as_json: bool = JSON_OPT,
     debug: bool = DEBUG_OPT,
 ):
@@ -455,14 +516,15 @@ def eval_cmd(
             typer.echo(f"{k + ':':<12}{fmt(v)}")
 
 
-@app.command("export")
+@app.command("export", cls=_Command)
 def export_cmd(
     source: Path = typer.Argument(..., help="A finished run (its final.safetensors) or a checkpoint with zeroed "
                                             "units."),
     out: Path = typer.Option(..., "--out", "-o", help="The compact network (.safetensors)."),
     data: Optional[str] = typer.Option(None, help="Data set for the inputs' shape and the checks. \\[default: the "
                                                   "checkpoint's]"),
-    data_root: Optional[str] = typer.Option(None, envvar="GEOPATH_DATA_ROOT"),
+    data_root: Optional[str] = typer.Option(None, envvar="GEOPATH_DATA_ROOT", help=_shared_help("data_root"),
+                                            show_default=False),
     arch: Optional[str] = typer.Option(None, help="Architecture (see geopath sparsify --help). \\[default: the "
                                                   "checkpoint's]"),
     arch_kwargs: Optional[str] = typer.Option(None, help="Architecture keyword arguments as JSON."),
@@ -496,10 +558,10 @@ def export_cmd(
             typer.echo(line)
 
 
-@app.command("inspect")
+@app.command("inspect", cls=_Command)
 def inspect_cmd(
     checkpoint: Path = typer.Argument(..., help="Checkpoint to describe."),
-    trust_pickle: bool = typer.Option(False, "--trust-pickle"),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help=_shared_help("trust_pickle")),
     as_json: bool = JSON_OPT,
     debug: bool = DEBUG_OPT,
 ):
@@ -536,7 +598,7 @@ def inspect_cmd(
         raise typer.Exit(EXIT_THRESHOLD)
 
 
-@app.command("train")
+@app.command("train", cls=_Command)
 def train_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the trained network (.safetensors)."),
     arch: str = typer.Option("mlp", help=f"{ARCH_SPECS}."),
@@ -549,14 +611,16 @@ def train_cmd(
     image_size: Optional[str] = typer.Option(None, help="Image folders: resize every image to S or H,W pixels."),
     channels: Optional[int] = typer.Option(None, help="Image folders: 1 (grayscale) or 3 (RGB) channels."),
     download: bool = typer.Option(False, "--download", help="Download a named data set that is not found."),
-    data_root: Optional[str] = typer.Option(None, envvar="GEOPATH_DATA_ROOT"),
+    data_root: Optional[str] = typer.Option(None, envvar="GEOPATH_DATA_ROOT", help=_shared_help("data_root"),
+                                            show_default=False),
     size: Optional[int] = typer.Option(None, help="Train on the first N samples only."),
-    epochs: float = typer.Option(5.0, help="Epochs of training."),
-    batch_size: int = typer.Option(128),
+    epochs: float = typer.Option(5.0, help="Epochs of training, in whole steps (at least one batch); the output "
+                                           "and the file say how many it trained."),
+    batch_size: int = typer.Option(128, help="Training batch size (samples per SGD step)."),
     lr: float = typer.Option(0.05, help="Learning rate (SGD, momentum 0.9, cosine decay)."),
-    weight_decay: float = typer.Option(0.0),
-    seed: int = typer.Option(0),
-    device: str = typer.Option("cpu"),
+    weight_decay: float = typer.Option(0.0, help="Weight decay of SGD (an L2 penalty on every parameter)."),
+    seed: int = typer.Option(0, help=_shared_help("seed"), show_default=False),
+    device: str = typer.Option("cpu", help=_shared_help("device"), show_default=False),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing file."),
     as_json: bool = JSON_OPT,
     debug: bool = DEBUG_OPT,
@@ -575,7 +639,18 @@ def train_cmd(
     if as_json:
         _emit(res, True)
     else:
-        typer.echo(f"wrote {res['out']}: test accuracy {res['test_accuracy']:.4f} on {res['test_data']}")
+        typer.echo(f"wrote {res['out']}: {_epochs_trained(res['epochs'], res['epochs_asked'])}, test accuracy "
+                   f"{res['test_accuracy']:.4f} on {res['test_data']}")
+
+
+def _epochs_trained(trained: float, asked: float) -> str:
+    """``train``'s epochs, as trained: whole steps (at least one), so more or fewer than asked where the steps
+    round (``--epochs 0.001`` trains a whole batch); the default's 4.998 of 5 on MNIST is not worth a word."""
+    said = f"{trained:.3g}"
+    text = f"{said} epoch{'' if said == '1' else 's'}"
+    if abs(trained - asked) > 0.01 * asked:
+        text += f" ({'more' if trained > asked else 'fewer'} than the {asked:g} asked: training takes whole steps)"
+    return text
 
 
 @contextmanager

@@ -202,6 +202,13 @@ def test_a_config_file_cannot_grant_trust(tmp_path):
     conf = tmp_path / "c.yaml"
     conf.write_text("trust_pickle: true\ntrust_code: true\n")
     proc = cli("sparsify", ck, "--arch", "mlp", "--config", conf, "-o", tmp_path / "out")
+    assert proc.returncode == 2 and one_error_line(proc) == (
+        "Error: trust_pickle, trust_code in a config file is not read: a permission holds for the command that "
+        "gives it (--trust-pickle)")
+    assert not (tmp_path / "out").exists()
+    # a run's own config.yaml records the flags it was given; replayed, it grants nothing either
+    conf.write_text("trust_pickle: true\ntrust_code: true\nderived: []\n")
+    proc = cli("sparsify", ck, "--arch", "mlp", "--config", conf, "-o", tmp_path / "out")
     assert proc.returncode == 2 and "pass --trust-pickle" in one_error_line(proc)
     assert not (tmp_path / "out").exists()
 
@@ -482,3 +489,149 @@ def test_no_arguments_prints_the_help_and_no_empty_error():
 def test_inspect_lists_metadata_in_a_stable_order():
     meta = json.loads(cli("inspect", SAMPLE, "--json").stdout)["metadata"]
     assert list(meta) == sorted(meta) and "geopath.arch" in meta
+
+
+# --------------------------------------------------------------------------- train's epochs, --help, messages
+
+
+@needs_mnist
+def test_train_says_and_records_the_epochs_it_trained(tmp_path):
+    """--epochs 0.001 on 100 samples trains one whole step, a whole epoch (1000 times the request): the text
+    said only "test accuracy ... on mnist" and the file recorded no epochs (the shipped checkpoints carry
+    geopath.train_epochs). Now both name the epoch trained, and the text says it is more than asked."""
+    out = tmp_path / "x.safetensors"
+    proc = cli("train", "--arch-kwargs", '{"hidden": [8]}', "--epochs", "0.001", "--size", "100", "-o", out)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    line = proc.stdout.strip()
+    assert line.startswith(f"wrote {out}: 1 epoch (more than the 0.001 asked: training takes whole steps), "
+                           "test accuracy "), line
+    assert line.endswith(" on mnist")
+    assert read_tensors(out)[1]["geopath.train_epochs"] == "1"
+    js = cli("train", "--arch-kwargs", '{"hidden": [8]}', "--epochs", "0.001", "--size", "100", "-o",
+             tmp_path / "y.safetensors", "--json")
+    res = json.loads(js.stdout)
+    assert res["epochs"] == pytest.approx(1.0) and res["epochs_asked"] == pytest.approx(0.001)
+    # as asked (2 epochs of 1,000 samples at 128 are 16 whole steps): the epochs, nothing more
+    even = cli("train", "--arch-kwargs", '{"hidden": [8]}', "--epochs", "2", "--size", "1000", "-o",
+               tmp_path / "z.safetensors")
+    assert even.stdout.startswith(f"wrote {tmp_path / 'z.safetensors'}: 2 epochs, test accuracy "), even.stdout
+    assert read_tensors(tmp_path / "z.safetensors")[1]["geopath.train_epochs"] == "2"
+
+
+def test_epochs_trained_text():
+    from geopath.cli import _epochs_trained
+
+    assert _epochs_trained(1.0, 0.001) == "1 epoch (more than the 0.001 asked: training takes whole steps)"
+    assert _epochs_trained(1.0, 1.5) == "1 epoch (fewer than the 1.5 asked: training takes whole steps)"
+    assert _epochs_trained(4.9984, 5.0) == "5 epochs"  # (60,000 MNIST samples at 128: 2,344 steps)
+
+
+@pytest.mark.parametrize("command", [[], ["sparsify"], ["merge"], ["eval"], ["inspect"], ["train"], ["export"],
+                                     ["verify"], ["compare"], ["plot"]])
+def test_help_shows_flags_without_a_type(command):
+    """typer's help printed every flag as if it took a value: `--help <bool>`, `--version <bool>`,
+    `--json <bool>`."""
+    proc = cli(*command, "--help")
+    assert proc.returncode == 0 and "--help" in proc.stdout
+    assert "<bool>" not in proc.stdout, proc.stdout
+
+
+def test_flags_take_no_value():
+    from geopath import __version__
+
+    assert cli("--version").stdout == f"geopath {__version__}\n"
+    proc = cli("inspect", SAMPLE, "--json=true")
+    assert proc.returncode == 2 and "does not take a value" in one_error_line(proc)
+
+
+def test_every_option_has_help():
+    """eval's --data-root and --device, inspect's --trust-pickle, train's --batch-size, --weight-decay, --seed,
+    --device and --data-root had none; the ones the jobs share are worded as the jobs word them."""
+    import typer
+
+    from geopath.cli import app
+
+    group = typer.main.get_command(app)
+    for name, command in group.commands.items():
+        for param in command.params:
+            if isinstance(param, typer.core.TyperOption):
+                assert param.help, (name, param.opts)
+    sparsify = {p.name: p.help for p in group.commands["sparsify"].params}
+    for name in ("eval", "train", "inspect", "export"):
+        for param in group.commands[name].params:
+            if param.name in ("data_root", "device", "seed", "trust_pickle"):
+                assert param.help == sparsify[param.name], (name, param.name)
+
+
+def test_resume_names_the_positional_argument_and_flags_as_typed(tmp_path):
+    """A different checkpoint on --resume said "drop --checkpoint" (a positional argument, no such flag), and
+    a different --layer said "drop --layers"."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "config.yaml").write_text("checkpoint: x\n")
+    proc = cli("sparsify", SAMPLE, "-o", out, "--resume", "--layer", "layers.0.weight")
+    assert proc.returncode == 2
+    assert "saved options; drop the checkpoint argument, --layer (different from" in one_error_line(proc)
+
+
+def _interrupted(capsys, exc):
+    import typer
+
+    from geopath.cli import _guard
+
+    def fn():
+        raise exc
+
+    with pytest.raises(typer.Exit) as e:
+        _guard(fn, False)
+    err = capsys.readouterr().err
+    assert e.value.exit_code == 130 and len(err.splitlines()) == 1, err
+    return err.strip()
+
+
+def test_an_interrupt_says_once_what_the_run_allows_next(capsys):
+    """`Error: interrupted (interrupted after step 74)` repeated itself, and an interrupted training settle or peer
+    said nothing of what next (--resume then refused it)."""
+    from geopath.core.path import Interrupted, in_one_go
+
+    assert _interrupted(capsys, Interrupted("interrupted after step 74")) == \
+        "Error: interrupted after step 74; the run can be continued with --resume"
+    assert _interrupted(capsys, KeyboardInterrupt()) == "Error: interrupted"  # (no run open: eval, train, ...)
+    with pytest.raises(Interrupted) as e:
+        with in_one_go("--method gradual"):
+            raise KeyboardInterrupt
+    assert not e.value.resumable
+    assert _interrupted(capsys, e.value) == ("Error: interrupted in --method gradual, which --resume cannot "
+                                             "continue; start it again with --overwrite")
+
+
+@needs_mnist
+def test_sigterm_in_the_training_settle_says_start_again_with_overwrite(tmp_path):
+    """SIGTERM during a default sparsify's training settle exited 130 with a bare `Error: interrupted`, and
+    --resume then refused (the settle's optimizer state is not saved)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from ._helpers import DATA_ROOT, ROOT
+
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "geopath", "sparsify", str(SAMPLE), "-o", str(out), *FAST, "--settle-epochs", "100",
+           "--json"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            env={**os.environ, "GEOPATH_DATA_ROOT": str(DATA_ROOT)})
+    sent = False
+    for line in proc.stdout:
+        row = json.loads(line)
+        if row.get("landed_at") is not None and row["step"] > row["landed_at"]:  # a settle row
+            proc.send_signal(signal.SIGTERM)
+            sent = True
+            break
+    _, err = proc.communicate(timeout=180)
+    assert sent and proc.returncode == 130, err
+    last = err.strip().splitlines()[-1]
+    assert last == ("Error: interrupted in the --settle distill training (its optimizer's state is not saved), "
+                    "which --resume cannot continue; start it again with --overwrite"), err
+    resumed = cli("sparsify", "-o", out, "--resume")
+    assert resumed.returncode == 2 and "start it again with --overwrite" in one_error_line(resumed)

@@ -18,6 +18,7 @@ import copy
 import dataclasses
 import signal
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -119,7 +120,22 @@ def metric_batch(ds: Dataset, step: int, cfg: PathConfig, device, source: int = 
 
 
 class Interrupted(Exception):
-    """Raised between steps after SIGINT/SIGTERM; the run is left resumable."""
+    """Raised between steps after SIGINT/SIGTERM; the run is left resumable (``resumable`` False: raised by
+    :func:`in_one_go`, where nothing is left that ``--resume`` continues)."""
+
+    def __init__(self, message: str = "interrupted", resumable: bool = True):
+        super().__init__(message)
+        self.resumable = resumable
+
+
+@contextmanager
+def in_one_go(what: str):
+    """Around what trains in one go (a training settle, a peer, connect's relaxation): an interruption there is
+    an :class:`Interrupted` that says so, not resumable."""
+    try:
+        yield
+    except (Interrupted, KeyboardInterrupt):
+        raise Interrupted(f"interrupted in {what}, which --resume cannot continue", resumable=False) from None
 
 
 class _StopFlag:

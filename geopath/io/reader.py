@@ -52,6 +52,8 @@ def read_run_json(run: Path, name: str, absent: str) -> Any:
     if not run.is_dir():
         raise UsageError(f"{run}: not a run directory")
     if not path.is_file():
+        if not (run / "config.yaml").is_file() and not (run / "trace.jsonl").is_file():
+            raise UsageError(f"{run}: not a geopath run (no config.yaml or trace.jsonl)")
         raise UsageError(f"{run}: no {name} ({absent})")
     try:
         return json.loads(path.read_text())

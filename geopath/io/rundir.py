@@ -30,7 +30,8 @@ from geopath.io.manifest import MANIFEST, run_files
 from geopath.io.trace import Trace
 
 
-def check_output(out: str | os.PathLike, overwrite: bool, resume: bool, inputs: tuple = ()) -> Path:
+def check_output(out: str | os.PathLike, overwrite: bool, resume: bool, inputs: tuple = (),
+                 resumable: bool = True) -> Path:
     """Raise a usage error unless ``out`` can take this run; touches nothing. ``inputs``: the run's input paths
     (checkpoints, data, plan), none of which ``--overwrite`` may empty.
 
@@ -51,7 +52,8 @@ def check_output(out: str | os.PathLike, overwrite: bool, resume: bool, inputs: 
             raise UsageError(f"{out}: this run already completed (manifest.json exists)")
     elif out.exists() and any(out.iterdir()):
         if not overwrite:
-            raise UsageError(f"{out}: output directory is not empty (pass --overwrite to replace it, or --resume)")
+            hint = ", or --resume" if resumable else ""  # (a peer, connect's relaxation: nothing to continue)
+            raise UsageError(f"{out}: output directory is not empty (pass --overwrite to replace it{hint})")
         if not ((out / "config.yaml").is_file() and (out / "trace.jsonl").is_file()):  # (a run writes both first)
             raise UsageError(f"{out}: not a geopath run's directory (no config.yaml and trace.jsonl); --overwrite "
                              "only replaces a run, it does not empty other folders: choose another --out")

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from geopath.core.evaluate import evaluate
+from geopath.config import check_seed
 from geopath.errors import UsageError
 from geopath.io.checkpoint import load_checkpoint, read_tensors, reading_record, save_checkpoint, sparsity_of
 from geopath.io.data import load_dataset, one_set, reads_images, recorded_name, training_classes
@@ -74,6 +75,7 @@ def train_checkpoint(out: str | Path, arch: str = "mlp", arch_kwargs: dict | Non
     if (image_size is not None or channels is not None) and not any(reads_images(n) for n in (data, eval_data) if n):
         raise UsageError(f"--image-size and --channels resize and convert image folders; {data} is not one "
                          "(its inputs are read as stored)")
+    check_seed(seed)
     dev = resolve_device(device)
     torch.manual_seed(seed)
     kwargs = dict(arch_kwargs or {})
@@ -90,12 +92,16 @@ def train_checkpoint(out: str | Path, arch: str = "mlp", arch_kwargs: dict | Non
                   device=dev)
     ev = evaluate(model, te, device=dev)
     test_data = recorded_name(test_name)
+    # (training takes whole steps, at least one, so the epochs trained are not always those asked: the file records
+    # those trained, as the shipped checkpoints do)
     save_checkpoint(out, model.cpu(), arch, kwargs, step=0,
                     extra={"data": recorded_name(data), "preprocess": tr.preprocess,
                            "test_accuracy": f"{ev.accuracy:.4f}", "test_data": test_data,
+                           "train_epochs": f"{stats.epochs:.6g}",
                            **reading_record(image_size, channels), **classes_record(data)})
     return {"out": str(out), "arch": arch, "data": data, "test_data": test_data, "epochs": stats.epochs,
-            "test_accuracy": ev.accuracy, "test_loss": ev.loss, "sample_passes": stats.sample_passes}
+            "epochs_asked": epochs, "test_accuracy": ev.accuracy, "test_loss": ev.loss,
+            "sample_passes": stats.sample_passes}
 
 
 def inspect_checkpoint(checkpoint: str | Path, trust_pickle: bool = False) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from geopath.io.data import NAMED, Dataset, canonical_name, load_dataset, one_se
 from geopath.io.preprocess import parse_image_size
 from geopath.errors import CheckpointError, UsageError
 from geopath.core.evaluate import evaluate
-from geopath.core.path import Interrupted, PathConfig, PathState
+from geopath.core.path import Interrupted, PathConfig, PathState, in_one_go
 from geopath.core.record import PeerRecorder, Recorder
 from geopath.peers import registry
 from geopath.peers.task import PeerTask
@@ -45,7 +45,9 @@ def open_run(cfg, overwrite: bool, resume: bool) -> tuple[Path, torch.device]:
     The directory is only checked here; the job creates it with :func:`open_writer` once its
     inputs have loaded.
     """
-    out = check_output(cfg.out, overwrite, resume, inputs=input_paths(cfg))
+    method = getattr(getattr(cfg, "method", None), "value", registry.GEODESIC)
+    resumable = method == registry.GEODESIC and getattr(getattr(cfg, "path", None), "value", None) != "relax"
+    out = check_output(cfg.out, overwrite, resume, inputs=input_paths(cfg), resumable=resumable)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     return out, device
@@ -512,7 +514,8 @@ class Job:
             outcome = self.walk(setup, recorder, state, device)
         else:
             record = PeerRecorder(recorder, already=setup.spent_seconds)
-            returned = registry.get(self.name, method).run(self.peer_task(setup, record, device))
+            with in_one_go(f"--method {method}"):
+                returned = registry.get(self.name, method).run(self.peer_task(setup, record, device))
             outcome = Outcome(record.rows[-1], target=returned)
         summary = {"job": self.name, "method": method, "out": str(writer.out), "final": "final.safetensors",
                    "headline": self.headline, **self.summarise(setup, writer, outcome)}

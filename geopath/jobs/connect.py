@@ -37,7 +37,7 @@ from geopath.core.relax import chain_point, node_times, outputs, relax
 from geopath.core.step import Anchor
 from geopath.core.record import PeerRecorder
 from geopath.errors import UsageError
-from geopath.core.path import MetricSource, walk
+from geopath.core.path import MetricSource, in_one_go, walk
 from geopath.io.rundir import RunWriter
 from geopath.core.targets import NetworkTarget
 from geopath.io.trace import columns
@@ -131,7 +131,8 @@ class Connect(job.Job):
     def walk(self, setup: job.Setup, recorder, state, device) -> job.Outcome:
         cfg, own = setup.cfg, setup.own
         if cfg.path is ConnectPath.RELAX:
-            return _relax(setup, recorder, device)
+            with in_one_go("--path relax's fit"):
+                return _relax(setup, recorder, device)
         d0 = own["d0"]
         blend = BlendedReference(own["model_a"], own["model_b"])
         src = MetricSource(own["metric"], reference=blend if cfg.anchor is Anchor.ENDPOINTS else own["model_a"])

@@ -16,6 +16,7 @@ from geopath.core import distributed
 from geopath.core.augment import augmentation
 from geopath.core.dataset import Dataset, batches
 from geopath.core.evaluate import evaluate, recompute_batchnorm
+from geopath.core.path import in_one_go
 from geopath.core.step import PASS_FORWARD
 from geopath.core.params import ParamSpace, load_vector, model_vector
 from geopath.core.targets import MagnitudeTarget, Target
@@ -56,6 +57,13 @@ def settle_by_training(cfg, model, target: Target, data, reference, result, reco
     With ``--settle-augment flip|crop|crop-flip`` every SGD batch is replaced by random views of its images
     (:mod:`geopath.core.augment`; the distillation teacher sees the same views); held-out checks see the
     stored inputs."""
+    with in_one_go(f"the --settle {cfg.settle.value} training (its optimizer's state is not saved)"):
+        return _settle_by_training(cfg, model, target, data, reference, result, recorder, device, final_path, held,
+                                   grow_to)
+
+
+def _settle_by_training(cfg, model, target: Target, data, reference, result, recorder,
+                        device, final_path: str, held: torch.Tensor | None, grow_to: MagnitudeTarget | None) -> dict:
     from geopath.core.train import train
     from geopath.peers.pruning import distillation_loss
 

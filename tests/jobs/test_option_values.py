@@ -62,3 +62,27 @@ def test_a_permission_in_a_file_of_the_users_own_is_refused_not_ignored(tmp_path
 
     record = {key: True, "sparsity": 0.5, "derived": []}
     assert key not in replayed(SparsifyConfig, record, {})
+
+
+@pytest.mark.parametrize("method, hint", [("geodesic", ", or --resume)"), ("gradual", ")")])
+def test_a_full_output_directory_offers_resume_only_to_a_run_that_can_resume(tmp_path, method, hint):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "config.yaml").write_text("checkpoint: x\n")
+    (out / "trace.jsonl").write_text("")
+    proc = cli("sparsify", SAMPLE, "-o", out, "--method", method, "--data-root", DATA_ROOT)
+    assert proc.returncode == 2
+    assert one_error_line(proc).endswith(f"output directory is not empty (pass --overwrite to replace it{hint}")
+
+
+def test_verify_and_compare_of_a_folder_that_is_no_run_say_so(tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    for command in ("verify", "compare"):
+        proc = cli(command, tmp_path)
+        assert proc.returncode == 2
+        assert one_error_line(proc) == f"Error: {tmp_path}: not a geopath run (no config.yaml or trace.jsonl)"
+
+
+def test_train_refuses_a_seed_out_of_range(tmp_path):
+    proc = cli("train", "-o", tmp_path / "n.safetensors", "--seed", str(2**64), "--data-root", DATA_ROOT)
+    assert proc.returncode == 2 and "--seed must be a whole number in [0, 2^32)" in one_error_line(proc)
