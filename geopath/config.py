@@ -292,7 +292,7 @@ class WalkOptions(CommonOptions):
     def validate(self):
         super().validate()
         if self.anchor is Anchor.ENDPOINTS and not self.ENDPOINTS_ANCHOR:
-            raise UsageError("--anchor endpoints is for connect; this job takes start, labels or none")
+            raise UsageError("--anchor endpoints is for connect; this job takes start, labels, start+labels or none")
         if self.step_size is not None and not self.step_size > 0:
             raise UsageError(f"--step-size must be > 0, got {self.step_size}")
         for name in ("steps", "cg_iters", "batch_size", "bn_samples"):

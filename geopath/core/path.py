@@ -209,8 +209,7 @@ def _safe_step(model, space, w, batches, target, cfg: StepConfig, free, step: in
             state.retries += 1
             cfg = dataclasses.replace(cfg, step_size=cfg.step_size / 4.0)
     raise NumericalError(f"step {step}: {reason}, also with a {2 ** SHRINKS}× smaller radius; nothing was "
-                         "written for it (start again with a smaller --step-size; --overwrite replaces what the "
-                         "run wrote)")
+                         "written for it (start again with a smaller --step-size)")
 
 
 def walk(

@@ -132,15 +132,26 @@ def _torch_format(path: Path) -> None:
                           "is neither)")
 
 
+def _pickled_what(e: Exception) -> str:
+    """What a refused pickle holds, from torch's long refusal ("... Unsupported global: GLOBAL argparse.Namespace
+    was not an allowed global ..."): the class it names, else torch's first words up to a word's end."""
+    import re
+
+    found = re.search(r"GLOBAL ([\w.]+)", str(e))
+    if found:
+        return f"it holds {found.group(1)}"
+    text = " ".join(str(e).split()) or "unsafe pickle content"
+    return text if len(text) <= 120 else text[:120].rsplit(" ", 1)[0] + " …"
+
+
 def _read_torch(path: Path, trust_pickle: bool) -> dict[str, torch.Tensor]:
     _torch_format(path)
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if not trust_pickle:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe pickle content"
             raise CheckpointError(
-                f"{path}: refused to unpickle arbitrary objects ({first[:120]}); "
+                f"{path}: refused to unpickle arbitrary objects ({_pickled_what(e)}); "
                 "re-save it as a plain state dict, or pass --trust-pickle if you trust its source"
             ) from None
         try:
