@@ -265,6 +265,9 @@ def load_checkpoint(
         if arch is None:
             raise UsageError(f"{path}: the file does not name its architecture; pass --arch ({ARCH_SPECS})"
                              f"{_layout_hint(tensors)}")
+        if not trusted(arch) and ":" not in arch:  # (code is named module:NAME or file.py:NAME)
+            raise UsageError(f"{path}: its metadata names architecture {arch!r}, which geopath does not know; pass "
+                             f"--arch ({ARCH_SPECS})")
         if not trusted(arch) and not trust_code:
             raise UsageError(f"{path}: its metadata names architecture {arch!r}, code outside geopath and "
                              f"torchvision, which geopath does not run on a file's word; pass --arch {arch} "

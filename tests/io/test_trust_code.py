@@ -80,6 +80,16 @@ def test_metadata_naming_user_code_is_refused_without_running_it(user_code):
         load_checkpoint(this)
 
 
+def test_metadata_naming_an_unknown_architecture_asks_for_one_that_builds(tmp_path):
+    """A name that is neither built in nor code (``module:NAME``) was answered "pass --arch nosucharch", which then
+    failed as an unknown architecture."""
+    ck = _ck(tmp_path / "net.safetensors", "nosucharch", _net())
+    with pytest.raises(UsageError) as e:
+        load_checkpoint(ck)
+    assert "names architecture 'nosucharch', which geopath does not know; pass --arch (" in str(e.value)
+    assert "--arch nosucharch" not in str(e.value)
+
+
 def test_named_or_allowed_user_code_builds(user_code):
     tmp, marker = user_code
     ck = _ck(tmp / "net.safetensors", "usermods:Net", _net(), {"width": 4})
