@@ -186,6 +186,9 @@ def data_name(cfg_value: str | None, ck: Checkpoint, flag: str) -> str:
     if Path(name).suffix.lower() in SAFETENSORS_EXT | TORCH_EXT:
         raise UsageError(f"{flag} {name}: a checkpoint file, not a data set (a named set, a PATH.npz or an image "
                          "folder)")
+    if canonical_name(name) not in NAMED and not Path(name).expanduser().exists():  # (said as typed, not resolved)
+        raise UsageError(f"{flag} {name}: unknown data set (use one of {', '.join(NAMED)}, a PATH.npz, an image "
+                         "folder or a folder laid out by split)")
     return recorded_name(name)
 
 

@@ -86,3 +86,8 @@ def test_verify_and_compare_of_a_folder_that_is_no_run_say_so(tmp_path):
 def test_train_refuses_a_seed_out_of_range(tmp_path):
     proc = cli("train", "-o", tmp_path / "n.safetensors", "--seed", str(2**64), "--data-root", DATA_ROOT)
     assert proc.returncode == 2 and "--seed must be a whole number in [0, 2^32)" in one_error_line(proc)
+
+
+def test_an_unknown_data_set_is_named_as_typed(tmp_path):
+    proc = cli("sparsify", SAMPLE, "--data", "nosuch", "-o", tmp_path / "out", "--data-root", DATA_ROOT)
+    assert proc.returncode == 2 and one_error_line(proc).startswith("Error: --data nosuch: unknown data set (use")
