@@ -35,6 +35,9 @@ def test_the_landing_segment_is_read_where_it_lies_on_the_path(tmp_path):
 def test_problems_are_one_line_usage_errors(tmp_path):
     with pytest.raises(UsageError, match="not a run directory"):
         read_summary(tmp_path / "nope")
+    with pytest.raises(UsageError, match="not a geopath run .no config.yaml or trace.jsonl."):
+        read_summary(tmp_path)
+    (tmp_path / "config.yaml").write_text("out: x\n")  # (a run's folder: its summary is what is missing)
     with pytest.raises(UsageError, match="no summary.json"):
         read_summary(tmp_path)
     (tmp_path / "summary.json").write_text("{broken")
