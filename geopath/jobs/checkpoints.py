@@ -42,9 +42,10 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split: 
     if single and split != "test":
         raise UsageError(f"{name} is one set with no splits, scored whole: --split {split} does not apply")
     # an image folder scored apart from the one the network trained on: labelled as training labelled them
-    classes = network_classes(ck) if data is not None and recorded_name(data) != ck.data else None
+    offset = label_offset(ck, name)  # (task B of a split-head merged network: its own folders, then shifted)
+    classes = network_classes(ck) if data is not None and recorded_name(data) != ck.data and not offset else None
     ds = load_dataset(name, split, data_root, download, *ck.reading(normalize, image_size, channels, data=name),
-                      classes=classes).head(size).shifted(label_offset(ck, name))  # (a split head's task B)
+                      classes=classes).head(size).shifted(offset)
     if len(ds) == 0:
         raise UsageError(f"{name}: no {split} samples to evaluate on")
     model = ck.model.to(dev)

@@ -159,12 +159,23 @@ def same_records(cfg, a: Checkpoint, b: Checkpoint, splits: "Splits") -> None:
     were read with A's), instead of reading B's inputs as A's."""
     if cfg.data is None and a.data and b.data and recorded_name(a.data) != recorded_name(b.data):
         raise UsageError(f"the networks record different data sets ({a.data} and {b.data}): pass --data")
+    heads = [{k: ck.metadata.get(META_PREFIX + k) for k in TASK_B_KEYS + (LABEL_OFFSET_KEY,)} for ck in (a, b)]
+    if heads[0] != heads[1]:  # (B's labels are shifted by A's record: the same record, or a wrong number)
+        raise UsageError("the networks record different merged tasks or heads (A: "
+                         f"{_head_text(heads[0])}; B: {_head_text(heads[1])}): connect networks of one kind")
     pb = preprocess_of(cfg, b, splits.name)
     if cfg.normalize is None and pb != preprocess_of(cfg, a, splits.name):
         as_b = load_split(splits.name, "train", cfg, 1, pb).preprocess  # (written differently, or one resolved:
         if as_b != splits.metric.preprocess:  # compare what each reads)
             raise UsageError(f"the networks record different preprocessing ({splits.metric.preprocess} and "
                              f"{as_b}): pass --normalize")
+
+
+def _head_text(record: dict) -> str:
+    if not record.get("data_b"):
+        return "no second task"
+    offset = record.get(LABEL_OFFSET_KEY)
+    return f"task B {record['data_b']}, " + (f"a split head from class {offset}" if offset else "a shared head")
 
 
 def two_network_provenance(a: Checkpoint, b: Checkpoint) -> dict[str, str]:
@@ -259,7 +270,7 @@ def load_split(name: str, split: str, cfg, size: int | None = None, preprocess: 
 
 COMPACT_KEYS = ("compact", "input_shape", "input_dtype")  # a compact network's recipe (geopath export)
 CLASSES_KEY = "classes"  # the class folders of an image folder the network was trained on (JSON list)
-TASK_B_KEYS = ("data_b", "preprocess_b")  # a merged network's second task: its data set and preprocessing
+TASK_B_KEYS = ("data_a", "data_b", "preprocess_b")  # a merged network's tasks' data sets, and B's preprocessing
 LABEL_OFFSET_KEY = "label_offset_b"  # a split-head merged network: where task B's classes start among its outputs
 
 
@@ -282,7 +293,7 @@ def label_offset(ck: Checkpoint, data: str | None) -> int:
     split-head merged network and ``data`` is its task B's set (``geopath merge --head split``), else 0."""
     meta = ck.metadata
     text = meta.get(META_PREFIX + LABEL_OFFSET_KEY)
-    if not text or not data or recorded_name(data) != meta.get(META_PREFIX + "data_b"):
+    if not text or not data:
         return 0
     try:
         offset = int(text)
@@ -290,7 +301,14 @@ def label_offset(ck: Checkpoint, data: str | None) -> int:
         offset = -1
     if offset < 1:
         raise UsageError(f"{ck.path}: its recorded {LABEL_OFFSET_KEY} is not a positive class count ({text[:20]!r})")
-    return offset
+    name, data_b = recorded_name(data), meta.get(META_PREFIX + "data_b")
+    if name == data_b:
+        return offset
+    data_a = meta.get(META_PREFIX + "data_a") or ck.data  # (task A's; a later run records its own data as data)
+    if data_a and name == recorded_name(data_a):
+        return 0
+    raise UsageError(f"{ck.path}: a split-head merged network, task A {ck.data}, task B {data_b}: {data} is neither "
+                     "(its labels would be scored against the wrong head; a moved data set: pass its recorded path)")
 
 
 def network_classes(ck: Checkpoint) -> list[str] | None:
@@ -332,7 +350,8 @@ def single_task_data(cfg, ck: Checkpoint, device, what: str = "the network") -> 
     name = data_name(cfg.data, ck, "--data")
     test_name = eval_set(name, cfg.eval_data)
     # plain image folders apart from the one the network trained on are labelled as its training labelled them
-    trained_on = network_classes(ck) if ck.data != name else None
+    # (task B of a split-head merged network: labelled by its own folders, then shifted past A's classes)
+    trained_on = network_classes(ck) if ck.data != name and not label_offset(ck, name) else None
     metric = load_split(name, "train", cfg, cfg.metric_size, preprocess_of(cfg, ck, name), classes=trained_on)
     metric = metric.shifted(label_offset(ck, name))  # (task B of a split-head merged network)
     check_inputs(ck.model.to(device), metric, device, what)  # (before its preprocessing is applied to the test set)

@@ -26,7 +26,7 @@ from geopath.errors import NumericalError, UsageError
 from geopath.io.checkpoint import META_PREFIX, load_checkpoint, save_checkpoint
 from geopath.io.data import load_dataset
 from geopath.io.outfile import check_output_file
-from geopath.jobs.common import check_inputs
+from geopath.jobs.common import carried, check_inputs
 
 LATENCY_BATCH = 64
 LATENCY_REPEATS = 20
@@ -98,6 +98,7 @@ def export(source: str | Path, out: str | Path, data: str | None = None, data_ro
     extra = {k[len(META_PREFIX):]: v for k, v in ck.metadata.items()
              if k.startswith(META_PREFIX) and k[len(META_PREFIX):] in ("data", "preprocess", "job", "image_size",
                                                                        "channels")}
+    extra.update(carried(ck))  # (its classes, and a merged network's task B: how B is read and labelled)
     extra.update({"compact": earlier + history,
                   "input_shape": list(x.shape[1:]),
                   "input_dtype": str(x.dtype).replace("torch.", "")})

@@ -32,6 +32,7 @@ from geopath.report.text import fmt
 from geopath.peers.task import PeerTask
 from geopath.core.params import ParamSpace, model_vector
 from geopath.io.archs import build_model
+from geopath.io.checkpoint import META_PREFIX
 from geopath.config import Head, Manifold, MergeConfig, MergeMethod
 from geopath.io.data import Dataset, one_set
 from geopath.errors import UsageError
@@ -144,12 +145,17 @@ def prepare(cfg: MergeConfig, device) -> Tasks:
     out_b = _outputs(model_b, train_b, device).shape[1]
     arch_kwargs = a.arch_kwargs
     offset = 0
+    for ck in (a, b):  # (its outputs follow two tasks' classes: whose labels are these?)
+        if ck.metadata.get(META_PREFIX + job.LABEL_OFFSET_KEY):
+            raise UsageError(f"{ck.path}: a split-head merged network; merge the networks of its tasks instead")
     if cfg.head is Head.SHARED:
         job.same_arch(a, b, hint="; networks with different output heads: use --head split")
         if out_a < max(classes_a, classes_b):
             raise UsageError(f"--head shared: the networks have {out_a} outputs but the tasks have {classes_a} and "
                              f"{classes_b} classes; use --head split")
     else:
+        if job.recorded(data_a) == job.recorded(data_b):  # (which head a later run scores would rest on a name)
+            raise UsageError(f"--head split: both tasks are {data_b}; a split head gives each task its own data set")
         offset = classes_a
         if out_a == out_b == classes_a + classes_b:
             job.same_arch(a, b)
@@ -164,15 +170,15 @@ def prepare(cfg: MergeConfig, device) -> Tasks:
                              f"from {classes_a})")
     return Tasks(model_a, model_b, a.arch, arch_kwargs, a.arch_kwargs, a.sha256, data_a, data_b, train_a, _shift(train_b, offset),
                  val_a, _shift(val_b, offset), test_a, _shift(test_b, offset), offset,
-                 carry={**_not_task_b(job.carried(a)), **provenance, **_task_b_reading(data_b, train_b),
+                 carry={**_not_task_b(job.carried(a)), **provenance, **_task_b_reading(data_a, data_b, train_b),
                         **_task_b_labels(offset)},
                  reading=(cfg.image_size, cfg.channels))
 
 
-def _task_b_reading(data_b: str, train_b: Dataset) -> dict[str, str]:
+def _task_b_reading(data_a: str, data_b: str, train_b: Dataset) -> dict[str, str]:
     """What every merged network records of task B (task A's data set and preprocessing are its ``data`` and
     ``preprocess``): ``eval --data`` of B's set reads it as the merge scored it (Checkpoint.reading)."""
-    return {"data_b": job.recorded(data_b), "preprocess_b": train_b.preprocess}
+    return {"data_a": job.recorded(data_a), "data_b": job.recorded(data_b), "preprocess_b": train_b.preprocess}
 
 
 def _not_task_b(record: dict[str, str]) -> dict[str, str]:

@@ -366,6 +366,37 @@ def test_a_split_head_network_is_scored_on_task_b_as_the_merge_scored_it(split, 
     assert read_tensors(out / "final.safetensors")[1]["geopath.label_offset_b"] == "10"
 
 
+def test_a_split_head_record_survives_export_and_refuses_what_it_cannot_label(split, tmp_path):
+    """export kept only data/preprocess, so B was scored unshifted after it; a data set that is neither task's, a
+    merge of a split-head network, a split head over one data set and a connect between different heads are
+    refused (each would score labels against the wrong head)."""
+    from geopath.errors import UsageError
+    from geopath.jobs.common import label_offset
+
+    best = split / "best.safetensors"
+    run = tmp_path / "units"
+    proc = cli("sparsify", best, "--data", "fashion-mnist", "--structured", "layers.0:10", "--steps", "1",
+               "--settle-epochs", "0", "--eval-size", "500", "--metric-size", "256", "--train-eval-size", "0",
+               "--data-root", DATA_ROOT, "-o", run)
+    assert proc.returncode == 0, proc.stderr
+    small = tmp_path / "small.safetensors"
+    assert cli("export", run, "-o", small, "--data-root", DATA_ROOT).returncode == 0
+    meta = read_tensors(small)[1]
+    assert meta["geopath.label_offset_b"] == "10" and meta["geopath.data_a"] == "mnist"
+    scored = cli("eval", small, "--data", "fashion-mnist", "--size", "500", "--data-root", DATA_ROOT, "--json")
+    final = json.loads((run / "summary.json").read_text())["test_accuracy"]
+    assert json.loads(scored.stdout)["accuracy"] == pytest.approx(final, abs=1e-12)
+    ck = load_checkpoint(best)
+    assert label_offset(ck, "fashion-mnist") == 10 and label_offset(ck, "mnist") == 0
+    with pytest.raises(UsageError, match="a split-head merged network, task A mnist, task B fashion-mnist: "):
+        label_offset(ck, str(tmp_path / "elsewhere.npz"))
+    again = cli("merge", best, FASHION, "-o", tmp_path / "m", *SPLIT)
+    assert again.returncode == 2 and "a split-head merged network; merge the networks of its tasks" in \
+        one_error_line(again)
+    same = cli("merge", SAMPLE, FASHION, "--data-b", "mnist", "-o", tmp_path / "s", *SPLIT)
+    assert same.returncode == 2 and "--head split: both tasks are mnist" in one_error_line(same)
+
+
 def test_a_shared_head_records_no_label_offset(geo):
     out, _ = geo
     for rel in ("final.safetensors", "best.safetensors"):
