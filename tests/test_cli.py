@@ -605,6 +605,20 @@ def test_an_interrupt_says_once_what_the_run_allows_next(capsys):
     assert not e.value.resumable
     assert _interrupted(capsys, e.value) == ("Error: interrupted in --method gradual, which --resume cannot "
                                              "continue; start it again with --overwrite")
+    # a signal in the walk's last step: the walk lands and ends; a training settle after it cannot be resumed
+    from geopath.core.path import walk_before
+
+    for trains, resumable in ((True, False), (False, True)):
+        with pytest.raises(Interrupted) as e:
+            with walk_before("the --settle finetune training", trains):
+                raise Interrupted("interrupted as the walk ended", ended=True)
+        assert e.value.resumable is resumable
+    assert _interrupted(capsys, e.value) == \
+        "Error: interrupted as the walk ended; the run can be continued with --resume"
+    with pytest.raises(Interrupted) as e:
+        with walk_before("the --settle finetune training"):
+            raise Interrupted("interrupted after step 3")  # (mid-walk: resumable, a training settle or not)
+    assert e.value.resumable
 
 
 @needs_mnist

@@ -123,9 +123,22 @@ class Interrupted(Exception):
     """Raised between steps after SIGINT/SIGTERM; the run is left resumable (``resumable`` False: raised by
     :func:`in_one_go`, where nothing is left that ``--resume`` continues)."""
 
-    def __init__(self, message: str = "interrupted", resumable: bool = True):
+    def __init__(self, message: str = "interrupted", resumable: bool = True, ended: bool = False):
         super().__init__(message)
-        self.resumable = resumable
+        self.resumable, self.ended = resumable, ended  # (ended: the walk had finished, its last network written)
+
+
+@contextmanager
+def walk_before(what: str, trains: bool = True):
+    """Around a walk that ``what`` (training in one go) follows where ``trains``: an interruption as the walk ended
+    leaves a landed run that ``--resume`` cannot take up (the training restarts from nothing)."""
+    try:
+        yield
+    except Interrupted as e:
+        if trains and e.ended:
+            raise Interrupted(f"interrupted as the walk landed, before {what}, which --resume cannot continue",
+                              resumable=False) from None
+        raise
 
 
 @contextmanager
@@ -160,7 +173,7 @@ class _StopFlag:
         for sig, old in self._old.items():
             signal.signal(sig, old)
         if self.hit and exc_type is None:  # a signal after the last step must not be swallowed
-            raise Interrupted("interrupted as the walk ended")
+            raise Interrupted("interrupted as the walk ended", ended=True)
 
 
 def _step_batches(sources: list[MetricSource], step: int, cfg: PathConfig, device,

@@ -26,7 +26,7 @@ from geopath.io.checkpoint import sparsity_of
 from geopath.config import Criterion, MaskMode, Settle, SettleOptimizer, SparsifyConfig, SparsifyMethod
 from geopath.errors import UsageError
 from geopath.core.evaluate import evaluate, has_batchnorm
-from geopath.core.path import PathState, micro_batches, walk
+from geopath.core.path import PathState, micro_batches, walk, walk_before
 from geopath.core.targets import MagnitudeTarget, StructuredTarget, Target, parse_structured, prunable_parameters
 from geopath.io.trace import columns
 
@@ -397,9 +397,10 @@ class Sparsify(job.Job):
         if state is None:  # the passes and seconds spent choosing the mask and the rules count from the start
             state, record_start = PathState(sample_passes=float(own["spent"]), wall_time=setup.spent_seconds), True
         target = own["walk_target"]  # --settle-prune F: 1 − F of the removals; the settle makes the rest
-        result = walk(setup.model, target, own["metric"], pcfg, recorder, reference=own["reference"],
-                      state=state, device=device, record_start=record_start,
-                      final_path="steps/landed.safetensors" if by_training else "final.safetensors")
+        with walk_before(f"the --settle {own['settle'].value} training", by_training):
+            result = walk(setup.model, target, own["metric"], pcfg, recorder, reference=own["reference"],
+                          state=state, device=device, record_start=record_start,
+                          final_path="steps/landed.safetensors" if by_training else "final.safetensors")
         if by_training:  # (--settle auto: as the rule chose; the config records auto, which replays the same)
             # (--settle-optimizer auto: as the rule chose, Adam at its own rate; the config records auto and SGD's
             # rate, which replay the same)

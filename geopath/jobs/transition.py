@@ -47,7 +47,7 @@ from geopath.config import Settle, TransitionConfig, load_yaml_file
 from geopath.peers.registry import Optimizer
 from geopath.errors import UsageError
 from geopath.core.evaluate import evaluate, has_batchnorm
-from geopath.core.path import walk
+from geopath.core.path import walk, walk_before
 from geopath.core.targets import HyperplaneTarget, MagnitudeTarget, group_mask, prunable_parameters, unit_groups, unit_norms
 from geopath.io.trace import columns
 
@@ -331,10 +331,11 @@ class Transition(job.Job):
                                    float(step_size), leg_start + max_steps, settle_steps=0 if by_training else settle,
                                    grow_after=leg_start + steps, grow_every=steps)
             leg_recorder = recorder.replace(extra={"leg": i + 1, "leg_name": leg.name})
-            result = walk(model, target, own["metric"], pcfg, leg_recorder,
-                          reference=own["reference"], state=state, device=device,
-                          record_start=(i == 0 and state is None), origin=w_leg,
-                          final_path=f"steps/leg_{i + 1:02d}_landed.safetensors" if by_training else final_path)
+            with walk_before(f"leg {i + 1}'s --settle {cfg.settle.value} training", by_training):
+                result = walk(model, target, own["metric"], pcfg, leg_recorder,
+                              reference=own["reference"], state=state, device=device,
+                              record_start=(i == 0 and state is None), origin=w_leg,
+                              final_path=f"steps/leg_{i + 1:02d}_landed.safetensors" if by_training else final_path)
             final = result.final
             if by_training:  # masked SGD on the leg's hyperplane: its zeros stay, restored weights train
                 leg_cfg = dataclasses.replace(cfg, settle_epochs=float(leg.overrides.get("settle_epochs",
