@@ -29,7 +29,7 @@ from geopath.io.checkpoint import (META_PREFIX, SAFETENSORS_EXT, TORCH_EXT, Chec
                                    reading_record)
 from geopath.io.data import NAMED, Dataset, canonical_name, load_dataset, one_set, recorded_name, training_classes
 from geopath.io.preprocess import parse_image_size
-from geopath.errors import CheckpointError, UsageError
+from geopath.errors import CheckpointError, NumericalError, UsageError
 from geopath.core.evaluate import evaluate
 from geopath.core.path import Interrupted, PathConfig, PathState, in_one_go
 from geopath.core.record import PeerRecorder, Recorder
@@ -517,12 +517,14 @@ class Job:
         try:
             return self._run(setup, writer, resume, on_row, on_start, device)
         except (Interrupted, KeyboardInterrupt):
-            raise  # the run stays resumable
-        except BaseException:
+            raise  # (what it allows next, --resume or --overwrite, the Interrupted says)
+        except BaseException as e:
             if not resume and writer.writes and len(writer.trace.rows()) <= 1:
                 # it failed before its first step: a corrected re-run needs no --overwrite, and nothing is left
                 # that looks like a run
                 _remove_run(writer.out, keep_directory=existed)
+            elif isinstance(e, NumericalError) and writer.writes:  # (its steps so far are left: say how to start anew)
+                raise NumericalError(f"{e}; --overwrite replaces what the run wrote") from None
             raise
 
     def _run(self, setup: Setup, writer: RunWriter, resume: bool, on_row, on_start, device) -> dict[str, Any]:

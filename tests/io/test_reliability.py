@@ -345,3 +345,28 @@ def test_solver_breakdown_is_retried(tmp_path, monkeypatch):
     writer.trace.create()
     res = walk(copy.deepcopy(model), NetworkTarget(w_b), ds, cfg, Recorder(writer, lambda m: {}))
     assert res.state.retries == 1 and len(calls) == 4
+
+
+@pytest.mark.parametrize("fails_at, left", [(1, False), (3, True)])
+def test_a_step_fault_says_overwrite_only_where_the_run_is_left(tmp_path, monkeypatch, fails_at, left):
+    """A fault at the first step removes the run (a corrected command needs nothing more); a later one leaves its
+    steps, and only then does the line say that --overwrite replaces them."""
+    from geopath.core import path as path_mod
+
+    real, calls = path_mod.geodesic_step, []
+
+    def faulty(*a, **k):
+        info = real(*a, **k)
+        calls.append(1)
+        if len(calls) >= fails_at:  # (the failing step's every try, its smaller radii too)
+            info.theta = info.theta.clone().fill_(math.nan)
+        return info
+
+    monkeypatch.setattr(path_mod, "geodesic_step", faulty)
+    out = tmp_path / "run"
+    proc = cli("sparsify", SAMPLE, "-o", out, "--steps", "6", "--settle-epochs", "0", "--save-every", "1",
+               "--eval-size", "200", "--metric-size", "512", "--train-eval-size", "0", "--cg-iters", "2",
+               "--data-root", DATA_ROOT)
+    line = one_error_line(proc)
+    assert proc.returncode == 1 and f"step {fails_at}:" in line
+    assert line.endswith("; --overwrite replaces what the run wrote") is left and out.exists() is left
