@@ -198,6 +198,8 @@ def data_name(cfg_value: str | None, ck: Checkpoint, flag: str) -> str:
         raise UsageError(f"{flag} {name}: a checkpoint file, not a data set (a named set, a PATH.npz or an image "
                          "folder)")
     if canonical_name(name) not in NAMED and not Path(name).expanduser().exists():  # (said as typed, not resolved)
+        if cfg_value is None:
+            raise UsageError(f"{ck.path} records data set {name}, which is not here; pass {flag}")
         raise UsageError(f"{flag} {name}: unknown data set (use one of {', '.join(NAMED)}, a PATH.npz, an image "
                          "folder or a folder laid out by split)")
     return recorded_name(name)
