@@ -91,3 +91,18 @@ def test_train_refuses_a_seed_out_of_range(tmp_path):
 def test_an_unknown_data_set_is_named_as_typed(tmp_path):
     proc = cli("sparsify", SAMPLE, "--data", "nosuch", "-o", tmp_path / "out", "--data-root", DATA_ROOT)
     assert proc.returncode == 2 and one_error_line(proc).startswith("Error: --data nosuch: unknown data set (use")
+
+
+def test_connect_refuses_networks_whose_merged_heads_differ():
+    """B's labels are shifted by A's record: two networks with different records would score B wrongly."""
+    from types import SimpleNamespace
+
+    from geopath.errors import UsageError
+    from geopath.io.checkpoint import load_checkpoint
+    from geopath.jobs.common import same_records
+
+    a, b = load_checkpoint(SAMPLE), load_checkpoint(SAMPLE)
+    a.metadata.update({"geopath.data_b": "fashion-mnist", "geopath.label_offset_b": "10"})
+    with pytest.raises(UsageError, match=r"different merged tasks or heads \(A: task B fashion-mnist, a split head "
+                                         r"from class 10; B: no second task\)"):
+        same_records(SimpleNamespace(data="mnist", normalize=None), a, b, None)
