@@ -159,8 +159,8 @@ def same_records(cfg, a: Checkpoint, b: Checkpoint, splits: "Splits") -> None:
     were read with A's), instead of reading B's inputs as A's."""
     if cfg.data is None and a.data and b.data and recorded_name(a.data) != recorded_name(b.data):
         raise UsageError(f"the networks record different data sets ({a.data} and {b.data}): pass --data")
-    heads = [{k: ck.metadata.get(META_PREFIX + k) for k in TASK_B_KEYS + (LABEL_OFFSET_KEY,)} for ck in (a, b)]
-    if heads[0] != heads[1]:  # (B's labels are shifted by A's record: the same record, or a wrong number)
+    heads = [_split_head(ck) for ck in (a, b)]
+    if heads[0] != heads[1]:  # (B's labels are shifted by A's record: the same split head, or a wrong number)
         raise UsageError("the networks record different merged tasks or heads (A: "
                          f"{_head_text(heads[0])}; B: {_head_text(heads[1])}): connect networks of one kind")
     pb = preprocess_of(cfg, b, splits.name)
@@ -171,11 +171,16 @@ def same_records(cfg, a: Checkpoint, b: Checkpoint, splits: "Splits") -> None:
                              f"{as_b}): pass --normalize")
 
 
+def _split_head(ck: Checkpoint) -> dict:
+    """A split-head merged network's record of its task B ({} for any other network)."""
+    offset = ck.metadata.get(META_PREFIX + LABEL_OFFSET_KEY)
+    return {"data_b": ck.metadata.get(META_PREFIX + "data_b"), LABEL_OFFSET_KEY: offset} if offset else {}
+
+
 def _head_text(record: dict) -> str:
-    if not record.get("data_b"):
-        return "no second task"
-    offset = record.get(LABEL_OFFSET_KEY)
-    return f"task B {record['data_b']}, " + (f"a split head from class {offset}" if offset else "a shared head")
+    if not record:
+        return "no split head"
+    return f"task B {record['data_b']} in a split head from class {record[LABEL_OFFSET_KEY]}"
 
 
 def two_network_provenance(a: Checkpoint, b: Checkpoint) -> dict[str, str]:
@@ -272,7 +277,7 @@ def load_split(name: str, split: str, cfg, size: int | None = None, preprocess: 
 
 COMPACT_KEYS = ("compact", "input_shape", "input_dtype")  # a compact network's recipe (geopath export)
 CLASSES_KEY = "classes"  # the class folders of an image folder the network was trained on (JSON list)
-TASK_B_KEYS = ("data_a", "data_b", "preprocess_b")  # a merged network's tasks' data sets, and B's preprocessing
+MERGED_TASK_KEYS = ("data_a", "data_b", "preprocess_b")  # a merged network: both tasks' data sets, B's preprocessing
 LABEL_OFFSET_KEY = "label_offset_b"  # a split-head merged network: where task B's classes start among its outputs
 
 
@@ -280,7 +285,7 @@ def carried(ck: Checkpoint) -> dict[str, str]:
     """What the networks a run saves inherit from its start checkpoint: an exported network's removal
     history and input shape, without which they would not load, and the classes its outputs stand for (a merged
     network's task B among them: its data set, how it was read, and where its classes start in a split head)."""
-    keys = COMPACT_KEYS + (CLASSES_KEY,) + TASK_B_KEYS + (LABEL_OFFSET_KEY,)
+    keys = COMPACT_KEYS + (CLASSES_KEY,) + MERGED_TASK_KEYS + (LABEL_OFFSET_KEY,)
     return {k: ck.metadata[META_PREFIX + k] for k in keys if META_PREFIX + k in ck.metadata}
 
 
@@ -309,8 +314,9 @@ def label_offset(ck: Checkpoint, data: str | None) -> int:
     data_a = meta.get(META_PREFIX + "data_a") or ck.data  # (task A's; a later run records its own data as data)
     if data_a and name == recorded_name(data_a):
         return 0
-    raise UsageError(f"{ck.path}: a split-head merged network, task A {ck.data}, task B {data_b}: {data} is neither "
-                     "(its labels would be scored against the wrong head; a moved data set: pass its recorded path)")
+    raise UsageError(f"{ck.path}: a split-head merged network, task A {data_a}, task B {data_b}: {data} is neither "
+                     "(its labels would be scored against the wrong head; a task's data set moved since must be "
+                     "passed at its recorded path)")
 
 
 def network_classes(ck: Checkpoint) -> list[str] | None:

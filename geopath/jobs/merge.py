@@ -183,7 +183,7 @@ def _task_b_reading(data_a: str, data_b: str, train_b: Dataset) -> dict[str, str
 
 def _not_task_b(record: dict[str, str]) -> dict[str, str]:
     """What A carries, less a task B of its own (A merged before): this merge records its own B."""
-    return {k: v for k, v in record.items() if k not in job.TASK_B_KEYS + (job.LABEL_OFFSET_KEY,)}
+    return {k: v for k, v in record.items() if k not in job.MERGED_TASK_KEYS + (job.LABEL_OFFSET_KEY,)}
 
 
 def _task_b_labels(offset: int) -> dict[str, str]:

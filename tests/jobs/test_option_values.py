@@ -103,6 +103,9 @@ def test_connect_refuses_networks_whose_merged_heads_differ():
 
     a, b = load_checkpoint(SAMPLE), load_checkpoint(SAMPLE)
     a.metadata.update({"geopath.data_b": "fashion-mnist", "geopath.label_offset_b": "10"})
-    with pytest.raises(UsageError, match=r"different merged tasks or heads \(A: task B fashion-mnist, a split head "
-                                         r"from class 10; B: no second task\)"):
+    with pytest.raises(UsageError, match=r"different merged tasks or heads \(A: task B fashion-mnist in a split "
+                                         r"head from class 10; B: no split head\)"):
+        same_records(SimpleNamespace(data="mnist", normalize=None), a, b, None)
+    b.metadata.update({"geopath.data_b": "fashion-mnist"})  # (a shared head: its labels are not shifted)
+    with pytest.raises(UsageError, match="no split head"):
         same_records(SimpleNamespace(data="mnist", normalize=None), a, b, None)
