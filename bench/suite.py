@@ -262,7 +262,8 @@ def _peers_note(old: dict, rows: list[dict], free_rows: list[dict]) -> str:
     here = [f"{r['case']} with {r['inputs']:,} inputs" for r in free_rows if r.get("ran_here")]
     return (f" **Only the geodesic was run here**: every peer's figure is the earlier run's "
             f"(`{peers_origin(old)['command']}`), whose peers had that run's geodesic passes; this geodesic spent "
-            f"{worst:+.2%} of those at most."
+            f"{worst:+.2%} of those at most. The seconds columns set this run's geodesic beside the earlier run's "
+            "peers: not timed in the same run, so no speed comparison."
             + (f" The label-free rows the earlier run lacks were run here in full, peers included ({'; '.join(here)})."
                if here else ""))
 

@@ -25,6 +25,7 @@ def test_the_note_compares_with_the_peers_passes_and_names_their_run():
     rows = [{"methods": {"geodesic": {"epochs": 5.05}}, "peer_epochs": 5.0}]
     note = _peers_note(old, rows, [{"epochs": 9.9, "peer_epochs": 10.0}])
     assert "(`python bench/suite.py --cases x`)" in note and "+1.00% of those at most" in note
+    assert "not timed in the same run, so no speed comparison" in note
 
 
 def test_the_note_names_the_label_free_rows_run_here_in_full():
