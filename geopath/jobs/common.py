@@ -39,14 +39,12 @@ from geopath.core.step import StepConfig
 from geopath.io.rundir import RunWriter, check_output, prepare_output
 
 
-def open_run(cfg, overwrite: bool, resume: bool) -> tuple[Path, torch.device]:
+def open_run(cfg, overwrite: bool, resume: bool, resumable: bool = True) -> tuple[Path, torch.device]:
     """Every job's first moves: check the output directory, pick the device, seed torch.
 
     The directory is only checked here; the job creates it with :func:`open_writer` once its
-    inputs have loaded.
+    inputs have loaded. ``resumable`` (:meth:`Job.resumable`): whether a full directory's error offers --resume.
     """
-    method = getattr(getattr(cfg, "method", None), "value", registry.GEODESIC)
-    resumable = method == registry.GEODESIC and getattr(getattr(cfg, "path", None), "value", None) != "relax"
     out = check_output(cfg.out, overwrite, resume, inputs=input_paths(cfg), resumable=resumable)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -359,9 +357,10 @@ def single_task_data(cfg, ck: Checkpoint, device, what: str = "the network") -> 
     test_name = eval_set(name, cfg.eval_data)
     # plain image folders apart from the one the network trained on are labelled as its training labelled them
     # (task B of a split-head merged network: labelled by its own folders, then shifted past A's classes)
-    trained_on = network_classes(ck) if ck.data != name and not label_offset(ck, name) else None
+    offset = label_offset(ck, name)
+    trained_on = network_classes(ck) if ck.data != name and not offset else None
     metric = load_split(name, "train", cfg, cfg.metric_size, preprocess_of(cfg, ck, name), classes=trained_on)
-    metric = metric.shifted(label_offset(ck, name))  # (task B of a split-head merged network)
+    metric = metric.shifted(offset)
     check_inputs(ck.model.to(device), metric, device, what)  # (before its preprocessing is applied to the test set)
     test = load_split(test_name, "test", cfg, cfg.eval_size, metric.preprocess,  # exactly what training inputs got
                       classes=trained_on or (training_classes(name) if test_name != name else None))
@@ -507,6 +506,11 @@ class Job:
     def summarise(self, setup: Setup, writer: RunWriter, outcome: Outcome) -> dict[str, Any]:
         raise NotImplementedError
 
+    def resumable(self, cfg) -> bool:
+        """Whether an interrupted run of ``cfg`` can be taken up with --resume: the geodesic's walk (a peer trains in
+        one go)."""
+        return getattr(getattr(cfg, "method", None), "value", registry.GEODESIC) == registry.GEODESIC
+
     def begin(self, setup: Setup, writer: RunWriter, resume: bool, geodesic: bool) -> PathState | None:
         """Write the config and an empty trace, or (``--resume``) load the last complete step."""
         return begin(writer, setup.cfg, setup.model, setup.parent_sha256, resume, resumable=geodesic,
@@ -514,7 +518,7 @@ class Job:
 
     def run(self, cfg, overwrite: bool = False, resume: bool = False, on_row: Callable[[dict], None] | None = None,
             on_start: Callable[[Any, int], None] | None = None) -> dict[str, Any]:
-        out, device = open_run(cfg, overwrite, resume)
+        out, device = open_run(cfg, overwrite, resume, self.resumable(cfg))
         setup = self.prepare(cfg, device)
         setup.derived = derived_options(cfg, setup.cfg)
         existed = out.exists()  # (an empty directory the user made is theirs to keep)

@@ -123,8 +123,11 @@ class Connect(job.Job):
                               "d0": d0, "space": space}, preprocess=metric.preprocess,
                          carry={**job.carried(a), **provenance})
 
+    def resumable(self, cfg) -> bool:
+        return super().resumable(cfg) and cfg.path is ConnectPath.WALK  # (--path relax fits in one go)
+
     def begin(self, setup: job.Setup, writer: RunWriter, resume: bool, geodesic: bool):
-        if resume and geodesic and setup.cfg.path is ConnectPath.RELAX:
+        if resume and geodesic and not self.resumable(setup.cfg):
             raise UsageError("--resume continues --path walk runs; re-run --path relax with --overwrite")
         return super().begin(setup, writer, resume, geodesic)
 
