@@ -206,7 +206,7 @@ def _job_parameters(cls) -> list[inspect.Parameter]:
         if meta.get("arg"):
             default = typer.Argument(None, help=meta["help"], show_default=False)
         else:
-            decls = [meta.get("flag") or "--" + f.name.replace("_", "-")]
+            decls = [_flag(f)]
             if meta.get("short"):
                 decls.append(meta["short"])
             text = _default_text(f)
@@ -244,7 +244,7 @@ def _flags(cls, given: dict) -> dict:
             continue
         base = _base_type(hints[f.name])
         if base is dict:
-            v = json_object(v, f.metadata.get("flag") or "--" + f.name.replace("_", "-"), f.metadata.get("example"))
+            v = json_object(v, _flag(f), f.metadata.get("example"))
         elif isinstance(v, (list, tuple)):
             v = list(v) or None
         flags[f.name] = v
@@ -273,15 +273,16 @@ def _job_of(saved: dict):
     return fits[0] if len(fits) == 1 else None
 
 
+def _flag(f: dataclasses.Field) -> str:
+    """A config field's command-line flag: its own spelling (``--layer`` for ``layers``), else ``--`` + its name."""
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
 def _as_typed(cls, flags: list[str]) -> list[str]:
     """``changed_options``' names (``--`` + the field's name) as the user types them: a positional argument
     (``the checkpoint argument``), a flag spelt otherwise (``--layer`` for the field ``layers``)."""
-    typed = {}
-    for f in dataclasses.fields(cls):
-        if f.metadata.get("arg"):
-            typed["--" + f.name.replace("_", "-")] = f"the {f.name} argument"
-        elif f.metadata.get("flag"):
-            typed["--" + f.name.replace("_", "-")] = f.metadata["flag"]
+    typed = {"--" + f.name.replace("_", "-"): f"the {f.name} argument" if f.metadata.get("arg") else _flag(f)
+             for f in dataclasses.fields(cls)}
     return [typed.get(flag, flag) for flag in flags]
 
 
